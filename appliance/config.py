@@ -1,0 +1,88 @@
+"""Process settings: what needs a restart to change (transport, ports, paths, privilege mode).
+
+Everything that may change while the appliance runs (scope, limits, tools enabled) lives in the
+policy file instead (`appliance.policy`). Settings are built once in `main()` and passed down;
+nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from appliance.errors import ConfigError
+
+DEFAULT_POLICY_PATH = Path(__file__).resolve().parent.parent / "policies" / "scope.yaml"
+SECRETS_DIR = Path("/run/secrets")
+
+
+class Settings(BaseSettings):
+    """Settings from `APPLIANCE_*` environment variables and files in /run/secrets."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="APPLIANCE_",
+        # Only read the secrets folder when it exists: a developer's host has none.
+        secrets_dir=SECRETS_DIR if SECRETS_DIR.is_dir() else None,
+        extra="ignore",
+    )
+
+    transport: Literal["stdio", "http"] = Field(
+        default="stdio", description="MCP transport: stdio (for `docker run -i`) or streamable HTTP."
+    )
+    host: str = Field(default="127.0.0.1", description="HTTP listen address (http transport only).")
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP listen port; 0 picks a free one.")
+    http_path: str = Field(default="/mcp", pattern=r"^/[a-z0-9/_-]*$", description="Path of the MCP endpoint.")
+    policy_path: Path = Field(
+        default=DEFAULT_POLICY_PATH, description="Scope policy file (YAML); re-read on SIGHUP and on change."
+    )
+    privilege_mode: Literal["connect", "raw"] = Field(
+        default="connect",
+        description="connect: no capabilities, connect scans only. raw: CAP_NET_RAW for SYN scans and masscan.",
+    )
+    audit_path: Path | None = Field(
+        default=None, description="Append audit lines (JSON) to this file; unset means stderr."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+    nmap_path: Path = Field(default=Path("/usr/bin/nmap"))
+    masscan_path: Path = Field(default=Path("/usr/bin/masscan"))
+    gobuster_path: Path = Field(default=Path("/usr/bin/gobuster"))
+    wordlist_dir: Path = Field(
+        default=Path(__file__).resolve().parent / "data" / "wordlists",
+        description="Folder of the bundled wordlists that gobuster_scan names by file stem.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1:*", "localhost:*", "[::1]:*"],
+        description="Host header values the HTTP transport accepts (DNS-rebinding protection).",
+    )
+    insecure_http_no_auth: bool = Field(
+        default=False,
+        description="TEST ONLY: serve HTTP on a loopback address without a bearer token.",
+    )
+    auth_token: SecretStr | None = Field(
+        default=None, description="Bearer token for the HTTP transport (or the file /run/secrets/appliance_auth_token)."
+    )
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as JSON-ready values with every secret replaced by a marker."""
+        shown: dict[str, Any] = {}
+        for name, value in self.model_dump(mode="json").items():
+            field_value = getattr(self, name)
+            if isinstance(field_value, SecretStr):
+                shown[name] = "**redacted**"
+            else:
+                shown[name] = value
+        return shown
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings once, turning pydantic's error into the appliance's own."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"APPLIANCE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}", rule="settings_invalid") from exc

@@ -1,0 +1,208 @@
+"""The scope policy as typed data, loaded from a versioned YAML file and validated once.
+
+A policy that loads is internally consistent: the checks in `appliance.policy` never have to
+defend against a half-valid policy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from appliance.errors import PolicyError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+POLICY_VERSION = 1
+HOSTNAME_SUFFIX = re.compile(r"^\.(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+SCRIPT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+RESOLVER = re.compile(r"^(?P<ip>\d{1,3}(?:\.\d{1,3}){3})(?::(?P<port>\d{1,5}))?$")
+
+# Default NSE allowlist: each script is in the "safe" and "default"/"discovery" categories of
+# nmap 7.93's script.db and talks only to the scanned host and port.
+DEFAULT_SCRIPTS = ("banner", "http-title", "http-headers", "http-server-header", "ssl-cert", "ssh-hostkey")
+# NSE categories whose scripts talk to third parties, flood the segment or attack the target.
+FORBIDDEN_SCRIPT_CATEGORIES = frozenset(
+    {"external", "broadcast", "intrusive", "dos", "exploit", "brute", "malware", "fuzzer"}
+)
+
+
+def _network(text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a network in CIDR form with host bits zero ({exc})") from exc
+
+
+NetworkList = Annotated[list[str], Field(default_factory=list)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScopeRules(_Strict):
+    allow_networks: list[str] = Field(
+        default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
+        description="Every scanned address must lie in one of these. IPv6 only when a v6 range is listed.",
+    )
+    allow_hostname_suffixes: list[str] = Field(
+        default_factory=lambda: [".lab.internal"],
+        description="Hostnames must end in one of these; other names are refused without a lookup.",
+    )
+    deny_networks: list[str] = Field(
+        default_factory=list, description="Extra never-scan ranges on top of the built-in deny list."
+    )
+    deny_default_gateways: bool = Field(
+        default=True, description="Refuse the appliance's default gateways (on a Docker bridge: the host)."
+    )
+    deny_own_addresses: bool = Field(default=True, description="Refuse the appliance's own addresses.")
+    insecure_allow_loopback: bool = Field(
+        default=False, description="TEST/DEMO ONLY: allow 127.0.0.0/8 and ::1. Logged loudly, shown in health."
+    )
+
+    @field_validator("allow_networks", "deny_networks")
+    @classmethod
+    def _networks_parse(cls, value: list[str]) -> list[str]:
+        for text in value:
+            _network(text)
+        return value
+
+    @field_validator("allow_hostname_suffixes")
+    @classmethod
+    def _suffixes_canonical(cls, value: list[str]) -> list[str]:
+        for suffix in value:
+            if not HOSTNAME_SUFFIX.fullmatch(suffix):
+                raise ValueError(
+                    f"{suffix!r} must be a lower-case DNS suffix starting with a dot, e.g. '.lab.internal'"
+                )
+        return value
+
+    def allowed(self) -> tuple[IPNetwork, ...]:
+        return tuple(_network(text) for text in self.allow_networks)
+
+    def denied(self) -> tuple[IPNetwork, ...]:
+        return tuple(_network(text) for text in self.deny_networks)
+
+
+class Limits(_Strict):
+    max_hosts_per_call: int = Field(default=256, ge=1, le=65536, description="Addresses one CIDR target may cover.")
+    max_ports_per_call: int = Field(default=1024, ge=1, le=65535, description="Ports one call may name.")
+    default_timeout_seconds: int = Field(default=120, ge=1, le=3600)
+    max_timeout_seconds: int = Field(default=600, ge=1, le=86400)
+    output_cap_bytes: int = Field(default=4 * 1024 * 1024, ge=4096, le=256 * 1024 * 1024)
+
+    @model_validator(mode="after")
+    def _timeouts_ordered(self) -> Limits:
+        if self.default_timeout_seconds > self.max_timeout_seconds:
+            raise ValueError("default_timeout_seconds must not exceed max_timeout_seconds")
+        return self
+
+
+class NmapRules(_Strict):
+    enabled: bool = True
+    allowed_scripts: list[str] = Field(default_factory=lambda: list(DEFAULT_SCRIPTS))
+    default_top_ports: int = Field(default=100, ge=1, le=1000, description="Ports scanned when none are named.")
+    max_rate: int = Field(default=1000, ge=1, le=100000, description="Upper bound for --max-rate/--min-rate (pps).")
+    min_timing: int = Field(default=1, ge=0, le=5)
+    max_timing: int = Field(default=4, ge=0, le=5)
+
+    @field_validator("allowed_scripts")
+    @classmethod
+    def _script_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not SCRIPT_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an NSE script name")
+        return value
+
+    @model_validator(mode="after")
+    def _timing_ordered(self) -> NmapRules:
+        if self.min_timing > self.max_timing:
+            raise ValueError("min_timing must not exceed max_timing")
+        return self
+
+
+class MasscanRules(_Strict):
+    enabled: bool = True
+    default_rate: int = Field(default=100, ge=1, le=1_000_000)
+    max_rate: int = Field(default=1000, ge=1, le=1_000_000, description="Packets per second, shared by all calls.")
+    max_wait_seconds: int = Field(default=5, ge=0, le=60, description="Upper bound for masscan --wait.")
+
+    @model_validator(mode="after")
+    def _rates_ordered(self) -> MasscanRules:
+        if self.default_rate > self.max_rate:
+            raise ValueError("default_rate must not exceed max_rate")
+        return self
+
+
+class GobusterRules(_Strict):
+    enabled: bool = True
+    default_threads: int = Field(default=4, ge=1, le=100)
+    max_threads: int = Field(default=10, ge=1, le=100)
+    dns_resolver: str | None = Field(
+        default=None,
+        description="IP[:port] of the lab resolver for dns mode; it must be in scope. Unset: dns mode is refused.",
+    )
+
+    @field_validator("dns_resolver")
+    @classmethod
+    def _resolver_form(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = RESOLVER.fullmatch(value)
+        if match is None:
+            raise ValueError("dns_resolver must be an IPv4 literal with an optional :port, e.g. '10.20.0.53:53'")
+        ipaddress.IPv4Address(match["ip"])
+        if match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
+            raise ValueError("dns_resolver port must be 1-65535")
+        return value
+
+    @model_validator(mode="after")
+    def _threads_ordered(self) -> GobusterRules:
+        if self.default_threads > self.max_threads:
+            raise ValueError("default_threads must not exceed max_threads")
+        return self
+
+
+class ToolRules(_Strict):
+    nmap_scan: NmapRules = Field(default_factory=NmapRules)
+    masscan_scan: MasscanRules = Field(default_factory=MasscanRules)
+    gobuster_scan: GobusterRules = Field(default_factory=GobusterRules)
+
+
+class Policy(_Strict):
+    """One scope policy file. Unknown keys are errors: a typo must not silently widen scope."""
+
+    version: Literal[1] = Field(description="Format version of the policy file.")
+    scope: ScopeRules = Field(default_factory=ScopeRules)
+    limits: Limits = Field(default_factory=Limits)
+    tools: ToolRules = Field(default_factory=ToolRules)
+
+
+def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
+    """Parse and fully validate a policy document; every problem is named in one PolicyError."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{source}: not valid YAML: {exc}", rule="policy_yaml") from exc
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: the policy must be a mapping with a 'version' key", rule="policy_shape")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
+        raise PolicyError(f"{source}: {problems}", rule="policy_invalid") from exc
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate a policy file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc.strerror}", rule="policy_unreadable") from exc
+    return parse_policy(text, source=str(path))

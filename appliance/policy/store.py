@@ -1,0 +1,75 @@
+"""The current policy and its compiled scope, swapped whole on reload.
+
+A call takes one `PolicySnapshot` when it starts and uses it to the end, so a reload never
+changes the rules under a running call. A bad file never replaces a good policy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.errors import PolicyError
+from appliance.policy.model import Policy, load_policy
+from appliance.policy.netinfo import NetworkFacts, read_network_facts
+from appliance.policy.nse import SCRIPT_DB, check_script_allowlist
+from appliance.policy.scope import compile_scope
+from appliance.policy.targets import Scope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    policy: Policy
+    scope: Scope
+    source: Path
+
+
+def build_snapshot(path: Path, facts: NetworkFacts, script_db: Path = SCRIPT_DB) -> PolicySnapshot:
+    """Load, validate and compile one policy file; raises PolicyError naming every problem."""
+    policy = load_policy(path)
+    check_script_allowlist(policy, script_db)
+    return PolicySnapshot(policy, compile_scope(policy, facts), path)
+
+
+class PolicyStore:
+    def __init__(
+        self,
+        path: Path,
+        facts: Callable[[], NetworkFacts] = read_network_facts,
+        script_db: Path = SCRIPT_DB,
+    ) -> None:
+        self._path = path
+        self._facts = facts
+        self._script_db = script_db
+        self._current = build_snapshot(path, facts(), script_db)
+        self._warn_if_insecure(self._current)
+
+    @property
+    def current(self) -> PolicySnapshot:
+        return self._current
+
+    def reload(self) -> bool:
+        """Re-read the file. True when the new policy is in force; False keeps the last good one."""
+        try:
+            snapshot = build_snapshot(self._path, self._facts(), self._script_db)
+        except PolicyError as exc:
+            log.error(
+                "policy reload refused; the last good policy stays", extra={"rule": exc.rule, "reason": exc.message}
+            )
+            return False
+        self._current = snapshot
+        self._warn_if_insecure(snapshot)
+        log.info("policy reloaded", extra={"policy_path": str(self._path)})
+        return True
+
+    @staticmethod
+    def _warn_if_insecure(snapshot: PolicySnapshot) -> None:
+        if snapshot.policy.scope.insecure_allow_loopback:
+            log.warning(
+                "INSECURE: insecure_allow_loopback is on; loopback targets are allowed (tests and demos only)",
+                extra={"policy_path": str(snapshot.source)},
+            )

@@ -1,0 +1,104 @@
+"""What every tool shares: the plan a request turns into, and the checks common to all tools."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from appliance.config import Settings
+from appliance.errors import ExecutionError, ValidationError
+from appliance.policy.model import Policy
+from appliance.policy.targets import CheckedTarget, Resolver, Scope
+from appliance.results import PartialReason, ScanReport
+from appliance.runner import RunResult
+
+# What a result shows of the raw output: enough to read by eye, small enough for an agent's context.
+RAW_OUTPUT_SHOWN_BYTES = 16 * 1024
+# How much of stderr an execution error quotes.
+STDERR_QUOTED_BYTES = 2048
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """Everything a planner may consult: one policy snapshot, its scope, the resolver, settings."""
+
+    policy: Policy
+    scope: Scope
+    resolve: Resolver
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """A checked request: the exact argv and budget, ready for the runner (or a dry run)."""
+
+    tool: str
+    target: CheckedTarget
+    argv: tuple[str, ...]
+    timeout_seconds: int
+    arguments: Mapping[str, Any]
+    env: Mapping[str, str] = field(default_factory=dict)
+    progress_stream: Literal["stdout", "stderr"] = "stdout"
+    progress: Callable[[bytes], float | None] | None = None
+    rate: int = 0  # packets per second this plan claims from the shared masscan budget
+
+
+def check_timeout(requested: int | None, policy: Policy) -> int:
+    limits = policy.limits
+    if requested is None:
+        return limits.default_timeout_seconds
+    if not 1 <= requested <= limits.max_timeout_seconds:
+        raise ValidationError(
+            f"timeout_seconds {requested} is outside 1-{limits.max_timeout_seconds}",
+            rule="timeout_out_of_bounds",
+            recovery_suggestion=f"Use at most {limits.max_timeout_seconds} seconds, or scan less per call.",
+        )
+    return requested
+
+
+def binary(path: Path) -> str:
+    """The scanner's absolute path as an argv[0] (the runner refuses relative ones)."""
+    return str(path)
+
+
+def report_fields(plan: ScanPlan, request_id: str, run: RunResult | None) -> dict[str, Any]:
+    """The `ScanReport` fields every tool fills the same way."""
+    fields: dict[str, Any] = {
+        "tool": plan.tool,
+        "request_id": request_id,
+        "target": plan.target.requested,
+        "scanned_address": plan.target.scan_arg,
+        "argv": list(plan.argv),
+        "dry_run": run is None,
+    }
+    if run is None:
+        return fields
+    reason: PartialReason | None = "timeout" if run.timed_out else "output_cap" if run.stdout_truncated else None
+    shown = run.stdout[:RAW_OUTPUT_SHOWN_BYTES]
+    fields.update(
+        exit_code=run.exit_code,
+        duration_seconds=round(run.duration_seconds, 3),
+        partial=reason is not None,
+        partial_reason=reason,
+        raw_output=shown.decode("utf-8", errors="replace"),
+        raw_output_truncated=len(run.stdout) > len(shown) or run.stdout_truncated,
+    )
+    return fields
+
+
+def scanner_failed(plan: ScanPlan, run: RunResult) -> ExecutionError:
+    """An error for a scanner that exited non-zero without output we can use."""
+    quoted = run.stderr[-STDERR_QUOTED_BYTES:].decode("utf-8", errors="replace").strip()
+    return ExecutionError(
+        f"{plan.argv[0]} exited with status {run.exit_code}: {quoted or 'no error output'}",
+        rule="scanner_exit_status",
+    )
+
+
+def summary_line(report: ScanReport, found: str) -> str:
+    state = "dry run, nothing started" if report.dry_run else f"finished in {report.duration_seconds:.2f}s"
+    if report.partial:
+        state = f"PARTIAL ({report.partial_reason}) after {report.duration_seconds:.2f}s"
+    return f"{report.tool} {report.target} -> {report.scanned_address}: {state}. {found}"

@@ -1,0 +1,108 @@
+"""masscan_scan: request model, argv builder and result assembly."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from appliance.errors import ValidationError
+from appliance.parsers.masscan_json import masscan_progress, parse_masscan_json
+from appliance.policy.flags import MASSCAN_ALLOWED, MASSCAN_DENIED, check_extra_args
+from appliance.policy.ports import check_ports
+from appliance.policy.targets import check_target, parse_target
+from appliance.results import MasscanResult
+from appliance.runner import RunResult
+from appliance.tools.base import (
+    PlanContext,
+    ScanPlan,
+    binary,
+    check_timeout,
+    report_fields,
+    scanner_failed,
+    summary_line,
+)
+
+TOOL = "masscan_scan"
+DESCRIPTION = """Fast SYN sweep of one lab CIDR block (or address) for open TCP ports with masscan.
+
+Use it to find open ports across many hosts quickly, then nmap_scan the hits for services. It
+sends raw packets: the appliance must run in raw mode. `rate` is packets per second; the policy
+caps it and all running masscan calls share one budget. Reports open ports only (no services)."""
+
+# How long masscan waits for late replies after sending, unless the caller asks otherwise:
+# its own default (10 s) is longer than a lab segment ever needs.
+DEFAULT_WAIT_SECONDS = 2
+
+
+class MasscanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(
+        max_length=64, description="One IPv4 address or one CIDR block within the host limit, e.g. 10.20.0.0/24."
+    )
+    ports: str = Field(max_length=1024, description="Required: ports like '22,80,443' or '1-1024'.")
+    rate: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="Packets per second; omit for the policy's low default."
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, max_length=32, description="Allowlisted flags: --wait N, --retries N."
+    )
+    timeout_seconds: int | None = Field(default=None, ge=1, le=86400, description="Time budget; policy-capped.")
+    dry_run: bool = Field(default=False, description="Only check and show the argv; start nothing.")
+
+
+async def plan(request: MasscanRequest, ctx: PlanContext) -> ScanPlan:
+    rules = ctx.policy.tools.masscan_scan
+    if ctx.settings.privilege_mode != "raw":
+        raise ValidationError(
+            "masscan sends raw packets, and this appliance runs in connect mode (no capabilities)",
+            rule="tool_unavailable_in_connect_mode",
+            recovery_suggestion="Use nmap_scan with scan_type 'connect', or ask for a raw-mode deployment.",
+        )
+    rate = request.rate if request.rate is not None else rules.default_rate
+    if rate > rules.max_rate:
+        raise ValidationError(
+            f"rate {rate} pps exceeds the policy cap of {rules.max_rate}",
+            rule="rate_out_of_bounds",
+            recovery_suggestion=f"Use a rate of at most {rules.max_rate} packets per second.",
+        )
+    ports = check_ports(request.ports, ctx.policy.limits.max_ports_per_call)
+    extra = check_extra_args(request.extra_args, MASSCAN_ALLOWED, MASSCAN_DENIED, ctx.policy, "masscan_scan")
+    timeout = check_timeout(request.timeout_seconds, ctx.policy)
+    # Refuse names before any lookup: masscan scans addresses, and a lookup would leak the name.
+    if parse_target(request.target).kind == "hostname":
+        raise ValidationError(
+            "masscan takes an address or CIDR block, not a hostname",
+            rule="target_hostname_not_supported",
+            recovery_suggestion="Give the lab address or block (nmap_scan resolves lab names).",
+        )
+    target = await check_target(request.target, ctx.scope, ctx.resolve)
+    argv = [binary(ctx.settings.masscan_path), target.scan_arg, "-p", ports.text, "--rate", str(rate)]
+    if "--wait" not in extra:
+        argv.extend(["--wait", str(min(DEFAULT_WAIT_SECONDS, rules.max_wait_seconds))])
+    argv.extend(extra)
+    argv.extend(["-oJ", "-"])
+    return ScanPlan(
+        tool=TOOL,
+        target=target,
+        argv=tuple(argv),
+        timeout_seconds=timeout,
+        arguments=request.model_dump(),
+        progress_stream="stderr",
+        progress=masscan_progress,
+        rate=rate,
+    )
+
+
+def finish(plan: ScanPlan, request_id: str, run: RunResult | None) -> MasscanResult:
+    if run is None:
+        return MasscanResult(**report_fields(plan, request_id, None))
+    findings = parse_masscan_json(run.stdout)
+    if run.exit_code not in (0, None) and not findings:
+        raise scanner_failed(plan, run)
+    return MasscanResult(**report_fields(plan, request_id, run), findings=findings)
+
+
+def summarize(result: MasscanResult) -> str:
+    hits = [f"{f.ip}:{f.port}" for f in result.findings if f.status == "open"]
+    found = f"open: {', '.join(hits) if hits else 'none'}." if not result.dry_run else " ".join(result.argv)
+    return summary_line(result, found)

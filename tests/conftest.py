@@ -1,0 +1,139 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytest
+from hypothesis import settings as hypothesis_settings
+
+from appliance.policy.model import Policy
+from appliance.policy.netinfo import NetworkFacts
+from appliance.policy.scope import compile_scope
+from appliance.policy.targets import Scope
+from appliance.runner import RunLimits, RunResult
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The runner and the MCP server run on asyncio; anyio tests use that backend only."""
+    return "asyncio"
+
+
+# Scope-policy tests: the lab policy, this host's facts and fakes. Nothing here sends a packet.
+
+# Property tests: 200 examples each by default; HYPOTHESIS_PROFILE=long searches much deeper.
+hypothesis_settings.register_profile("standard", max_examples=200, deadline=None)
+hypothesis_settings.register_profile("long", max_examples=20_000, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "standard"))
+
+# The lab every policy test uses: two allowed networks, one policy deny, one lab suffix.
+LAB_POLICY_DATA: dict[str, Any] = {
+    "version": 1,
+    "scope": {
+        "allow_networks": ["10.20.0.0/16", "192.168.56.0/24"],
+        "allow_hostname_suffixes": [".lab.internal"],
+        "deny_networks": ["10.20.99.0/24"],
+        "deny_default_gateways": True,
+        "deny_own_addresses": True,
+        "insecure_allow_loopback": False,
+    },
+    "limits": {
+        "max_hosts_per_call": 256,
+        "max_ports_per_call": 1024,
+        "default_timeout_seconds": 120,
+        "max_timeout_seconds": 600,
+    },
+    "tools": {
+        "nmap_scan": {
+            "allowed_scripts": ["banner", "http-title", "ssl-cert"],
+            "max_rate": 1000,
+            "min_timing": 1,
+            "max_timing": 4,
+        },
+        "masscan_scan": {"default_rate": 100, "max_rate": 1000, "max_wait_seconds": 5},
+        "gobuster_scan": {"default_threads": 4, "max_threads": 10, "dns_resolver": "10.20.0.53:53"},
+    },
+}
+
+# This host as the scope sees it: its own addresses (one loopback), a broadcast and a gateway.
+LAB_FACTS = NetworkFacts(
+    own_addresses=frozenset(
+        {ipaddress.ip_address("10.20.0.2"), ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+    ),
+    broadcasts=frozenset({ipaddress.ip_address("10.20.255.255")}),
+    gateways=frozenset({ipaddress.ip_address("10.20.0.1")}),
+)
+
+# Entries in nmap's script.db format for the lab allowlist (banner, http-title, ssl-cert).
+LAB_SCRIPT_DB = """\
+Entry { filename = "banner.nse", categories = { "discovery", "safe", } }
+Entry { filename = "http-title.nse", categories = { "default", "discovery", "safe", } }
+Entry { filename = "ssl-cert.nse", categories = { "default", "discovery", "safe", } }
+Entry { filename = "http-brute.nse", categories = { "brute", "intrusive", } }
+Entry { filename = "broadcast-dhcp-discover.nse", categories = { "broadcast", "safe", } }
+"""
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` merged in, nested mappings key by key (None is a value, not a delete)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+class FakeResolver:
+    """A dict-backed stand-in for the lab DNS: never sends a query, records every name it is asked."""
+
+    def __init__(self, answers: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.answers = {name: list(addresses) for name, addresses in (answers or {}).items()}
+        self.calls: list[str] = []
+
+    async def __call__(self, name: str) -> list[str]:
+        self.calls.append(name)
+        return list(self.answers.get(name, []))
+
+
+class SpyRunner:
+    """A runner that must never be called: it records the argv and fails the test."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    async def __call__(self, argv: Sequence[str], limits: RunLimits, **kwargs: Any) -> RunResult:
+        self.calls.append(list(argv))
+        raise AssertionError(f"a scanner process would have started: {list(argv)}")
+
+
+@pytest.fixture(scope="session")
+def lab_policy() -> Policy:
+    return Policy.model_validate(LAB_POLICY_DATA)
+
+
+@pytest.fixture(scope="session")
+def lab_scope(lab_policy: Policy) -> Scope:
+    return compile_scope(lab_policy, LAB_FACTS)
+
+
+@pytest.fixture
+def lab_policy_data() -> dict[str, Any]:
+    """A fresh copy of the lab policy as data, to change and write to a file."""
+    return copy.deepcopy(LAB_POLICY_DATA)
+
+
+@pytest.fixture
+def make_resolver() -> Callable[..., FakeResolver]:
+    return FakeResolver
+
+
+@pytest.fixture
+def spy_runner() -> SpyRunner:
+    return SpyRunner()

@@ -1,0 +1,7 @@
+#!/usr/bin/env python3
+"""Prints its whole environment as JSON."""
+
+import json
+import os
+
+print(json.dumps(dict(os.environ)))

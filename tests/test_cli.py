@@ -1,0 +1,106 @@
+"""The `appliance` command line, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import write_policy
+
+APPLIANCE = str(Path(sys.executable).with_name("appliance"))
+
+
+def run(*args: str, **env: str) -> tuple[int, Any, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    done = subprocess.run([APPLIANCE, *args], env={**clean, **env}, capture_output=True, timeout=60, check=False)
+    try:
+        body = json.loads(done.stdout) if done.stdout.strip() else None
+    except json.JSONDecodeError:
+        body = done.stdout.decode()
+    return done.returncode, body, done.stderr.decode()
+
+
+def test_check_allowed_prints_verdict_and_argv(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path)
+    code, body, _ = run(
+        "check",
+        "nmap_scan",
+        "--args-json",
+        '{"target": "10.20.0.5", "ports": "22,80"}',
+        APPLIANCE_POLICY_PATH=str(policy),
+    )
+    assert code == 0
+    assert body["verdict"] == "allowed" and body["rule"] is None
+    assert body["argv"][0].endswith("nmap") and body["argv"][-1] == "10.20.0.5"
+    assert "-n" in body["argv"]
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "rule"),
+    [
+        # unsafe
+        ("nmap_scan", {"target": "169.254.169.254"}, "target_denied_link_local"),
+        ("nmap_scan", {"target": "10.0.0.0/8"}, "target_cidr_too_large"),
+        ("nmap_scan", {"target": "10.0.0.1", "extra_args": ["-iL", "/etc/passwd"]}, "flag_file_io"),
+        ("nmap_scan", {"target": "10.0.0.1", "bogus": 1}, "arguments_invalid"),
+        ("masscan_scan", {"target": "10.0.0.1", "ports": "80"}, "tool_unavailable_in_connect_mode"),
+        ("gobuster_scan", {"target": "http://x@10.0.0.1/"}, "url_userinfo"),
+        ("gobuster_scan", {"mode": "dns", "target": "lab.internal"}, "dns_mode_requires_resolver"),
+    ],
+)
+def test_check_refused_names_rule_and_exits_1(tmp_path: Path, tool: str, arguments: dict[str, Any], rule: str) -> None:
+    policy = write_policy(tmp_path)
+    code, body, _ = run("check", tool, "--args-json", json.dumps(arguments), APPLIANCE_POLICY_PATH=str(policy))
+    assert code == 1
+    assert body["verdict"] == "refused"
+    assert body["rule"] == rule
+    assert body["recovery_suggestion"]
+
+
+def test_check_unknown_tool_is_a_usage_error() -> None:
+    code, _, err = run("check", "rm_rf", "--args-json", "{}")
+    assert code == 2
+    assert "unknown tool" in err
+
+
+def test_policy_validate_accepts_the_shipped_policy() -> None:
+    code, body, _ = run("policy", "validate", "policies/scope.yaml")
+    assert code == 0
+    assert body["valid"] is True
+    assert "0.0.0.0/8 (target_denied_unspecified)" in body["denied_ranges"]
+
+
+def test_policy_validate_names_every_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nscope:\n  allow_networks: [10.0.0.1/8]\n  alow_typo: true\n")
+    code, body, _ = run("policy", "validate", str(bad))
+    assert code == 1
+    assert body["valid"] is False
+    assert body["rule"] == "policy_invalid"
+    assert "allow_networks" in body["message"] and "alow_typo" in body["message"]
+
+
+def test_version_reports_pinned_scanners() -> None:
+    code, body, _ = run("version")
+    assert code == 0
+    assert body["nmap"].startswith("Nmap version 7.93")
+    assert "1.3.2" in body["masscan"]
+    assert "3.5" in body["gobuster"]
+
+
+def test_config_show_redacts_the_token() -> None:
+    code, body, _ = run("config", "show", APPLIANCE_AUTH_TOKEN="s3cret-value")
+    assert code == 0
+    assert body["auth_token"] == "**redacted**"
+    assert "s3cret-value" not in json.dumps(body)
+
+
+def test_invalid_setting_is_refused_with_its_name() -> None:
+    code, _, err = run("config", "show", APPLIANCE_PORT="not-a-port")
+    assert code == 2
+    assert "APPLIANCE_PORT" in err
