@@ -7,6 +7,8 @@ import asyncio
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,9 @@ from appliance.tools import TOOLS
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+EXIT_PRIVILEGES = 3
+# The sidecar answers /livez from the event loop at once; a slow answer means a stuck loop.
+HEALTH_PROBE_TIMEOUT_SECONDS = 3
 # `version` asks each scanner for its version; none takes more than a fraction of a second.
 VERSION_PROBE_TIMEOUT_SECONDS = 5
 
@@ -52,16 +57,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"transport": args.transport, "host": args.host, "port": args.port}.items() if v}
     settings = load_settings(**overrides)
     configure_logging(settings.log_level)
-    from appliance.server import build_server  # the SDK import costs ~0.5 s; only serve needs it
+    from appliance.app import Appliance  # the SDK import costs ~0.5 s; only serve needs it
 
-    server = build_server(_service(settings))
-    if settings.transport == "stdio":
-        asyncio.run(server.run_stdio_async())
-    else:
-        from appliance.http import serve_http
+    async def serve() -> int:
+        return await Appliance(settings).run()
 
-        asyncio.run(serve_http(server, settings))
+    return asyncio.run(serve())
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """The container HEALTHCHECK: is the sidecar's /livez answering? (No curl in the image.)"""
+    settings = load_settings()
+    host = "127.0.0.1" if settings.health_host in ("0.0.0.0", "::") else settings.health_host  # noqa: S104
+    url = f"http://{host}:{settings.health_port}/{'livez' if args.probe else 'healthz'}"
+    request = urllib.request.Request(url)
+    if settings.health_token is not None:
+        request.add_header("Authorization", f"Bearer {settings.health_token.get_secret_value()}")
+    try:
+        with urllib.request.urlopen(request, timeout=HEALTH_PROBE_TIMEOUT_SECONDS) as response:  # noqa: S310
+            body = response.read().decode()
+    except (OSError, urllib.error.URLError) as exc:
+        print(json.dumps({"ok": False, "url": url, "reason": str(exc)}), file=sys.stderr)
+        return EXIT_REFUSED
+    if not args.probe:
+        print(body)
     return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from appliance.demo import run_demo  # a client; the server side never imports it
+
+    token = Path(args.token_file).read_text(encoding="utf-8").strip()
+    return asyncio.run(run_demo(args.url, token, args.target, args.ports, args.wait))
 
 
 def _request_error(exc: pydantic.ValidationError) -> ValidationError:
@@ -184,6 +211,18 @@ def parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_policy_validate)
 
     sub.add_parser("version", help="versions of the appliance, the SDK and the scanners").set_defaults(func=cmd_version)
+    demo = sub.add_parser("demo", help="scan the demo lab target through a running appliance (HTTP)")
+    demo.add_argument("--url", default="http://127.0.0.1:8080/mcp")
+    demo.add_argument("--token-file", required=True)
+    demo.add_argument("--target", default="web.lab.internal")
+    demo.add_argument("--ports", default="8080")
+    demo.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the appliance to answer")
+    demo.set_defaults(func=cmd_demo)
+
+    health = sub.add_parser("health", help="query the running appliance's sidecar")
+    health.add_argument("--probe", action="store_true", help="liveness only, for HEALTHCHECK: exit 0 or 1")
+    health.set_defaults(func=cmd_health)
+
     config = sub.add_parser("config", help="configuration commands")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_sub.add_parser("show", help="effective settings, secrets redacted").set_defaults(func=cmd_config_show)
@@ -196,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as exc:
         print(json.dumps(_refusal(exc)), file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_PRIVILEGES if exc.rule == "privileges_exceed_policy" else EXIT_USAGE
     except ApplianceError as exc:  # a policy that does not load: the server cannot start
         print(json.dumps(_refusal(exc)), file=sys.stderr)
         return EXIT_REFUSED

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from appliance.errors import ConfigError
 
 DEFAULT_POLICY_PATH = Path(__file__).resolve().parent.parent / "policies" / "scope.yaml"
+DEFAULT_CAPABILITY_POLICY_PATH = DEFAULT_POLICY_PATH.with_name("capabilities.yaml")
 SECRETS_DIR = Path("/run/secrets")
 
 
@@ -42,6 +43,13 @@ class Settings(BaseSettings):
         default="connect",
         description="connect: no capabilities, connect scans only. raw: CAP_NET_RAW for SYN scans and masscan.",
     )
+    enforce_privileges: bool = Field(
+        default=False,
+        description="Refuse to start when the process holds more than its mode allows (the image sets it).",
+    )
+    capability_policy_path: Path = Field(
+        default=DEFAULT_CAPABILITY_POLICY_PATH, description="What each privilege mode may hold."
+    )
     audit_path: Path | None = Field(
         default=None, description="Append audit lines (JSON) to this file; unset means stderr."
     )
@@ -60,6 +68,28 @@ class Settings(BaseSettings):
     insecure_http_no_auth: bool = Field(
         default=False,
         description="TEST ONLY: serve HTTP on a loopback address without a bearer token.",
+    )
+    auth_tokens_file: Path | None = Field(
+        default=Path("/run/secrets/appliance_tokens") if Path("/run/secrets/appliance_tokens").is_file() else None,
+        description="File of 'principal token' lines (several for rotation); re-read on SIGHUP and on change.",
+    )
+    health_host: str = Field(default="127.0.0.1", description="Listen address of the health and metrics sidecar.")
+    health_port: int = Field(default=9090, ge=0, le=65535, description="Sidecar port; 0 picks a free one.")
+    health_enabled: bool = Field(
+        default=True, description="Run the aiohttp sidecar (/livez /readyz /healthz /metrics)."
+    )
+    health_token: SecretStr | None = Field(
+        default=None,
+        description="When set, /healthz and /metrics need 'Authorization: Bearer <it>'; /livez stays open.",
+    )
+    health_cpu_percent: float = Field(default=95.0, gt=0, le=100, description="CPU use above this is 'degraded'.")
+    health_memory_percent: float = Field(default=90.0, gt=0, le=100, description="Memory use (of the cgroup limit).")
+    health_disk_percent: float = Field(default=95.0, gt=0, le=100, description="Use of the audit sink's filesystem.")
+    drain_seconds: float = Field(
+        default=1.0, ge=0, le=60, description="On shutdown, running scans get this long before they are killed."
+    )
+    reload_poll_seconds: float = Field(
+        default=2.0, gt=0, le=3600, description="How often the policy and token files are checked for changes."
     )
     auth_token: SecretStr | None = Field(
         default=None, description="Bearer token for the HTTP transport (or the file /run/secrets/appliance_auth_token)."

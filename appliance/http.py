@@ -1,8 +1,7 @@
-"""Streamable HTTP transport: the SDK's Starlette app behind bearer-token auth, served by uvicorn."""
+"""Streamable HTTP transport: the SDK's Starlette app behind bearer-token auth, for uvicorn."""
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 from typing import Any
@@ -13,8 +12,10 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from appliance.auth import TokenSource
 from appliance.config import Settings
 from appliance.errors import ConfigError
+from appliance.server import PRINCIPAL_SCOPE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -23,26 +24,31 @@ log = logging.getLogger(__name__)
 GRACEFUL_SHUTDOWN_SECONDS = 1
 # MCP requests are small JSON documents; anything larger is refused before it is parsed.
 MAX_REQUEST_BODY_BYTES = 256 * 1024
+UNAUTHORIZED = b'{"error": "unauthorized", "message": "a valid bearer token is required"}'
 
 
 class BearerAuth:
-    """Refuse every HTTP request without a valid `Authorization: Bearer <token>` header."""
+    """Refuse every HTTP request without a valid `Authorization: Bearer <token>` header.
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    The matching token's principal is put on the ASGI scope for the audit trail. Tokens are
+    looked up in the source's current table on every request, so a reload takes effect at once.
+    """
+
+    def __init__(self, app: ASGIApp, tokens: TokenSource) -> None:
         self._app = app
-        self._token = token.encode()
+        self._tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
         scheme, _, presented = Headers(scope=scope).get("authorization", "").partition(" ")
-        # compare_digest: the time taken does not depend on how much of the token matched.
-        if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), self._token):
+        principal = self._tokens.table.principal_for(presented.strip()) if scheme.lower() == "bearer" else None
+        if principal is not None:
+            scope[PRINCIPAL_SCOPE_KEY] = principal
             await self._app(scope, receive, send)
             return
         log.warning("HTTP request refused: missing or wrong bearer token", extra={"path": scope.get("path")})
-        body = b'{"error": "unauthorized", "message": "a valid bearer token is required"}'
         await send(
             {
                 "type": "http.response.start",
@@ -50,11 +56,11 @@ class BearerAuth:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"www-authenticate", b'Bearer realm="mcp-scanner-appliance"'),
-                    (b"content-length", str(len(body)).encode()),
+                    (b"content-length", str(len(UNAUTHORIZED)).encode()),
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": UNAUTHORIZED})
 
 
 def _is_loopback(host: str) -> bool:
@@ -64,11 +70,11 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def build_http_app(server: MCPServer[Any], settings: Settings) -> ASGIApp:
-    token = settings.auth_token.get_secret_value() if settings.auth_token else None
-    if token is None and not (settings.insecure_http_no_auth and _is_loopback(settings.host)):
+def build_http_app(server: MCPServer[Any], settings: Settings, tokens: TokenSource) -> ASGIApp:
+    if not len(tokens.table) and not (settings.insecure_http_no_auth and _is_loopback(settings.host)):
         raise ConfigError(
-            "the HTTP transport needs a bearer token (APPLIANCE_AUTH_TOKEN or /run/secrets/appliance_auth_token)",
+            "the HTTP transport needs a bearer token (APPLIANCE_AUTH_TOKEN, /run/secrets/appliance_auth_token "
+            "or an APPLIANCE_AUTH_TOKENS_FILE)",
             rule="http_requires_token",
             recovery_suggestion="Provide a token; only a loopback test server may set APPLIANCE_INSECURE_HTTP_NO_AUTH.",
         )
@@ -80,15 +86,14 @@ def build_http_app(server: MCPServer[Any], settings: Settings) -> ASGIApp:
         ),
         host=settings.host,
     )
-    if token is None:
+    if not len(tokens.table):
         log.warning("INSECURE: HTTP transport without authentication (loopback test mode)")
         return app
-    return BearerAuth(app, token)
+    return BearerAuth(app, tokens)
 
 
-async def serve_http(server: MCPServer[Any], settings: Settings) -> None:
-    app = build_http_app(server, settings)
-    config = uvicorn.Config(
+def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -97,5 +102,3 @@ async def serve_http(server: MCPServer[Any], settings: Settings) -> None:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         lifespan="on",
     )
-    log.info("serving MCP over HTTP", extra={"host": settings.host, "port": settings.port, "path": settings.http_path})
-    await uvicorn.Server(config).serve()

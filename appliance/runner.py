@@ -8,6 +8,7 @@ timeout, output cap or cancellation the whole process group gets SIGTERM, then S
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import resource
@@ -27,30 +28,31 @@ LineCallback = Callable[[bytes], Awaitable[None]]
 _T = TypeVar("_T")
 
 # HOME points nowhere so nmap does not read ~/.nmap (or any other per-user config).
-BASE_ENV: Mapping[str, str] = {
-    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-    "LANG": "C.UTF-8",
-    "HOME": "/nonexistent",
-}
+BASE_ENV: Mapping[str, str] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent"}
 READ_CHUNK_BYTES = 64 * 1024
 MAX_LINE_BYTES = 64 * 1024
 STDERR_CAP_BYTES = 64 * 1024
-# After SIGKILL the group dies at once; this only bounds waiting on a child stuck in the kernel
-# or on a pipe held open by a process that left the group (setsid).
+# SIGKILL is immediate; this only bounds a child stuck in the kernel or a pipe kept by a setsid escapee.
 REAP_TIMEOUT_SECONDS = 5.0
+# fork/exec refused for lack of processes (EAGAIN) or memory (ENOMEM): may work a moment later.
+TRANSIENT_SPAWN_ERRNOS = frozenset({errno.EAGAIN, errno.ENOMEM})
 
 
 @dataclass(frozen=True)
 class RunLimits:
+    """Budget for one scanner process; the caller derives it from the policy."""
+
     timeout_seconds: float
-    output_cap_bytes: int
-    cpu_seconds: int = 600
-    max_open_files: int = 1024
-    grace_seconds: float = 0.5
+    output_cap_bytes: int  # stdout bytes kept; reaching it stops the process group
+    cpu_seconds: int = 600  # RLIMIT_CPU: a backstop should the wall-clock timeout ever fail
+    max_open_files: int = 1024  # RLIMIT_NOFILE: nmap and gobuster need a socket per probe in flight
+    grace_seconds: float = 0.5  # SIGTERM to SIGKILL: long enough for nmap to flush its XML, short for a hung call
 
 
 @dataclass(frozen=True)
 class RunResult:
+    """What one run produced; partial output is kept on timeout, cap and kill."""
+
     argv: tuple[str, ...]
     exit_code: int | None  # None when we stopped a still running child; negative = killed by a signal
     stdout: bytes
@@ -59,6 +61,7 @@ class RunResult:
     timed_out: bool
     duration_seconds: float
     pid: int
+    stopped: bool = False  # the caller's stop event fired (appliance shutdown)
 
 
 class _Capture:
@@ -151,16 +154,21 @@ async def _supervise(
     readers: list[asyncio.Task[None]],
     capped: asyncio.Future[None],
     deadline: float,
+    stopping: asyncio.Future[Any],
 ) -> str:
     """Wait, until the monotonic deadline, for exit with both pipes drained; say why we stopped."""
     pending: set[asyncio.Future[Any]] = {wait_task, *readers}
     while pending:
         remaining = max(deadline - time.monotonic(), 0.0)
-        done, _ = await asyncio.wait(pending | {capped}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            pending | {capped, stopping}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+        )
         if not done:
             return "timeout"
         if capped in done:
             return "output_cap"
+        if stopping in done:
+            return "stopped"
         for task in done:
             task.result()  # a line callback that raised stops the run with its own error
         pending -= done
@@ -225,7 +233,8 @@ async def _spawn(args: tuple[str, ...], env: Mapping[str, str]) -> asyncio.subpr
     except FileNotFoundError as exc:
         raise NotFoundError(f"scanner binary not found: {args[0]}", rule="scanner_binary_missing") from exc
     except OSError as exc:
-        raise ExecutionError(f"scanner could not be started: {exc}", rule="scanner_start_failed") from exc
+        rule = "scanner_start_transient" if exc.errno in TRANSIENT_SPAWN_ERRNOS else "scanner_start_failed"
+        raise ExecutionError(f"scanner could not be started: {exc}", rule=rule) from exc
 
 
 async def run(
@@ -235,12 +244,13 @@ async def run(
     env: Mapping[str, str] | None = None,
     on_stdout_line: LineCallback | None = None,
     on_stderr_line: LineCallback | None = None,
+    stop: asyncio.Event | None = None,
 ) -> RunResult:
     """Run one scanner to completion, timeout, output cap or cancellation, and return what it wrote.
 
     `env` is added to BASE_ENV; nothing else of this process's environment reaches the scanner.
-    A timeout or an output cap is reported in the result, not raised; cancellation is re-raised
-    after the process group is gone.
+    A timeout, an output cap or `stop` being set is reported in the result, not raised;
+    cancellation is re-raised after the process group is gone.
     """
     args = _check_argv(argv)
     started = time.monotonic()
@@ -258,12 +268,16 @@ async def run(
         asyncio.create_task(_pump(proc.stderr, err, None)),
     ]
     wait_task = asyncio.create_task(proc.wait())
+    # A future that never completes stands in for "no stop event" so the wait set stays uniform.
+    stopping: asyncio.Future[Any] = (
+        asyncio.ensure_future(stop.wait()) if stop is not None else asyncio.get_running_loop().create_future()
+    )
     reason = "error"
     try:
         if cancelled:
             raise asyncio.CancelledError
         _apply_limits(proc.pid, limits)
-        reason = await _supervise(wait_task, readers, capped, started + limits.timeout_seconds)
+        reason = await _supervise(wait_task, readers, capped, started + limits.timeout_seconds, stopping)
     except asyncio.CancelledError:
         reason = "cancelled"
         raise
@@ -278,6 +292,7 @@ async def run(
                     "timeout_seconds": limits.timeout_seconds,
                 },
             )
+        stopping.cancel()
         was_running, cancelled = await _finish_despite_cancel(_stop(proc, wait_task, readers, limits.grace_seconds))
         if cancelled:
             raise asyncio.CancelledError
@@ -291,6 +306,7 @@ async def run(
         stderr=bytes(err.kept),
         stdout_truncated=out.truncated,
         timed_out=reason == "timeout",
+        stopped=reason == "stopped",
         duration_seconds=time.monotonic() - started,
         pid=proc.pid,
     )

@@ -1,4 +1,4 @@
-"""The MCP front door: registers the three tools and translates errors at one boundary.
+"""The MCP front door: registers the tools, follows the policy's tool list, maps errors once.
 
 Tool parameters come from each tool's request model (one source for the input schema, the
 validation and the docs); results are the tool's report model (its `outputSchema`).
@@ -6,14 +6,16 @@ validation and the docs); results are the tool's report model (its `outputSchema
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import weakref
 from typing import Annotated, Any
 
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
@@ -29,6 +31,7 @@ INSTRUCTIONS = """Network scanners for an authorised lab, behind a server-side s
 Start with nmap_scan (connect) on one lab host or small block; use gobuster_scan on web ports it
 finds; masscan_scan sweeps blocks fast when the deployment runs in raw mode. Every refusal names
 the broken rule and what to do instead; dry_run shows the exact command without running it."""
+PRINCIPAL_SCOPE_KEY = "appliance.principal"  # set by the HTTP auth middleware on the ASGI scope
 
 
 def error_result(error: ApplianceError, spec: ToolSpec, target: str | None, request_id: str) -> CallToolResult:
@@ -39,6 +42,12 @@ def error_result(error: ApplianceError, spec: ToolSpec, target: str | None, requ
         structured_content=body,
         is_error=True,
     )
+
+
+def _principal(ctx: Context) -> str | None:
+    request = ctx.request_context.request
+    scope = getattr(request, "scope", None)
+    return scope.get(PRINCIPAL_SCOPE_KEY) if isinstance(scope, dict) else None
 
 
 def _tool_function(spec: ToolSpec, service: ScanService) -> Any:
@@ -55,7 +64,7 @@ def _tool_function(spec: ToolSpec, service: ScanService) -> Any:
                 await ctx.report_progress(done, total, message)
 
             log.info("tool call", extra={"tool": spec.name, "target": target})
-            report = await service.call(spec, request, request_id, progress)
+            report = await service.call(spec, request, request_id, progress, principal=_principal(ctx))
         except ApplianceError as exc:
             log.info(
                 "tool call refused or failed", extra={"tool": spec.name, "rule": exc.rule, "error_type": exc.error_type}
@@ -87,24 +96,74 @@ def _tool_function(spec: ToolSpec, service: ScanService) -> Any:
     return call_tool
 
 
-def build_server(service: ScanService) -> MCPServer[Any]:
-    @asynccontextmanager
-    async def lifespan(_: MCPServer[Any]) -> AsyncIterator[dict[str, Any]]:
-        yield {}
+class SessionTracker:
+    """Remembers live connections so a tool-list change can be announced on each.
 
-    server: MCPServer[Any] = MCPServer(
-        name="mcp-scanner-appliance",
-        version=__version__,
-        instructions=INSTRUCTIONS,
-        lifespan=lifespan,
-    )
-    for spec in TOOLS.values():
-        server.add_tool(
-            _tool_function(spec, service),
-            name=spec.name,
-            description=spec.description,
-            annotations=ToolAnnotations(
-                read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True
-            ),
+    The SDK builds a new ServerSession per request; the connection behind it lives as long as
+    the client does. SDK 2.3 offers middleware no public accessor for it, hence `_connection`
+    (the SDK is pinned; tests/test_app.py fails if this stops working).
+    """
+
+    def __init__(self) -> None:
+        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        connection = getattr(ctx.session, "_connection", None)
+        if ctx.request_id is not None and connection is not None:
+            self.connections.add(connection)
+        return await call_next(ctx)
+
+
+class ScannerServer:
+    """The MCP server plus the set of tools the current policy enables."""
+
+    def __init__(self, service: ScanService) -> None:
+        self.service = service
+        self.bus = InMemorySubscriptionBus()
+        self.sessions = SessionTracker()
+        self.mcp: MCPServer[Any] = MCPServer(
+            name="mcp-scanner-appliance",
+            version=__version__,
+            instructions=INSTRUCTIONS,
+            subscriptions=self.bus,
+            middleware=[self.sessions],
         )
-    return server
+        self.registered: set[str] = set()
+        self.sync_tools()
+
+    def _description(self, spec: ToolSpec) -> str:
+        if spec.name == "masscan_scan" and self.service.settings.privilege_mode != "raw":
+            return "UNAVAILABLE in this deployment (connect mode: no raw sockets). " + spec.description
+        return spec.description
+
+    def sync_tools(self) -> bool:
+        """Register exactly the tools the policy enables; True when the list changed."""
+        policy = self.service.store.current.policy
+        wanted = {name for name in TOOLS if getattr(policy.tools, name).enabled}
+        for name in self.registered - wanted:
+            self.mcp.remove_tool(name)
+        for name in sorted(wanted - self.registered):
+            spec = TOOLS[name]
+            self.mcp.add_tool(
+                _tool_function(spec, self.service),
+                name=spec.name,
+                description=self._description(spec),
+                annotations=ToolAnnotations(
+                    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True
+                ),
+            )
+        changed = wanted != self.registered
+        self.registered = wanted
+        return changed
+
+    async def announce_tools_changed(self) -> None:
+        """Tell clients the tool list changed: listen streams (2026-07-28) and handshake sessions."""
+        await self.bus.publish(ToolsListChanged())
+        for connection in list(self.sessions.connections):
+            # A connection whose client went away fails to send; that client needs no notice.
+            with contextlib.suppress(Exception):
+                await connection.send_tool_list_changed()
+
+
+def build_server(service: ScanService) -> MCPServer[Any]:
+    return ScannerServer(service).mcp

@@ -17,10 +17,15 @@ from pydantic import BaseModel
 from appliance.audit import AuditSink, output_digest
 from appliance.config import Settings
 from appliance.errors import ApplianceError, ResourceExhaustedError, ValidationError
+from appliance.metrics import Metrics
+from appliance.policy.model import Policy
 from appliance.policy.store import PolicyStore
+from appliance.resilience.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from appliance.resilience.limits import ConcurrencyLimiter, ToolLimit
+from appliance.resilience.retry import retry_transient
 from appliance.results import ScanReport
 from appliance.runner import RunLimits, RunResult, run
-from appliance.tools import ToolSpec
+from appliance.tools import TOOLS, ToolSpec
 from appliance.tools.base import PlanContext, ScanPlan
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ class Runner(Protocol):
         env: dict[str, str] | None = ...,
         on_stdout_line: Callable[[bytes], Awaitable[None]] | None = ...,
         on_stderr_line: Callable[[bytes], Awaitable[None]] | None = ...,
+        stop: asyncio.Event | None = ...,
     ) -> RunResult: ...
 
 
@@ -74,6 +80,23 @@ class RateBudget:
         self.in_use -= rate
 
 
+def breaker_settings(policy: Policy, tool: str) -> BreakerSettings:
+    rules = policy.resilience
+    return BreakerSettings(
+        failure_threshold=rules.breaker_failure_threshold,
+        recovery_seconds=rules.breaker_recovery_seconds,
+        max_recovery_seconds=rules.breaker_max_recovery_seconds,
+        force=getattr(policy.tools, tool).breaker_force,
+    )
+
+
+def tool_limits(policy: Policy) -> dict[str, ToolLimit]:
+    return {
+        name: ToolLimit(getattr(policy.tools, name).max_concurrent, getattr(policy.tools, name).max_queued)
+        for name in TOOLS
+    }
+
+
 class ScanService:
     def __init__(
         self,
@@ -83,13 +106,47 @@ class ScanService:
         *,
         resolve: Callable[[str], Awaitable[list[str]]] = system_resolve,
         runner: Runner = run,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.store = store
         self.audit = audit
+        self.metrics = metrics
         self._resolve = resolve
         self._run = runner
+        self._clock = clock
         self._rates = RateBudget()
+        # Set at shutdown once the drain window is over: running scans stop and report partial.
+        self.stop_scans = asyncio.Event()
+        policy = store.current.policy
+        self.breakers = {
+            name: CircuitBreaker(name, breaker_settings(policy, name), clock, on_transition=self._breaker_moved)
+            for name in TOOLS
+        }
+        self.limiter = ConcurrencyLimiter(
+            tool_limits(policy), policy.resilience.max_concurrent_scans, clock=clock, on_change=self._slots_changed
+        )
+
+    def apply_policy(self) -> None:
+        """Push the current policy's limits and breaker settings to the running appliance."""
+        policy = self.store.current.policy
+        for name, breaker in self.breakers.items():
+            breaker.update_settings(breaker_settings(policy, name))
+        self.limiter.update(tool_limits(policy), policy.resilience.max_concurrent_scans)
+
+    def _breaker_moved(self, tool: str, old: BreakerState, new: BreakerState) -> None:
+        if self.metrics is not None:
+            self.metrics.set_circuit(tool, new.value)
+
+    def _slots_changed(self, tool: str) -> None:
+        if self.metrics is not None:
+            self.metrics.in_flight.labels(tool).set(self.limiter.in_flight(tool))
+            self.metrics.queue_depth.labels(tool).set(self.limiter.queued(tool))
+
+    def _count(self, tool: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.calls.labels(tool, outcome).inc()
 
     async def check(self, spec: ToolSpec, request: BaseModel) -> ScanPlan:
         """The whole policy check for one request; raises ValidationError naming the rule."""
@@ -104,47 +161,85 @@ class ScanService:
         return await spec.plan(request, ctx)
 
     async def call(
-        self, spec: ToolSpec, request: BaseModel, request_id: str, progress: ProgressFn | None = None
+        self,
+        spec: ToolSpec,
+        request: BaseModel,
+        request_id: str,
+        progress: ProgressFn | None = None,
+        *,
+        principal: str | None = None,
     ) -> ScanReport:
-        started = time.monotonic()
-        record: dict[str, Any] = {"request_id": request_id, "tool": spec.name, "arguments": request.model_dump()}
+        started = self._clock()
+        record: dict[str, Any] = {
+            "request_id": request_id,
+            "principal": principal,
+            "tool": spec.name,
+            "arguments": request.model_dump(),
+        }
         try:
             plan = await self.check(spec, request)
         except ApplianceError as exc:
+            self._count(spec.name, "refused")
+            if self.metrics is not None:
+                self.metrics.scope_refusals.labels(spec.name, exc.rule).inc()
             self.audit.write({**record, "verdict": "refused", "rule": exc.rule, "error_type": exc.error_type})
             raise
         record.update(argv=list(plan.argv), verdict="allowed", scanned_address=plan.target.scan_arg)
         if getattr(request, "dry_run", False):
             self.audit.write({**record, "dry_run": True})
+            self._count(spec.name, "dry_run")
             return spec.finish(plan, request_id, None)
-        # Audit before starting: a scan the trail does not show must not run (fails closed).
-        self.audit.write({**record, "event": "start"})
+        breaker = self.breakers[spec.name]
         try:
-            result = await self._execute(spec, plan, request_id, progress)
+            breaker.before_call()
         except ApplianceError as exc:
+            self._count(spec.name, "error")
+            self.audit.write({**record, "verdict": "refused", "rule": exc.rule, "error_type": exc.error_type})
+            raise
+        try:
+            async with self.limiter.slot(spec.name, started + plan.timeout_seconds) as remaining:
+                # Audit before starting: a scan the trail does not show must not run (fails closed).
+                self.audit.write({**record, "event": "start"})
+                report, run_result = await self._execute(spec, plan, request_id, progress, remaining)
+        except ApplianceError as exc:
+            # Only a scanner that failed to run says something about the scanner's health.
+            scanner_failed = exc.error_type in ("execution_error", "not_found") and exc.rule != "audit_unwritable"
+            (breaker.record_failure if scanner_failed else breaker.record_neutral)()
+            self._count(spec.name, "error")
             self._audit_end(record, started, outcome=exc.error_type, rule=exc.rule)
             raise
         except asyncio.CancelledError:
+            breaker.record_neutral()
+            self._count(spec.name, "cancelled")
             self._audit_end(record, started, outcome="cancelled")
             raise
-        self._audit_end(record, started, outcome="partial" if result[0].partial else "ok", run=result[1])
-        return result[0]
+        breaker.record_success() if not report.partial else breaker.record_neutral()
+        outcome = "partial" if report.partial else "ok"
+        self._count(spec.name, outcome)
+        if self.metrics is not None:
+            self.metrics.duration.labels(spec.name).observe(report.duration_seconds)
+        self._audit_end(record, started, outcome=outcome, run=run_result)
+        return report
 
     async def _execute(
-        self, spec: ToolSpec, plan: ScanPlan, request_id: str, progress: ProgressFn | None
+        self, spec: ToolSpec, plan: ScanPlan, request_id: str, progress: ProgressFn | None, remaining: float
     ) -> tuple[ScanReport, RunResult]:
         policy = self.store.current.policy
-        limits = RunLimits(timeout_seconds=plan.timeout_seconds, output_cap_bytes=policy.limits.output_cap_bytes)
+        # Queue wait counted against the call's budget: the scanner gets what is left.
+        limits = RunLimits(timeout_seconds=max(remaining, 0.001), output_cap_bytes=policy.limits.output_cap_bytes)
         on_line = self._progress_callback(plan, progress)
         if plan.rate:
             self._rates.claim(plan.rate, policy.tools.masscan_scan.max_rate)
         try:
-            run_result = await self._run(
-                plan.argv,
-                limits,
-                env=dict(plan.env),
-                on_stdout_line=on_line if plan.progress_stream == "stdout" else None,
-                on_stderr_line=on_line if plan.progress_stream == "stderr" else None,
+            run_result = await retry_transient(
+                lambda: self._run(
+                    plan.argv,
+                    limits,
+                    env=dict(plan.env),
+                    on_stdout_line=on_line if plan.progress_stream == "stdout" else None,
+                    on_stderr_line=on_line if plan.progress_stream == "stderr" else None,
+                    stop=self.stop_scans,
+                )
             )
         finally:
             if plan.rate:
@@ -180,7 +275,7 @@ class ScanService:
         rule: str | None = None,
         run: RunResult | None = None,
     ) -> None:
-        end = {**record, "event": "end", "outcome": outcome, "duration_seconds": round(time.monotonic() - started, 3)}
+        end = {**record, "event": "end", "outcome": outcome, "duration_seconds": round(self._clock() - started, 3)}
         if rule is not None:
             end["rule"] = rule
         if run is not None:

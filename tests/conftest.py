@@ -6,6 +6,7 @@ import copy
 import ipaddress
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,17 +80,6 @@ Entry { filename = "broadcast-dhcp-discover.nse", categories = { "broadcast", "s
 """
 
 
-def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` with `overrides` merged in, nested mappings key by key (None is a value, not a delete)."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 class FakeResolver:
     """A dict-backed stand-in for the lab DNS: never sends a query, records every name it is asked."""
 
@@ -127,6 +117,19 @@ def lab_scope(lab_policy: Policy) -> Scope:
 def lab_policy_data() -> dict[str, Any]:
     """A fresh copy of the lab policy as data, to change and write to a file."""
     return copy.deepcopy(LAB_POLICY_DATA)
+
+
+@pytest.fixture
+def lab_facts() -> NetworkFacts:
+    return LAB_FACTS
+
+
+@pytest.fixture
+def lab_script_db(tmp_path: Path) -> Path:
+    """A script.db holding the lab allowlist (and two scripts no policy may allow)."""
+    path = tmp_path / "script.db"
+    path.write_text(LAB_SCRIPT_DB, encoding="utf-8")
+    return path
 
 
 @pytest.fixture

@@ -104,3 +104,19 @@ def test_invalid_setting_is_refused_with_its_name() -> None:
     code, _, err = run("config", "show", APPLIANCE_PORT="not-a-port")
     assert code == 2
     assert "APPLIANCE_PORT" in err
+
+
+def test_demo_scans_through_a_running_appliance(tmp_path: Path) -> None:
+    from support import LOOPBACK_POLICY, tcp_listener
+    from test_transports import TOKEN, http_server
+
+    policy = write_policy(tmp_path, LOOPBACK_POLICY)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    with http_server(policy, APPLIANCE_AUTH_TOKEN=TOKEN) as url, tcp_listener(b"SSH-2.0-OpenSSH_9.2\r\n") as port:
+        code, output, err = run(
+            "demo", "--url", url, "--token-file", str(token_file), "--target", "127.0.0.1", "--ports", str(port)
+        )
+    assert code == 0, err
+    assert f"127.0.0.1:{port}/tcp open" in output
+    assert "target_denied_link_local" in output

@@ -30,7 +30,9 @@ TOKEN = "test-token-0123456789abcdef"
 
 def server_env(policy: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env.update(APPLIANCE_POLICY_PATH=str(policy), APPLIANCE_LOG_LEVEL="WARNING", **extra)
+    # Health port 0: each test server gets a free sidecar port.
+    env.update(APPLIANCE_POLICY_PATH=str(policy), APPLIANCE_LOG_LEVEL="WARNING", APPLIANCE_HEALTH_PORT="0")
+    env.update(extra)
     return env
 
 

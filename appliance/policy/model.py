@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -34,12 +34,12 @@ FORBIDDEN_SCRIPT_CATEGORIES = frozenset(
 
 def _network(text: str) -> IPNetwork:
     try:
-        return ipaddress.ip_network(text, strict=True)
+        network = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not a network in CIDR form with host bits zero ({exc})") from exc
-
-
-NetworkList = Annotated[list[str], Field(default_factory=list)]
+    if str(network) != text:
+        raise ValueError(f"{text!r} is not in canonical form; write {str(network)!r}")
+    return network
 
 
 class _Strict(BaseModel):
@@ -63,7 +63,9 @@ class ScopeRules(_Strict):
     )
     deny_own_addresses: bool = Field(default=True, description="Refuse the appliance's own addresses.")
     insecure_allow_loopback: bool = Field(
-        default=False, description="TEST/DEMO ONLY: allow 127.0.0.0/8 and ::1. Logged loudly, shown in health."
+        default=False,
+        strict=True,  # only a real YAML true opens loopback, never "yes" or 1
+        description="TEST/DEMO ONLY: allow 127.0.0.0/8 and ::1. Logged loudly, shown in health.",
     )
 
     @field_validator("allow_networks", "deny_networks")
@@ -104,8 +106,16 @@ class Limits(_Strict):
         return self
 
 
-class NmapRules(_Strict):
-    enabled: bool = True
+class _ToolRules(_Strict):
+    enabled: bool = Field(default=True, description="A disabled tool leaves the tool list; clients are told.")
+    max_concurrent: int = Field(default=2, ge=1, le=64, description="Scans of this tool running at once.")
+    max_queued: int = Field(default=4, ge=0, le=1024, description="Calls that may wait for a slot; more are refused.")
+    breaker_force: Literal["open", "closed"] | None = Field(
+        default=None, description="Operator override of the circuit breaker: open refuses every call."
+    )
+
+
+class NmapRules(_ToolRules):
     allowed_scripts: list[str] = Field(default_factory=lambda: list(DEFAULT_SCRIPTS))
     default_top_ports: int = Field(default=100, ge=1, le=1000, description="Ports scanned when none are named.")
     max_rate: int = Field(default=1000, ge=1, le=100000, description="Upper bound for --max-rate/--min-rate (pps).")
@@ -127,8 +137,7 @@ class NmapRules(_Strict):
         return self
 
 
-class MasscanRules(_Strict):
-    enabled: bool = True
+class MasscanRules(_ToolRules):
     default_rate: int = Field(default=100, ge=1, le=1_000_000)
     max_rate: int = Field(default=1000, ge=1, le=1_000_000, description="Packets per second, shared by all calls.")
     max_wait_seconds: int = Field(default=5, ge=0, le=60, description="Upper bound for masscan --wait.")
@@ -140,8 +149,7 @@ class MasscanRules(_Strict):
         return self
 
 
-class GobusterRules(_Strict):
-    enabled: bool = True
+class GobusterRules(_ToolRules):
     default_threads: int = Field(default=4, ge=1, le=100)
     max_threads: int = Field(default=10, ge=1, le=100)
     dns_resolver: str | None = Field(
@@ -169,6 +177,19 @@ class GobusterRules(_Strict):
         return self
 
 
+class Resilience(_Strict):
+    max_concurrent_scans: int = Field(default=4, ge=1, le=256, description="Scans running at once, all tools.")
+    breaker_failure_threshold: int = Field(default=5, ge=1, le=1000, description="Execution failures in a row.")
+    breaker_recovery_seconds: float = Field(default=30.0, gt=0, le=3600, description="First wait before a probe.")
+    breaker_max_recovery_seconds: float = Field(default=600.0, gt=0, le=86400, description="Cap of the doubling.")
+
+    @model_validator(mode="after")
+    def _recovery_ordered(self) -> Resilience:
+        if self.breaker_recovery_seconds > self.breaker_max_recovery_seconds:
+            raise ValueError("breaker_recovery_seconds must not exceed breaker_max_recovery_seconds")
+        return self
+
+
 class ToolRules(_Strict):
     nmap_scan: NmapRules = Field(default_factory=NmapRules)
     masscan_scan: MasscanRules = Field(default_factory=MasscanRules)
@@ -182,6 +203,7 @@ class Policy(_Strict):
     scope: ScopeRules = Field(default_factory=ScopeRules)
     limits: Limits = Field(default_factory=Limits)
     tools: ToolRules = Field(default_factory=ToolRules)
+    resilience: Resilience = Field(default_factory=Resilience)
 
 
 def parse_policy(text: str, *, source: str = "<policy>") -> Policy:

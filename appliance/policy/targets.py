@@ -43,6 +43,8 @@ _BUILTIN_DENY: tuple[tuple[str, str], ...] = (
     ("ff00::/8", "target_denied_multicast"),
     ("::ffff:0:0/96", "target_ipv4_mapped_ipv6"),
     ("::/96", "target_ipv4_mapped_ipv6"),  # IPv4-compatible (deprecated) addresses
+    ("64:ff9b::/96", "target_ipv4_mapped_ipv6"),  # NAT64: reaches the embedded IPv4 address
+    ("2002::/16", "target_ipv4_mapped_ipv6"),  # 6to4: embeds an IPv4 address
 )
 BUILTIN_DENY: tuple[tuple[IPNetwork, str], ...] = tuple(
     (ipaddress.ip_network(net), rule) for net, rule in _BUILTIN_DENY
@@ -211,17 +213,20 @@ def check_hostname(name: str, suffixes: Iterable[str], *, allow_bare_suffix: boo
 
 def check_address(address: IPAddress, scope: Scope) -> None:
     """Refuse an address the deny list holds or the allow list lacks. Deny always wins."""
-    if any(address in net for net in LOOPBACK):
-        if not scope.allow_loopback:
-            raise _refuse(
-                "target_denied_loopback",
-                f"{address} is a loopback address: the appliance never scans itself",
-                "Scan a lab address. (Only test policies set insecure_allow_loopback.)",
-            )
-        return
+    loopback = any(address in net for net in LOOPBACK)
+    if loopback and not scope.allow_loopback:
+        raise _refuse(
+            "target_denied_loopback",
+            f"{address} is a loopback address: the appliance never scans itself",
+            "Scan a lab address. (Only test policies set insecure_allow_loopback.)",
+        )
     for network, rule in scope.denied:
-        if address in network:
+        # An opened loopback still obeys the operator's own denials (the built-in ranges that
+        # contain ::1, such as ::/96, are about other addresses).
+        if address in network and (not loopback or rule == "target_denied_policy"):
             raise _refuse(rule, f"{address} is on the never-scan list ({network})", "Choose another lab target.")
+    if loopback:
+        return
     if not any(address in network for network in scope.allowed):
         if address.version == 6 and not any(n.version == 6 for n in scope.allowed):
             raise _refuse(
@@ -258,16 +263,15 @@ def check_network(network: IPNetwork, scope: Scope) -> None:
             f"{network} covers {network.num_addresses} addresses; the limit is {scope.max_hosts}",
             "Split the range into smaller CIDR blocks, one per call.",
         )
-    if any(_overlaps(network, loop) for loop in LOOPBACK):
-        if scope.allow_loopback and any(_within(network, loop) for loop in LOOPBACK):
-            return
+    loopback = any(_overlaps(network, loop) for loop in LOOPBACK)
+    if loopback and not (scope.allow_loopback and any(_within(network, loop) for loop in LOOPBACK)):
         raise _refuse("target_denied_loopback", f"{network} overlaps loopback", "Scan a lab range.")
     for denied, rule in scope.denied:
-        if _overlaps(network, denied):
+        if _overlaps(network, denied) and (not loopback or rule == "target_denied_policy"):
             raise _refuse(
                 rule, f"{network} contains never-scan addresses ({denied})", "Use a smaller block that leaves them out."
             )
-    if not any(_within(network, allowed) for allowed in scope.allowed):
+    if not loopback and not any(_within(network, allowed) for allowed in scope.allowed):
         raise _refuse(
             "target_out_of_scope",
             f"{network} is not inside one allowed network",

@@ -75,7 +75,13 @@ def report_fields(plan: ScanPlan, request_id: str, run: RunResult | None) -> dic
     }
     if run is None:
         return fields
-    reason: PartialReason | None = "timeout" if run.timed_out else "output_cap" if run.stdout_truncated else None
+    reason: PartialReason | None = None
+    if run.timed_out:
+        reason = "timeout"
+    elif run.stdout_truncated:
+        reason = "output_cap"
+    elif run.stopped:
+        reason = "shutdown"
     shown = run.stdout[:RAW_OUTPUT_SHOWN_BYTES]
     fields.update(
         exit_code=run.exit_code,

@@ -1,0 +1,250 @@
+"""The running appliance: wires the parts together and owns start-up, reload and shutdown.
+
+Start: self-check, policy, scanners probed once, sidecar, transport. Reload (SIGHUP or a file
+change): policy and tokens, each swapped whole or not at all. Shutdown (SIGTERM, SIGINT, stdin
+EOF): not ready at once, queued calls refused, running scans get the drain window and are then
+stopped (they return partial results), streams closed, audit flushed, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from appliance.audit import AuditSink
+from appliance.auth import TokenSource
+from appliance.config import Settings
+from appliance.errors import ConfigError
+from appliance.health import Health, ScannerStatus, probe_scanner
+from appliance.metrics import Metrics
+from appliance.policy.store import PolicyStore
+from appliance.privileges import (
+    excess_privileges,
+    load_capability_policy,
+    missing_privileges,
+    read_privileges,
+)
+from appliance.server import ScannerServer
+from appliance.service import ScanService
+from appliance.sidecar import build_sidecar, start_sidecar
+from appliance.stdio import run_stdio
+from appliance.tools import TOOLS
+
+log = logging.getLogger(__name__)
+
+# How long shutdown waits for stopped scans to hand back their partial results.
+STOP_WAIT_SECONDS = 1.0
+# How long shutdown waits for the transport to finish once told to stop.
+TRANSPORT_STOP_SECONDS = 1.5
+VERSION_ARGS = {"nmap_scan": ("--version",), "masscan_scan": ("--version",), "gobuster_scan": ("version",)}
+
+
+def privilege_verdict(settings: Settings) -> dict[str, Any]:
+    """The self-check: what the process holds against what its mode allows."""
+    held = read_privileges()
+    rules = load_capability_policy(settings.capability_policy_path).modes[settings.privilege_mode]
+    excess = excess_privileges(held, rules)
+    return {
+        "ok": not excess or not settings.enforce_privileges,
+        "enforced": settings.enforce_privileges,
+        "mode": settings.privilege_mode,
+        "excess": excess,
+        "missing": missing_privileges(held, rules),
+        "held": held.describe(),
+    }
+
+
+class FileWatch:
+    """Notices a replaced or edited file by inode, size and mtime (bind mounts emit no events)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen = self._signature()
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def changed(self) -> bool:
+        now = self._signature()
+        if now == self._seen:
+            return False
+        self._seen = now
+        return True
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: the appliance decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+class Appliance:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.verdict = check_or_refuse(settings)
+        self.store = PolicyStore(settings.policy_path)
+        self.audit = AuditSink(settings.audit_path)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry, TOOLS)
+        self.service = ScanService(settings, self.store, self.audit, metrics=self.metrics)
+        self.server = ScannerServer(self.service)
+        self.tokens: TokenSource | None = None
+        if settings.transport == "http":
+            secret = settings.auth_token.get_secret_value() if settings.auth_token else None
+            self.tokens = TokenSource(secret, settings.auth_tokens_file)
+        self.draining = False
+        self.health_port: int | None = None
+        self.http_port: int | None = None
+        self._shutdown = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._uvicorn: _Uvicorn | None = None
+
+    # --- reload -----------------------------------------------------------------------------
+    async def reload_policy(self) -> bool:
+        ok = self.store.reload()
+        self.metrics.policy_reloads.labels("ok" if ok else "rejected").inc()
+        if ok:
+            self.service.apply_policy()
+            if self.server.sync_tools():
+                await self.server.announce_tools_changed()
+        return ok
+
+    async def _watch(self) -> None:
+        watches: dict[Path, Callable[[], Awaitable[bool]]] = {self.settings.policy_path: self.reload_policy}
+        tokens = self.tokens
+        if tokens is not None and tokens.path is not None:
+
+            async def reload_tokens() -> bool:
+                return tokens.reload()
+
+            watches[tokens.path] = reload_tokens
+        files = {path: FileWatch(path) for path in watches}
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.reload_poll_seconds)
+            forced = self._wake.is_set()
+            self._wake.clear()
+            if forced:
+                log.info("SIGHUP: reloading policy and tokens; process settings need a restart")
+            for path, reload in watches.items():
+                if files[path].changed() or forced:
+                    await reload()
+
+    # --- run --------------------------------------------------------------------------------
+    async def _probe_scanners(self) -> dict[str, ScannerStatus]:
+        paths = {
+            "nmap_scan": self.settings.nmap_path,
+            "masscan_scan": self.settings.masscan_path,
+            "gobuster_scan": self.settings.gobuster_path,
+        }
+        results = await asyncio.gather(*(probe_scanner(paths[t], VERSION_ARGS[t]) for t in TOOLS))
+        return dict(zip(TOOLS, results, strict=True))
+
+    async def _transport(self) -> None:
+        if self.settings.transport == "stdio":
+            await run_stdio(self.server.mcp)
+            log.info("stdin closed: shutting down")
+            return
+        from appliance.http import build_http_app, uvicorn_config
+
+        assert self.tokens is not None
+        app = build_http_app(self.server.mcp, self.settings, self.tokens)
+        self._uvicorn = _Uvicorn(uvicorn_config(app, self.settings))
+        await self._uvicorn.serve()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        scanners = await self._probe_scanners()
+        health = Health(
+            self.settings,
+            self.store,
+            self.audit,
+            scanners,
+            breakers=lambda: {name: b.snapshot() for name, b in self.service.breakers.items()},
+            draining=lambda: self.draining,
+            privilege_check=lambda: self.verdict,
+        )
+        sidecar = None
+        if self.settings.health_enabled:
+            token = self.settings.health_token.get_secret_value() if self.settings.health_token else None
+            app = build_sidecar(health, self.registry, token)
+            sidecar, self.health_port = await start_sidecar(app, self.settings.health_host, self.settings.health_port)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._shutdown.set)
+        loop.add_signal_handler(signal.SIGHUP, self._wake.set)
+        watcher = asyncio.create_task(self._watch())
+        transport = asyncio.create_task(self._transport())
+        stop = asyncio.create_task(self._shutdown.wait())
+        try:
+            await asyncio.wait({transport, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await self._stop(transport)
+        finally:
+            stop.cancel()
+            watcher.cancel()
+            if sidecar is not None:
+                await sidecar.cleanup()
+            self.audit.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        if transport.done() and not transport.cancelled() and transport.exception() is not None:
+            raise transport.exception()  # type: ignore[misc]
+        return 0
+
+    async def _wait_idle(self, seconds: float) -> bool:
+        """Wait up to `seconds` for every running scan to end; True if they did."""
+        deadline = time.monotonic() + seconds
+        while any(self.service.limiter.in_flight(t) for t in TOOLS):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)  # shutdown-only poll; scans end on their own schedule
+        return True
+
+    async def _stop(self, transport: asyncio.Task[None]) -> None:
+        started = time.monotonic()
+        self.draining = True
+        log.info("shutting down: not ready, queued calls refused", extra={"drain_seconds": self.settings.drain_seconds})
+        self.service.limiter.close()
+        if not await self._wait_idle(self.settings.drain_seconds):
+            self.service.stop_scans.set()
+            await self._wait_idle(STOP_WAIT_SECONDS)
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        elif not transport.done():
+            # stdio: a client still connected gets no more answers; its scans are already stopped.
+            transport.cancel()
+        done, _ = await asyncio.wait({transport}, timeout=TRANSPORT_STOP_SECONDS)
+        if not done:
+            log.warning("transport did not stop in time")
+        log.info("shutdown complete", extra={"seconds": round(time.monotonic() - started, 3)})
+
+
+def check_or_refuse(settings: Settings) -> dict[str, Any]:
+    """Run the self-check; raise when the process holds more than its mode allows."""
+    verdict = privilege_verdict(settings)
+    if not verdict["ok"]:
+        raise ConfigError(
+            f"refusing to start: this process holds more than {settings.privilege_mode} mode allows: "
+            + "; ".join(verdict["excess"]),
+            rule="privileges_exceed_policy",
+            recovery_suggestion="Run with --cap-drop ALL, --security-opt no-new-privileges, --read-only, the seccomp "
+            "profile and user 65532 (README: docker run flags); never --privileged.",
+        )
+    if verdict["excess"]:
+        log.warning("privilege self-check (not enforced here)", extra={"excess": verdict["excess"]})
+    return verdict

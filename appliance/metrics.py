@@ -1,0 +1,61 @@
+"""Prometheus metrics on an injected registry (a fresh one per test), children created up front."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.process_collector import ProcessCollector
+
+from appliance import __version__
+
+OUTCOMES = ("ok", "partial", "refused", "error", "cancelled", "dry_run")
+RELOAD_RESULTS = ("ok", "rejected")
+BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+# Scans run from milliseconds (a refused port) to minutes (a slow sweep).
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, tools: Iterable[str], *, process: bool = True) -> None:
+        self.registry = registry
+        self.calls = Counter("appliance_tool_calls", "Tool calls by outcome.", ["tool", "outcome"], registry=registry)
+        self.duration = Histogram(
+            "appliance_tool_duration_seconds",
+            "Wall-clock time of tool calls that ran a scanner.",
+            ["tool"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge("appliance_tool_in_flight", "Scanner runs in progress.", ["tool"], registry=registry)
+        self.queue_depth = Gauge(
+            "appliance_tool_queue_depth", "Calls waiting for a concurrency slot.", ["tool"], registry=registry
+        )
+        self.circuit_state = Gauge(
+            "appliance_circuit_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            ["tool"],
+            registry=registry,
+        )
+        self.scope_refusals = Counter(
+            "appliance_scope_refusals", "Calls refused by a policy rule.", ["tool", "rule"], registry=registry
+        )
+        self.policy_reloads = Counter(
+            "appliance_policy_reloads", "Policy reload attempts by result.", ["result"], registry=registry
+        )
+        self.build_info = Info("appliance_build", "Version of the appliance.", registry=registry)
+        self.build_info.info({"version": __version__})
+        if process:
+            ProcessCollector(registry=registry)
+        for tool in tools:
+            for outcome in OUTCOMES:
+                self.calls.labels(tool, outcome)
+            self.duration.labels(tool)
+            self.in_flight.labels(tool)
+            self.queue_depth.labels(tool)
+            self.circuit_state.labels(tool)
+        for result in RELOAD_RESULTS:
+            self.policy_reloads.labels(result)
+
+    def set_circuit(self, tool: str, state: str) -> None:
+        self.circuit_state.labels(tool).set(BREAKER_STATE_VALUE[state])

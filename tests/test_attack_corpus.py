@@ -1,0 +1,200 @@
+"""The attack corpus (tests/attack_corpus.yaml): every hostile call is refused before anything runs.
+
+Each entry goes the way an MCP tool call goes: the tool's request model, then `ScanService.call`.
+A request-model error is mapped exactly as the CLI's `check` command maps it. The resolver is a
+dict (no DNS query leaves the test) and the runner is a spy that fails the test if a scanner
+would start.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+import yaml
+
+from appliance.audit import AuditSink
+from appliance.cli import _request_error
+from appliance.config import Settings
+from appliance.errors import ApplianceError, NotFoundError, ValidationError
+from appliance.policy.netinfo import NetworkFacts
+from appliance.policy.store import PolicyStore
+from appliance.service import ScanService
+from appliance.tools import TOOLS, ToolSpec
+
+CORPUS_PATH = Path(__file__).parent / "attack_corpus.yaml"
+CORPUS: list[dict[str, Any]] = yaml.safe_load(CORPUS_PATH.read_text(encoding="utf-8"))
+ENTRY_KEYS = {"id", "tool", "args", "rule", "resolves", "policy", "privilege_mode"}
+REQUIRED_KEYS = {"id", "tool", "args", "rule"}
+MIN_ENTRIES = 150
+
+
+def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` merged in key by key; a null in `changes` is a value (dns_resolver: null)."""
+    result = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def write_policy(directory: Path, data: Mapping[str, Any]) -> Path:
+    """Write `data` as a policy file, the form the appliance loads it in."""
+    path = directory / "policy.yaml"
+    path.write_text(yaml.safe_dump(dict(data), sort_keys=False), encoding="utf-8")
+    return path
+
+
+@dataclass
+class Harness:
+    service: ScanService
+    resolver: Any
+    runner: Any
+    audit: io.StringIO
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.audit.getvalue().splitlines()]
+
+
+@pytest.fixture
+def harness(
+    tmp_path: Path,
+    lab_policy_data: dict[str, Any],
+    lab_facts: NetworkFacts,
+    lab_script_db: Path,
+    make_resolver: Callable[..., Any],
+    spy_runner: Any,
+) -> Callable[..., Harness]:
+    def build(
+        policy: Mapping[str, Any] | None = None,
+        resolves: Mapping[str, list[str]] | None = None,
+        privilege_mode: str = "raw",
+    ) -> Harness:
+        path = write_policy(tmp_path, merged(lab_policy_data, policy or {}))
+        settings = Settings(privilege_mode=privilege_mode, policy_path=path, audit_path=None)
+        store = PolicyStore(path, facts=lambda: lab_facts, script_db=lab_script_db)
+        audit = io.StringIO()
+        resolver = make_resolver(resolves or {})
+        service = ScanService(settings, store, AuditSink(stream=audit), resolve=resolver, runner=spy_runner)
+        return Harness(service, resolver, spy_runner, audit)
+
+    return build
+
+
+def validated(spec: ToolSpec, arguments: Mapping[str, Any]) -> pydantic.BaseModel:
+    """The request model, with its error mapped as `appliance check` maps it."""
+    try:
+        return spec.request_model.model_validate(arguments)
+    except pydantic.ValidationError as exc:
+        raise _request_error(exc) from exc
+
+
+async def call(harness: Harness, tool: str, arguments: Mapping[str, Any]) -> Any:
+    spec = TOOLS[tool]
+    return await harness.service.call(spec, validated(spec, arguments), "test-id")
+
+
+# --- the corpus itself --------------------------------------------------------------------------
+
+
+def test_corpus_has_enough_entries_with_unique_ids() -> None:
+    ids = [entry["id"] for entry in CORPUS]
+
+    assert len(CORPUS) >= MIN_ENTRIES
+    assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
+
+
+@pytest.mark.parametrize("entry", CORPUS, ids=[entry["id"] for entry in CORPUS])
+def test_corpus_entry_is_well_formed(entry: dict[str, Any]) -> None:
+    assert REQUIRED_KEYS <= set(entry) <= ENTRY_KEYS
+    assert re.fullmatch(r"[a-z0-9]+(?:_[a-z0-9]+)*", entry["id"])
+    assert entry["tool"] in TOOLS
+    assert isinstance(entry["args"], dict)
+    assert entry.get("privilege_mode", "raw") in ("connect", "raw")
+
+
+def test_corpus_covers_every_tool_and_both_privilege_modes() -> None:
+    assert {entry["tool"] for entry in CORPUS} == set(TOOLS)
+    assert any(entry.get("privilege_mode") == "connect" for entry in CORPUS)
+
+
+# --- every entry is refused with its rule, audited, and nothing starts --------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("entry", CORPUS, ids=[entry["id"] for entry in CORPUS])
+async def test_attack_is_refused_before_any_scanner_starts(
+    entry: dict[str, Any], harness: Callable[..., Harness]
+) -> None:
+    resolves = entry.get("resolves", {})
+    h = harness(entry.get("policy"), resolves, entry.get("privilege_mode", "raw"))
+
+    with pytest.raises(ApplianceError) as refused:
+        await call(h, entry["tool"], entry["args"])
+
+    assert refused.value.rule == entry["rule"], refused.value.message
+    assert isinstance(refused.value, ValidationError | NotFoundError)
+    assert h.runner.calls == []
+    # The resolver is only ever asked names the entry lists; usually none.
+    assert set(h.resolver.calls) <= set(resolves)
+    lines = h.audit_lines()
+    if entry["rule"] == "arguments_invalid":
+        assert lines == []  # refused before the service, as in the CLI and the MCP SDK
+        return
+    assert len(lines) == 1
+    assert lines[0]["verdict"] == "refused"
+    assert lines[0]["rule"] == entry["rule"]
+    assert lines[0]["tool"] == entry["tool"]
+    assert lines[0]["request_id"] == "test-id"
+
+
+# --- the harness lets clean calls through: the refusals above are not an artefact --------------
+
+
+CLEAN_CALLS = [
+    pytest.param("nmap_scan", {"target": "web.lab.internal", "ports": "22,80"}, id="nmap_lab_hostname"),
+    pytest.param("nmap_scan", {"target": "10.20.1.0/28", "scan_type": "syn"}, id="nmap_syn_in_raw_mode"),
+    pytest.param("masscan_scan", {"target": "10.20.1.0/28", "ports": "80", "rate": 1000}, id="masscan_block"),
+    pytest.param("gobuster_scan", {"target": "http://web.lab.internal:8080/app/"}, id="gobuster_dir"),
+    pytest.param(
+        "gobuster_scan", {"mode": "dns", "target": "lab.internal", "wordlist": "subdomains"}, id="gobuster_dns"
+    ),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("tool", "arguments"), CLEAN_CALLS)
+async def test_clean_dry_run_is_allowed_and_audited(
+    tool: str, arguments: dict[str, Any], harness: Callable[..., Harness]
+) -> None:
+    h = harness(resolves={"web.lab.internal": ["10.20.0.5"]})
+
+    report = await call(h, tool, {**arguments, "dry_run": True})
+
+    assert report.dry_run
+    assert h.runner.calls == []
+    [line] = h.audit_lines()
+    assert line["verdict"] == "allowed"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("tool", "arguments"), CLEAN_CALLS)
+async def test_spy_runner_catches_a_call_that_would_run(
+    tool: str, arguments: dict[str, Any], harness: Callable[..., Harness]
+) -> None:
+    h = harness(resolves={"web.lab.internal": ["10.20.0.5"]})
+
+    with pytest.raises(AssertionError, match="would have started"):
+        await call(h, tool, arguments)
+
+    [argv] = h.runner.calls
+    assert "10.20.0.5" in " ".join(argv) or "10.20.1.0/28" in argv or "lab.internal" in argv
