@@ -34,6 +34,7 @@ from appliance.privileges import (
     missing_privileges,
     read_privileges,
 )
+from appliance.reaper import reap_orphans_forever
 from appliance.server import ScannerServer
 from appliance.service import ScanService
 from appliance.sidecar import build_sidecar, start_sidecar
@@ -189,6 +190,8 @@ class Appliance:
             loop.add_signal_handler(sig, self._shutdown.set)
         loop.add_signal_handler(signal.SIGHUP, self._wake.set)
         watcher = asyncio.create_task(self._watch())
+        # As PID 1 (no init) orphaned scanner descendants are ours to reap.
+        reaper = asyncio.create_task(reap_orphans_forever()) if os.getpid() == 1 else None
         transport = asyncio.create_task(self._transport())
         stop = asyncio.create_task(self._shutdown.wait())
         try:
@@ -197,6 +200,8 @@ class Appliance:
         finally:
             stop.cancel()
             watcher.cancel()
+            if reaper is not None:
+                reaper.cancel()
             if sidecar is not None:
                 await sidecar.cleanup()
             self.audit.close()

@@ -32,6 +32,8 @@ BASE_ENV: Mapping[str, str] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": 
 READ_CHUNK_BYTES = 64 * 1024
 MAX_LINE_BYTES = 64 * 1024
 STDERR_CAP_BYTES = 64 * 1024
+# Direct children between spawn and reap: the PID-1 reaper (reaper.py) leaves these to asyncio.
+LIVE_CHILDREN: set[int] = set()
 # SIGKILL is immediate; this only bounds a child stuck in the kernel or a pipe kept by a setsid escapee.
 REAP_TIMEOUT_SECONDS = 5.0
 # fork/exec refused for lack of processes (EAGAIN) or memory (ENOMEM): may work a moment later.
@@ -256,6 +258,7 @@ async def run(
     started = time.monotonic()
     # Cancelled mid-spawn, asyncio would SIGKILL the child only, not grandchildren it already made.
     proc, cancelled = await _finish_despite_cancel(_spawn(args, {**BASE_ENV, **(env or {})}))
+    LIVE_CHILDREN.add(proc.pid)
     # Both are PIPE above; the asserts only narrow the type.
     assert proc.stdout is not None
     assert proc.stderr is not None
@@ -294,6 +297,7 @@ async def run(
             )
         stopping.cancel()
         was_running, cancelled = await _finish_despite_cancel(_stop(proc, wait_task, readers, limits.grace_seconds))
+        LIVE_CHILDREN.discard(proc.pid)
         if cancelled:
             raise asyncio.CancelledError
     for task in readers:
