@@ -157,7 +157,7 @@ class ScanService:
                 rule="tool_disabled",
                 recovery_suggestion="Use another tool, or ask the operator to enable it in the policy.",
             )
-        ctx = PlanContext(snapshot.policy, snapshot.scope, self._resolve, self.settings)
+        ctx = PlanContext(snapshot.policy, snapshot.scope, self._resolve, self.settings, snapshot.facts)
         return await spec.plan(request, ctx)
 
     async def call(

@@ -21,6 +21,15 @@ class NetworkFacts:
     own_addresses: frozenset[IPAddress] = field(default_factory=frozenset)
     broadcasts: frozenset[IPAddress] = field(default_factory=frozenset)
     gateways: frozenset[IPAddress] = field(default_factory=frozenset)
+    # (interface name, its IPv4 subnet): which lab targets are on-link, for masscan's adapter.
+    interfaces: tuple[tuple[str, ipaddress.IPv4Network], ...] = ()
+
+    def onlink_interface(self, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str | None:
+        """The interface whose subnet holds all of `network`, if any."""
+        for name, subnet in self.interfaces:
+            if isinstance(network, ipaddress.IPv4Network) and network.subnet_of(subnet):
+                return name
+        return None
 
 
 def parse_ipv4_routes(text: str) -> set[IPAddress]:
@@ -59,7 +68,8 @@ def _read(path: Path) -> str:
 def read_network_facts(proc: Path = Path("/proc/net")) -> NetworkFacts:
     own: set[IPAddress] = set()
     broadcasts: set[IPAddress] = set()
-    for addresses in psutil.net_if_addrs().values():
+    interfaces: list[tuple[str, ipaddress.IPv4Network]] = []
+    for name, addresses in psutil.net_if_addrs().items():
         for entry in addresses:
             if entry.family not in (socket.AF_INET, socket.AF_INET6):
                 continue
@@ -67,7 +77,9 @@ def read_network_facts(proc: Path = Path("/proc/net")) -> NetworkFacts:
             own.add(address)
             if entry.family == socket.AF_INET and entry.netmask:
                 network = ipaddress.IPv4Network(f"{address}/{entry.netmask}", strict=False)
+                if not network.is_loopback:
+                    interfaces.append((name, network))
                 if network.prefixlen < 31:
                     broadcasts.add(network.broadcast_address)
     gateways = parse_ipv4_routes(_read(proc / "route")) | parse_ipv6_routes(_read(proc / "ipv6_route"))
-    return NetworkFacts(frozenset(own), frozenset(broadcasts), frozenset(gateways))
+    return NetworkFacts(frozenset(own), frozenset(broadcasts), frozenset(gateways), tuple(interfaces))

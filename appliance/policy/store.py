@@ -26,13 +26,14 @@ class PolicySnapshot:
     policy: Policy
     scope: Scope
     source: Path
+    facts: NetworkFacts
 
 
 def build_snapshot(path: Path, facts: NetworkFacts, script_db: Path = SCRIPT_DB) -> PolicySnapshot:
     """Load, validate and compile one policy file; raises PolicyError naming every problem."""
     policy = load_policy(path)
     check_script_allowlist(policy, script_db)
-    return PolicySnapshot(policy, compile_scope(policy, facts), path)
+    return PolicySnapshot(policy, compile_scope(policy, facts), path, facts)
 
 
 class PolicyStore:

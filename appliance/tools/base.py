@@ -10,6 +10,7 @@ from typing import Any, Literal
 from appliance.config import Settings
 from appliance.errors import ExecutionError, ValidationError
 from appliance.policy.model import Policy
+from appliance.policy.netinfo import NetworkFacts
 from appliance.policy.targets import CheckedTarget, Resolver, Scope
 from appliance.results import PartialReason, ScanReport
 from appliance.runner import RunResult
@@ -28,6 +29,7 @@ class PlanContext:
     scope: Scope
     resolve: Resolver
     settings: Settings
+    facts: NetworkFacts = field(default_factory=NetworkFacts)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.errors import ValidationError
@@ -77,6 +79,7 @@ async def plan(request: MasscanRequest, ctx: PlanContext) -> ScanPlan:
         )
     target = await check_target(request.target, ctx.scope, ctx.resolve)
     argv = [binary(ctx.settings.masscan_path), target.scan_arg, "-p", ports.text, "--rate", str(rate)]
+    argv.extend(_link_options(target.scan_arg, ctx))
     if "--wait" not in extra:
         argv.extend(["--wait", str(min(DEFAULT_WAIT_SECONDS, rules.max_wait_seconds))])
     argv.extend(extra)
@@ -91,6 +94,28 @@ async def plan(request: MasscanRequest, ctx: PlanContext) -> ScanPlan:
         progress=masscan_progress,
         rate=rate,
     )
+
+
+def _link_options(scan_arg: str, ctx: PlanContext) -> list[str]:
+    """Adapter and next hop for an on-link target, derived from our own interfaces, never the caller.
+
+    masscan sends from its own stack and picks the default route's interface and router MAC. A lab
+    host on a directly attached subnet (a Docker internal network has no router at all) must be
+    reached on that subnet's interface with the host's own MAC: `--router-ip <target>` makes
+    masscan ARP the target itself. One MAC per call, so an on-link block cannot be swept.
+    """
+    network = ipaddress.ip_network(scan_arg)
+    interface = ctx.facts.onlink_interface(network)
+    if interface is None:
+        return []  # routed: masscan's own default-route detection applies
+    if network.num_addresses > 1:
+        raise ValidationError(
+            f"{scan_arg} is on the directly attached subnet of {interface}; masscan can reach one "
+            "on-link host per call (it sends every packet to one MAC address)",
+            rule="masscan_onlink_block",
+            recovery_suggestion="Scan on-link hosts one address per call, or sweep the block with nmap_scan.",
+        )
+    return ["--adapter", interface, "--router-ip", str(network.network_address)]
 
 
 def finish(plan: ScanPlan, request_id: str, run: RunResult | None) -> MasscanResult:
