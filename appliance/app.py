@@ -21,10 +21,11 @@ from typing import Any
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from appliance import __version__
 from appliance.audit import AuditSink
 from appliance.auth import TokenSource
 from appliance.config import Settings
-from appliance.errors import ConfigError
+from appliance.errors import ConfigError, ExecutionError
 from appliance.health import Health, ScannerStatus, probe_scanner
 from appliance.metrics import Metrics
 from appliance.policy.store import PolicyStore
@@ -43,8 +44,9 @@ from appliance.tools import TOOLS
 
 log = logging.getLogger(__name__)
 
-# How long shutdown waits for stopped scans to hand back their partial results.
-STOP_WAIT_SECONDS = 1.0
+# How long shutdown waits for stopped scans to hand back their partial results: the runner's
+# SIGTERM grace (0.5 s) plus parsing, with room for a loaded machine. Usually a few milliseconds.
+STOP_WAIT_SECONDS = 3.0
 # How long shutdown waits for the transport to finish once told to stop.
 TRANSPORT_STOP_SECONDS = 1.5
 VERSION_ARGS = {"nmap_scan": ("--version",), "masscan_scan": ("--version",), "gobuster_scan": ("version",)}
@@ -147,6 +149,22 @@ class Appliance:
                 if files[path].changed() or forced:
                     await reload()
 
+    def _audit_event(self, event: str) -> None:
+        """Start and stop lines in the trail; a sink that fails here shows in readiness at once."""
+        try:
+            self.audit.write(
+                {
+                    "event": event,
+                    "version": __version__,
+                    "mode": self.settings.privilege_mode,
+                    "transport": self.settings.transport,
+                    "policy": str(self.settings.policy_path),
+                    "tools_unavailable": self.service.unavailable,
+                }
+            )
+        except ExecutionError as exc:
+            log.error("audit sink failed; calls are refused until it works", extra={"reason": exc.message})
+
     # --- run --------------------------------------------------------------------------------
     async def _probe_scanners(self) -> dict[str, ScannerStatus]:
         paths = {
@@ -172,6 +190,9 @@ class Appliance:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         scanners = await self._probe_scanners()
+        self.service.unavailable = {t: f"scanner unavailable: {s.reason}" for t, s in scanners.items() if not s.present}
+        self.server.sync_tools()
+        self._audit_event("appliance_start")
         health = Health(
             self.settings,
             self.store,
@@ -204,6 +225,7 @@ class Appliance:
                 reaper.cancel()
             if sidecar is not None:
                 await sidecar.cleanup()
+            self._audit_event("appliance_stop")
             self.audit.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -227,7 +249,9 @@ class Appliance:
         self.service.limiter.close()
         if not await self._wait_idle(self.settings.drain_seconds):
             self.service.stop_scans.set()
-            await self._wait_idle(STOP_WAIT_SECONDS)
+            if not await self._wait_idle(STOP_WAIT_SECONDS):
+                log.warning("scans still running after they were told to stop")
+        log.info("scans ended; closing the transport", extra={"seconds": round(time.monotonic() - started, 3)})
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         elif not transport.done():

@@ -26,7 +26,9 @@ async def _connect_and_scan(url: str, token: str, target: str, ports: str) -> di
         Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
     ):
         tools = [tool.name for tool in (await client.list_tools()).tools]
-        result = await client.call_tool("nmap_scan", {"target": target, "ports": ports, "scan_type": "version"})
+        # connect + http-title: a readable result in a second; -sV against an unknown banner takes ~90 s.
+        arguments = {"target": target, "ports": ports, "scan_type": "connect", "scripts": ["http-title"]}
+        result = await client.call_tool("nmap_scan", arguments)
         refused = await client.call_tool("nmap_scan", {"target": "169.254.169.254"})
         return {
             "tools": tools,
@@ -55,6 +57,8 @@ async def run_demo(url: str, token: str, target: str, ports: str, wait_seconds: 
         for port in host["ports"]:
             service = " ".join(filter(None, [port.get("service"), port.get("product"), port.get("version")]))
             print(f"  {host['address']}:{port['port']}/{port['protocol']} {port['state']} {service}")
+            for script in port.get("scripts", []):
+                print(f"    {script['id']}: {script['output'].strip()}")
     refusal = outcome["refusal_example"] or {}
     print(f"and a refusal: 169.254.169.254 -> {refusal.get('rule')}: {refusal.get('message')}")
     print(json.dumps(outcome["result"], indent=2))

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 GRACEFUL_SHUTDOWN_SECONDS = 1
 # MCP requests are small JSON documents; anything larger is refused before it is parsed.
 MAX_REQUEST_BODY_BYTES = 256 * 1024
+# A session a client abandons without DELETE holds memory until it idles out (SDK default 30 min).
+SESSION_IDLE_TIMEOUT_SECONDS = 300
+# Live handshake-era sessions at once; a client holding a token cannot grow memory without bound.
+MAX_SESSIONS = 256
 UNAUTHORIZED = b'{"error": "unauthorized", "message": "a valid bearer token is required"}'
 
 
@@ -81,6 +85,8 @@ def build_http_app(server: MCPServer[Any], settings: Settings, tokens: TokenSour
     app = server.streamable_http_app(
         streamable_http_path=settings.http_path,
         max_request_body_size=MAX_REQUEST_BODY_BYTES,
+        session_idle_timeout=SESSION_IDLE_TIMEOUT_SECONDS,
+        max_sessions=MAX_SESSIONS,
         transport_security=TransportSecuritySettings(
             enable_dns_rebinding_protection=True, allowed_hosts=settings.allowed_hosts, allowed_origins=[]
         ),

@@ -128,26 +128,35 @@ class ScannerServer:
             subscriptions=self.bus,
             middleware=[self.sessions],
         )
-        self.registered: set[str] = set()
+        self.registered: dict[str, str] = {}  # tool name -> the description it was registered with
         self.sync_tools()
 
     def _description(self, spec: ToolSpec) -> str:
-        if spec.name == "masscan_scan" and self.service.settings.privilege_mode != "raw":
-            return "UNAVAILABLE in this deployment (connect mode: no raw sockets). " + spec.description
-        return spec.description
+        reason = self.service.unavailable.get(spec.name)
+        if reason is None and spec.name == "masscan_scan" and self.service.settings.privilege_mode != "raw":
+            reason = "connect mode: no raw sockets"
+        return spec.description if reason is None else f"UNAVAILABLE in this deployment ({reason}). {spec.description}"
 
     def sync_tools(self) -> bool:
-        """Register exactly the tools the policy enables; True when the list changed."""
+        """Register exactly the tools the policy enables, each described as it stands now.
+
+        An unusable tool stays listed, saying why, and refuses calls with that reason: an agent
+        learns it once instead of guessing from an unknown-tool error.
+        """
         policy = self.service.store.current.policy
-        wanted = {name for name in TOOLS if getattr(policy.tools, name).enabled}
-        for name in self.registered - wanted:
+        wanted = {name: self._description(TOOLS[name]) for name in TOOLS if getattr(policy.tools, name).enabled}
+        for name in set(self.registered) - set(wanted):
             self.mcp.remove_tool(name)
-        for name in sorted(wanted - self.registered):
+        for name in sorted(wanted):
+            if self.registered.get(name) == wanted[name]:
+                continue
+            if name in self.registered:
+                self.mcp.remove_tool(name)
             spec = TOOLS[name]
             self.mcp.add_tool(
                 _tool_function(spec, self.service),
                 name=spec.name,
-                description=self._description(spec),
+                description=wanted[name],
                 annotations=ToolAnnotations(
                     read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True
                 ),

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from appliance.audit import AuditSink, output_digest
 from appliance.config import Settings
-from appliance.errors import ApplianceError, ResourceExhaustedError, ValidationError
+from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError, ValidationError
 from appliance.metrics import Metrics
 from appliance.policy.model import Policy
 from appliance.policy.store import PolicyStore
@@ -117,6 +117,8 @@ class ScanService:
         self._run = runner
         self._clock = clock
         self._rates = RateBudget()
+        # Tools whose scanner could not be run at start, with the reason (set by the app).
+        self.unavailable: dict[str, str] = {}
         # Set at shutdown once the drain window is over: running scans stop and report partial.
         self.stop_scans = asyncio.Event()
         policy = store.current.policy
@@ -151,6 +153,12 @@ class ScanService:
     async def check(self, spec: ToolSpec, request: BaseModel) -> ScanPlan:
         """The whole policy check for one request; raises ValidationError naming the rule."""
         snapshot = self.store.current
+        if spec.name in self.unavailable:
+            raise NotFoundError(
+                f"{spec.name} is unavailable: {self.unavailable[spec.name]}",
+                rule="tool_unavailable",
+                recovery_suggestion="Use another tool; the operator must install the scanner or fix its path.",
+            )
         if not getattr(snapshot.policy.tools, spec.name).enabled:
             raise ValidationError(
                 f"{spec.name} is disabled by the policy",
