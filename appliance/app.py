@@ -27,6 +27,7 @@ from appliance.auth import TokenSource
 from appliance.config import Settings
 from appliance.errors import ConfigError, ExecutionError
 from appliance.health import Health, ScannerStatus, probe_scanner
+from appliance.http import ActiveRequests
 from appliance.metrics import Metrics
 from appliance.policy.store import PolicyStore
 from appliance.privileges import (
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 # How long shutdown waits for stopped scans to hand back their partial results: the runner's
 # SIGTERM grace (0.5 s) plus parsing, with room for a loaded machine. Usually a few milliseconds.
 STOP_WAIT_SECONDS = 3.0
+# How long shutdown waits for answers (results of stopped scans) to be written to their streams.
+RESPONSES_WAIT_SECONDS = 1.0
 # How long shutdown waits for the transport to finish once told to stop.
 TRANSPORT_STOP_SECONDS = 1.5
 VERSION_ARGS = {"nmap_scan": ("--version",), "masscan_scan": ("--version",), "gobuster_scan": ("version",)}
@@ -117,6 +120,7 @@ class Appliance:
         self._shutdown = asyncio.Event()
         self._wake = asyncio.Event()
         self._uvicorn: _Uvicorn | None = None
+        self._requests: ActiveRequests | None = None
 
     # --- reload -----------------------------------------------------------------------------
     async def reload_policy(self) -> bool:
@@ -180,10 +184,11 @@ class Appliance:
             await run_stdio(self.server.mcp)
             log.info("stdin closed: shutting down")
             return
-        from appliance.http import build_http_app, uvicorn_config
+        from appliance.http import build_http_app, uvicorn_config  # uvicorn only for HTTP
 
         assert self.tokens is not None
         app = build_http_app(self.server.mcp, self.settings, self.tokens)
+        self._requests = app
         self._uvicorn = _Uvicorn(uvicorn_config(app, self.settings))
         await self._uvicorn.serve()
 
@@ -242,6 +247,15 @@ class Appliance:
             await asyncio.sleep(0.02)  # shutdown-only poll; scans end on their own schedule
         return True
 
+    async def _wait_responses_sent(self, seconds: float) -> bool:
+        """Wait up to `seconds` for every POST (tool results included) to finish its response."""
+        deadline = time.monotonic() + seconds
+        while self._requests is not None and self._requests.count:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)  # shutdown-only poll
+        return True
+
     async def _stop(self, transport: asyncio.Task[None]) -> None:
         started = time.monotonic()
         self.draining = True
@@ -253,6 +267,8 @@ class Appliance:
                 log.warning("scans still running after they were told to stop")
         log.info("scans ended; closing the transport", extra={"seconds": round(time.monotonic() - started, 3)})
         if self._uvicorn is not None:
+            if not await self._wait_responses_sent(RESPONSES_WAIT_SECONDS):
+                log.warning("HTTP responses still open at shutdown")
             self._uvicorn.should_exit = True
         elif not transport.done():
             # stdio: a client still connected gets no more answers; its scans are already stopped.

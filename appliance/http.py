@@ -67,6 +67,29 @@ class BearerAuth:
         await send({"type": "http.response.body", "body": UNAUTHORIZED})
 
 
+class ActiveRequests:
+    """Counts POST requests whose responses have not finished (a tool result may be one).
+
+    Shutdown waits for this to reach zero before telling uvicorn to exit: sse-starlette ends
+    every open event stream the moment uvicorn is told to exit, and a result still in one would
+    be lost. Long-lived GET listen streams are not counted; they carry no results.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+        self.count = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self._app(scope, receive, send)
+            return
+        self.count += 1
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self.count -= 1
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -74,7 +97,7 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def build_http_app(server: MCPServer[Any], settings: Settings, tokens: TokenSource) -> ASGIApp:
+def build_http_app(server: MCPServer[Any], settings: Settings, tokens: TokenSource) -> ActiveRequests:
     if not len(tokens.table) and not (settings.insecure_http_no_auth and _is_loopback(settings.host)):
         raise ConfigError(
             "the HTTP transport needs a bearer token (APPLIANCE_AUTH_TOKEN, /run/secrets/appliance_auth_token "
@@ -94,8 +117,8 @@ def build_http_app(server: MCPServer[Any], settings: Settings, tokens: TokenSour
     )
     if not len(tokens.table):
         log.warning("INSECURE: HTTP transport without authentication (loopback test mode)")
-        return app
-    return BearerAuth(app, tokens)
+        return ActiveRequests(app)
+    return ActiveRequests(BearerAuth(app, tokens))
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:

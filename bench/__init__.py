@@ -1,0 +1,7 @@
+"""`scripts/bench`: the appliance's performance figures, measured against a lab it builds itself.
+
+Every scan goes to one lab target container that the benchmark starts on an `internal` Docker
+network it creates, by that container's exact IP; the scope policy allows that one address and
+nothing else. The host-mode flood figure runs a fake scanner that sends no traffic, in an empty
+network namespace. Every container and network is removed in `finally` blocks.
+"""

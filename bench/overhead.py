@@ -1,0 +1,181 @@
+"""Figure 1: what one MCP `tools/call` adds to the scanner run it wraps.
+
+Two long-lived containers of the appliance image, both with compose's flags, on the lab network:
+
+- the server over stdio (`docker run -i ... serve`), one MCP session; the client times each
+  `call_tool("nmap_scan", {target, ports: "8080"})` with time.perf_counter in this process;
+- a harness (`--entrypoint /opt/venv/bin/python -c HARNESS`) that runs the exact argv the
+  server reports for that call (a `dry_run: true` call) with subprocess.run, with the runner's
+  scrubbed environment and a new session, timing each run with time.perf_counter inside the
+  container.
+
+Neither figure includes `docker run` start-up. The two sides strictly alternate (one direct
+run, one MCP call, ...) so that background load on the machine falls on both alike; besides the
+difference of the medians, the median of the per-pair differences is kept (less sensitive to
+load that drifts during the run).
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from bench.clients import error_type, port_open, stdio_session
+from bench.docker import DOCKER, BenchError, log
+from bench.lab import TARGET_PORT, Lab
+from bench.stats import percentile, summary_ms
+
+# Runs the argv it is given N times for every line "N" on stdin; answers one JSON line per batch.
+HARNESS = r"""
+import json, subprocess, sys, time
+from appliance.runner import BASE_ENV
+argv = json.loads(sys.argv[1])
+for line in sys.stdin:
+    seconds, failures = [], 0
+    for _ in range(int(line)):
+        started = time.perf_counter()
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(BASE_ENV), start_new_session=True, check=False)
+        seconds.append(time.perf_counter() - started)
+        if done.returncode != 0 or b'<state state="open"' not in done.stdout:
+            failures += 1
+    print(json.dumps({"seconds": seconds, "failures": failures}), flush=True)
+"""
+# One batch is at most a few dozen one-port scans of ~0.1 s each; the first also imports Python.
+HARNESS_BATCH_TIMEOUT_SECONDS = 120
+# stdin closed: the harness loop ends and the container exits at once.
+HARNESS_EXIT_TIMEOUT_SECONDS = 30
+PROGRESS_EVERY = 50
+ECHO_ROUND_TRIPS = 50
+
+
+@dataclass(frozen=True)
+class OverheadParams:
+    calls: int
+    warmup: int
+
+
+class Harness:
+    """The direct-execution side: a python process in an appliance container, fed batch sizes."""
+
+    def __init__(self, lab: Lab, argv: list[str]) -> None:
+        self.name = lab.name("direct")
+        args = lab.appliance_run(
+            self.name,
+            {},
+            interactive=True,
+            entrypoint="/opt/venv/bin/python",
+            command=["-c", HARNESS, json.dumps(argv)],
+        )
+        self._log = (lab.log_dir / f"{self.name}.log").open("w")
+        self._proc = subprocess.Popen([DOCKER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
+
+    def batch(self, runs: int) -> tuple[list[float], int]:
+        """Run the argv `runs` times in the container; per-run seconds and the failed runs."""
+        assert self._proc.stdin is not None
+        assert self._proc.stdout is not None
+        self._proc.stdin.write(f"{runs}\n".encode())
+        self._proc.stdin.flush()
+        # One short JSON line per batch, written at once: readable means the whole line is there.
+        ready, _, _ = select.select([self._proc.stdout], [], [], HARNESS_BATCH_TIMEOUT_SECONDS)
+        line = self._proc.stdout.readline() if ready else b""
+        if not line:
+            raise BenchError(f"the direct-execution harness gave no answer (see {self._log.name})")
+        answer = json.loads(line)
+        return [float(s) for s in answer["seconds"]], int(answer["failures"])
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=HARNESS_EXIT_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._log.close()
+
+
+async def measure(lab: Lab, params: OverheadParams) -> dict[str, Any]:
+    arguments = {"target": lab.target_ip, "ports": str(TARGET_PORT)}
+    name = lab.name("stdio")
+    run = lab.appliance_run(name, {"APPLIANCE_TRANSPORT": "stdio"}, interactive=True)
+    mcp_seconds: list[float] = []
+    server_seconds: list[float] = []
+    direct_seconds: list[float] = []
+    echo_seconds: list[float] = []
+    dry_seconds: list[float] = []
+    failures = {"mcp": 0, "direct": 0}
+    async with stdio_session([DOCKER, *run], lab.log_dir / f"{name}.log") as client:
+        dry = await client.call_tool("nmap_scan", {**arguments, "dry_run": True})
+        if dry.is_error or not dry.structured_content:
+            raise BenchError(f"the dry run was refused: {dry.content}")
+        argv = [str(a) for a in dry.structured_content["argv"]]
+        protocol = client.protocol_version
+        harness = Harness(lab, argv)
+        try:
+            _, warm_failures = await anyio.to_thread.run_sync(harness.batch, params.warmup)
+            for _ in range(params.warmup):
+                await client.call_tool("nmap_scan", arguments)
+            if warm_failures:
+                raise BenchError("the direct runs of the argv fail in the harness container")
+            for call in range(params.calls):
+                seconds, failed = await anyio.to_thread.run_sync(harness.batch, 1)
+                direct_seconds += seconds
+                failures["direct"] += failed
+                started = time.perf_counter()
+                result = await client.call_tool("nmap_scan", arguments)
+                mcp_seconds.append(time.perf_counter() - started)
+                if error_type(result) is not None or not port_open(result, TARGET_PORT):
+                    failures["mcp"] += 1
+                else:
+                    server_seconds.append(float((result.structured_content or {})["duration_seconds"]))
+                if (call + 1) % PROGRESS_EVERY == 0:
+                    log(f"overhead: {call + 1}/{params.calls} pairs")
+            # What the docker attach path alone costs: a line to the harness and its answer back,
+            # with no scan in between (the same hop every MCP message over stdio takes).
+            for _ in range(ECHO_ROUND_TRIPS):
+                started = time.perf_counter()
+                await anyio.to_thread.run_sync(harness.batch, 0)
+                echo_seconds.append(time.perf_counter() - started)
+            # The whole request path without a scanner: the same call with dry_run (validation,
+            # scope checks, audit line, JSON-RPC both ways, client SDK; no process, no parsing).
+            for _ in range(ECHO_ROUND_TRIPS):
+                started = time.perf_counter()
+                await client.call_tool("nmap_scan", {**arguments, "dry_run": True})
+                dry_seconds.append(time.perf_counter() - started)
+        finally:
+            await anyio.to_thread.run_sync(harness.close)
+    mcp = summary_ms(mcp_seconds)
+    direct = summary_ms(direct_seconds)
+    server = summary_ms(server_seconds) if server_seconds else None
+    paired = [m - d for m, d in zip(mcp_seconds, direct_seconds, strict=True)]
+    return {
+        "argv": argv,
+        "calls_per_side": len(mcp_seconds),
+        "warmup_per_side": params.warmup,
+        "mcp_call_ms": mcp,
+        "direct_run_ms": direct,
+        # The server's own timing of the scanner run (the result's duration_seconds: monotonic
+        # clock in the server, ms resolution), which splits the added time in two.
+        "server_run_ms": server,
+        "breakdown_median_ms": {
+            "runner": round(server["median"] - direct["median"], 3) if server else None,
+            "protocol_transport_and_validation": round(mcp["median"] - server["median"], 3) if server else None,
+            # Measured apart (host perf_counter around an empty batch of the harness).
+            "docker_stdio_round_trip": summary_ms(echo_seconds)["median"],
+            "dry_run_call": summary_ms(dry_seconds)["median"],
+        },
+        "added_ms_median": round(mcp["median"] - direct["median"], 3),
+        "added_ms_p99": round(mcp["p99"] - direct["p99"], 3),
+        "paired_added_ms_median": round(percentile(paired, 50) * 1000, 3),
+        "ratio_median": round(percentile(mcp_seconds, 50) / percentile(direct_seconds, 50), 3),
+        "protocol_version": protocol,
+        "unexpected_errors": failures["mcp"] + failures["direct"],
+        "failures": failures,
+    }

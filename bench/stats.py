@@ -1,0 +1,40 @@
+"""Summaries of timing samples: nearest-rank percentiles, in milliseconds or seconds."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def percentile(samples: Sequence[float], p: float) -> float:
+    """The nearest-rank p-th percentile (p in (0, 100]): a value that was actually observed.
+
+    With fewer than 100 samples the 99th percentile is the maximum; the JSON keeps the sample
+    count beside it so that a reader can tell.
+    """
+    if not samples:
+        raise ValueError("no samples")
+    ordered = sorted(samples)
+    rank = max(math.ceil(p / 100 * len(ordered)), 1)
+    return ordered[rank - 1]
+
+
+def summary_ms(seconds: Sequence[float]) -> dict[str, float | int]:
+    """Median, p99, min and max of samples given in seconds, as milliseconds (3 decimals)."""
+    return {
+        "n": len(seconds),
+        "median": round(percentile(seconds, 50) * 1000, 3),
+        "p99": round(percentile(seconds, 99) * 1000, 3),
+        "min": round(min(seconds) * 1000, 3),
+        "max": round(max(seconds) * 1000, 3),
+    }
+
+
+def summary_s(seconds: Sequence[float]) -> dict[str, float | int]:
+    """Median, min and max of samples in seconds (3 decimals)."""
+    return {
+        "n": len(seconds),
+        "median": round(percentile(seconds, 50), 3),
+        "min": round(min(seconds), 3),
+        "max": round(max(seconds), 3),
+    }

@@ -1,0 +1,405 @@
+"""The appliance's workloads for scripts/trace-syscalls: every way it is run, in containers.
+
+Each phase starts the appliance as it is deployed (connect mode: UID 65532, no capabilities;
+raw mode: setpriv from root to 65532 keeping NET_RAW; both read-only, no-new-privileges) under
+the profile being traced or checked, drives it and checks every answer, so a trace only counts
+runs that worked. Traffic goes only to the lab target container `lab()` starts on an internal
+network it creates, addressed by its exact IP or its alias web.lab.internal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+REPO = Path(__file__).resolve().parent.parent
+LAB_PORT = 8080
+LAB_ALIAS = "web.lab.internal"
+MCP_PORT = 8080
+HEALTH_PORT = 9090
+APPLIANCE_ALIAS = "appliance"
+HTTP_HOST_HEADER = f"{APPLIANCE_ALIAS}:{MCP_PORT}"
+TOKEN = "trace-" + secrets.token_hex(16)
+APPLIANCE = "/opt/venv/bin/appliance"
+READY_TIMEOUT_SECONDS = 30  # the HTTP server imports the SDK and starts uvicorn: ~2 s here
+STOP_TIMEOUT_SECONDS = 10  # docker stop's grace period; the appliance drains in ~1 s
+CALL_TIMEOUT_SECONDS = 150  # the slowest call, the demo's full -sV of the busybox target, ~90 s
+DOCKER_TIMEOUT_SECONDS = 120  # any one docker CLI command
+
+TMPFS = "/tmp:rw,noexec,nosuid,nodev,size=16m"  # noqa: S108 (a tmpfs inside the container)
+COMMON = ["--read-only", "--tmpfs", TMPFS, "--security-opt", "no-new-privileges"]
+LIMITS = ["--pids-limit", "256", "--memory", "512m", "--cpus", "1"]
+CONNECT_MODE = ["--user", "65532:65532", "--cap-drop", "ALL", "-e", "APPLIANCE_PRIVILEGE_MODE=connect"]
+RAW_MODE = [
+    "--user", "0:0", "--cap-drop", "ALL",
+    "--cap-add", "NET_RAW", "--cap-add", "SETUID", "--cap-add", "SETGID", "--cap-add", "SETPCAP",
+    "-e", "APPLIANCE_PRIVILEGE_MODE=raw", "--entrypoint", "/usr/bin/setpriv",
+]  # fmt: skip
+SETPRIV_TO_APPLIANCE = [
+    "--reuid=65532", "--regid=65532", "--clear-groups", "--inh-caps=-all,+net_raw",
+    "--ambient-caps=-all,+net_raw", "--bounding-set=-all,+net_raw", "/usr/bin/tini", "--", APPLIANCE,
+]  # fmt: skip
+# compose.yaml's raw-mode HEALTHCHECK: `docker exec` starts as root with the container's
+# capabilities, so the probe drops to 65532 with none first.
+RAW_EXEC_PREFIX = [
+    "/usr/bin/setpriv", "--reuid=65532", "--regid=65532", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+]  # fmt: skip
+
+
+def executable(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise SystemExit(f"trace-syscalls: {name} not found on PATH")
+    return path
+
+
+def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [executable("docker"), *args], capture_output=True, text=True, timeout=DOCKER_TIMEOUT_SECONDS, check=False
+    )
+    if check and done.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args[:2])} ... exited {done.returncode}: {done.stderr.strip()}")
+    return done
+
+
+def docker_out(*args: str) -> str:
+    return docker(*args).stdout.strip()
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {READY_TIMEOUT_SECONDS}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def container_ip(name: str, network: str) -> str:
+    return docker_out("inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}', name)
+
+
+def port_open(address: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((address, port)) == 0
+
+
+@dataclass(frozen=True)
+class Lab:
+    network: str
+    target_ip: str
+
+
+@contextlib.contextmanager
+def lab(lab_image: str) -> Iterator[Lab]:
+    """An internal network (no route out) with the lab web server on it; both removed on exit."""
+    suffix = secrets.token_hex(4)
+    network, target = f"seccomp-trace-{suffix}", f"seccomp-trace-target-{suffix}"
+    docker("network", "create", "--internal", network)
+    try:
+        docker(
+            "run", "-d", "--name", target, "--network", network, "--network-alias", LAB_ALIAS,
+            "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", lab_image,
+        )  # fmt: skip
+        try:
+            ip = container_ip(target, network)
+            wait_until(lambda: port_open(ip, LAB_PORT), f"the lab target {ip}:{LAB_PORT}")
+            yield Lab(network, ip)
+        finally:
+            docker("rm", "-f", target, check=False)
+    finally:
+        docker("network", "rm", network, check=False)
+
+
+class Tracer:
+    """Optional strace of a phase's container: the arguments the audit records lack."""
+
+    def __init__(self, directory: Path | None, phase: str) -> None:
+        self.directory = directory
+        self.phase = phase
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def attach(self, container: str) -> None:
+        """Attach to every process of the running container (and, with -f, their new children)."""
+        if self.directory is None:
+            return
+        pids = docker_out("top", container, "-o", "pid").split()[1:]
+        command = [executable("strace"), "-f", "-qq", "-o", str(self.directory / f"{self.phase}.strace")]
+        for pid in pids:
+            command += ["-p", pid]
+        self.procs.append(subprocess.Popen(command))
+
+    def detach(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)  # strace ends with the last traced process
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+        self.procs.clear()
+
+
+@dataclass
+class Setup:
+    """What every phase shares: the image, the lab, the profile in use and the tracer."""
+
+    image: str
+    lab: Lab
+    profile: Path
+    tracer: Tracer
+
+
+def run_args(mode: str, name: str, setup: Setup, extra: list[str], command: tuple[str, ...] = ("serve",)) -> list[str]:
+    """`docker run` arguments of the appliance as deployed in `mode`, running `appliance COMMAND`."""
+    mode_args = RAW_MODE if mode == "raw" else CONNECT_MODE
+    tail = [*SETPRIV_TO_APPLIANCE, *command] if mode == "raw" else list(command)
+    return [
+        *("--name", name, "--network", setup.lab.network, *COMMON, *LIMITS),
+        *("--security-opt", f"seccomp={setup.profile}", *mode_args, *extra, setup.image, *tail),
+    ]
+
+
+# --- MCP calls -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    tool: str
+    arguments: dict[str, Any]
+    check: Callable[[dict[str, Any]], bool]
+    expect_error: bool = False
+
+
+def open_port_found(result: dict[str, Any]) -> bool:
+    return any(p["port"] == LAB_PORT and p["state"] == "open" for h in result["hosts"] for p in h["ports"])
+
+
+def found_admin(result: dict[str, Any]) -> bool:
+    return any(finding["value"].strip("/") == "admin" for finding in result["findings"])
+
+
+def refused(result: dict[str, Any]) -> bool:
+    return result["rule"] is not None
+
+
+def calls_for(mode: str, target: str) -> list[Call]:
+    """Every tool mode the appliance offers in `mode`, each against the lab target."""
+    url = f"http://{target}:{LAB_PORT}/"
+    calls = [
+        Call("nmap_scan", {"target": target, "ports": f"{LAB_PORT},81"}, open_port_found),
+        Call(
+            "nmap_scan",
+            # Intensity 0: the lab's busybox httpd matches no probe, and the full set takes 90 s.
+            {
+                "target": target,
+                "ports": str(LAB_PORT),
+                "scan_type": "version",
+                "scripts": ["http-title"],
+                "extra_args": ["--version-intensity", "0"],
+            },
+            open_port_found,
+        ),
+        Call("nmap_scan", {"target": target, "scan_type": "ping"}, lambda r: r["hosts"][0]["status"] == "up"),
+        Call("nmap_scan", {"target": LAB_ALIAS, "ports": str(LAB_PORT)}, open_port_found),  # a DNS lookup first
+        # A budget the scan cannot meet: the runner ends nmap's process group (SIGTERM, SIGKILL).
+        Call(
+            "nmap_scan",
+            {"target": target, "ports": "1-40", "extra_args": ["--scan-delay", "1s"], "timeout_seconds": 2},
+            lambda r: r["partial_reason"] == "timeout",
+        ),
+        Call("gobuster_scan", {"mode": "dir", "target": url}, found_admin),
+        Call("gobuster_scan", {"mode": "vhost", "target": url, "wordlist": "subdomains"}, lambda r: "findings" in r),
+        # Refused before any process starts: TEST-NET-1 is outside the scope.
+        Call("nmap_scan", {"target": "192.0.2.10"}, refused, expect_error=True),
+    ]
+    if mode == "raw":
+        return [
+            *calls,
+            Call("nmap_scan", {"target": target, "ports": f"{LAB_PORT},81", "scan_type": "syn"}, open_port_found),
+            Call(
+                "masscan_scan",
+                {"target": target, "ports": f"{LAB_PORT},81", "rate": 100},
+                lambda r: any(f["port"] == LAB_PORT for f in r["findings"]),
+            ),
+        ]
+    return [*calls, Call("masscan_scan", {"target": target, "ports": "80"}, refused, expect_error=True)]
+
+
+async def run_calls(client: Client, calls: list[Call]) -> list[str]:
+    """Make the calls; return what went wrong (nothing, when every answer is as expected)."""
+    tools = {tool.name for tool in (await client.list_tools()).tools}
+    problems = [] if tools == {"nmap_scan", "masscan_scan", "gobuster_scan"} else [f"tools/list gave {tools}"]
+    for call in calls:
+        result = await client.call_tool(call.tool, call.arguments)
+        content = result.structured_content or {}
+        text = getattr(result.content[0], "text", "") if result.content else ""
+        try:
+            ok = result.is_error == call.expect_error and call.check(content)
+        except (KeyError, IndexError, TypeError):
+            ok = False
+        if not ok:
+            problems.append(f"{call.tool} {call.arguments}: {text[:300]}")
+    return problems
+
+
+# --- phases ----------------------------------------------------------------------------------------
+
+
+def cli_phase(mode: str, setup: Setup) -> list[str]:
+    """The operator commands an image user runs with `docker run`: version, policy validate, check."""
+    problems = []
+    check_args = json.dumps({"target": setup.lab.target_ip, "ports": str(LAB_PORT)})
+    for command in (
+        ("version",),
+        ("policy", "validate", "/etc/appliance/scope.yaml"),
+        ("check", "nmap_scan", f"--args-json={check_args}"),
+        ("config", "show"),
+    ):
+        done = docker("run", "--rm", *run_args(mode, f"seccomp-trace-cli-{secrets.token_hex(3)}", setup, [], command))
+        if done.returncode != 0:
+            problems.append(f"appliance {command[0]} exited {done.returncode}: {done.stderr[-300:]}")
+    return problems
+
+
+async def _stdio_calls(mode: str, name: str, setup: Setup) -> list[str]:
+    args = ["run", "-i", "--rm", *run_args(mode, name, setup, ["-e", "APPLIANCE_LOG_LEVEL=WARNING"])]
+    params = StdioServerParameters(command=executable("docker"), args=args)
+    async with Client(params, mode="legacy", read_timeout_seconds=CALL_TIMEOUT_SECONDS) as client:
+        await asyncio.to_thread(setup.tracer.attach, name)
+        return await run_calls(client, calls_for(mode, setup.lab.target_ip))
+
+
+def stdio_phase(mode: str, setup: Setup) -> list[str]:
+    """`docker run -i` with the MCP client on stdin/stdout; ends when the client closes stdin."""
+    name = f"seccomp-trace-{mode}-stdio-{secrets.token_hex(3)}"
+    try:
+        return asyncio.run(_stdio_calls(mode, name, setup))
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
+@contextlib.asynccontextmanager
+async def http_client(url: str) -> AsyncIterator[Client]:
+    # The server's DNS-rebinding protection accepts listed Host headers only; the address is not
+    # known before start, so the client names the appliance as compose's clients do.
+    headers = {"Authorization": f"Bearer {TOKEN}", "Host": HTTP_HOST_HEADER}
+    async with (
+        create_mcp_http_client(headers=headers) as http,
+        Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
+    ):
+        yield client
+
+
+async def _http_calls(url: str, calls: list[Call]) -> list[str]:
+    async with http_client(url) as client:
+        return await run_calls(client, calls)
+
+
+def http_get(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (http:// to a container we started)
+        response.read()
+        return int(response.status)
+
+
+def exec_in(name: str, mode: str, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """`docker exec` as a health check runs it (raw mode: drop to 65532 with no capabilities)."""
+    return docker("exec", name, *(RAW_EXEC_PREFIX if mode == "raw" else []), *command, check=False)
+
+
+def http_phase(mode: str, setup: Setup) -> list[str]:
+    """HTTP transport, the sidecar, health checks, the demo client, a reload (SIGHUP), `docker stop`.
+
+    Deployed as compose.yaml does it: policies bind-mounted as a folder, the sidecar on 0.0.0.0,
+    the audit trail in a file on the tmpfs.
+    """
+    name = f"seccomp-trace-{mode}-http-{secrets.token_hex(3)}"
+    extra = [
+        *("-e", "APPLIANCE_TRANSPORT=http", "-e", "APPLIANCE_HOST=0.0.0.0", "-e", f"APPLIANCE_PORT={MCP_PORT}"),
+        *("-e", "APPLIANCE_HEALTH_HOST=0.0.0.0", "-e", f"APPLIANCE_AUTH_TOKEN={TOKEN}"),
+        *("-e", f'APPLIANCE_ALLOWED_HOSTS=["{HTTP_HOST_HEADER}"]', "-e", "APPLIANCE_AUDIT_PATH=/tmp/audit.jsonl"),
+        *("-v", f"{REPO / 'policies'}:/etc/appliance/policies:ro"),
+        *("-e", "APPLIANCE_POLICY_PATH=/etc/appliance/policies/scope.yaml", "--network-alias", APPLIANCE_ALIAS),
+    ]
+    problems: list[str] = []
+    try:
+        docker("run", "-d", *run_args(mode, name, setup, extra))
+        ip = container_ip(name, setup.lab.network)
+        wait_until(lambda: port_open(ip, MCP_PORT), f"the appliance's HTTP port on {ip}")
+        setup.tracer.attach(name)
+        problems += asyncio.run(_http_calls(f"http://{ip}:{MCP_PORT}/mcp", calls_for(mode, setup.lab.target_ip)[:2]))
+        for path in ("livez", "readyz", "healthz", "metrics"):
+            if (status := http_get(f"http://{ip}:{HEALTH_PORT}/{path}")) != 200:
+                problems.append(f"sidecar /{path} answered {status}")
+        for command in ([APPLIANCE, "health", "--probe"], [APPLIANCE, "health"]):
+            if (done := exec_in(name, mode, command)).returncode != 0:
+                problems.append(f"{' '.join(command[1:])} exited {done.returncode}: {done.stderr[-300:]}")
+        if mode == "connect":
+            problems += demo_client(setup)
+        docker("kill", "-s", "HUP", name)
+        started = time.monotonic()
+        docker("stop", "-t", str(STOP_TIMEOUT_SECONDS), name)
+        took = time.monotonic() - started
+        code = docker_out("inspect", "-f", "{{.State.ExitCode}}", name)
+        print(f"{name}: docker stop took {took:.1f}s, exit code {code}", file=sys.stderr)
+        if code not in ("0", "143") or took > STOP_TIMEOUT_SECONDS - 1:
+            problems.append(f"docker stop: exit code {code} after {took:.1f}s")
+        logs = docker("logs", name).stderr
+        if "Traceback" in logs:
+            problems.append("server log has a traceback: " + logs[logs.index("Traceback") :][:600])
+    finally:
+        docker("rm", "-f", name, check=False)
+    return problems
+
+
+def demo_client(setup: Setup) -> list[str]:
+    """compose.yaml's one-shot `appliance demo` client, which runs under the same profile."""
+    if "demo" not in docker_out("run", "--rm", "--network", "none", "--entrypoint", APPLIANCE, setup.image, "--help"):
+        return []  # an image from before the demo command
+    with tempfile.TemporaryDirectory() as folder:
+        token = Path(folder) / "token"
+        token.write_text(TOKEN)
+        token.chmod(0o444)
+        Path(folder).chmod(0o755)  # the container's UID 65532 reads the bind-mounted token
+        args = [
+            "run", "--rm", "--network", setup.lab.network, *COMMON, *LIMITS,
+            "--security-opt", f"seccomp={setup.profile}", *CONNECT_MODE, "-v", f"{token}:/run/secrets/token:ro",
+            setup.image, "demo", f"--url=http://{APPLIANCE_ALIAS}:{MCP_PORT}/mcp",
+            "--token-file=/run/secrets/token", f"--target={LAB_ALIAS}", f"--ports={LAB_PORT}",
+        ]  # fmt: skip
+        done = subprocess.run(
+            [executable("docker"), *args], capture_output=True, text=True, timeout=CALL_TIMEOUT_SECONDS, check=False
+        )
+    return [] if done.returncode == 0 else [f"demo client exited {done.returncode}: {done.stderr[-400:]}"]
+
+
+PHASES: dict[str, tuple[str, Callable[[str, Setup], list[str]]]] = {
+    "connect-cli": ("connect", cli_phase),
+    "connect-stdio": ("connect", stdio_phase),
+    "connect-http": ("connect", http_phase),
+    "raw-stdio": ("raw", stdio_phase),
+    "raw-http": ("raw", http_phase),
+}
+
+
+@dataclass
+class Phase:
+    name: str
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0

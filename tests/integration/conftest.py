@@ -1,0 +1,207 @@
+"""Session fixtures for the container tests: the images, the test lab, compose.yaml's settings
+and a compose deployment.
+
+The lab is an `internal` Docker network this session creates (no route off its subnet) with
+one lab target container on it; the appliance's policy in these tests allows exactly that
+network's subnet. Ryuk cannot be pulled here (TESTCONTAINERS_RYUK_DISABLED=true), so every
+container, network and compose project is removed in `finally` blocks.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import yaml
+from dockerlab import (
+    IMAGE,
+    LAB_ALIAS,
+    LAB_IMAGE,
+    REPO,
+    ComposeStack,
+    Lab,
+    ServiceSpec,
+    compose_env,
+    compose_services,
+    free_port,
+    wait_healthy,
+)
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.network import Network
+
+# A first build (base image, wheels, both images) takes a few minutes here; a rebuild less.
+BUILD_TIMEOUT_SECONDS = 1800
+COMPOSE_DOWN_TIMEOUT_SECONDS = 120
+# The compose lab subnet (compose.yaml): one deployment of the file at a time can hold it.
+COMPOSE_LAB_SUBNET = "10.77.0.0/24"
+# This run's bearer token: 16+ URL-safe characters, as the appliance requires.
+TEST_TOKEN = "integration-" + uuid.uuid4().hex
+
+MEASUREMENTS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if MEASUREMENTS:
+        terminalreporter.section("container measurements")
+        for line in MEASUREMENTS:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def record() -> Callable[[str], None]:
+    """Add a line to the 'container measurements' section at the end of the run."""
+    return MEASUREMENTS.append
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(
+            f"no Docker engine answers ({exc}): start one (scripts/setup-docker) or deselect -m 'not integration'"
+        )
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def images(docker_client: docker.DockerClient, record: Any) -> tuple[str, str]:
+    """Both images, built with scripts/build-image when one is missing. An image that exists is
+    used as it is: rebuild after changing the package (scripts/build-image)."""
+    missing = []
+    for image in (IMAGE, LAB_IMAGE):
+        try:
+            docker_client.images.get(image)
+        except docker.errors.ImageNotFound:
+            missing.append(image)
+    if missing:
+        started = time.monotonic()
+        subprocess.run([str(REPO / "scripts" / "build-image")], check=True, timeout=BUILD_TIMEOUT_SECONDS)
+        record(f"scripts/build-image (missing: {', '.join(missing)}): {time.monotonic() - started:.0f} s")
+    return IMAGE, LAB_IMAGE
+
+
+@pytest.fixture(scope="session")
+def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A token file as scripts/create-token makes it (0444 in a 0700 folder), for the tests only."""
+    folder = tmp_path_factory.mktemp("secrets")
+    folder.chmod(0o700)
+    token_file = folder / "appliance_auth_token"
+    token_file.write_text(TEST_TOKEN)
+    token_file.chmod(0o444)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def services(secrets_dir: Path) -> dict[str, ServiceSpec]:
+    """compose.yaml's services as ServiceSpecs (appliance, appliance-raw, web, demo)."""
+    env = compose_env(APPLIANCE_TOKEN_FILE=str(secrets_dir / "appliance_auth_token"))
+    return {name: ServiceSpec.from_compose(name, data) for name, data in compose_services(env).items()}
+
+
+def write_test_policy(folder: Path, filename: str, subnet: str) -> None:
+    """compose-scope.yaml with the allow list pinned to the test lab's subnet, nothing else.
+
+    The lab network's gateway is left to the appliance's own default-gateway rule (the
+    isolation tests check that rule); compose.yaml's policy names its gateway explicitly.
+    """
+    policy = yaml.safe_load((REPO / "policies" / "compose-scope.yaml").read_text())
+    policy["scope"]["allow_networks"] = [subnet]
+    policy["scope"]["deny_networks"] = []
+    folder.chmod(0o755)  # a bind mount: the container's UID 65532 reads it
+    path = folder / filename
+    path.write_text(yaml.safe_dump(policy))
+    path.chmod(0o644)
+
+
+@pytest.fixture(scope="session")
+def lab(
+    docker_client: docker.DockerClient,
+    images: tuple[str, str],
+    services: dict[str, ServiceSpec],
+    secrets_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    record: Any,
+) -> Iterator[Lab]:
+    """An internal network with the lab target on it (alias web.lab.internal), as compose runs it."""
+    web_spec = services["web"]
+    network = Network(docker_network_kw={"internal": True})
+    network.create()
+    try:
+        target = DockerContainer(LAB_IMAGE).with_network(network).with_network_aliases(LAB_ALIAS)
+        target.with_kwargs(**web_spec.create_kwargs())
+        target.start()
+        try:
+            record(f"lab target healthy after {wait_healthy(target):.1f} s")
+            ipam = docker_client.networks.get(network.name).attrs["IPAM"]["Config"][0]
+            wrapped = target.get_wrapped_container()
+            wrapped.reload()
+            target_ip = wrapped.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+            policy_dir = tmp_path_factory.mktemp("policies")
+            policy_name = Path(services["appliance"].environment["APPLIANCE_POLICY_PATH"]).name
+            write_test_policy(policy_dir, policy_name, ipam["Subnet"])
+            yield Lab(
+                network=network.name,
+                subnet=ipam["Subnet"],
+                gateway=ipam["Gateway"],
+                target_ip=target_ip,
+                policy_dir=policy_dir,
+                token_file=secrets_dir / "appliance_auth_token",
+                token=TEST_TOKEN,
+            )
+        finally:
+            target.stop()
+    finally:
+        network.remove()
+
+
+def compose_lab_subnet_in_use(docker_client: docker.DockerClient) -> str | None:
+    for network in docker_client.networks.list():
+        for config in (network.attrs.get("IPAM") or {}).get("Config") or []:
+            if config.get("Subnet") == COMPOSE_LAB_SUBNET:
+                return str(network.name)
+    return None
+
+
+@pytest.fixture(scope="session")
+def compose_stack(
+    docker_client: docker.DockerClient, images: tuple[str, str], secrets_dir: Path, record: Any
+) -> Iterator[ComposeStack]:
+    """compose.yaml's appliance and web services, up and healthy, on free loopback ports."""
+    holder = compose_lab_subnet_in_use(docker_client)
+    if holder is not None:
+        pytest.fail(f"network {holder} already holds {COMPOSE_LAB_SUBNET}: stop that deployment first (scripts/down)")
+    http_port, health_port = free_port(), free_port()
+    stack = ComposeStack(
+        project=f"mcp-it-{uuid.uuid4().hex[:8]}",
+        env=compose_env(
+            APPLIANCE_TOKEN_FILE=str(secrets_dir / "appliance_auth_token"),
+            APPLIANCE_PUBLISH_PORT=str(http_port),
+            APPLIANCE_HEALTH_PUBLISH_PORT=str(health_port),
+            RAW_APPLIANCE_PUBLISH_PORT=str(free_port()),
+            RAW_APPLIANCE_HEALTH_PUBLISH_PORT=str(free_port()),
+        ),
+        http_port=http_port,
+        health_port=health_port,
+        token=TEST_TOKEN,
+    )
+    try:
+        started = time.monotonic()
+        up = stack.compose("up", "--detach", "--wait", "--wait-timeout", "150", "appliance", "web")
+        if up.returncode != 0:
+            logs = stack.compose("logs", "--no-color", "--tail", "60").stdout
+            pytest.fail(f"docker compose up failed:\n{up.stderr[-3000:]}\n--- logs ---\n{logs[-6000:]}")
+        record(f"docker compose up --wait (appliance + web healthy): {time.monotonic() - started:.1f} s")
+        yield stack
+    finally:
+        stack.compose("--profile", "raw", "down", "--volumes", "--remove-orphans", timeout=COMPOSE_DOWN_TIMEOUT_SECONDS)

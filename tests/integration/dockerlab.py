@@ -1,0 +1,368 @@
+"""Helpers for the container tests: compose.yaml's run-time settings as `docker run` flags and
+docker-py arguments, the test lab's facts, MCP clients for containers, and small waits.
+
+The appliance is started the way compose.yaml starts it: the settings are read from
+`docker compose config`, not copied here, so a change to compose.yaml is what gets tested.
+
+Network safety: every scan in these tests goes to the lab target container the fixtures start,
+on an internal network they create, by its exact IP or its alias. Nothing else is ever scanned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from support import wait_until
+from testcontainers.core.container import DockerContainer
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "compose.yaml"
+IMAGE = "mcp-scanner-appliance:latest"
+LAB_IMAGE = "mcp-scanner-lab-target:latest"
+APP_UID = 65532
+CAP_NET_RAW = 1 << 13
+LAB_ALIAS = "web.lab.internal"
+LAB_PORT = 8080
+# Where compose.yaml mounts the policy folder and the token; the tests mount theirs there too.
+CONTAINER_POLICY_DIR = "/etc/appliance/policies"
+CONTAINER_TOKEN_PATH = "/run/secrets/appliance_auth_token"
+# `docker compose config` takes a few hundred milliseconds; a hung engine must not hang the run.
+COMPOSE_CONFIG_TIMEOUT_SECONDS = 60
+# `up --wait` waits for the appliance's and the lab target's health checks.
+COMPOSE_UP_TIMEOUT_SECONDS = 180
+# Healthy means the image's health check passed once: the first check runs one interval
+# (compose: 10 s for the appliance, 5 s for the lab target) after start.
+HEALTHY_TIMEOUT_SECONDS = 90
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
+_DURATION_NS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+
+
+def duration_ns(text: str) -> int:
+    """A compose duration ("10s", "1m30s", "500ms") in nanoseconds, as the Engine API wants it."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a compose duration: {text!r}")
+    return sum(int(float(number) * _DURATION_NS[unit]) for number, unit in parts)
+
+
+def compose_env(**extra: str) -> dict[str, str]:
+    """The environment for `docker compose`: ours, minus variables that would move its ports."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APPLIANCE_", "RAW_APPLIANCE_", "COMPOSE_"))}
+    env.update(extra)
+    return env
+
+
+def compose_services(env: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """compose.yaml's services (every profile) as `docker compose config` resolves them."""
+    done = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE_FILE), "--profile", "raw", "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=dict(env) if env is not None else compose_env(),
+        timeout=COMPOSE_CONFIG_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert done.returncode == 0, f"docker compose config failed: {done.stderr}"
+    services: dict[str, dict[str, Any]] = json.loads(done.stdout)["services"]
+    return services
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """The run-time settings compose.yaml gives one service, ready for `docker run` or docker-py."""
+
+    name: str
+    user: str
+    cap_drop: tuple[str, ...]
+    cap_add: tuple[str, ...]
+    security_opt: tuple[str, ...]
+    read_only: bool
+    tmpfs: Mapping[str, str]
+    mem_limit: int
+    nano_cpus: int
+    cpu_shares: int
+    pids_limit: int
+    restart: str
+    restart_retries: int
+    init: bool
+    environment: Mapping[str, str]
+    entrypoint: tuple[str, ...] | None
+    command: tuple[str, ...] | None
+    healthcheck: Mapping[str, Any] | None = field(default=None)
+
+    @classmethod
+    def from_compose(cls, name: str, data: Mapping[str, Any]) -> ServiceSpec:
+        restart_name, _, restart_retries = str(data.get("restart", "no")).partition(":")
+        tmpfs: dict[str, str] = {}
+        for entry in data.get("tmpfs", []):
+            path, _, options = entry.partition(":")
+            tmpfs[path] = options
+        health = data.get("healthcheck")
+        healthcheck = None
+        if health and not health.get("disable"):
+            healthcheck = {
+                "test": health["test"],
+                "interval": duration_ns(health["interval"]),
+                "timeout": duration_ns(health["timeout"]),
+                "start_period": duration_ns(health["start_period"]),
+                "retries": health["retries"],
+            }
+        return cls(
+            name=name,
+            user=data["user"],
+            cap_drop=tuple(data.get("cap_drop", ())),
+            cap_add=tuple(data.get("cap_add", ())),
+            security_opt=tuple(data.get("security_opt", ())),
+            read_only=bool(data.get("read_only")),
+            tmpfs=tmpfs,
+            mem_limit=int(data["mem_limit"]),
+            nano_cpus=int(float(data["cpus"]) * 10**9),
+            cpu_shares=int(data["cpu_shares"]),
+            pids_limit=int(data["pids_limit"]),
+            restart=restart_name,
+            restart_retries=int(restart_retries or 0),
+            init=bool(data.get("init")),
+            environment={k: str(v) for k, v in (data.get("environment") or {}).items()},
+            entrypoint=tuple(data["entrypoint"]) if data.get("entrypoint") else None,
+            command=tuple(data["command"]) if data.get("command") else None,
+            healthcheck=healthcheck,
+        )
+
+    def _security_options(self, *, inline: bool) -> list[str]:
+        """security_opt with the seccomp profile path made absolute (CLI) or replaced by its JSON
+        (the Engine API takes the profile itself; the docker CLI and compose read the file)."""
+        options = []
+        for option in self.security_opt:
+            key, _, value = option.partition("=")
+            if key == "seccomp" and value != "unconfined":
+                path = (REPO / value).resolve()
+                assert path.is_file(), f"{self.name}: seccomp profile {path} is missing"
+                option = f"seccomp={json.dumps(json.loads(path.read_text())) if inline else path}"
+            options.append(option)
+        return options
+
+    def create_kwargs(self) -> dict[str, Any]:
+        """docker-py `containers.create` arguments (command, environment and tmpfs are set apart)."""
+        kwargs: dict[str, Any] = {
+            "user": self.user,
+            "cap_drop": list(self.cap_drop),
+            "cap_add": list(self.cap_add) or None,
+            "security_opt": self._security_options(inline=True),
+            "read_only": self.read_only,
+            "mem_limit": self.mem_limit,
+            "nano_cpus": self.nano_cpus,
+            "cpu_shares": self.cpu_shares,
+            "pids_limit": self.pids_limit,
+            "restart_policy": {"Name": self.restart, "MaximumRetryCount": self.restart_retries},
+            "init": self.init,
+        }
+        if self.entrypoint:
+            kwargs["entrypoint"] = list(self.entrypoint)
+        if self.healthcheck:
+            kwargs["healthcheck"] = dict(self.healthcheck)
+        return kwargs
+
+    def run_args(self) -> list[str]:
+        """`docker run` flags (before the image). The image's own health check applies."""
+        args = ["--user", self.user, "--memory", str(self.mem_limit), "--cpus", str(self.nano_cpus / 10**9)]
+        args += ["--cpu-shares", str(self.cpu_shares), "--pids-limit", str(self.pids_limit)]
+        args += [f"--cap-drop={cap}" for cap in self.cap_drop]
+        args += [f"--cap-add={cap}" for cap in self.cap_add]
+        args += [f"--security-opt={option}" for option in self._security_options(inline=False)]
+        args += [f"--tmpfs={path}:{options}" for path, options in self.tmpfs.items()]
+        if self.read_only:
+            args.append("--read-only")
+        if self.init:
+            args.append("--init")
+        if self.entrypoint:
+            args.append(f"--entrypoint={self.entrypoint[0]}")
+        return args
+
+    def run_command(self) -> list[str]:
+        """What follows the image in `docker run`: the rest of the entrypoint, then the command."""
+        rest = list(self.entrypoint[1:]) if self.entrypoint else []
+        return rest + list(self.command or ())
+
+
+@dataclass(frozen=True)
+class Lab:
+    """The test lab: an internal network and the lab target on it."""
+
+    network: str
+    subnet: str
+    gateway: str
+    target_ip: str
+    policy_dir: Path
+    token_file: Path
+    token: str
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound and released: a small race we accept)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def docker_run_args(
+    spec: ServiceSpec,
+    lab: Lab,
+    name: str,
+    env: Mapping[str, str],
+    *extra: str,
+    network: str | None = None,
+) -> list[str]:
+    """`docker run -i` arguments for the appliance as compose runs it, on the test lab only
+    (or on `network`, e.g. "none"); `extra` flags go last, before the image."""
+    args = ["run", "-i", "--name", name, "--network", network or lab.network, *spec.run_args()]
+    args += ["--volume", f"{lab.policy_dir}:{CONTAINER_POLICY_DIR}:ro"]
+    args += ["--volume", f"{lab.token_file}:{CONTAINER_TOKEN_PATH}:ro"]
+    for key, value in {**spec.environment, **env}.items():
+        args += ["--env", f"{key}={value}"]
+    return [*args, *extra, IMAGE, *spec.run_command()]
+
+
+def remove_container(name: str) -> None:
+    """Force-remove a container started with `docker run --name` (gone already is fine)."""
+    subprocess.run(["docker", "rm", "--force", name], capture_output=True, timeout=60, check=False)
+
+
+def container_logs(name: str) -> str:
+    """A container's stderr: JSON logs and the audit trail (stdout is the stdio wire)."""
+    done = subprocess.run(["docker", "logs", name], capture_output=True, text=True, timeout=60, check=False)
+    return done.stderr
+
+
+def container_ip(name: str, network: str) -> str:
+    done = subprocess.run(
+        ["docker", "inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}', name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def listening(address: str, port: int) -> bool:
+    """True when something accepts TCP connections on address:port (one connect attempt)."""
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex((address, port)) == 0
+
+
+def unique_name(kind: str) -> str:
+    return f"mcp-it-{kind}-{uuid.uuid4().hex[:8]}"
+
+
+def start_appliance(spec: ServiceSpec, lab: Lab) -> DockerContainer:
+    """The appliance with compose.yaml's settings for `spec`, on the test lab network only."""
+    container = DockerContainer(IMAGE)
+    for key, value in spec.environment.items():
+        container.with_env(key, value)
+    container.with_volume_mapping(lab.policy_dir, CONTAINER_POLICY_DIR, "ro")
+    container.with_volume_mapping(lab.token_file, CONTAINER_TOKEN_PATH, "ro")
+    # testcontainers' with_tmpfs_mount() takes a size only; the mount options go in verbatim.
+    container.tmpfs.update(spec.tmpfs)
+    if spec.command:
+        container.with_command(list(spec.command))
+    container.with_kwargs(network=lab.network, **spec.create_kwargs())
+    return container.start()
+
+
+def stdio_client(spec: ServiceSpec, lab: Lab, name: str, **env: str) -> Client:
+    """An MCP client that starts the appliance with `docker run -i` and talks to it over stdio."""
+    run = docker_run_args(spec, lab, name, {"APPLIANCE_TRANSPORT": "stdio", **env})
+    # The whole environment: the docker CLI needs DOCKER_HOST and friends when they are set.
+    return Client(StdioServerParameters(command="docker", args=run, env=dict(os.environ)))
+
+
+@contextlib.asynccontextmanager
+async def http_client(url: str, token: str, host_header: str | None = None) -> AsyncIterator[Client]:
+    """An MCP client over streamable HTTP with the bearer token (and a Host header, if given)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    if host_header is not None:
+        headers["Host"] = host_header
+    # The transport leaves a client it was handed open; closing it is ours to do.
+    async with (
+        create_mcp_http_client(headers=headers) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        yield client
+
+
+def audit_lines(logs: str) -> list[dict[str, Any]]:
+    """The JSON lines of a container's stderr that are audit records (they carry a verdict)."""
+    records = []
+    for line in logs.splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            record = json.loads(line)
+            if isinstance(record, dict) and "verdict" in record:
+                records.append(record)
+    return records
+
+
+def open_ports(structured: Mapping[str, Any] | None) -> set[int]:
+    """The open ports of every host in an nmap_scan result."""
+    assert structured is not None
+    return {p["port"] for host in structured["hosts"] for p in host["ports"] if p["state"] == "open"}
+
+
+@dataclass(frozen=True)
+class ComposeStack:
+    """A running deployment of compose.yaml under its own project name."""
+
+    project: str
+    env: dict[str, str]
+    http_port: int
+    health_port: int
+    token: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/mcp"
+
+    def compose(self, *args: str, timeout: float = COMPOSE_UP_TIMEOUT_SECONDS) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", "compose", "-f", str(COMPOSE_FILE), "-p", self.project, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def container_id(self, service: str) -> str:
+        done = self.compose("ps", "--all", "--quiet", service)
+        assert done.returncode == 0 and done.stdout.strip(), done.stderr
+        return done.stdout.split()[0]
+
+
+def container_health(container: DockerContainer) -> str:
+    wrapped = container.get_wrapped_container()
+    wrapped.reload()
+    state = wrapped.attrs["State"]
+    assert state["Status"] == "running", f"container {state['Status']}: {wrapped.logs().decode()[-4000:]}"
+    return str(state.get("Health", {}).get("Status", "none"))
+
+
+def wait_healthy(container: DockerContainer, timeout: float = HEALTHY_TIMEOUT_SECONDS) -> float:
+    """Wait for the health status 'healthy'; returns how long it took."""
+    started = time.monotonic()
+    wait_until(lambda: container_health(container) == "healthy", timeout=timeout, interval=0.5)
+    return time.monotonic() - started

@@ -1,0 +1,108 @@
+"""`scripts/bench --quick` still measures every figure and cleans up after itself.
+
+Speed is what the benchmark reports, not what a test decides: nothing here asserts on a timing
+or a size, only that each figure was measured (a number), that no call failed unexpectedly and
+that the lab is gone afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import REPO
+
+pytestmark = pytest.mark.integration
+
+IMAGES = ("mcp-scanner-appliance:latest", "mcp-scanner-lab-target:latest")
+# Quick mode takes well under two minutes; a machine busy with other builds takes longer.
+BENCH_TIMEOUT_SECONDS = 600
+# A first build (base image, wheels, both images) takes a few minutes here.
+BUILD_TIMEOUT_SECONDS = 1800
+# After SIGTERM the benchmark force-removes its containers and network: seconds.
+CLEANUP_TIMEOUT_SECONDS = 120
+DOCKER_TIMEOUT_SECONDS = 60
+FIGURES = {
+    "image": ["size_bytes"],
+    "overhead": [
+        "mcp_call_ms.median",
+        "mcp_call_ms.p99",
+        "direct_run_ms.median",
+        "direct_run_ms.p99",
+        "server_run_ms.median",
+        "added_ms_median",
+        "ratio_median",
+    ],
+    "cold_start": ["initialize_s.median", "bare_python_s.median", "python_imports_s.median"],
+    "concurrency": [
+        "completed",
+        "refused_resource_exhausted",
+        "unexpected_errors",
+        "latency_ms.median",
+        "latency_ms.p99",
+        "server_peak_rss_bytes",
+        "server_idle_rss_bytes",
+    ],
+    "shutdown": ["stop_seconds", "exit_code", "orphans", "results_before_exit"],
+    "flood": ["rss_growth_bytes", "peak_rss_during_bytes", "output_cap_bytes", "flood_bytes_written"],
+}
+
+
+def _docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=DOCKER_TIMEOUT_SECONDS)
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        data = data[key]
+    return data
+
+
+@pytest.fixture(scope="module")
+def images() -> None:
+    if any(_docker("image", "inspect", image).returncode != 0 for image in IMAGES):
+        subprocess.run([str(REPO / "scripts" / "build-image")], check=True, timeout=BUILD_TIMEOUT_SECONDS)
+
+
+@pytest.mark.usefixtures("images")
+def test_quick_bench_measures_every_figure_and_cleans_up(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    bench = subprocess.Popen(
+        [str(REPO / "scripts" / "bench"), "--quick", "--json", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = bench.communicate(timeout=BENCH_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        # SIGTERM, not SIGKILL: the benchmark then removes its containers and network.
+        bench.terminate()
+        stdout, stderr = bench.communicate(timeout=CLEANUP_TIMEOUT_SECONDS)
+        pytest.fail(f"scripts/bench --quick ran over {BENCH_TIMEOUT_SECONDS} s:\n{stderr[-3000:]}")
+    assert bench.returncode == 0, f"stdout:\n{stdout[-3000:]}\nstderr:\n{stderr[-3000:]}"
+    results = json.loads(out.read_text())
+    figures = results["figures"]
+
+    assert results["mode"] == "quick"
+    for figure, keys in FIGURES.items():
+        assert "error" not in figures[figure], f"{figure}: {figures[figure]['error']}"
+        for key in keys:
+            value = _lookup(figures[figure], key)
+            assert isinstance(value, int | float) and not isinstance(value, bool), f"{figure}.{key} = {value!r}"
+    assert all(isinstance(goal["value"], int | float) for goal in results["goals"]), results["goals"]
+    assert results["unexpected_errors"] == 0
+    assert figures["concurrency"]["unexpected_by_kind"] == {}
+    assert figures["shutdown"]["call_outcomes"] == ["partial:shutdown"] * 4
+    assert figures["flood"]["partial_reason"] == "output_cap"
+    # The README table and the description of the machine it ran on.
+    assert stdout.startswith("| # | figure |")
+    assert f"on {results['machine']['nproc']} CPUs" in stdout
+
+    run_id = figures["lab"]["run_id"]
+    left = _docker("ps", "--all", "--quiet", "--filter", f"label=mcp-scanner-appliance.bench={run_id}")
+    assert left.stdout.strip() == ""
+    assert _docker("network", "inspect", figures["lab"]["network_name"]).returncode != 0
