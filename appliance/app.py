@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from prometheus_client import CollectorRegistry
 
 from appliance import __version__
@@ -27,7 +27,6 @@ from appliance.auth import TokenSource
 from appliance.config import Settings
 from appliance.errors import ConfigError, ExecutionError
 from appliance.health import Health, ScannerStatus, probe_scanner
-from appliance.http import ActiveRequests
 from appliance.metrics import Metrics
 from appliance.policy.store import PolicyStore
 from appliance.privileges import (
@@ -39,9 +38,13 @@ from appliance.privileges import (
 from appliance.reaper import reap_orphans_forever
 from appliance.server import ScannerServer
 from appliance.service import ScanService
-from appliance.sidecar import build_sidecar, start_sidecar
 from appliance.stdio import run_stdio
 from appliance.tools import TOOLS
+
+if TYPE_CHECKING:  # imported when used: the stdio start-up needs neither uvicorn nor aiohttp
+    from aiohttp import web
+
+    from appliance.http import ActiveRequests, QuietUvicorn
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +95,6 @@ class FileWatch:
         return True
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handlers: the appliance decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
-
-
 class Appliance:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
@@ -119,7 +114,7 @@ class Appliance:
         self.http_port: int | None = None
         self._shutdown = asyncio.Event()
         self._wake = asyncio.Event()
-        self._uvicorn: _Uvicorn | None = None
+        self._uvicorn: QuietUvicorn | None = None
         self._requests: ActiveRequests | None = None
 
     # --- reload -----------------------------------------------------------------------------
@@ -184,13 +179,24 @@ class Appliance:
             await run_stdio(self.server.mcp)
             log.info("stdin closed: shutting down")
             return
-        from appliance.http import build_http_app, uvicorn_config  # uvicorn only for HTTP
+        from appliance.http import QuietUvicorn, build_http_app, uvicorn_config
 
         assert self.tokens is not None
         app = build_http_app(self.server.mcp, self.settings, self.tokens)
         self._requests = app
-        self._uvicorn = _Uvicorn(uvicorn_config(app, self.settings))
+        self._uvicorn = QuietUvicorn(uvicorn_config(app, self.settings))
         await self._uvicorn.serve()
+
+    async def _start_sidecar(self, health: Health) -> web.AppRunner:
+        """Start the sidecar once the transport runs: aiohttp's import (~0.2 s) happens in a worker
+        thread, so a client's `initialize` is not kept waiting for it."""
+        sidecar = await asyncio.to_thread(importlib.import_module, "appliance.sidecar")
+        token = self.settings.health_token.get_secret_value() if self.settings.health_token else None
+        app = sidecar.build_sidecar(health, self.registry, token)
+        runner, self.health_port = await sidecar.start_sidecar(
+            app, self.settings.health_host, self.settings.health_port
+        )
+        return runner  # type: ignore[no-any-return]
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -207,23 +213,23 @@ class Appliance:
             draining=lambda: self.draining,
             privilege_check=lambda: self.verdict,
         )
-        sidecar = None
-        if self.settings.health_enabled:
-            token = self.settings.health_token.get_secret_value() if self.settings.health_token else None
-            app = build_sidecar(health, self.registry, token)
-            sidecar, self.health_port = await start_sidecar(app, self.settings.health_host, self.settings.health_port)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._shutdown.set)
         loop.add_signal_handler(signal.SIGHUP, self._wake.set)
+        transport = asyncio.create_task(self._transport())
         watcher = asyncio.create_task(self._watch())
         # As PID 1 (no init) orphaned scanner descendants are ours to reap.
         reaper = asyncio.create_task(reap_orphans_forever()) if os.getpid() == 1 else None
-        transport = asyncio.create_task(self._transport())
         stop = asyncio.create_task(self._shutdown.wait())
+        sidecar = None
         try:
+            if self.settings.health_enabled:
+                sidecar = await self._start_sidecar(health)
             await asyncio.wait({transport, stop}, return_when=asyncio.FIRST_COMPLETED)
             await self._stop(transport)
         finally:
+            if not transport.done():
+                transport.cancel()  # the sidecar could not start: nothing else stops it
             stop.cancel()
             watcher.cancel()
             if reaper is not None:
@@ -238,36 +244,36 @@ class Appliance:
             raise transport.exception()  # type: ignore[misc]
         return 0
 
-    async def _wait_idle(self, seconds: float) -> bool:
-        """Wait up to `seconds` for every running scan to end; True if they did."""
+    @staticmethod
+    async def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+        """Poll `condition` for up to `seconds` (shutdown only); True once it holds."""
         deadline = time.monotonic() + seconds
-        while any(self.service.limiter.in_flight(t) for t in TOOLS):
+        while not condition():
             if time.monotonic() >= deadline:
                 return False
-            await asyncio.sleep(0.02)  # shutdown-only poll; scans end on their own schedule
+            await asyncio.sleep(0.01)
         return True
 
-    async def _wait_responses_sent(self, seconds: float) -> bool:
-        """Wait up to `seconds` for every POST (tool results included) to finish its response."""
-        deadline = time.monotonic() + seconds
-        while self._requests is not None and self._requests.count:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.01)  # shutdown-only poll
-        return True
+    def _idle(self) -> bool:
+        """No scan holds a slot."""
+        return not any(self.service.limiter.in_flight(t) for t in TOOLS)
+
+    def _responses_sent(self) -> bool:
+        """Every POST (tool results included) has finished its response."""
+        return self._requests is None or self._requests.count == 0
 
     async def _stop(self, transport: asyncio.Task[None]) -> None:
         started = time.monotonic()
         self.draining = True
         log.info("shutting down: not ready, queued calls refused", extra={"drain_seconds": self.settings.drain_seconds})
         self.service.limiter.close()
-        if not await self._wait_idle(self.settings.drain_seconds):
+        if not await self._wait_for(self._idle, self.settings.drain_seconds):
             self.service.stop_scans.set()
-            if not await self._wait_idle(STOP_WAIT_SECONDS):
+            if not await self._wait_for(self._idle, STOP_WAIT_SECONDS):
                 log.warning("scans still running after they were told to stop")
         log.info("scans ended; closing the transport", extra={"seconds": round(time.monotonic() - started, 3)})
         if self._uvicorn is not None:
-            if not await self._wait_responses_sent(RESPONSES_WAIT_SECONDS):
+            if not await self._wait_for(self._responses_sent, RESPONSES_WAIT_SECONDS):
                 log.warning("HTTP responses still open at shutdown")
             self._uvicorn.should_exit = True
         elif not transport.done():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -119,6 +121,14 @@ def build_http_app(server: MCPServer[Any], settings: Settings, tokens: TokenSour
         log.warning("INSECURE: HTTP transport without authentication (loopback test mode)")
         return ActiveRequests(app)
     return ActiveRequests(BearerAuth(app, tokens))
+
+
+class QuietUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: the appliance decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
