@@ -18,7 +18,6 @@ import psutil
 from appliance.audit import AuditSink
 from appliance.config import Settings
 from appliance.policy.store import PolicyStore
-from appliance.privileges import read_privileges
 from appliance.runner import RunLimits, run
 
 Status = Literal["healthy", "degraded", "unhealthy"]
@@ -151,8 +150,3 @@ class Health:
         if not ready or privileges.get("ok") is False:
             status = "unhealthy"
         return {"status": status, "mode": self.settings.privilege_mode, "checks": checks}
-
-
-def privileges_report() -> dict[str, Any]:
-    """The process's privileges as health shows them (the self-check adds its verdict)."""
-    return read_privileges().describe()

@@ -19,7 +19,7 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError, ValidationError
 from appliance.metrics import Metrics
 from appliance.policy.model import Policy
-from appliance.policy.store import PolicyStore
+from appliance.policy.store import PolicySnapshot, PolicyStore
 from appliance.resilience.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from appliance.resilience.limits import ConcurrencyLimiter, ToolLimit
 from appliance.resilience.retry import retry_transient
@@ -150,9 +150,9 @@ class ScanService:
         if self.metrics is not None:
             self.metrics.calls.labels(tool, outcome).inc()
 
-    async def check(self, spec: ToolSpec, request: BaseModel) -> ScanPlan:
+    async def check(self, spec: ToolSpec, request: BaseModel, snapshot: PolicySnapshot | None = None) -> ScanPlan:
         """The whole policy check for one request; raises ValidationError naming the rule."""
-        snapshot = self.store.current
+        snapshot = snapshot or self.store.current
         if spec.name in self.unavailable:
             raise NotFoundError(
                 f"{spec.name} is unavailable: {self.unavailable[spec.name]}",
@@ -178,6 +178,8 @@ class ScanService:
         principal: str | None = None,
     ) -> ScanReport:
         started = self._clock()
+        # One snapshot for the whole call: a reload mid-call never changes its rules or limits.
+        snapshot = self.store.current
         record: dict[str, Any] = {
             "request_id": request_id,
             "principal": principal,
@@ -185,7 +187,7 @@ class ScanService:
             "arguments": request.model_dump(),
         }
         try:
-            plan = await self.check(spec, request)
+            plan = await self.check(spec, request, snapshot)
         except ApplianceError as exc:
             self._count(spec.name, "refused")
             if self.metrics is not None:
@@ -208,7 +210,7 @@ class ScanService:
             async with self.limiter.slot(spec.name, started + plan.timeout_seconds) as remaining:
                 # Audit before starting: a scan the trail does not show must not run (fails closed).
                 self.audit.write({**record, "event": "start"})
-                report, run_result = await self._execute(spec, plan, request_id, progress, remaining)
+                report, run_result = await self._execute(spec, plan, snapshot.policy, request_id, progress, remaining)
         except ApplianceError as exc:
             # Only a scanner that failed to run says something about the scanner's health.
             scanner_failed = exc.error_type in ("execution_error", "not_found") and exc.rule != "audit_unwritable"
@@ -230,9 +232,14 @@ class ScanService:
         return report
 
     async def _execute(
-        self, spec: ToolSpec, plan: ScanPlan, request_id: str, progress: ProgressFn | None, remaining: float
+        self,
+        spec: ToolSpec,
+        plan: ScanPlan,
+        policy: Policy,
+        request_id: str,
+        progress: ProgressFn | None,
+        remaining: float,
     ) -> tuple[ScanReport, RunResult]:
-        policy = self.store.current.policy
         # Queue wait counted against the call's budget: the scanner gets what is left.
         limits = RunLimits(timeout_seconds=max(remaining, 0.001), output_cap_bytes=policy.limits.output_cap_bytes)
         on_line = self._progress_callback(plan, progress)
