@@ -6,57 +6,33 @@ import json
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from support import LOOPBACK_POLICY, closed_port, scanner_processes, tcp_listener, wait_until, write_policy
-from test_transports import APPLIANCE, TOKEN, http_client, server_env
+from support import LOOPBACK_POLICY, scanner_processes, tcp_listener, wait_until, write_policy
+from test_faults import served
+from test_transports import APPLIANCE, http_client, server_env
 
 pytestmark = pytest.mark.anyio
 # Docker's default stop timeout: a shutdown must end well inside it, by the app's own exit.
 KILL_DEADLINE_SECONDS = 10
 
 
-def readyz(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except urllib.error.URLError:
-        return 0  # not listening (yet, or any more)
-
-
 async def test_sigterm_during_two_scans_exits_zero_promptly(tmp_path: Path) -> None:
     policy = write_policy(tmp_path, LOOPBACK_POLICY)
     audit = tmp_path / "audit.log"
-    port, health = closed_port(), closed_port()
-    env = server_env(
-        policy,
-        APPLIANCE_TRANSPORT="http",
-        APPLIANCE_PORT=str(port),
-        APPLIANCE_HEALTH_PORT=str(health),
-        APPLIANCE_AUTH_TOKEN=TOKEN,
-        APPLIANCE_AUDIT_PATH=str(audit),
-        APPLIANCE_DRAIN_SECONDS="1",
-    )
-    # Popen only starts the process; the waits below run in threads.
-    proc = subprocess.Popen([APPLIANCE, "serve"], env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: ASYNC220
     results: list[Any] = []
-    try:
-        wait_until(lambda: readyz(health) == 200, timeout=20)
-        url = f"http://127.0.0.1:{port}/mcp"
+    with served(policy, APPLIANCE_AUDIT_PATH=str(audit), APPLIANCE_DRAIN_SECONDS="1") as server:
+        wait_until(lambda: server.get("/readyz")[0] == 200, timeout=20)
         with tcp_listener() as target:
             markers = [f"{target},24000-24300", f"{target},25000-25300"]
             async with anyio.create_task_group() as group:
                 for marker in markers:
 
                     async def scan(marker: str = marker) -> None:
-                        async with http_client(url, "legacy") as client:
+                        async with http_client(server.url, "legacy") as client:
                             arguments = {"target": "127.0.0.1", "ports": marker, "extra_args": ["--scan-delay", "1s"]}
                             results.append(await client.call_tool("nmap_scan", arguments))
 
@@ -64,17 +40,11 @@ async def test_sigterm_during_two_scans_exits_zero_promptly(tmp_path: Path) -> N
                 for marker in markers:
                     await anyio.to_thread.run_sync(lambda m=marker: wait_until(lambda: scanner_processes(m), 20))
                 started = time.monotonic()
-                proc.send_signal(signal.SIGTERM)
-                ready_during_drain = await anyio.to_thread.run_sync(readyz, health)
-                code = await anyio.to_thread.run_sync(lambda: proc.wait(timeout=KILL_DEADLINE_SECONDS))
+                server.proc.send_signal(signal.SIGTERM)
+                ready_during_drain = await anyio.to_thread.run_sync(lambda: server.get("/readyz")[0])
+                code = await anyio.to_thread.run_sync(lambda: server.proc.wait(timeout=KILL_DEADLINE_SECONDS))
                 elapsed = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        stderr = proc.stderr.read().decode() if proc.stderr else ""
-        if proc.stderr:
-            proc.stderr.close()
+        stderr = server.stderr_tail()
     print(f"shutdown with two scans running took {elapsed:.2f}s")  # a figure, not an assertion
     assert code == 0, stderr
     assert elapsed < KILL_DEADLINE_SECONDS / 2
