@@ -176,7 +176,7 @@ class Appliance:
 
     async def _transport(self) -> None:
         if self.settings.transport == "stdio":
-            await run_stdio(self.server.mcp)
+            await run_stdio(self.server.mcp, lambda error, record: self.service.refuse(error, record, tool=None))
             log.info("stdin closed: shutting down")
             return
         from appliance.http import QuietUvicorn, build_http_app, uvicorn_config

@@ -13,17 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pydantic
-
 from appliance import __version__
 from appliance.audit import AuditSink
 from appliance.config import Settings, load_settings
-from appliance.errors import ApplianceError, ConfigError, ValidationError
+from appliance.errors import ApplianceError, ConfigError
 from appliance.logs import configure_logging
 from appliance.policy.netinfo import read_network_facts
 from appliance.policy.store import PolicyStore, build_snapshot
 from appliance.service import ScanService
 from appliance.tools import TOOLS
+from appliance.tools.arguments import parse_arguments
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -91,15 +90,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(args.url, token, args.target, args.ports, args.wait))
 
 
-def _request_error(exc: pydantic.ValidationError) -> ValidationError:
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
-    return ValidationError(
-        f"invalid arguments: {problems}",
-        rule="arguments_invalid",
-        recovery_suggestion="Fix the named arguments; tools/list shows each tool's input schema.",
-    )
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging("WARNING")
@@ -114,10 +104,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     service = _service(settings)
     try:
-        try:
-            request = spec.request_model.model_validate(arguments)
-        except pydantic.ValidationError as exc:
-            raise _request_error(exc) from exc
+        request = parse_arguments(spec.request_model, arguments)
         plan = asyncio.run(service.check(spec, request))
     except ApplianceError as exc:
         _print({"tool": spec.name, **_refusal(exc)})

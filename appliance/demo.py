@@ -14,7 +14,8 @@ from typing import Any
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
+
+from appliance.compat import create_mcp_http_client
 
 # Compose starts the demo beside the appliance; the appliance needs a moment to listen.
 CONNECT_RETRY_SECONDS = 0.5

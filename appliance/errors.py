@@ -107,3 +107,18 @@ class ConfigError(ApplianceError):
 
     error_type = "validation_error"
     default_recovery = "Fix the APPLIANCE_* setting named in the message and restart."
+
+
+class UnexpectedError(ApplianceError):
+    """Something the appliance did not foresee (a bug). The caller gets this, never a traceback;
+    the operator's log has the traceback under the same request id."""
+
+    error_type = "unknown"
+    default_recovery = "Retry once; if it fails again, give the operator the request id."
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"the appliance failed unexpectedly while handling request {request_id}; "
+            "the operator's log has the details",
+            rule="unexpected_exception",
+        )

@@ -11,6 +11,7 @@ from appliance import __version__
 
 OUTCOMES = ("ok", "partial", "refused", "error", "cancelled", "dry_run")
 RELOAD_RESULTS = ("ok", "rejected")
+PROTOCOL_REFUSAL_RULES = ("tool_unknown", "message_too_large")
 BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 # Scans run from milliseconds (a refused port) to minutes (a slow sweep).
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -40,6 +41,12 @@ class Metrics:
         self.scope_refusals = Counter(
             "appliance_scope_refusals", "Calls refused by a policy rule.", ["tool", "rule"], registry=registry
         )
+        self.protocol_refusals = Counter(
+            "appliance_protocol_refusals",
+            "Requests refused before any tool was known: unknown tool names, oversized messages.",
+            ["rule"],
+            registry=registry,
+        )
         self.policy_reloads = Counter(
             "appliance_policy_reloads", "Policy reload attempts by result.", ["result"], registry=registry
         )
@@ -54,6 +61,8 @@ class Metrics:
             self.in_flight.labels(tool)
             self.queue_depth.labels(tool)
             self.circuit_state.labels(tool)
+        for rule in PROTOCOL_REFUSAL_RULES:
+            self.protocol_refusals.labels(rule)
         for result in RELOAD_RESULTS:
             self.policy_reloads.labels(result)
 

@@ -1,26 +1,39 @@
-"""The MCP front door: registers the tools, follows the policy's tool list, maps errors once.
+"""The MCP front door: publishes the tools the policy enables and turns each call into one service call.
 
-Tool parameters come from each tool's request model (one source for the input schema, the
-validation and the docs); results are the tool's report model (its `outputSchema`).
+`tools/list` and `tools/call` are the appliance's own low-level handlers, not MCPServer's tool
+manager: the raw `arguments` go straight to the service, which validates them once with the
+tool's request model (unknown arguments refused, nothing re-parsed, nothing dropped), and the
+report goes back as built (no second validation of our own result). MCPServer still provides
+the transports, sessions, auth and subscriptions around them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import weakref
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import Field
+from mcp.shared.exceptions import MCPError
+from mcp_types import (
+    INVALID_PARAMS,
+    CallToolRequestParams,
+    CallToolResult,
+    ListToolsResult,
+    PaginatedRequestParams,
+    TextContent,
+    Tool,
+)
 
 from appliance import __version__
-from appliance.errors import ApplianceError
+from appliance.catalog import tool_definition
+from appliance.compat import lowlevel_server, session_connection
+from appliance.errors import ApplianceError, NotFoundError, UnexpectedError
 from appliance.logs import new_request_id, request_id_var
 from appliance.service import ScanService
 from appliance.tools import TOOLS, ToolSpec
@@ -34,9 +47,9 @@ the broken rule and what to do instead; dry_run shows the exact command without 
 PRINCIPAL_SCOPE_KEY = "appliance.principal"  # set by the HTTP auth middleware on the ASGI scope
 
 
-def error_result(error: ApplianceError, spec: ToolSpec, target: str | None, request_id: str) -> CallToolResult:
+def error_result(error: ApplianceError, tool: str, target: str | None, request_id: str) -> CallToolResult:
     """A refusal or failure as a tool result: one whole JSON object in the text, and structured."""
-    body = error.to_dict(tool=spec.name, target=target, request_id=request_id)
+    body = error.to_dict(tool=tool, target=target, request_id=request_id)
     return CallToolResult(
         content=[TextContent(type="text", text=json.dumps(body))],
         structured_content=body,
@@ -44,71 +57,25 @@ def error_result(error: ApplianceError, spec: ToolSpec, target: str | None, requ
     )
 
 
-def _principal(ctx: Context) -> str | None:
-    request = ctx.request_context.request
-    scope = getattr(request, "scope", None)
+def _principal(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    scope = getattr(ctx.request, "scope", None)
     return scope.get(PRINCIPAL_SCOPE_KEY) if isinstance(scope, dict) else None
 
 
-def _tool_function(spec: ToolSpec, service: ScanService) -> Any:
-    """Build the async function the SDK registers, its signature taken from the request model."""
-
-    async def call_tool(ctx: Context, **arguments: Any) -> CallToolResult:
-        request_id = new_request_id()
-        token = request_id_var.set(request_id)
-        target = arguments.get("target")
-        try:
-            request = spec.request_model.model_validate(arguments)
-
-            async def progress(done: float, total: float | None, message: str | None) -> None:
-                await ctx.report_progress(done, total, message)
-
-            log.info("tool call", extra={"tool": spec.name, "target": target})
-            report = await service.call(spec, request, request_id, progress, principal=_principal(ctx))
-        except ApplianceError as exc:
-            log.info(
-                "tool call refused or failed", extra={"tool": spec.name, "rule": exc.rule, "error_type": exc.error_type}
-            )
-            return error_result(exc, spec, target, request_id)
-        finally:
-            request_id_var.reset(token)
-        return CallToolResult(
-            content=[TextContent(type="text", text=spec.summarize(report))],
-            structured_content=report.model_dump(mode="json"),
-        )
-
-    parameters = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
-    for name, field in spec.request_model.model_fields.items():
-        # A required field has no default to carry its FieldInfo, so its constraints and
-        # description ride in the annotation instead.
-        if field.is_required():
-            annotation: Any = Annotated[(field.annotation, *field.metadata, Field(description=field.description))]
-            default: Any = inspect.Parameter.empty
-        else:
-            annotation, default = field.annotation, field
-        parameters.append(
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-        )
-    return_type = Annotated[CallToolResult, spec.result_model]
-    call_tool.__signature__ = inspect.Signature(parameters, return_annotation=return_type)  # type: ignore[attr-defined]
-    call_tool.__annotations__ = {"ctx": Context, "return": return_type}
-    call_tool.__name__ = spec.name
-    return call_tool
+def _target(arguments: Mapping[str, Any] | None) -> str | None:
+    """The target as the caller sent it, for the error object (only if it is a string)."""
+    target = arguments.get("target") if isinstance(arguments, Mapping) else None
+    return target if isinstance(target, str) else None
 
 
 class SessionTracker:
-    """Remembers live connections so a tool-list change can be announced on each.
-
-    The SDK builds a new ServerSession per request; the connection behind it lives as long as
-    the client does. SDK 2.3 offers middleware no public accessor for it, hence `_connection`
-    (the SDK is pinned; tests/test_app.py fails if this stops working).
-    """
+    """Remembers live connections so a tool-list change can be announced on each."""
 
     def __init__(self) -> None:
         self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        connection = getattr(ctx.session, "_connection", None)
+        connection = session_connection(ctx.session)
         if ctx.request_id is not None and connection is not None:
             self.connections.add(connection)
         return await call_next(ctx)
@@ -128,7 +95,12 @@ class ScannerServer:
             subscriptions=self.bus,
             middleware=[self.sessions],
         )
-        self.registered: dict[str, str] = {}  # tool name -> the description it was registered with
+        self.tools: dict[str, Tool] = {}  # what tools/list shows now, by name
+        lowlevel = lowlevel_server(self.mcp)
+        lowlevel.add_request_handler("tools/list", PaginatedRequestParams, self._list_tools)
+        lowlevel.add_request_handler("tools/call", CallToolRequestParams, self._call_tool)
+        # The 2026-07-28 HTTP transport checks Mcp-Param headers against the input schema.
+        lowlevel.get_tool_input_schema = self._input_schema
         self.sync_tools()
 
     def _description(self, spec: ToolSpec) -> str:
@@ -138,32 +110,77 @@ class ScannerServer:
         return spec.description if reason is None else f"UNAVAILABLE in this deployment ({reason}). {spec.description}"
 
     def sync_tools(self) -> bool:
-        """Register exactly the tools the policy enables, each described as it stands now.
+        """Publish exactly the tools the policy enables, each described as it stands now.
 
         An unusable tool stays listed, saying why, and refuses calls with that reason: an agent
-        learns it once instead of guessing from an unknown-tool error.
+        learns it once instead of guessing from an unknown-tool error. True when the list changed.
         """
         policy = self.service.store.current.policy
-        wanted = {name: self._description(TOOLS[name]) for name in TOOLS if getattr(policy.tools, name).enabled}
-        for name in set(self.registered) - set(wanted):
-            self.mcp.remove_tool(name)
-        for name in sorted(wanted):
-            if self.registered.get(name) == wanted[name]:
-                continue
-            if name in self.registered:
-                self.mcp.remove_tool(name)
-            spec = TOOLS[name]
-            self.mcp.add_tool(
-                _tool_function(spec, self.service),
-                name=spec.name,
-                description=wanted[name],
-                annotations=ToolAnnotations(
-                    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True
-                ),
-            )
-        changed = wanted != self.registered
-        self.registered = wanted
+        wanted = {
+            name: tool_definition(name, self._description(spec), spec.request_model, spec.result_model)
+            for name, spec in TOOLS.items()
+            if getattr(policy.tools, name).enabled
+        }
+        changed = wanted != self.tools
+        self.tools = wanted
         return changed
+
+    def _input_schema(self, name: str) -> dict[str, Any] | None:
+        tool = self.tools.get(name)
+        return None if tool is None else tool.input_schema
+
+    async def _list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
+    ) -> ListToolsResult:
+        return ListToolsResult(tools=list(self.tools.values()))
+
+    async def _call_tool(self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams) -> CallToolResult:
+        request_id = new_request_id()
+        token = request_id_var.set(request_id)
+        try:
+            return await self._dispatch(ctx, params, request_id)
+        finally:
+            request_id_var.reset(token)
+
+    async def _dispatch(
+        self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams, request_id: str
+    ) -> CallToolResult:
+        principal = _principal(ctx)
+        target = _target(params.arguments)
+        # A tool the policy disabled is known: the service refuses it with `tool_disabled`.
+        if params.name not in TOOLS:
+            error = NotFoundError(
+                f"no tool named {params.name[:64]!r} here; tools: {', '.join(self.tools) or 'none'}",
+                rule="tool_unknown",
+                recovery_suggestion="Call tools/list and use one of the tools it shows.",
+            )
+            self.service.refuse(
+                error,
+                {"request_id": request_id, "principal": principal, "tool": params.name[:64]},
+                tool=None,
+            )
+            # The protocol's answer to an unknown tool, with the appliance's error object as data.
+            raise MCPError(code=INVALID_PARAMS, message=error.message, data=error.to_dict(request_id=request_id))
+        spec = TOOLS[params.name]
+
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            await ctx.session.report_progress(done, total, message)
+
+        log.info("tool call", extra={"tool": spec.name, "target": target})
+        try:
+            report = await self.service.call(spec, params.arguments or {}, request_id, progress, principal=principal)
+        except ApplianceError as exc:
+            log.info(
+                "tool call refused or failed", extra={"tool": spec.name, "rule": exc.rule, "error_type": exc.error_type}
+            )
+            return error_result(exc, spec.name, target, request_id)
+        except Exception:  # a bug must not reach the caller as a traceback; it is logged in full
+            log.exception("tool call failed unexpectedly", extra={"tool": spec.name})
+            return error_result(UnexpectedError(request_id), spec.name, target, request_id)
+        return CallToolResult(
+            content=[TextContent(type="text", text=spec.summarize(report))],
+            structured_content=report.model_dump(mode="json"),
+        )
 
     async def announce_tools_changed(self) -> None:
         """Tell clients the tool list changed: listen streams (2026-07-28) and handshake sessions."""

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -26,6 +26,7 @@ from appliance.resilience.retry import retry_transient
 from appliance.results import ScanReport
 from appliance.runner import RunLimits, RunResult, run
 from appliance.tools import TOOLS, ToolSpec
+from appliance.tools.arguments import parse_arguments
 from appliance.tools.base import PlanContext, ScanPlan
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 RESOLVE_TIMEOUT_SECONDS = 5.0
 # Progress notifications at most this often: scanners report every second or faster.
 PROGRESS_INTERVAL_SECONDS = 1.0
+
+# Metric outcome of an admitted call that did not return a result: cancels apart, all else `error`.
+SCANNER_FAILURES = ("execution_error", "not_found")
+METRIC_OUTCOME = {"ok": "ok", "partial": "partial", "cancelled": "cancelled"}
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
@@ -59,6 +64,26 @@ async def system_resolve(name: str) -> list[str]:
     except (OSError, TimeoutError):
         return []
     return sorted({str(info[4][0]) for info in infos})
+
+
+def _best_effort(progress: ProgressFn | None) -> ProgressFn | None:
+    """Progress that cannot fail the scan: a notification that cannot be sent (the client's stream
+    broke) is logged once and the rest are dropped; the scan runs on and is recorded."""
+    if progress is None:
+        return None
+    broken = False
+
+    async def send(done: float, total: float | None, message: str | None) -> None:
+        nonlocal broken
+        if broken:
+            return
+        try:
+            await progress(done, total, message)
+        except Exception as exc:  # noqa: BLE001 - any transport failure; logged, and the scan goes on
+            broken = True
+            log.warning("progress notification failed; no more are sent for this call", extra={"reason": repr(exc)})
+
+    return send
 
 
 class RateBudget:
@@ -168,15 +193,32 @@ class ScanService:
         ctx = PlanContext(snapshot.policy, snapshot.scope, self._resolve, self.settings, snapshot.facts)
         return await spec.plan(request, ctx)
 
+    def refuse(self, error: ApplianceError, record: dict[str, Any], *, tool: str | None) -> None:
+        """Bookkeeping for a call refused before anything ran: one audit line, one count.
+
+        `tool` is None for a refusal no tool is known for (an unknown tool name, an oversized
+        message); those count under `appliance_protocol_refusals_total` instead.
+        """
+        if self.metrics is not None:
+            if tool is None:
+                self.metrics.protocol_refusals.labels(error.rule).inc()
+            else:
+                self.metrics.calls.labels(tool, "refused").inc()
+                self.metrics.scope_refusals.labels(tool, error.rule).inc()
+        self.audit.write({**record, "verdict": "refused", "rule": error.rule, "error_type": error.error_type})
+
     async def call(
         self,
         spec: ToolSpec,
-        request: BaseModel,
+        arguments: BaseModel | Mapping[str, Any],
         request_id: str,
         progress: ProgressFn | None = None,
         *,
         principal: str | None = None,
     ) -> ScanReport:
+        """One call, end to end. `arguments` are the raw arguments a client sent (validated here,
+        so a bad one is refused, audited and counted like any other refusal), or a request model
+        an internal caller already built."""
         started = self._clock()
         # One snapshot for the whole call: a reload mid-call never changes its rules or limits.
         snapshot = self.store.current
@@ -184,15 +226,14 @@ class ScanService:
             "request_id": request_id,
             "principal": principal,
             "tool": spec.name,
-            "arguments": request.model_dump(),
+            "arguments": arguments.model_dump() if isinstance(arguments, BaseModel) else arguments,
         }
         try:
+            request = arguments if isinstance(arguments, BaseModel) else parse_arguments(spec.request_model, arguments)
+            record["arguments"] = request.model_dump()
             plan = await self.check(spec, request, snapshot)
         except ApplianceError as exc:
-            self._count(spec.name, "refused")
-            if self.metrics is not None:
-                self.metrics.scope_refusals.labels(spec.name, exc.rule).inc()
-            self.audit.write({**record, "verdict": "refused", "rule": exc.rule, "error_type": exc.error_type})
+            self.refuse(exc, record, tool=spec.name)
             raise
         record.update(argv=list(plan.argv), verdict="allowed", scanned_address=plan.target.scan_arg)
         if getattr(request, "dry_run", False):
@@ -206,30 +247,56 @@ class ScanService:
             self._count(spec.name, "error")
             self.audit.write({**record, "verdict": "refused", "rule": exc.rule, "error_type": exc.error_type})
             raise
+        # From here on the breaker may hold a probe slot: every way out goes through _finish_run.
+        report: ScanReport | None = None
+        run_result: RunResult | None = None
         try:
             async with self.limiter.slot(spec.name, started + plan.timeout_seconds) as remaining:
                 # Audit before starting: a scan the trail does not show must not run (fails closed).
                 self.audit.write({**record, "event": "start"})
                 report, run_result = await self._execute(spec, plan, snapshot.policy, request_id, progress, remaining)
-        except ApplianceError as exc:
-            # Only a scanner that failed to run says something about the scanner's health.
-            scanner_failed = exc.error_type in ("execution_error", "not_found") and exc.rule != "audit_unwritable"
-            (breaker.record_failure if scanner_failed else breaker.record_neutral)()
-            self._count(spec.name, "error")
-            self._audit_end(record, started, outcome=exc.error_type, rule=exc.rule)
+        except BaseException as exc:
+            self._finish_run(spec.name, breaker, record, started, None, None, exc)
             raise
-        except asyncio.CancelledError:
-            breaker.record_neutral()
-            self._count(spec.name, "cancelled")
-            self._audit_end(record, started, outcome="cancelled")
-            raise
-        breaker.record_success() if not report.partial else breaker.record_neutral()
-        outcome = "partial" if report.partial else "ok"
-        self._count(spec.name, outcome)
-        if self.metrics is not None:
-            self.metrics.duration.labels(spec.name).observe(report.duration_seconds)
-        self._audit_end(record, started, outcome=outcome, run=run_result)
+        self._finish_run(spec.name, breaker, record, started, report, run_result, None)
         return report
+
+    def _finish_run(
+        self,
+        tool: str,
+        breaker: CircuitBreaker,
+        record: dict[str, Any],
+        started: float,
+        report: ScanReport | None,
+        run_result: RunResult | None,
+        failure: BaseException | None,
+    ) -> None:
+        """The one end of every admitted call: breaker, metric and the audit end line.
+
+        Covers a result, an appliance error, a cancel and anything unexpected (a bug, a stream
+        that broke under us): the breaker never keeps a probe slot and the trail never keeps a
+        `start` without an `end`.
+        """
+        rule: str | None = None
+        if failure is None and report is not None:
+            outcome = "partial" if report.partial else "ok"
+            breaker.record_neutral() if report.partial else breaker.record_success()
+            if self.metrics is not None:
+                self.metrics.duration.labels(tool).observe(report.duration_seconds)
+        elif isinstance(failure, ApplianceError):
+            # Only a scanner that failed to run says something about the scanner's health.
+            scanner_failed = failure.error_type in SCANNER_FAILURES and failure.rule != "audit_unwritable"
+            (breaker.record_failure if scanner_failed else breaker.record_neutral)()
+            outcome, rule = failure.error_type, failure.rule
+        elif isinstance(failure, asyncio.CancelledError):
+            breaker.record_neutral()
+            outcome = "cancelled"
+        else:
+            breaker.record_neutral()
+            outcome, rule = "unknown", "unexpected_exception"
+            log.error("tool call ended in an unexpected exception", exc_info=failure, extra={"tool": tool})
+        self._count(tool, METRIC_OUTCOME.get(outcome, "error"))
+        self._audit_end(record, started, outcome=outcome, rule=rule, run=run_result)
 
     async def _execute(
         self,
@@ -240,6 +307,7 @@ class ScanService:
         progress: ProgressFn | None,
         remaining: float,
     ) -> tuple[ScanReport, RunResult]:
+        progress = _best_effort(progress)
         # Queue wait counted against the call's budget: the scanner gets what is left.
         limits = RunLimits(timeout_seconds=max(remaining, 0.001), output_cap_bytes=policy.limits.output_cap_bytes)
         on_line = self._progress_callback(plan, progress)

@@ -3,21 +3,50 @@
 The SDK reads stdin in a worker thread; a thread blocked in read() cannot be cancelled, so a
 SIGTERM while the client is idle would wait for the client's next byte. A pipe registered with
 the loop has no such wait. Anything that is not a pipe (a file, a tty) falls back to the SDK.
+
+A line over MAX_LINE_BYTES is not buffered: it is skipped to its newline and answered with a
+JSON-RPC error (the request id read from its first bytes, when there is one), audited and
+counted. The server lives on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
+import re
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
+from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
+
+from appliance.compat import lowlevel_server
+from appliance.errors import ApplianceError, ResourceExhaustedError
+
+log = logging.getLogger(__name__)
 
 # One JSON-RPC message per line; tool calls are small, and a line past this is refused.
 MAX_LINE_BYTES = 4 * 1024 * 1024
+READ_CHUNK_BYTES = 64 * 1024
+# Where to look for the id of an oversized request: it is near the start in every client seen.
+ID_SEARCH_BYTES = 4096
+REQUEST_ID = re.compile(rb'"id"\s*:\s*(-?[0-9]{1,18}|"(?:[^"\\]|\\.){0,256}")')
+
+OversizeHook = Callable[[str | int | None], Awaitable[None]]
+
+
+def request_id_of(head: bytes) -> str | int | None:
+    """The JSON-RPC id in the first bytes of a message, if one can be read there."""
+    found = REQUEST_ID.search(head[:ID_SEARCH_BYTES])
+    if found is None:
+        return None
+    value: str | int = json.loads(found.group(1))
+    return value
 
 
 class PipeLines:
@@ -25,18 +54,47 @@ class PipeLines:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self.on_oversize: OversizeHook | None = None
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._lines()
 
+    async def _refuse(self, head: bytes) -> None:
+        if self.on_oversize is not None:
+            await self.on_oversize(request_id_of(head))
+
     async def _lines(self) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
+        reader = asyncio.StreamReader(limit=READ_CHUNK_BYTES)
         pipe = os.fdopen(os.dup(self._fd), "rb", buffering=0)
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        pending = bytearray()
+        discarding: bytes | None = None  # the head of an oversized line being skipped
         try:
-            while line := await reader.readline():
-                yield line.decode("utf-8", errors="replace")
+            while chunk := await reader.read(READ_CHUNK_BYTES):
+                start = 0
+                while (newline := chunk.find(b"\n", start)) != -1:
+                    piece = chunk[start : newline + 1]
+                    start = newline + 1
+                    if discarding is not None:
+                        await self._refuse(discarding)
+                        discarding = None
+                    elif len(pending) + len(piece) > MAX_LINE_BYTES:
+                        await self._refuse(bytes(pending[:ID_SEARCH_BYTES]) or piece[:ID_SEARCH_BYTES])
+                        pending.clear()
+                    else:
+                        pending += piece
+                        yield pending.decode("utf-8", errors="replace")
+                        pending.clear()
+                if discarding is None:
+                    pending += chunk[start:]
+                    if len(pending) > MAX_LINE_BYTES:
+                        discarding = bytes(pending[:ID_SEARCH_BYTES])
+                        pending.clear()
+            if discarding is not None:
+                await self._refuse(discarding)
+            elif pending:
+                yield pending.decode("utf-8", errors="replace")
         finally:
             transport.close()
 
@@ -49,11 +107,39 @@ def _is_pipe(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
-async def run_stdio(server: MCPServer[Any]) -> None:
-    """Serve `server` over stdin/stdout until stdin closes (or the task is cancelled)."""
+def oversize_error() -> ResourceExhaustedError:
+    return ResourceExhaustedError(
+        f"the message is larger than {MAX_LINE_BYTES // (1024 * 1024)} MiB and was not read",
+        rule="message_too_large",
+        recovery_suggestion="Send smaller requests: tool arguments are a few hundred bytes.",
+    )
+
+
+async def run_stdio(
+    server: MCPServer[Any], refused: Callable[[ApplianceError, dict[str, Any]], None] | None = None
+) -> None:
+    """Serve `server` over stdin/stdout until stdin closes (or the task is cancelled).
+
+    `refused` records a refusal made here, before any tool is known (audit line and metric).
+    """
     if not _is_pipe(0):
         await server.run_stdio_async()
         return
-    lowlevel = server._lowlevel_server  # SDK 2.3: run_stdio_async takes no stdin; tests cover this path
-    async with stdio_server(stdin=PipeLines(0)) as (read_stream, write_stream):  # type: ignore[arg-type]
+    lowlevel = lowlevel_server(server)  # run_stdio_async takes no stdin of ours
+    lines = PipeLines(0)
+    async with stdio_server(stdin=lines) as (read_stream, write_stream):  # type: ignore[arg-type]
+
+        async def answer_oversize(request_id: str | int | None) -> None:
+            error = oversize_error()
+            log.warning("stdio message over the size limit refused", extra={"rule": error.rule})
+            if refused is not None:
+                refused(error, {"request_id": None, "jsonrpc_id": request_id, "tool": None})
+            reply = JSONRPCError(
+                jsonrpc="2.0",
+                id=request_id,
+                error=ErrorData(code=INVALID_REQUEST, message=error.message, data=error.to_dict()),
+            )
+            await write_stream.send(SessionMessage(reply))
+
+        lines.on_oversize = answer_oversize
         await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())

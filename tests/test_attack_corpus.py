@@ -1,9 +1,9 @@
 """The attack corpus (tests/attack_corpus.yaml): every hostile call is refused before anything runs.
 
-Each entry goes the way an MCP tool call goes: the tool's request model, then `ScanService.call`.
-A request-model error is mapped exactly as the CLI's `check` command maps it. The resolver is a
-dict (no DNS query leaves the test) and the runner is a spy that fails the test if a scanner
-would start.
+Each entry runs twice: straight into `ScanService.call` with the raw arguments (the one
+validation path every transport uses), and through an in-process MCP client and the real MCP
+server, as an agent's call arrives. The resolver is a dict (no DNS query leaves the test) and
+the runner is a spy that fails the test if a scanner would start.
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pydantic
 import pytest
 import yaml
+from mcp import Client
 
 from appliance.audit import AuditSink
-from appliance.cli import _request_error
 from appliance.config import Settings
 from appliance.errors import ApplianceError, NotFoundError, ValidationError
 from appliance.policy.netinfo import NetworkFacts
 from appliance.policy.store import PolicyStore
+from appliance.server import build_server
 from appliance.service import ScanService
-from appliance.tools import TOOLS, ToolSpec
+from appliance.tools import TOOLS
 
 CORPUS_PATH = Path(__file__).parent / "attack_corpus.yaml"
 CORPUS: list[dict[str, Any]] = yaml.safe_load(CORPUS_PATH.read_text(encoding="utf-8"))
@@ -90,17 +90,8 @@ def harness(
     return build
 
 
-def validated(spec: ToolSpec, arguments: Mapping[str, Any]) -> pydantic.BaseModel:
-    """The request model, with its error mapped as `appliance check` maps it."""
-    try:
-        return spec.request_model.model_validate(arguments)
-    except pydantic.ValidationError as exc:
-        raise _request_error(exc) from exc
-
-
 async def call(harness: Harness, tool: str, arguments: Mapping[str, Any]) -> Any:
-    spec = TOOLS[tool]
-    return await harness.service.call(spec, validated(spec, arguments), "test-id")
+    return await harness.service.call(TOOLS[tool], arguments, "test-id")
 
 
 # --- the corpus itself --------------------------------------------------------------------------
@@ -146,15 +137,33 @@ async def test_attack_is_refused_before_any_scanner_starts(
     assert h.runner.calls == []
     # The resolver is only ever asked names the entry lists; usually none.
     assert set(h.resolver.calls) <= set(resolves)
-    lines = h.audit_lines()
-    if entry["rule"] == "arguments_invalid":
-        assert lines == []  # refused before the service, as in the CLI and the MCP SDK
-        return
-    assert len(lines) == 1
-    assert lines[0]["verdict"] == "refused"
-    assert lines[0]["rule"] == entry["rule"]
-    assert lines[0]["tool"] == entry["tool"]
-    assert lines[0]["request_id"] == "test-id"
+    [line] = h.audit_lines()
+    assert line["verdict"] == "refused"
+    assert line["rule"] == entry["rule"]
+    assert line["tool"] == entry["tool"]
+    assert line["request_id"] == "test-id"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("entry", CORPUS, ids=[entry["id"] for entry in CORPUS])
+async def test_attack_through_an_mcp_client_is_refused_before_any_scanner_starts(
+    entry: dict[str, Any], harness: Callable[..., Harness]
+) -> None:
+    resolves = entry.get("resolves", {})
+    h = harness(entry.get("policy"), resolves, entry.get("privilege_mode", "raw"))
+
+    async with Client(build_server(h.service), mode="legacy") as client:
+        result = await client.call_tool(entry["tool"], entry["args"])
+
+    assert result.is_error
+    assert result.structured_content is not None
+    assert result.structured_content["rule"] == entry["rule"], result.structured_content["message"]
+    assert result.structured_content["recovery_suggestion"]
+    assert json.loads(result.content[0].text) == result.structured_content  # type: ignore[union-attr]
+    assert h.runner.calls == []
+    assert set(h.resolver.calls) <= set(resolves)
+    [line] = h.audit_lines()
+    assert (line["verdict"], line["rule"], line["tool"]) == ("refused", entry["rule"], entry["tool"])
 
 
 # --- the harness lets clean calls through: the refusals above are not an artefact --------------

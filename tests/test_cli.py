@@ -47,7 +47,7 @@ def test_check_allowed_prints_verdict_and_argv(tmp_path: Path) -> None:
         ("nmap_scan", {"target": "169.254.169.254"}, "target_denied_link_local"),
         ("nmap_scan", {"target": "10.0.0.0/8"}, "target_cidr_too_large"),
         ("nmap_scan", {"target": "10.0.0.1", "extra_args": ["-iL", "/etc/passwd"]}, "flag_file_io"),
-        ("nmap_scan", {"target": "10.0.0.1", "bogus": 1}, "arguments_invalid"),
+        ("nmap_scan", {"target": "10.0.0.1", "bogus": 1}, "argument_unknown"),
         ("masscan_scan", {"target": "10.0.0.1", "ports": "80"}, "tool_unavailable_in_connect_mode"),
         ("gobuster_scan", {"target": "http://x@10.0.0.1/"}, "url_userinfo"),
         ("gobuster_scan", {"mode": "dns", "target": "lab.internal"}, "dns_mode_requires_resolver"),

@@ -19,8 +19,9 @@ import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from support import LOOPBACK_POLICY, closed_port, scanner_processes, tcp_listener, wait_until, write_policy
+
+from appliance.compat import create_mcp_http_client
 
 pytestmark = pytest.mark.anyio
 ERAS = ["legacy", "2026-07-28"]

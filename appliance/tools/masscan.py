@@ -13,6 +13,7 @@ from appliance.policy.ports import check_ports
 from appliance.policy.targets import check_target, parse_target
 from appliance.results import MasscanResult
 from appliance.runner import RunResult
+from appliance.tools.arguments import PortsArgument
 from appliance.tools.base import (
     PlanContext,
     ScanPlan,
@@ -41,7 +42,9 @@ class MasscanRequest(BaseModel):
     target: str = Field(
         max_length=64, description="One IPv4 address or one CIDR block within the host limit, e.g. 10.20.0.0/24."
     )
-    ports: str = Field(max_length=1024, description="Required: ports like '22,80,443' or '1-1024'.")
+    ports: PortsArgument = Field(
+        description="Required: ports like '22,80,443' or '1-1024' (a number or a list of numbers works too)."
+    )
     rate: int | None = Field(
         default=None, ge=1, le=10_000_000, description="Packets per second; omit for the policy's low default."
     )

@@ -13,6 +13,7 @@ from appliance.policy.ports import check_ports
 from appliance.policy.targets import check_target
 from appliance.results import NmapResult
 from appliance.runner import RunResult
+from appliance.tools.arguments import PortsArgument
 from appliance.tools.base import (
     PlanContext,
     ScanPlan,
@@ -41,10 +42,10 @@ class NmapRequest(BaseModel):
         description="One IPv4 address (10.20.0.5), one CIDR block within the host limit (10.20.0.0/28), "
         "or one hostname under a lab suffix (web.lab.internal). No ranges, lists or spaces.",
     )
-    ports: str | None = Field(
+    ports: PortsArgument | None = Field(
         default=None,
-        max_length=1024,
-        description="Ports like '22,80,443' or '8000-8100'. Omit for the policy's default top ports. "
+        description="Ports like '22,80,443' or '8000-8100' (a number or a list of numbers works too). "
+        "Omit for the policy's default top ports. "
         "More ports cost more time; not allowed with scan_type 'ping'.",
     )
     scan_type: Literal["connect", "syn", "version", "ping"] = Field(

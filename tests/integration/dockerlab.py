@@ -25,9 +25,10 @@ from typing import Any
 
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from support import wait_until
 from testcontainers.core.container import DockerContainer
+
+from appliance.compat import create_mcp_http_client
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "compose.yaml"

@@ -1,0 +1,98 @@
+"""The tools as MCP publishes them: name, description, input schema, output schema, annotations.
+
+Both schemas come from the tool's models (one source for validation, schema and docs), cut to
+what a client needs:
+- input: the request model's schema with `additionalProperties: false` (unknown arguments are
+  refused, and the schema says so) and without pydantic's generated titles;
+- output: shallow. The top level is typed; arrays of objects say only that (`items: object`).
+  Clients that validate structured results against the output schema (the 1.x Python SDK
+  does, per call) pay for every schema node, and the result's shape is documented in the tool
+  description and README. Nullable fields are `type: [T, "null"]`, not `anyOf`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mcp_types import Tool, ToolAnnotations
+from pydantic import BaseModel
+
+# Scanners read the network (they change nothing), the same call gives the same kind of answer,
+# and what they touch is outside this process (the lab).
+ANNOTATIONS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
+
+
+def _without_titles(node: Any, *, in_properties: bool = False) -> Any:
+    """Drop pydantic's generated `title` keys (a property *named* title would be kept)."""
+    if isinstance(node, dict):
+        return {
+            key: _without_titles(value, in_properties=key == "properties")
+            for key, value in node.items()
+            if in_properties or key != "title"
+        }
+    if isinstance(node, list):
+        return [_without_titles(item) for item in node]
+    return node
+
+
+def _nullable_as_type(prop: dict[str, Any]) -> dict[str, Any]:
+    """`anyOf: [{T...}, {null}]` as `{T..., type: [T, "null"]}`; an omitted optional means null anyway,
+    so a `null` default is dropped. Wider unions keep their anyOf, without the null branch."""
+    options = prop.get("anyOf")
+    if options is None or {"type": "null"} not in options:
+        return prop
+    rest = [o for o in options if o != {"type": "null"}]
+    reduced = {k: v for k, v in prop.items() if k != "anyOf" and not (k == "default" and v is None)}
+    if len(rest) == 1 and isinstance(rest[0].get("type"), str):
+        return {**rest[0], **reduced, "type": [rest[0]["type"], "null"]}
+    return {**reduced, "anyOf": rest}
+
+
+def input_schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema: dict[str, Any] = _without_titles(model.model_json_schema())
+    schema["properties"] = {name: _nullable_as_type(prop) for name, prop in schema["properties"].items()}
+    schema["additionalProperties"] = False
+    return schema
+
+
+def _shallow(node: Mapping[str, Any]) -> dict[str, Any]:
+    """One property of an output schema, reduced to its type (and enum, which is small and useful)."""
+    if "$ref" in node:
+        return {"type": "object"}
+    if "anyOf" in node:
+        types: list[str] = []
+        enum: list[Any] | None = None
+        for option in node["anyOf"]:
+            reduced = _shallow(option)
+            kind = reduced.get("type", "object")
+            types.extend(kind if isinstance(kind, list) else [kind])
+            enum = reduced.get("enum", enum)
+        shallow: dict[str, Any] = {"type": types[0] if len(types) == 1 else types}
+        if enum is not None:
+            shallow["enum"] = [*enum, None] if "null" in types else enum
+        return shallow
+    shallow = {key: node[key] for key in ("type", "enum", "const") if key in node}
+    if node.get("type") == "array":
+        items = node.get("items", {})
+        shallow["items"] = {"type": "object"} if "$ref" in items else _shallow(items)
+    return shallow
+
+
+def output_schema(model: type[BaseModel]) -> dict[str, Any]:
+    full = model.model_json_schema(mode="serialization")
+    return {
+        "type": "object",
+        "properties": {name: _shallow(prop) for name, prop in full["properties"].items()},
+        "required": full.get("required", []),
+    }
+
+
+def tool_definition(name: str, description: str, request_model: type[BaseModel], result_model: type[BaseModel]) -> Tool:
+    return Tool(
+        name=name,
+        description=description,
+        input_schema=input_schema(request_model),
+        output_schema=output_schema(result_model),
+        annotations=ANNOTATIONS,
+    )

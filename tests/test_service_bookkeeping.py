@@ -1,0 +1,150 @@
+"""Every way an admitted call ends leaves the breaker free, one audit end line and one count.
+
+The runner here is a scripted fake: each test says what the "scanner" does. Targets are lab
+addresses the fake never contacts (no process starts, no packet leaves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from appliance.audit import AuditSink
+from appliance.config import Settings
+from appliance.errors import CircuitOpenError, ExecutionError
+from appliance.metrics import Metrics
+from appliance.policy.netinfo import NetworkFacts
+from appliance.policy.store import PolicyStore
+from appliance.runner import RunLimits, RunResult
+from appliance.service import ScanService
+from appliance.tools import TOOLS
+
+pytestmark = pytest.mark.anyio
+NMAP = TOOLS["nmap_scan"]
+CALL = {"target": "10.20.0.5", "ports": "80"}
+XML = (Path(__file__).parent / "fixtures" / "nmap" / "connect.xml").read_bytes()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Scripted:
+    """A runner that plays one scripted behaviour per call: 'fail', 'ok', or an exception to raise."""
+
+    def __init__(self, script: Iterator[Any]) -> None:
+        self.script = script
+
+    async def __call__(self, argv: Any, limits: RunLimits, **kwargs: Any) -> RunResult:
+        step = next(self.script)
+        if isinstance(step, BaseException):
+            raise step
+        if step == "fail":  # exits non-zero with no output: an execution failure
+            return RunResult(tuple(argv), 1, b"", b"nmap: cannot start", False, False, 0.01, pid=0)
+        return RunResult(tuple(argv), 0, XML, b"", False, False, 0.01, pid=0)
+
+
+@pytest.fixture
+def make(
+    tmp_path: Path, lab_policy_data: dict[str, Any], lab_facts: NetworkFacts, lab_script_db: Path
+) -> Callable[..., tuple[ScanService, io.StringIO, CollectorRegistry, Clock]]:
+    def build(*script: Any) -> tuple[ScanService, io.StringIO, CollectorRegistry, Clock]:
+        data = {**lab_policy_data, "resilience": {"breaker_failure_threshold": 1, "breaker_recovery_seconds": 10}}
+        path = tmp_path / "policy.yaml"
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        audit, registry, clock = io.StringIO(), CollectorRegistry(), Clock()
+        service = ScanService(
+            Settings(policy_path=path),
+            PolicyStore(path, facts=lambda: lab_facts, script_db=lab_script_db),
+            AuditSink(stream=audit),
+            runner=Scripted(iter(script)),
+            metrics=Metrics(registry, TOOLS, process=False),
+            clock=clock,
+        )
+        return service, audit, registry, clock
+
+    return build
+
+
+def lines(audit: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in audit.getvalue().splitlines()]
+
+
+async def open_breaker(service: ScanService, clock: Clock) -> None:
+    with pytest.raises(ExecutionError):
+        await service.call(NMAP, CALL, "r-fail")
+    assert service.breakers["nmap_scan"].state.value == "open"
+    clock.now += 11  # past the recovery time: the next call is the half-open probe
+
+
+async def test_probe_ending_in_a_foreign_exception_does_not_hold_the_breaker_half_open(
+    make: Callable[..., Any],
+) -> None:
+    service, audit, _, clock = make("fail", RuntimeError("bug in a parser"), "ok")
+    await open_breaker(service, clock)
+
+    with pytest.raises(RuntimeError):
+        await service.call(NMAP, CALL, "r-probe")
+    # Before the fix the probe slot stayed taken: every later call got circuit_open for good.
+    report = await service.call(NMAP, CALL, "r-next")
+
+    assert not report.partial
+    assert service.breakers["nmap_scan"].state.value == "closed"
+    ends = [line for line in lines(audit) if line.get("event") == "end"]
+    starts = [line for line in lines(audit) if line.get("event") == "start"]
+    assert [e["request_id"] for e in ends] == [s["request_id"] for s in starts] == ["r-fail", "r-probe", "r-next"]
+    assert ends[1]["outcome"] == "unknown" and ends[1]["rule"] == "unexpected_exception"
+
+
+async def test_probe_whose_progress_stream_fails_still_finishes_and_closes_the_breaker(
+    make: Callable[..., Any],
+) -> None:
+    service, audit, _, clock = make("fail", "ok")
+    await open_breaker(service, clock)
+
+    async def broken_progress(done: float, total: float | None, message: str | None) -> None:
+        raise anyio.BrokenResourceError
+
+    report = await service.call(NMAP, CALL, "r-probe", broken_progress)
+
+    assert report.hosts  # type: ignore[attr-defined]
+    assert service.breakers["nmap_scan"].state.value == "closed"
+    assert lines(audit)[-1] | {"event": "end", "outcome": "ok"} == lines(audit)[-1]
+
+
+async def test_cancelled_probe_frees_the_breaker_and_is_audited(make: Callable[..., Any]) -> None:
+    service, audit, registry, clock = make("fail", asyncio.CancelledError(), "ok")
+    await open_breaker(service, clock)
+
+    with pytest.raises(asyncio.CancelledError):
+        await service.call(NMAP, CALL, "r-probe")
+    await service.call(NMAP, CALL, "r-next")
+
+    outcomes = [line["outcome"] for line in lines(audit) if line.get("event") == "end"]
+    assert outcomes == ["execution_error", "cancelled", "ok"]
+    assert registry.get_sample_value("appliance_tool_calls_total", {"tool": "nmap_scan", "outcome": "cancelled"}) == 1
+
+
+async def test_open_breaker_refusal_is_audited_once(make: Callable[..., Any]) -> None:
+    service, audit, _, clock = make("fail")
+    await open_breaker(service, clock)
+    clock.now -= 11  # back inside the recovery window
+
+    with pytest.raises(CircuitOpenError):
+        await service.call(NMAP, CALL, "r-open")
+
+    assert lines(audit)[-1]["rule"] == "circuit_open"
+    assert lines(audit)[-1]["request_id"] == "r-open"
