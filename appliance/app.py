@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 STOP_WAIT_SECONDS = 3.0
 # How long shutdown waits for answers (results of stopped scans) to be written to their streams.
 RESPONSES_WAIT_SECONDS = 1.0
+# After the last answer, how long no request must arrive before the HTTP transport closes: a
+# client's follow-up to a result (the SDK client's tools/list, tens of ms later) is still served.
+RESPONSES_QUIET_SECONDS = 0.25
 # How long shutdown waits for the transport to finish once told to stop.
 TRANSPORT_STOP_SECONDS = 1.5
 VERSION_ARGS = {"nmap_scan": ("--version",), "masscan_scan": ("--version",), "gobuster_scan": ("version",)}
@@ -259,8 +262,8 @@ class Appliance:
         return not any(self.service.limiter.in_flight(t) for t in TOOLS)
 
     def _responses_sent(self) -> bool:
-        """Every POST (tool results included) has finished its response."""
-        return self._requests is None or self._requests.count == 0
+        """Every POST (tool results included) has finished its response, and clients went quiet."""
+        return self._requests is None or self._requests.quiet_for(RESPONSES_QUIET_SECONDS)
 
     async def _stop(self, transport: asyncio.Task[None]) -> None:
         started = time.monotonic()

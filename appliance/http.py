@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -72,24 +73,35 @@ class BearerAuth:
 class ActiveRequests:
     """Counts POST requests whose responses have not finished (a tool result may be one).
 
-    Shutdown waits for this to reach zero before telling uvicorn to exit: sse-starlette ends
-    every open event stream the moment uvicorn is told to exit, and a result still in one would
-    be lost. Long-lived GET listen streams are not counted; they carry no results.
+    Shutdown waits for this to reach zero, and for a short quiet spell after the last one, before
+    telling uvicorn to exit: sse-starlette ends every open event stream the moment uvicorn is told
+    to exit, and a result still in one would be lost; and a client that just got a result may ask
+    a follow-up at once (the SDK client fetches tools/list to validate a result against its output
+    schema), and a refused follow-up makes it cancel its other calls on that connection, results
+    in flight included. Long-lived GET listen streams are not counted; they carry no results.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, clock: Callable[[], float] = time.monotonic) -> None:
         self._app = app
+        self._clock = clock
         self.count = 0
+        self.last_activity = clock()
+
+    def quiet_for(self, seconds: float) -> bool:
+        """No POST open, and none started or finished in the last `seconds`."""
+        return self.count == 0 and self._clock() - self.last_activity >= seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST":
             await self._app(scope, receive, send)
             return
         self.count += 1
+        self.last_activity = self._clock()
         try:
             await self._app(scope, receive, send)
         finally:
             self.count -= 1
+            self.last_activity = self._clock()
 
 
 def _is_loopback(host: str) -> bool:
