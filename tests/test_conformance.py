@@ -43,6 +43,12 @@ def test_compare_fails_on_any_unlisted_non_pass(status: str) -> None:
     assert not verdict.ok
 
 
+def test_compare_ranks_an_unknown_status_as_a_failure() -> None:
+    checks = [check("x", "SOMETHING_NEW"), check("x", "WARNING"), check("x")]
+    verdict = harness.compare({(RUN, "caching"): checks}, {})
+    assert [p for p in verdict.problems if "unexpected SOMETHING_NEW" in p]
+
+
 def test_compare_fails_when_a_listed_check_now_passes() -> None:
     verdict = harness.compare({(RUN, "caching"): [check("x")]}, {(RUN, "caching", "x"): "SKIPPED"})
     assert verdict.problems == (f"{RUN} caching x: expected SKIPPED, got SUCCESS; update the list",)
