@@ -7,10 +7,11 @@ nothing else in the package reads the environment.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from appliance.errors import ConfigError
@@ -18,6 +19,9 @@ from appliance.errors import ConfigError
 DEFAULT_POLICY_PATH = Path(__file__).resolve().parent.parent / "policies" / "scope.yaml"
 DEFAULT_CAPABILITY_POLICY_PATH = DEFAULT_POLICY_PATH.with_name("capabilities.yaml")
 SECRETS_DIR = Path("/run/secrets")
+# An origin as browsers send it (RFC 6454: scheme, host, optional port; no path, no userinfo),
+# with `*` allowed only as the whole port. The host is a DNS name or a bracketed IPv6 literal.
+ORIGIN = re.compile(r"https?://(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::(?:[0-9]{1,5}|\*))?")
 
 
 class Settings(BaseSettings):
@@ -65,6 +69,13 @@ class Settings(BaseSettings):
         default_factory=lambda: ["127.0.0.1:*", "localhost:*", "[::1]:*"],
         description="Host header values the HTTP transport accepts (DNS-rebinding protection).",
     )
+    allowed_origins: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+        description=(
+            "Origin header values the HTTP transport accepts from browser clients (DNS-rebinding "
+            "protection); `scheme://host:port`, or `:*` for any port. A request without Origin is not a browser's."
+        ),
+    )
     insecure_http_no_auth: bool = Field(
         default=False,
         description="TEST ONLY: serve HTTP on a loopback address without a bearer token.",
@@ -94,6 +105,20 @@ class Settings(BaseSettings):
     auth_token: SecretStr | None = Field(
         default=None, description="Bearer token for the HTTP transport (or the file /run/secrets/appliance_auth_token)."
     )
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_exact(cls, value: list[str]) -> list[str]:
+        # The SDK compares an Origin by string equality, or by prefix for a trailing ":*". A
+        # trailing slash, a path or a bare "*" would never match (or, as a prefix, match too much),
+        # so a typo here must stop the start instead of silently locking out or letting in browsers.
+        for origin in value:
+            if not ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin; write scheme://host or scheme://host:port, "
+                    "or scheme://host:* for any port, e.g. 'http://localhost:*'"
+                )
+        return value
 
     def redacted(self) -> dict[str, Any]:
         """The settings as JSON-ready values with every secret replaced by a marker."""

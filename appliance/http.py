@@ -125,7 +125,9 @@ def build_http_app(server: MCPServer[Any], settings: Settings, tokens: TokenSour
         session_idle_timeout=SESSION_IDLE_TIMEOUT_SECONDS,
         max_sessions=MAX_SESSIONS,
         transport_security=TransportSecuritySettings(
-            enable_dns_rebinding_protection=True, allowed_hosts=settings.allowed_hosts, allowed_origins=[]
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=settings.allowed_hosts,
+            allowed_origins=settings.allowed_origins,
         ),
         host=settings.host,
     )
