@@ -7,10 +7,11 @@ nothing else in the package reads the environment.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from appliance.errors import ConfigError
@@ -18,6 +19,8 @@ from appliance.errors import ConfigError
 DEFAULT_POLICY_PATH = Path(__file__).resolve().parent.parent / "policies" / "scope.yaml"
 DEFAULT_CAPABILITY_POLICY_PATH = DEFAULT_POLICY_PATH.with_name("capabilities.yaml")
 SECRETS_DIR = Path("/run/secrets")
+# The sidecar token: the same rule as the HTTP bearer tokens (appliance.auth.TOKEN).
+HEALTH_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")
 
 
 class Settings(BaseSettings):
@@ -80,7 +83,13 @@ class Settings(BaseSettings):
     )
     health_token: SecretStr | None = Field(
         default=None,
-        description="When set, /healthz and /metrics need 'Authorization: Bearer <it>'; /livez stays open.",
+        description="When set, /healthz and /metrics need 'Authorization: Bearer <it>' (16+ URL-safe characters; "
+        "an empty or weak one refuses start); /livez and /readyz stay open.",
+    )
+    health_allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1:*", "localhost:*", "[::1]:*"],
+        description="Host header values /healthz and /metrics accept (DNS-rebinding protection); 'name:*' "
+        "allows any port. Add the names Prometheus or an orchestrator uses.",
     )
     health_cpu_percent: float = Field(default=95.0, gt=0, le=100, description="CPU use above this is 'degraded'.")
     health_memory_percent: float = Field(default=90.0, gt=0, le=100, description="Memory use (of the cgroup limit).")
@@ -94,6 +103,14 @@ class Settings(BaseSettings):
     auth_token: SecretStr | None = Field(
         default=None, description="Bearer token for the HTTP transport (or the file /run/secrets/appliance_auth_token)."
     )
+
+    @field_validator("health_token")
+    @classmethod
+    def _health_token_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty value used to switch the sidecar's auth off without a word; now it is an error.
+        if value is not None and not HEALTH_TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError("empty or weak: use 16+ URL-safe characters (e.g. scripts/create-token FILE), or unset it")
+        return value
 
     def redacted(self) -> dict[str, Any]:
         """The settings as JSON-ready values with every secret replaced by a marker."""
