@@ -13,6 +13,9 @@ import logging
 import weakref
 from typing import Annotated, Any
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
@@ -31,7 +34,10 @@ INSTRUCTIONS = """Network scanners for an authorised lab, behind a server-side s
 Start with nmap_scan (connect) on one lab host or small block; use gobuster_scan on web ports it
 finds; masscan_scan sweeps blocks fast when the deployment runs in raw mode. Every refusal names
 the broken rule and what to do instead; dry_run shows the exact command without running it."""
-PRINCIPAL_SCOPE_KEY = "appliance.principal"  # set by the HTTP auth middleware on the ASGI scope
+# Static tokens have no authorization server: with no resource_server_url the SDK publishes no
+# protected-resource metadata (which would send clients to an OAuth issuer that does not exist),
+# and the issuer URL below is never served or advertised. It only satisfies AuthSettings.
+STATIC_TOKENS_AUTH = AuthSettings(issuer_url="http://127.0.0.1/static-tokens", resource_server_url=None)
 
 
 def error_result(error: ApplianceError, spec: ToolSpec, target: str | None, request_id: str) -> CallToolResult:
@@ -45,9 +51,11 @@ def error_result(error: ApplianceError, spec: ToolSpec, target: str | None, requ
 
 
 def _principal(ctx: Context) -> str | None:
+    """The verified token's principal (set by the SDK's bearer auth as the ASGI `user`); None on stdio."""
     request = ctx.request_context.request
     scope = getattr(request, "scope", None)
-    return scope.get(PRINCIPAL_SCOPE_KEY) if isinstance(scope, dict) else None
+    user = scope.get("user") if isinstance(scope, dict) else None
+    return user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
 
 
 def _tool_function(spec: ToolSpec, service: ScanService) -> Any:
@@ -117,7 +125,7 @@ class SessionTracker:
 class ScannerServer:
     """The MCP server plus the set of tools the current policy enables."""
 
-    def __init__(self, service: ScanService) -> None:
+    def __init__(self, service: ScanService, token_verifier: TokenVerifier | None = None) -> None:
         self.service = service
         self.bus = InMemorySubscriptionBus()
         self.sessions = SessionTracker()
@@ -127,6 +135,8 @@ class ScannerServer:
             instructions=INSTRUCTIONS,
             subscriptions=self.bus,
             middleware=[self.sessions],
+            token_verifier=token_verifier,
+            auth=None if token_verifier is None else STATIC_TOKENS_AUTH,
         )
         self.registered: dict[str, str] = {}  # tool name -> the description it was registered with
         self.sync_tools()
