@@ -26,7 +26,7 @@ from support import (
     wait_until,
     write_policy,
 )
-from test_transports import http_server
+from test_transports import http_client, http_server
 
 pytestmark = pytest.mark.anyio
 ALICE = "alice-token-aaaaaaaaaaaaaaaa"
@@ -195,3 +195,28 @@ async def test_principal_cannot_open_more_sessions_than_its_share(tmp_path: Path
         ("alice", "principal_sessions_full"),
         ("bob", "sessions_full"),
     ]
+
+
+async def test_principal_cannot_hold_every_scan_slot_over_http(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice {ALICE}\nbob {BOB}\n")
+    share = {"limits": {"per_principal": {"max_running_scans": 1, "max_queued_calls": 0}}}
+    policy = write_policy(tmp_path, LOOPBACK_POLICY, share)
+    with tcp_listener() as port, http_server(policy, APPLIANCE_AUTH_TOKENS_FILE=str(tokens)) as url:
+        marker = f"{port},23000-23002"
+        async with (
+            httpx2.AsyncClient() as http,
+            http_client(url, "legacy", token=ALICE) as alice,
+            http_client(url, "legacy", token=BOB) as bob,
+            anyio.create_task_group() as group,
+        ):
+            session = await open_session(http, url, ALICE)
+            group.start_soon(_slow_call, http, url, session, 31, port)
+            await anyio.to_thread.run_sync(lambda: wait_until(lambda: scanner_processes(marker), timeout=20))
+            refused = await alice.call_tool("nmap_scan", {"target": "127.0.0.1", "ports": str(port)})
+            served_bob = await bob.call_tool("nmap_scan", {"target": "127.0.0.1", "ports": str(port)})
+            group.cancel_scope.cancel()
+    assert refused.is_error
+    assert refused.structured_content is not None
+    assert refused.structured_content["rule"] == "principal_queue_full"
+    assert not served_bob.is_error
