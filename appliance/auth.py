@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
 from prometheus_client import CollectorRegistry, Gauge
 
 from appliance.errors import ConfigError
@@ -32,6 +33,11 @@ SCOPE = re.compile(r"[a-z][a-z0-9:._-]{0,63}")
 # The issuer a static token's identity carries: a later JWT for a principal of the same name
 # comes from another issuer, so it can never take over a session opened with a static token.
 STATIC_ISSUER = "urn:mcp-scanner-appliance:static-tokens"
+# The SDK's auth settings for static tokens. They have no authorization server: with no
+# resource_server_url the SDK publishes no protected-resource metadata (which would send clients
+# to an OAuth issuer that does not exist), and this issuer URL is never served or advertised;
+# it only satisfies AuthSettings, which requires one.
+STATIC_TOKENS_AUTH = AuthSettings(issuer_url="http://127.0.0.1/static-tokens", resource_server_url=None)
 
 
 @dataclass(frozen=True)

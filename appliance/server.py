@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import TokenVerifier
-from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
@@ -23,6 +22,7 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from appliance import __version__
+from appliance.auth import STATIC_TOKENS_AUTH
 from appliance.errors import ApplianceError
 from appliance.logs import new_request_id, request_id_var
 from appliance.service import ScanService
@@ -34,10 +34,6 @@ INSTRUCTIONS = """Network scanners for an authorised lab, behind a server-side s
 Start with nmap_scan (connect) on one lab host or small block; use gobuster_scan on web ports it
 finds; masscan_scan sweeps blocks fast when the deployment runs in raw mode. Every refusal names
 the broken rule and what to do instead; dry_run shows the exact command without running it."""
-# Static tokens have no authorization server: with no resource_server_url the SDK publishes no
-# protected-resource metadata (which would send clients to an OAuth issuer that does not exist),
-# and the issuer URL below is never served or advertised. It only satisfies AuthSettings.
-STATIC_TOKENS_AUTH = AuthSettings(issuer_url="http://127.0.0.1/static-tokens", resource_server_url=None)
 
 
 def error_result(error: ApplianceError, spec: ToolSpec, target: str | None, request_id: str) -> CallToolResult:

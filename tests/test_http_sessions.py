@@ -220,3 +220,12 @@ async def test_principal_cannot_hold_every_scan_slot_over_http(tmp_path: Path) -
     assert refused.structured_content is not None
     assert refused.structured_content["rule"] == "principal_queue_full"
     assert not served_bob.is_error
+
+
+async def test_audit_principal_in_the_sessionless_era(served: tuple[str, Path]) -> None:
+    url, audit = served
+    async with http_client(url, "2026-07-28", token=BOB) as client:
+        result = await client.call_tool("nmap_scan", {"target": "10.20.0.78", "dry_run": True})
+    assert not result.is_error
+    lines = [json.loads(line) for line in audit.read_text().splitlines() if "10.20.0.78" in line]
+    assert [line["principal"] for line in lines] == ["bob"]

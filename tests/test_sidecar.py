@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from support import write_policy
+from test_transports import APPLIANCE, server_env
 
 from appliance.audit import AuditSink
 from appliance.config import Settings, load_settings
@@ -236,3 +239,12 @@ def test_empty_or_weak_health_token_refuses_start(value: str) -> None:
     assert "weak" in refused.value.message
     if value:
         assert value not in refused.value.message
+
+
+def test_serve_refuses_to_start_with_an_empty_health_token(tmp_path: Path) -> None:
+    env = server_env(write_policy(tmp_path), APPLIANCE_HEALTH_TOKEN="")
+    done = subprocess.run([APPLIANCE, "serve"], env=env, capture_output=True, timeout=30, check=False)
+    assert done.returncode == 2
+    refusal = json.loads(done.stderr.decode().strip().splitlines()[-1])
+    assert refusal["rule"] == "settings_invalid"
+    assert "APPLIANCE_HEALTH_TOKEN" in refusal["message"]
