@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from appliance import __version__
 from appliance.audit import AuditSink
-from appliance.auth import TokenSource
+from appliance.auth import BearerTokenVerifier, TokenSource
 from appliance.config import Settings
 from appliance.errors import ConfigError, ExecutionError
 from appliance.health import Health, ScannerStatus, probe_scanner
@@ -107,11 +107,14 @@ class Appliance:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, TOOLS)
         self.service = ScanService(settings, self.store, self.audit, metrics=self.metrics)
-        self.server = ScannerServer(self.service)
         self.tokens: TokenSource | None = None
+        verifier: BearerTokenVerifier | None = None
         if settings.transport == "http":
             secret = settings.auth_token.get_secret_value() if settings.auth_token else None
-            self.tokens = TokenSource(secret, settings.auth_tokens_file)
+            self.tokens = TokenSource(secret, settings.auth_tokens_file, self.registry)
+            # No token at start: no verifier, and build_http_app refuses unless it is the loopback test mode.
+            verifier = BearerTokenVerifier(self.tokens) if len(self.tokens.table) else None
+        self.server = ScannerServer(self.service, token_verifier=verifier)
         self.draining = False
         self.health_port: int | None = None
         self.http_port: int | None = None
@@ -185,7 +188,7 @@ class Appliance:
         from appliance.http import QuietUvicorn, build_http_app, uvicorn_config
 
         assert self.tokens is not None
-        app = build_http_app(self.server.mcp, self.settings, self.tokens)
+        app = build_http_app(self.server, self.settings, self.tokens)
         self._requests = app
         self._uvicorn = QuietUvicorn(uvicorn_config(app, self.settings))
         await self._uvicorn.serve()
@@ -195,7 +198,7 @@ class Appliance:
         thread, so a client's `initialize` is not kept waiting for it."""
         sidecar = await asyncio.to_thread(importlib.import_module, "appliance.sidecar")
         token = self.settings.health_token.get_secret_value() if self.settings.health_token else None
-        app = sidecar.build_sidecar(health, self.registry, token)
+        app = sidecar.build_sidecar(health, self.registry, token, self.settings.health_allowed_hosts)
         runner, self.health_port = await sidecar.start_sidecar(
             app, self.settings.health_host, self.settings.health_port
         )
@@ -215,6 +218,7 @@ class Appliance:
             breakers=lambda: {name: b.snapshot() for name, b in self.service.breakers.items()},
             draining=lambda: self.draining,
             privilege_check=lambda: self.verdict,
+            tokens=None if self.tokens is None else self.tokens.status,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._shutdown.set)

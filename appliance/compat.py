@@ -14,7 +14,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 SDK_VERSION = "2.3.0"
 
-__all__ = ["SDK_VERSION", "create_mcp_http_client", "lowlevel_server", "session_connection"]
+__all__ = ["SDK_VERSION", "create_mcp_http_client", "lowlevel_server", "session_connection", "session_owners"]
 
 
 def lowlevel_server(server: MCPServer[Any]) -> Server[Any]:
@@ -31,3 +31,14 @@ def session_connection(session: Any) -> Any | None:
     for the connection that lives as long as the client does; tool-list announcements need it.
     """
     return getattr(session, "_connection", None)
+
+
+def session_owners(server: MCPServer[Any]) -> list[str | None]:
+    """The principal (token client_id) of every open HTTP session, None for one opened without auth.
+
+    SDK 2.3 has no public view of its sessions: this reads the session manager's private tables
+    (per-principal session limits need it).
+    """
+    manager = server.session_manager
+    owners: dict[str, Any] = manager._session_owners
+    return [owners[sid]["client_id"] if sid in owners else None for sid in list(manager._server_instances)]

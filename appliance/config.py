@@ -22,6 +22,8 @@ SECRETS_DIR = Path("/run/secrets")
 # An origin as browsers send it (RFC 6454: scheme, host, optional port; no path, no userinfo),
 # with `*` allowed only as the whole port. The host is a DNS name or a bracketed IPv6 literal.
 ORIGIN = re.compile(r"https?://(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::(?:[0-9]{1,5}|\*))?")
+# The sidecar token: the same rule as the HTTP bearer tokens (appliance.auth.TOKEN).
+HEALTH_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")
 
 
 class Settings(BaseSettings):
@@ -91,7 +93,13 @@ class Settings(BaseSettings):
     )
     health_token: SecretStr | None = Field(
         default=None,
-        description="When set, /healthz and /metrics need 'Authorization: Bearer <it>'; /livez stays open.",
+        description="When set, /healthz and /metrics need 'Authorization: Bearer <it>' (16+ URL-safe characters; "
+        "an empty or weak one refuses start); /livez and /readyz stay open.",
+    )
+    health_allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1:*", "localhost:*", "[::1]:*"],
+        description="Host header values /healthz and /metrics accept (DNS-rebinding protection); 'name:*' "
+        "allows any port. Add the names Prometheus or an orchestrator uses.",
     )
     health_cpu_percent: float = Field(default=95.0, gt=0, le=100, description="CPU use above this is 'degraded'.")
     health_memory_percent: float = Field(default=90.0, gt=0, le=100, description="Memory use (of the cgroup limit).")
@@ -118,6 +126,14 @@ class Settings(BaseSettings):
                     f"{origin!r} is not an origin; write scheme://host or scheme://host:port, "
                     "or scheme://host:* for any port, e.g. 'http://localhost:*'"
                 )
+        return value
+
+    @field_validator("health_token")
+    @classmethod
+    def _health_token_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty value used to switch the sidecar's auth off without a word; now it is an error.
+        if value is not None and not HEALTH_TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError("empty or weak: use 16+ URL-safe characters (e.g. scripts/create-token FILE), or unset it")
         return value
 
     def redacted(self) -> dict[str, Any]:

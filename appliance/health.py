@@ -65,6 +65,14 @@ def cgroup_memory_percent() -> float | None:
     return None
 
 
+def _existing_ancestor(path: Path) -> Path:
+    """`path` or its nearest existing parent: a missing audit folder is reported, not a crash (500)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
 class Health:
     def __init__(
         self,
@@ -76,6 +84,7 @@ class Health:
         breakers: Callable[[], Mapping[str, Mapping[str, Any]]],
         draining: Callable[[], bool],
         privilege_check: Callable[[], Mapping[str, Any]],
+        tokens: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -84,6 +93,7 @@ class Health:
         self._breakers = breakers
         self._draining = draining
         self._privilege_check = privilege_check
+        self._tokens = tokens
         psutil.cpu_percent(interval=None)  # primes the counter: later calls measure since the last one
 
     def unavailable_tools(self) -> dict[str, str]:
@@ -98,6 +108,19 @@ class Health:
                 reasons[tool] = "needs raw mode (CAP_NET_RAW); this deployment runs in connect mode"
         return reasons
 
+    def unexpectedly_unavailable(self) -> dict[str, str]:
+        """Enabled tools whose scanner is missing although this mode could run it: these degrade health.
+
+        A tool the policy disables, or masscan in connect mode, is unavailable by design.
+        """
+        policy = self.store.current.policy
+        by_design_absent = set() if self.settings.privilege_mode == "raw" else {"masscan_scan"}
+        return {
+            tool: f"scanner unavailable: {status.reason}"
+            for tool, status in self.scanners.items()
+            if getattr(policy.tools, tool).enabled and not status.present and tool not in by_design_absent
+        }
+
     def readiness(self) -> tuple[bool, list[str]]:
         reasons: list[str] = []
         if self._draining():
@@ -105,7 +128,7 @@ class Health:
         if len(self.unavailable_tools()) == len(self.scanners):
             reasons.append("no tool is usable")
         if not self.audit.writable():
-            reasons.append(f"audit sink {self.audit.target} is not writable")
+            reasons.append("audit sink is not writable")  # which one: /healthz (guarded), not /readyz
         return not reasons, reasons
 
     def report(self) -> dict[str, Any]:
@@ -115,7 +138,7 @@ class Health:
         memory_source = "cgroup"
         if memory is None:
             memory, memory_source = psutil.virtual_memory().percent, "host"
-        disk_path = self.settings.audit_path.parent if self.settings.audit_path else Path("/")
+        disk_path = _existing_ancestor(self.settings.audit_path.parent if self.settings.audit_path else Path("/"))
         disk = psutil.disk_usage(str(disk_path)).percent
         cpu = psutil.cpu_percent(interval=None)
         breakers = {tool: dict(state) for tool, state in self._breakers().items()}
@@ -138,14 +161,20 @@ class Health:
                 "insecure_allow_loopback": snapshot.policy.scope.insecure_allow_loopback,
             },
             "privileges": privileges,
+            "tools_unexpectedly_unavailable": self.unexpectedly_unavailable(),
         }
+        if self._tokens is not None:
+            checks["auth"] = dict(self._tokens())
         status: Status = "healthy"
         overloaded = (
             cpu > self.settings.health_cpu_percent
             or memory > self.settings.health_memory_percent
             or disk > self.settings.health_disk_percent
         )
-        if overloaded or any(b.get("state") != "closed" for b in breakers.values()) or checks["tools_unavailable"]:
+        auth = checks.get("auth", {})
+        token_file_broken = bool(auth.get("bad_lines") or auth.get("file_problem"))
+        breaker_open = any(b.get("state") != "closed" for b in breakers.values())
+        if overloaded or breaker_open or checks["tools_unexpectedly_unavailable"] or token_file_broken:
             status = "degraded"
         if not ready or privileges.get("ok") is False:
             status = "unhealthy"

@@ -1,24 +1,30 @@
-"""Streamable HTTP transport: the SDK's Starlette app behind bearer-token auth, for uvicorn."""
+"""Streamable HTTP transport: the SDK's Starlette app (its bearer auth, our session quota), for uvicorn."""
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp_types import INTERNAL_ERROR
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from appliance.auth import TokenSource
+from appliance.compat import session_owners
 from appliance.config import Settings
-from appliance.errors import ConfigError
-from appliance.server import PRINCIPAL_SCOPE_KEY
+from appliance.errors import ConfigError, ExecutionError, ResourceExhaustedError
+from appliance.server import ScannerServer
 
 log = logging.getLogger(__name__)
 
@@ -31,43 +37,82 @@ MAX_REQUEST_BODY_BYTES = 256 * 1024
 SESSION_IDLE_TIMEOUT_SECONDS = 300
 # Live handshake-era sessions at once; a client holding a token cannot grow memory without bound.
 MAX_SESSIONS = 256
-UNAUTHORIZED = b'{"error": "unauthorized", "message": "a valid bearer token is required"}'
 
 
-class BearerAuth:
-    """Refuse every HTTP request without a valid `Authorization: Bearer <token>` header.
+class SessionQuota:
+    """Refuse a new MCP session when all principals, or this one, already hold their share.
 
-    The matching token's principal is put on the ASGI scope for the audit trail. Tokens are
-    looked up in the source's current table on every request, so a reload takes effect at once.
+    The limits (policy `limits.max_sessions`, `limits.per_principal.max_sessions`) are read on
+    every opening request, so a reload applies to the next session. Only handshake-era requests
+    open sessions (the 2026-07-28 era has none). The principal is the verified token's, set on
+    the ASGI `user` by the SDK's auth middleware, which runs before this one.
+
+    Not covered: two opening requests of one principal that race each other may both pass
+    (the SDK registers a session only once its opening request is admitted).
     """
 
-    def __init__(self, app: ASGIApp, tokens: TokenSource) -> None:
+    def __init__(self, app: ASGIApp, scanner: ScannerServer) -> None:
         self._app = app
-        self._tokens = tokens
+        self._scanner = scanner
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("method") != "POST" or not _opens_session(Headers(scope=scope)):
             await self._app(scope, receive, send)
             return
-        scheme, _, presented = Headers(scope=scope).get("authorization", "").partition(" ")
-        principal = self._tokens.table.principal_for(presented.strip()) if scheme.lower() == "bearer" else None
-        if principal is not None:
-            scope[PRINCIPAL_SCOPE_KEY] = principal
+        user = scope.get("user")
+        if not isinstance(user, AuthenticatedUser) and self._scanner.mcp.settings.auth is not None:
+            await self._app(scope, receive, send)  # the SDK answers 401 with its Bearer challenge
+            return
+        principal = user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
+        refusal = self._refusal(principal)
+        if refusal is None:
             await self._app(scope, receive, send)
             return
-        log.warning("HTTP request refused: missing or wrong bearer token", extra={"path": scope.get("path")})
+        log.warning("new MCP session refused", extra={"rule": refusal.rule, "principal": principal})
+        with contextlib.suppress(ExecutionError):  # an unwritable audit shows in readiness; the refusal stands
+            self._scanner.service.audit.write(
+                {"event": "session_refused", "principal": principal, "verdict": "refused", "rule": refusal.rule}
+            )
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {"code": INTERNAL_ERROR, "message": refusal.message, "data": refusal.to_dict()},
+            }
+        ).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"www-authenticate", b'Bearer realm="mcp-scanner-appliance"'),
-                    (b"content-length", str(len(UNAUTHORIZED)).encode()),
-                ],
+                "status": 429,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
             }
         )
-        await send({"type": "http.response.body", "body": UNAUTHORIZED})
+        await send({"type": "http.response.body", "body": body})
+
+    def _refusal(self, principal: str | None) -> ResourceExhaustedError | None:
+        """The first session limit a new session of `principal` would break: global, then per principal."""
+        limits = self._scanner.service.store.current.policy.limits
+        owners = session_owners(self._scanner.mcp)
+        if len(owners) >= limits.max_sessions:
+            return ResourceExhaustedError(
+                f"{len(owners)} MCP sessions are open, the most this appliance allows",
+                rule="sessions_full",
+                recovery_suggestion="Close sessions you no longer use (HTTP DELETE) or retry later.",
+            )
+        held = sum(1 for owner in owners if owner == principal)
+        if principal is not None and held >= limits.per_principal.max_sessions:
+            return ResourceExhaustedError(
+                f"principal {principal} already holds {held} open MCP sessions, its limit",
+                rule="principal_sessions_full",
+                recovery_suggestion="Reuse an open session or close one (HTTP DELETE) before opening another.",
+            )
+        return None
+
+
+def _opens_session(headers: Headers) -> bool:
+    """A POST without a session ID in the handshake era: the one request that creates a session."""
+    version = headers.get(MCP_PROTOCOL_VERSION_HEADER)
+    return MCP_SESSION_ID_HEADER not in headers and (version is None or version in HANDSHAKE_PROTOCOL_VERSIONS)
 
 
 class ActiveRequests:
@@ -111,13 +156,22 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def build_http_app(server: MCPServer[Any], settings: Settings, tokens: TokenSource) -> ActiveRequests:
+def build_http_app(scanner: ScannerServer, settings: Settings, tokens: TokenSource) -> ActiveRequests:
+    """The SDK's app for `scanner`, whose MCPServer verifies the tokens (`BearerTokenVerifier`)."""
+    server = scanner.mcp
     if not len(tokens.table) and not (settings.insecure_http_no_auth and _is_loopback(settings.host)):
         raise ConfigError(
             "the HTTP transport needs a bearer token (APPLIANCE_AUTH_TOKEN, /run/secrets/appliance_auth_token "
             "or an APPLIANCE_AUTH_TOKENS_FILE)",
             rule="http_requires_token",
             recovery_suggestion="Provide a token; only a loopback test server may set APPLIANCE_INSECURE_HTTP_NO_AUTH.",
+        )
+    if len(tokens.table) and server.settings.auth is None:
+        # Tokens without the verifier would mean an open server that looks protected.
+        raise ConfigError(
+            "the MCP server was built without its token verifier",
+            rule="http_auth_not_wired",
+            recovery_suggestion="Build ScannerServer with token_verifier=BearerTokenVerifier(tokens).",
         )
     app = server.streamable_http_app(
         streamable_http_path=settings.http_path,
@@ -131,10 +185,12 @@ def build_http_app(server: MCPServer[Any], settings: Settings, tokens: TokenSour
         ),
         host=settings.host,
     )
-    if not len(tokens.table):
+    if server.settings.auth is None:
         log.warning("INSECURE: HTTP transport without authentication (loopback test mode)")
-        return ActiveRequests(app)
-    return ActiveRequests(BearerAuth(app, tokens))
+    # Innermost middleware: after the SDK's auth middleware (the verified `user` is set), in front
+    # of its routes. `add_middleware` would put it outermost, before authentication.
+    app.user_middleware.append(Middleware(SessionQuota, scanner=scanner))
+    return ActiveRequests(app)
 
 
 class QuietUvicorn(uvicorn.Server):

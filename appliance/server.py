@@ -16,6 +16,8 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import TokenVerifier
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
@@ -31,6 +33,7 @@ from mcp_types import (
 )
 
 from appliance import __version__
+from appliance.auth import STATIC_TOKENS_AUTH
 from appliance.catalog import tool_definition
 from appliance.compat import lowlevel_server, session_connection
 from appliance.errors import ApplianceError, NotFoundError, UnexpectedError
@@ -44,7 +47,6 @@ INSTRUCTIONS = """Network scanners for an authorised lab, behind a server-side s
 Start with nmap_scan (connect) on one lab host or small block; use gobuster_scan on web ports it
 finds; masscan_scan sweeps blocks fast when the deployment runs in raw mode. Every refusal names
 the broken rule and what to do instead; dry_run shows the exact command without running it."""
-PRINCIPAL_SCOPE_KEY = "appliance.principal"  # set by the HTTP auth middleware on the ASGI scope
 
 
 def error_result(error: ApplianceError, tool: str, target: str | None, request_id: str) -> CallToolResult:
@@ -58,8 +60,10 @@ def error_result(error: ApplianceError, tool: str, target: str | None, request_i
 
 
 def _principal(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """The verified token's principal (set by the SDK's bearer auth as the ASGI `user`); None on stdio."""
     scope = getattr(ctx.request, "scope", None)
-    return scope.get(PRINCIPAL_SCOPE_KEY) if isinstance(scope, dict) else None
+    user = scope.get("user") if isinstance(scope, dict) else None
+    return user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
 
 
 def _target(arguments: Mapping[str, Any] | None) -> str | None:
@@ -84,7 +88,7 @@ class SessionTracker:
 class ScannerServer:
     """The MCP server plus the set of tools the current policy enables."""
 
-    def __init__(self, service: ScanService) -> None:
+    def __init__(self, service: ScanService, token_verifier: TokenVerifier | None = None) -> None:
         self.service = service
         self.bus = InMemorySubscriptionBus()
         self.sessions = SessionTracker()
@@ -94,6 +98,8 @@ class ScannerServer:
             instructions=INSTRUCTIONS,
             subscriptions=self.bus,
             middleware=[self.sessions],
+            token_verifier=token_verifier,
+            auth=None if token_verifier is None else STATIC_TOKENS_AUTH,
         )
         self.tools: dict[str, Tool] = {}  # what tools/list shows now, by name
         lowlevel = lowlevel_server(self.mcp)

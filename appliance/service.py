@@ -21,7 +21,7 @@ from appliance.metrics import Metrics
 from appliance.policy.model import Policy
 from appliance.policy.store import PolicySnapshot, PolicyStore
 from appliance.resilience.breaker import BreakerSettings, BreakerState, CircuitBreaker
-from appliance.resilience.limits import ConcurrencyLimiter, ToolLimit
+from appliance.resilience.limits import ConcurrencyLimiter, PrincipalLimit, ToolLimit
 from appliance.resilience.retry import retry_transient
 from appliance.results import ScanReport
 from appliance.runner import RunLimits, RunResult, run
@@ -122,6 +122,11 @@ def tool_limits(policy: Policy) -> dict[str, ToolLimit]:
     }
 
 
+def principal_limit(policy: Policy) -> PrincipalLimit:
+    share = policy.limits.per_principal
+    return PrincipalLimit(share.max_running_scans, share.max_queued_calls)
+
+
 class ScanService:
     def __init__(
         self,
@@ -152,7 +157,11 @@ class ScanService:
             for name in TOOLS
         }
         self.limiter = ConcurrencyLimiter(
-            tool_limits(policy), policy.resilience.max_concurrent_scans, clock=clock, on_change=self._slots_changed
+            tool_limits(policy),
+            policy.resilience.max_concurrent_scans,
+            clock=clock,
+            on_change=self._slots_changed,
+            per_principal=principal_limit(policy),
         )
 
     def apply_policy(self) -> None:
@@ -160,7 +169,7 @@ class ScanService:
         policy = self.store.current.policy
         for name, breaker in self.breakers.items():
             breaker.update_settings(breaker_settings(policy, name))
-        self.limiter.update(tool_limits(policy), policy.resilience.max_concurrent_scans)
+        self.limiter.update(tool_limits(policy), policy.resilience.max_concurrent_scans, principal_limit(policy))
 
     def _breaker_moved(self, tool: str, old: BreakerState, new: BreakerState) -> None:
         if self.metrics is not None:
@@ -251,7 +260,7 @@ class ScanService:
         report: ScanReport | None = None
         run_result: RunResult | None = None
         try:
-            async with self.limiter.slot(spec.name, started + plan.timeout_seconds) as remaining:
+            async with self.limiter.slot(spec.name, started + plan.timeout_seconds, principal) as remaining:
                 # Audit before starting: a scan the trail does not show must not run (fails closed).
                 self.audit.write({**record, "event": "start"})
                 report, run_result = await self._execute(spec, plan, snapshot.policy, request_id, progress, remaining)

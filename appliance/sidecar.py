@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -25,30 +25,61 @@ def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(body), status=status, content_type="application/json")
 
 
-def build_sidecar(health: Health, registry: CollectorRegistry, token: str | None = None) -> web.Application:
+def host_allowed(host: str | None, allowed: Sequence[str]) -> bool:
+    """Whether a Host header value is one of `allowed` ('name:port', or 'name:*' for any port).
+
+    A rebinding page's requests carry its own domain as Host, which no entry names. Not covered:
+    a client that sends no Host at all (HTTP/1.0) is refused too.
+    """
+    if not host:
+        return False
+    host = host.lower()
+    name, _, _port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    return any(host == entry.lower() or (entry.endswith(":*") and name == entry[:-2].lower()) for entry in allowed)
+
+
+def build_sidecar(
+    health: Health,
+    registry: CollectorRegistry,
+    token: str | None = None,
+    allowed_hosts: Sequence[str] = ("127.0.0.1:*", "localhost:*", "[::1]:*"),
+) -> web.Application:
     def guarded(handler: Handler) -> Handler:
-        if token is None:
-            return handler
+        """Host check first (DNS rebinding), then the bearer token when one is configured."""
 
         async def check(request: web.Request) -> web.StreamResponse:
+            if not host_allowed(request.headers.get("Host"), allowed_hosts):
+                log.warning("sidecar request refused: Host not allowed", extra={"rule": "health_host_not_allowed"})
+                return _json(
+                    {
+                        "error": "misdirected_request",
+                        "rule": "health_host_not_allowed",
+                        "recovery_suggestion": "Use an allowed host name or add it to APPLIANCE_HEALTH_ALLOWED_HOSTS.",
+                    },
+                    421,
+                )
+            if token is None:
+                return await handler(request)
             scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode()):
                 return await handler(request)
             return web.Response(
                 status=401,
-                text='{"error": "unauthorized"}',
+                text='{"error": "unauthorized", "rule": "health_token_invalid"}',
                 content_type="application/json",
                 headers={"WWW-Authenticate": 'Bearer realm="mcp-scanner-appliance-health"'},
             )
 
         return check
 
+    # /livez and /readyz answer any probe (kubelet and Docker send the pod IP or nothing useful
+    # as Host) and so say nothing beyond yes or no.
     async def livez(request: web.Request) -> web.StreamResponse:
         return _json({"status": "alive"})
 
     async def readyz(request: web.Request) -> web.StreamResponse:
-        ready, reasons = health.readiness()
-        return _json({"ready": ready, "reasons": reasons}, 200 if ready else 503)
+        ready, _reasons = health.readiness()
+        return _json({"ready": ready}, 200 if ready else 503)
 
     async def healthz(request: web.Request) -> web.StreamResponse:
         report = health.report()

@@ -16,7 +16,7 @@ from mcp.server.mcpserver import MCPServer
 from support import LOOPBACK_POLICY, write_policy
 
 from appliance.audit import AuditSink
-from appliance.compat import SDK_VERSION, create_mcp_http_client, lowlevel_server
+from appliance.compat import SDK_VERSION, create_mcp_http_client, lowlevel_server, session_owners
 from appliance.config import Settings
 from appliance.policy.netinfo import NetworkFacts
 from appliance.policy.store import PolicyStore
@@ -50,3 +50,9 @@ async def test_session_connection_is_found_for_a_live_client(tmp_path: Path) -> 
 
 def test_http_client_factory_still_exists() -> None:
     assert callable(create_mcp_http_client)
+
+
+def test_session_owners_reads_the_session_manager_tables() -> None:
+    server = MCPServer(name="t")
+    server.streamable_http_app()  # creates the session manager
+    assert session_owners(server) == []

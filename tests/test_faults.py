@@ -342,9 +342,11 @@ async def test_all_scanner_binaries_missing_is_not_ready(tmp_path: Path) -> None
     missing = {f"APPLIANCE_{name}_PATH": f"/nonexistent/{name.lower()}" for name in ("NMAP", "MASSCAN", "GOBUSTER")}
     with served(policy, **missing) as server:
         status, body = server.get("/readyz")
-        unavailable = server.get("/healthz")[1]["checks"]["tools_unavailable"]
+        checks = server.get("/healthz")[1]["checks"]
+        unavailable = checks["tools_unavailable"]
     assert status == 503
-    assert "no tool is usable" in body["reasons"]
+    assert body == {"ready": False}  # the reasons are in /healthz, which checks Host and token
+    assert "no tool is usable" in checks["ready"]["reasons"]
     assert set(unavailable) == {"nmap_scan", "masscan_scan", "gobuster_scan"}
 
 
@@ -495,8 +497,9 @@ def test_readiness_reports_an_audit_sink_whose_writes_fail(tmp_path: Path) -> No
     policy = write_policy(tmp_path, LOOPBACK_POLICY)
     with served(policy, APPLIANCE_AUDIT_PATH="/dev/full") as server:
         status, body = server.get("/readyz")
+        reasons = server.get("/healthz")[1]["checks"]["ready"]["reasons"]
     assert status == 503, body
-    assert any("audit sink" in reason for reason in body["reasons"])
+    assert any("audit sink" in reason for reason in reasons)
 
 
 async def test_shutdown_after_audit_write_failures_exits_zero(tmp_path: Path) -> None:
@@ -552,8 +555,10 @@ async def test_vanished_client_leaves_the_server_serving_and_its_scan_ends(tmp_p
 
 
 async def test_abandoned_sessions_keep_descriptors_bounded(tmp_path: Path) -> None:
-    policy = write_policy(tmp_path, LOOPBACK_POLICY)
     sessions = 50
+    # One principal opens them all: its session share (default 32) is raised above the count.
+    share = {"limits": {"per_principal": {"max_sessions": sessions + 2}}}
+    policy = write_policy(tmp_path, LOOPBACK_POLICY, share)
     with served(policy) as server:
         process = psutil.Process(server.pid)
         async with httpx2.AsyncClient() as http:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,9 +11,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from support import write_policy
+from test_transports import APPLIANCE, server_env
 
 from appliance.audit import AuditSink
-from appliance.config import Settings
+from appliance.config import Settings, load_settings
+from appliance.errors import ConfigError
 from appliance.health import Health, ScannerStatus
 from appliance.metrics import Metrics
 from appliance.policy.netinfo import NetworkFacts
@@ -81,7 +85,9 @@ async def test_readyz_goes_503_while_draining(open_client: tuple[TestClient, Sta
     state.draining = True
     response = await client.get("/readyz")
     assert response.status == 503
-    assert "shutting down" in (await response.json())["reasons"]
+    assert await response.json() == {"ready": False}  # open to any probe: says nothing more
+    report = await (await client.get("/healthz")).json()
+    assert "shutting down" in report["checks"]["ready"]["reasons"]
 
 
 async def test_healthz_reports_checks_without_secrets(open_client: tuple[TestClient, State]) -> None:
@@ -127,17 +133,23 @@ async def test_unready_when_no_scanner_is_usable(tmp_path: Path, registry: Colle
     assert report["status"] == "unhealthy"
 
 
-async def test_unwritable_audit_sink_makes_it_unready(tmp_path: Path, registry: CollectorRegistry) -> None:
+async def test_missing_audit_folder_makes_it_unready_not_a_server_error(
+    tmp_path: Path, registry: CollectorRegistry
+) -> None:
     health, _ = make_health(tmp_path, audit_dir=tmp_path / "no-such-dir")
     client = await client_for(health, registry)
     try:
         ready = await client.get("/readyz")
-        reasons = (await ready.json())["reasons"]
+        healthz = await client.get("/healthz")
+        reasons = (await healthz.json())["checks"]["ready"]["reasons"]
+        readyz_body = await ready.text()
     finally:
         await client.close()
         health.audit.close()
     assert ready.status == 503
-    assert "not writable" in reasons[0]
+    assert reasons == ["audit sink is not writable"]
+    assert healthz.status == 503  # unhealthy, not a 500 from the missing folder
+    assert str(tmp_path) not in readyz_body
 
 
 async def test_token_guards_metrics_and_healthz_but_not_livez(tmp_path: Path, registry: CollectorRegistry) -> None:
@@ -155,3 +167,84 @@ async def test_token_guards_metrics_and_healthz_but_not_livez(tmp_path: Path, re
     finally:
         await client.close()
         health.audit.close()
+
+
+async def test_healthy_in_connect_mode_although_masscan_is_unavailable_by_design(
+    tmp_path: Path, registry: CollectorRegistry
+) -> None:
+    health, _ = make_health(tmp_path)
+    # Load on the test machine must not decide the verdict: no resource threshold can trip at 100 %.
+    health.settings = health.settings.model_copy(
+        update={"health_cpu_percent": 100.0, "health_memory_percent": 100.0, "health_disk_percent": 100.0}
+    )
+    client = await client_for(health, registry)
+    try:
+        report = await (await client.get("/healthz")).json()
+    finally:
+        await client.close()
+        health.audit.close()
+    assert report["mode"] == "connect"
+    assert report["checks"]["tools_unavailable"]["masscan_scan"].startswith("needs raw mode")
+    assert report["checks"]["tools_unexpectedly_unavailable"] == {}
+    assert report["status"] == "healthy"
+
+
+async def test_missing_scanner_of_an_enabled_tool_degrades_health(tmp_path: Path, registry: CollectorRegistry) -> None:
+    health, _ = make_health(tmp_path)
+    health.scanners = {**health.scanners, "gobuster_scan": ScannerStatus("/usr/bin/gobuster", False, None, "missing")}
+    client = await client_for(health, registry)
+    try:
+        report = await (await client.get("/healthz")).json()
+    finally:
+        await client.close()
+        health.audit.close()
+    assert report["status"] == "degraded"
+    assert set(report["checks"]["tools_unexpectedly_unavailable"]) == {"gobuster_scan"}
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/metrics"])
+async def test_sidecar_rejects_dns_rebinding_host(open_client: tuple[TestClient, State], path: str) -> None:
+    client, _ = open_client
+    rebound = await client.get(path, headers={"Host": "attacker.example:9090"})
+    allowed = await client.get(path, headers={"Host": "localhost:9090"})
+    assert rebound.status == 421
+    assert (await rebound.json())["rule"] == "health_host_not_allowed"
+    assert allowed.status == 200
+
+
+async def test_sidecar_accepts_configured_hosts_and_leaves_probes_open(
+    tmp_path: Path, registry: CollectorRegistry
+) -> None:
+    health, _ = make_health(tmp_path)
+    client = TestClient(TestServer(build_sidecar(health, registry, None, ["appliance:9090", "prometheus:*"])))
+    await client.start_server()
+    try:
+        exact = await client.get("/metrics", headers={"Host": "appliance:9090"})
+        other_port = await client.get("/metrics", headers={"Host": "appliance:9091"})
+        any_port = await client.get("/metrics", headers={"Host": "Prometheus:1234"})
+        loopback = await client.get("/metrics")  # 127.0.0.1:<port>, not configured here
+        probes = [await client.get(p, headers={"Host": "10.0.0.9:9090"}) for p in ("/livez", "/readyz")]
+    finally:
+        await client.close()
+        health.audit.close()
+    assert (exact.status, other_port.status, any_port.status, loopback.status) == (200, 421, 200, 421)
+    assert [p.status for p in probes] == [200, 200]
+
+
+@pytest.mark.parametrize("value", ["", "short-token", "has space in it 0123456789"])
+def test_empty_or_weak_health_token_refuses_start(value: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(health_token=value)
+    assert "APPLIANCE_HEALTH_TOKEN" in refused.value.message
+    assert "weak" in refused.value.message
+    if value:
+        assert value not in refused.value.message
+
+
+def test_serve_refuses_to_start_with_an_empty_health_token(tmp_path: Path) -> None:
+    env = server_env(write_policy(tmp_path), APPLIANCE_HEALTH_TOKEN="")
+    done = subprocess.run([APPLIANCE, "serve"], env=env, capture_output=True, timeout=30, check=False)
+    assert done.returncode == 2
+    refusal = json.loads(done.stderr.decode().strip().splitlines()[-1])
+    assert refusal["rule"] == "settings_invalid"
+    assert "APPLIANCE_HEALTH_TOKEN" in refusal["message"]

@@ -92,12 +92,23 @@ class ScopeRules(_Strict):
         return tuple(_network(text) for text in self.deny_networks)
 
 
+class PrincipalLimits(_Strict):
+    """What one authenticated principal may hold at once, checked after the tool and global limits."""
+
+    max_running_scans: int = Field(default=3, ge=1, le=256, description="Scans of all tools running at once.")
+    max_queued_calls: int = Field(default=6, ge=0, le=1024, description="Calls waiting for a slot, all tools.")
+    max_sessions: int = Field(default=32, ge=1, le=256, description="Open MCP sessions (handshake era, HTTP).")
+
+
 class Limits(_Strict):
     max_hosts_per_call: int = Field(default=256, ge=1, le=65536, description="Addresses one CIDR target may cover.")
     max_ports_per_call: int = Field(default=1024, ge=1, le=65535, description="Ports one call may name.")
     default_timeout_seconds: int = Field(default=120, ge=1, le=3600)
     max_timeout_seconds: int = Field(default=600, ge=1, le=86400)
     output_cap_bytes: int = Field(default=4 * 1024 * 1024, ge=4096, le=256 * 1024 * 1024)
+    # 256 is also the transport's fixed ceiling (appliance.http.MAX_SESSIONS).
+    max_sessions: int = Field(default=256, ge=1, le=256, description="Open MCP sessions, all principals together.")
+    per_principal: PrincipalLimits = Field(default_factory=PrincipalLimits)
 
     @model_validator(mode="after")
     def _timeouts_ordered(self) -> Limits:

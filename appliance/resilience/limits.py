@@ -1,9 +1,15 @@
-"""Concurrency slots per tool and overall, with a short bounded FIFO queue in front of them.
+"""Concurrency slots per tool, overall and per principal, with short bounded FIFO queues in front.
 
 A call that finds no free slot waits in its tool's queue; the wait counts against the call's own
 deadline, and a full queue refuses at once, so load never piles up without bound. Waiters are
-futures: a freed slot is handed to the oldest waiter whose tool is under its limit, by the code
-that freed it, so no waiter polls.
+futures: a freed slot is handed to the oldest waiter whose tool, the whole appliance and whose
+principal are under their limits, by the code that freed it, so no waiter polls.
+
+Limits are checked in one documented order, each refusal with its rule: the tool's queue
+(`queue_full`), then the principal's queued calls (`principal_queue_full`); a slot needs room in
+the tool, overall and in the principal's share. A waiter held back only by its principal's share
+does not block other principals queued behind it. Calls without a principal (stdio: one caller)
+have no principal share.
 
 Not covered: a running call is never preempted; reloaded limits apply to new admissions only.
 """
@@ -42,6 +48,18 @@ class ToolLimit:
 _DEFAULT_LIMIT = ToolLimit()
 
 
+@dataclass(frozen=True)
+class PrincipalLimit:
+    """How many scans one principal runs at once (all tools), and how many of its calls may wait."""
+
+    max_running: int = 3
+    max_queued: int = 6
+
+    def __post_init__(self) -> None:
+        if self.max_running < 1 or self.max_queued < 0:
+            raise ValueError("need max_running >= 1 and max_queued >= 0")
+
+
 def loop_timer(delay: float, callback: Callable[[], None]) -> Callable[[], None]:
     """The default timer: the running event loop's call_later."""
     return asyncio.get_running_loop().call_later(delay, callback).cancel
@@ -50,6 +68,7 @@ def loop_timer(delay: float, callback: Callable[[], None]) -> Callable[[], None]
 @dataclass(eq=False)
 class _Waiter:
     tool: str
+    principal: str | None
     order: int
     future: asyncio.Future[None]
     cancel_timer: Callable[[], None] | None = None
@@ -69,25 +88,35 @@ class ConcurrencyLimiter:
         clock: Callable[[], float] = time.monotonic,
         timer: Timer = loop_timer,
         on_change: Callable[[str], None] | None = None,
+        per_principal: PrincipalLimit | None = None,
     ) -> None:
         self._per_tool: dict[str, ToolLimit] = {}
+        self._per_principal: PrincipalLimit | None = None
         self._global_max = 0
         self._clock = clock
         self._timer = timer
         self._on_change = on_change
         self._running: dict[str, int] = {}
         self._running_total = 0
+        self._running_by_principal: dict[str, int] = {}
+        self._queued_by_principal: dict[str, int] = {}
         self._queues: dict[str, deque[_Waiter]] = {}
         self._order = itertools.count()
         self._closed = False
-        self.update(per_tool, global_max)
+        self.update(per_tool, global_max, per_principal)
 
-    def update(self, per_tool: Mapping[str, ToolLimit], global_max: int) -> None:
-        """Apply reloaded limits to new admissions; running calls keep their slots, waiters their places."""
+    def update(
+        self, per_tool: Mapping[str, ToolLimit], global_max: int, per_principal: PrincipalLimit | None = None
+    ) -> None:
+        """Apply reloaded limits to new admissions; running calls keep their slots, waiters their places.
+
+        `per_principal` None: no principal share at all.
+        """
         if global_max < 1:
             raise ValueError("global_max must be at least 1")
         self._per_tool = dict(per_tool)
         self._global_max = global_max
+        self._per_principal = per_principal
         self._dispatch()  # higher limits may admit waiters now
 
     def in_flight(self, tool: str) -> int:
@@ -95,6 +124,12 @@ class ConcurrencyLimiter:
 
     def queued(self, tool: str) -> int:
         return len(self._queues.get(tool, ()))
+
+    def running_for(self, principal: str) -> int:
+        return self._running_by_principal.get(principal, 0)
+
+    def queued_for(self, principal: str) -> int:
+        return self._queued_by_principal.get(principal, 0)
 
     def close(self) -> None:
         """Shut down: refuse every waiter and every later call; running calls finish normally."""
@@ -108,78 +143,104 @@ class ConcurrencyLimiter:
                 waiter.future.set_exception(_shutting_down())
 
     @asynccontextmanager
-    async def slot(self, tool: str, deadline: float) -> AsyncIterator[float]:
+    async def slot(self, tool: str, deadline: float, principal: str | None = None) -> AsyncIterator[float]:
         """Hold one slot of `tool` for the body; yield the seconds left until `deadline` (clock time).
 
         Raises ResourceExhaustedError: `queue_full` at once when the tool's queue is full,
+        `principal_queue_full` when `principal` already has its share of calls waiting,
         `queue_wait_timeout` when the deadline passes before a slot frees, `shutting_down` after close().
         """
-        await self._acquire(tool, deadline)
+        await self._acquire(tool, deadline, principal)
         try:
             yield max(deadline - self._clock(), 0.0)
         finally:
-            self._release(tool)
+            self._release(tool, principal)
 
-    async def _acquire(self, tool: str, deadline: float) -> None:
+    async def _acquire(self, tool: str, deadline: float, principal: str | None) -> None:
         if self._closed:
             raise _shutting_down()
         limit = self._limit(tool)
         queue = self._queues.setdefault(tool, deque())
-        if not queue and self._has_room(tool):
-            self._take(tool)
+        # Every change re-dispatches, so a waiter still queued has no room: a caller with room
+        # here (its principal under its share where the waiters' are not) overtakes no one fairly owed.
+        if self._has_room(tool, principal):
+            self._take(tool, principal)
             return
         if len(queue) >= limit.max_queued:
             raise ResourceExhaustedError(
                 f"{tool} already has {self.in_flight(tool)} scans running and {len(queue)} waiting",
                 rule="queue_full",
             )
+        share = self._per_principal
+        if principal is not None and share is not None and self.queued_for(principal) >= share.max_queued:
+            raise ResourceExhaustedError(
+                f"principal {principal} already has {self.queued_for(principal)} calls waiting, its limit",
+                rule="principal_queue_full",
+                recovery_suggestion="Wait for your running scans to finish before sending more.",
+            )
         wait = deadline - self._clock()
         if wait <= 0:
             raise _wait_timeout(tool)
 
-        waiter = _Waiter(tool, next(self._order), asyncio.get_running_loop().create_future())
+        waiter = _Waiter(tool, principal, next(self._order), asyncio.get_running_loop().create_future())
         queue.append(waiter)
+        if principal is not None:
+            self._queued_by_principal[principal] = self.queued_for(principal) + 1
         waiter.cancel_timer = self._timer(wait, lambda: self._expire(waiter))
         self._changed(tool)
         try:
             await waiter.future
         except asyncio.CancelledError:
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
-                self._release(tool)  # the slot was handed over just before the cancellation landed
+                self._release(tool, principal)  # the slot was handed over just before the cancellation landed
             else:
                 self._drop(waiter)
             raise
         if self._clock() >= deadline:
             # Handed a slot in the same instant the deadline passed: no time is left to scan with it.
-            self._release(tool)
+            self._release(tool, principal)
             raise _wait_timeout(tool)
 
     def _limit(self, tool: str) -> ToolLimit:
         return self._per_tool.get(tool, _DEFAULT_LIMIT)
 
-    def _has_room(self, tool: str) -> bool:
-        return self._running_total < self._global_max and self.in_flight(tool) < self._limit(tool).max_concurrent
+    def _has_room(self, tool: str, principal: str | None) -> bool:
+        if self._running_total >= self._global_max or self.in_flight(tool) >= self._limit(tool).max_concurrent:
+            return False
+        share = self._per_principal
+        return principal is None or share is None or self.running_for(principal) < share.max_running
 
-    def _take(self, tool: str) -> None:
+    def _take(self, tool: str, principal: str | None) -> None:
         self._running[tool] = self.in_flight(tool) + 1
         self._running_total += 1
+        if principal is not None:
+            self._running_by_principal[principal] = self.running_for(principal) + 1
         self._changed(tool)
 
-    def _release(self, tool: str) -> None:
+    def _release(self, tool: str, principal: str | None) -> None:
         self._running[tool] -= 1
         self._running_total -= 1
+        if principal is not None:
+            self._running_by_principal[principal] -= 1
+            if not self._running_by_principal[principal]:
+                del self._running_by_principal[principal]  # principals come and go: keep no empty entries
         self._changed(tool)
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Hand free slots to the oldest waiters whose tools are under their limits."""
+        """Hand free slots to the oldest waiters that have room in their tool, overall and in their share."""
         while self._running_total < self._global_max:
-            heads = [queue[0] for tool, queue in self._queues.items() if queue and self._has_room(tool)]
-            if not heads:
+            heads = [
+                next((w for w in queue if self._has_room(tool, w.principal)), None)
+                for tool, queue in self._queues.items()
+                if queue
+            ]
+            ready = [w for w in heads if w is not None]
+            if not ready:
                 return
-            waiter = min(heads, key=lambda w: w.order)
+            waiter = min(ready, key=lambda w: w.order)
             self._drop(waiter)
-            self._take(waiter.tool)
+            self._take(waiter.tool, waiter.principal)
             waiter.future.set_result(None)
 
     def _expire(self, waiter: _Waiter) -> None:
@@ -196,6 +257,10 @@ class ConcurrencyLimiter:
         queue = self._queues[waiter.tool]
         if waiter in queue:
             queue.remove(waiter)
+            if waiter.principal is not None:
+                self._queued_by_principal[waiter.principal] -= 1
+                if not self._queued_by_principal[waiter.principal]:
+                    del self._queued_by_principal[waiter.principal]
             self._changed(waiter.tool)
 
     def _changed(self, tool: str) -> None:

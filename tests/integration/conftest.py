@@ -204,4 +204,13 @@ def compose_stack(
         record(f"docker compose up --wait (appliance + web healthy): {time.monotonic() - started:.1f} s")
         yield stack
     finally:
-        stack.compose("--profile", "raw", "down", "--volumes", "--remove-orphans", timeout=COMPOSE_DOWN_TIMEOUT_SECONDS)
+        stack.compose(
+            "--profile",
+            "raw",
+            "--profile",
+            "demo",
+            "down",
+            "--volumes",
+            "--remove-orphans",
+            timeout=COMPOSE_DOWN_TIMEOUT_SECONDS,
+        )

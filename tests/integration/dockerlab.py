@@ -71,7 +71,19 @@ def compose_env(**extra: str) -> dict[str, str]:
 def compose_services(env: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """compose.yaml's services (every profile) as `docker compose config` resolves them."""
     done = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE_FILE), "--profile", "raw", "config", "--format", "json"],
+        [
+            "docker",
+            "compose",
+            "-f",
+            str(COMPOSE_FILE),
+            "--profile",
+            "raw",
+            "--profile",
+            "demo",
+            "config",
+            "--format",
+            "json",
+        ],
         capture_output=True,
         text=True,
         env=dict(env) if env is not None else compose_env(),
@@ -81,6 +93,15 @@ def compose_services(env: Mapping[str, str] | None = None) -> dict[str, dict[str
     assert done.returncode == 0, f"docker compose config failed: {done.stderr}"
     services: dict[str, dict[str, Any]] = json.loads(done.stdout)["services"]
     return services
+
+
+# compose.yaml binds both listeners to the appliance's address on its `front` network; a
+# container these tests start on their own lab network alone has no such address.
+FRONT_BINDINGS = ("APPLIANCE_HOST", "APPLIANCE_HEALTH_HOST")
+
+
+def _without_front_binding(environment: dict[str, str]) -> dict[str, str]:
+    return {**environment, **{key: "0.0.0.0" for key in FRONT_BINDINGS if key in environment}}
 
 
 @dataclass(frozen=True)
@@ -138,7 +159,7 @@ class ServiceSpec:
             restart=restart_name,
             restart_retries=int(restart_retries or 0),
             init=bool(data.get("init")),
-            environment={k: str(v) for k, v in (data.get("environment") or {}).items()},
+            environment=_without_front_binding({k: str(v) for k, v in (data.get("environment") or {}).items()}),
             entrypoint=tuple(data["entrypoint"]) if data.get("entrypoint") else None,
             command=tuple(data["command"]) if data.get("command") else None,
             healthcheck=healthcheck,

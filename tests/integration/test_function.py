@@ -113,17 +113,24 @@ async def test_sidecar_published_on_loopback(compose_stack: ComposeStack) -> Non
         metrics = await http.get(f"{base}/metrics")
     assert (live.status_code, ready.status_code, metrics.status_code) == (200, 200, 200)
     report = health.json()
-    assert report["status"] in ("healthy", "degraded"), report
+    # masscan is unavailable by design in connect mode: that alone no longer degrades health.
+    assert report["checks"]["tools_unexpectedly_unavailable"] == {}, report
+    overloaded = any(
+        report["checks"][r]["percent"] > report["checks"][r]["threshold"] for r in ("cpu", "memory", "disk")
+    )
+    assert report["status"] == "healthy" or (report["status"] == "degraded" and overloaded), report
     assert report["mode"] == "connect"
     assert "privileges" in report["checks"]
     assert "# TYPE" in metrics.text
 
 
 def test_demo_service_scans_lab_target(compose_stack: ComposeStack, record: Any) -> None:
-    up = compose_stack.compose("up", "--detach", "demo")
+    up = compose_stack.compose("--profile", "demo", "up", "--detach", "demo")
     assert up.returncode == 0, up.stderr
-    waited = compose_stack.compose("wait", "demo", timeout=DEMO_TIMEOUT_SECONDS)
-    logs = compose_stack.compose("--ansi", "never", "logs", "--no-color", "--no-log-prefix", "demo").stdout
+    waited = compose_stack.compose("--profile", "demo", "wait", "demo", timeout=DEMO_TIMEOUT_SECONDS)
+    logs = compose_stack.compose(
+        "--profile", "demo", "--ansi", "never", "logs", "--no-color", "--no-log-prefix", "demo"
+    ).stdout
     record(f"demo output: {len(logs.splitlines())} lines")
     assert waited.returncode == 0, f"demo exited {waited.returncode}:\n{logs}"
     # The summary names the lab target's address on the compose lab network and its open port.

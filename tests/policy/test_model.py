@@ -117,6 +117,13 @@ def test_shipped_policy_loads_with_secure_switches() -> None:
         pytest.param(("limits", "max_hosts_per_call"), 1 << 24, "limits.max_hosts_per_call", id="hosts_over_bound"),
         pytest.param(("limits", "max_ports_per_call"), 70000, "limits.max_ports_per_call", id="ports_over_bound"),
         pytest.param(("tools", "nmap_scan", "max_rate"), 10**6, "tools.nmap_scan.max_rate", id="nmap_rate_over_bound"),
+        pytest.param(("limits", "max_sessions"), 257, "limits.max_sessions", id="sessions_over_transport_ceiling"),
+        pytest.param(
+            ("limits", "per_principal"), {"max_sesions": 4}, "limits.per_principal.max_sesions", id="share_typo"
+        ),
+        pytest.param(
+            ("limits", "per_principal"), {"max_running_scans": 0}, "per_principal.max_running_scans", id="share_zero"
+        ),
         # unsafe: resolver and scripts
         pytest.param(("tools", "gobuster_scan", "dns_resolver"), "lab-dns:53", "dns_resolver", id="resolver_name"),
         pytest.param(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from appliance.errors import ResourceExhaustedError
-from appliance.resilience.limits import ConcurrencyLimiter, ToolLimit
+from appliance.resilience.limits import ConcurrencyLimiter, PrincipalLimit, ToolLimit
 
 # Loop turns allowed for tasks to reach the state a test waits for; no time passes meanwhile.
 MAX_LOOP_TURNS = 100
@@ -60,14 +60,24 @@ class FakeTimer:
 class Call:
     """One call holding a slot until the test releases it."""
 
-    def __init__(self, limiter: ConcurrencyLimiter, tool: str, deadline: float, log: list[str], name: str) -> None:
+    def __init__(
+        self,
+        limiter: ConcurrencyLimiter,
+        tool: str,
+        deadline: float,
+        log: list[str],
+        name: str,
+        principal: str | None = None,
+    ) -> None:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
         self.left: float | None = None
-        self.task = asyncio.create_task(self._run(limiter, tool, deadline, log, name))
+        self.task = asyncio.create_task(self._run(limiter, tool, deadline, log, name, principal))
 
-    async def _run(self, limiter: ConcurrencyLimiter, tool: str, deadline: float, log: list[str], name: str) -> None:
-        async with limiter.slot(tool, deadline) as left:
+    async def _run(
+        self, limiter: ConcurrencyLimiter, tool: str, deadline: float, log: list[str], name: str, principal: str | None
+    ) -> None:
+        async with limiter.slot(tool, deadline, principal) as left:
             self.left = left
             log.append(name)
             self.entered.set()
@@ -116,6 +126,7 @@ def make(
     per_tool: dict[str, ToolLimit] | None = None,
     global_max: int = 4,
     changes: list[str] | None = None,
+    per_principal: PrincipalLimit | None = None,
 ) -> ConcurrencyLimiter:
     return ConcurrencyLimiter(
         per_tool if per_tool is not None else {"nmap_scan": ToolLimit(max_concurrent=1, max_queued=3)},
@@ -123,6 +134,7 @@ def make(
         clock=clock,
         timer=timer,
         on_change=changes.append if changes is not None else None,
+        per_principal=per_principal,
     )
 
 
@@ -498,3 +510,111 @@ async def test_on_change_reports_every_count_change(clock: FakeClock, timer: Fak
 def test_tool_limit_rejects_nonsense(max_concurrent: int, max_queued: int) -> None:
     with pytest.raises(ValueError, match="need"):
         ToolLimit(max_concurrent=max_concurrent, max_queued=max_queued)
+
+
+# --- per-principal shares ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_one_principal_cannot_take_every_running_slot(clock: FakeClock, timer: FakeTimer) -> None:
+    limiter = make(clock, timer, {"nmap_scan": ToolLimit(4, 4)}, per_principal=PrincipalLimit(max_running=2))
+    log: list[str] = []
+    alice = [Call(limiter, "nmap_scan", 60.0, log, f"alice{i}", "alice") for i in range(3)]
+    await alice[0].started()
+    await alice[1].started()
+    await until_queued(limiter, "nmap_scan", 1)  # alice's third waits for her own share
+    bob = Call(limiter, "nmap_scan", 60.0, log, "bob", "bob")
+    await bob.started()  # a free slot is not held back for a principal at its share
+    assert limiter.running_for("alice") == 2
+    await alice[0].finish()
+    await alice[2].started()
+    assert log == ["alice0", "alice1", "bob", "alice2"]
+    for call in (alice[1], alice[2], bob):
+        await call.finish()
+    assert limiter.running_for("alice") == limiter.queued_for("alice") == 0
+
+
+@pytest.mark.anyio
+async def test_one_principal_cannot_fill_the_queue(clock: FakeClock, timer: FakeTimer) -> None:
+    limiter = make(clock, timer, {"nmap_scan": ToolLimit(1, 3)}, per_principal=PrincipalLimit(max_queued=1))
+    log: list[str] = []
+    holder = Call(limiter, "nmap_scan", 60.0, log, "bob", "bob")
+    await holder.started()
+    waiting = Call(limiter, "nmap_scan", 60.0, log, "alice-queued", "alice")
+    await until_queued(limiter, "nmap_scan", 1)
+    with pytest.raises(ResourceExhaustedError) as refused:
+        async with limiter.slot("nmap_scan", 60.0, "alice"):
+            pass
+    assert refused.value.rule == "principal_queue_full"
+    assert refused.value.recovery_suggestion
+    other = Call(limiter, "nmap_scan", 60.0, log, "carol", "carol")  # the tool's queue still has room
+    await until_queued(limiter, "nmap_scan", 2)
+    await holder.finish()
+    await waiting.finish()
+    await other.finish()
+    assert log == ["bob", "alice-queued", "carol"]
+
+
+@pytest.mark.anyio
+async def test_limits_are_checked_tool_then_principal(clock: FakeClock, timer: FakeTimer) -> None:
+    limits = {tool: ToolLimit(1, 1) for tool in ("nmap_scan", "masscan_scan", "gobuster_scan")}
+    limiter = make(clock, timer, limits, per_principal=PrincipalLimit(max_queued=1))
+    log: list[str] = []
+    held = [Call(limiter, tool, 60.0, log, tool, "bob") for tool in limits]
+    for call in held:
+        await call.started()
+    carol = Call(limiter, "nmap_scan", 60.0, log, "carol", "carol")  # nmap's queue is now full
+    alice = Call(limiter, "gobuster_scan", 60.0, log, "alice", "alice")  # alice's share is now full
+    await until_queued(limiter, "nmap_scan", 1)
+    await until_queued(limiter, "gobuster_scan", 1)
+    rules = []
+    # nmap: both its queue and alice's share are full, the tool's is named; masscan: only her share.
+    for tool in ("nmap_scan", "masscan_scan"):
+        with pytest.raises(ResourceExhaustedError) as refused:
+            async with limiter.slot(tool, 60.0, "alice"):
+                pass
+        rules.append(refused.value.rule)
+    assert rules == ["queue_full", "principal_queue_full"]
+    for call in held:
+        await call.finish()
+    await carol.finish()
+    await alice.finish()
+
+
+@pytest.mark.anyio
+async def test_waiter_held_by_its_share_does_not_block_others_behind_it(clock: FakeClock, timer: FakeTimer) -> None:
+    limiter = make(clock, timer, {"nmap_scan": ToolLimit(2, 4)}, per_principal=PrincipalLimit(max_running=1))
+    log: list[str] = []
+    alice = Call(limiter, "nmap_scan", 60.0, log, "alice", "alice")
+    bob = Call(limiter, "nmap_scan", 60.0, log, "bob", "bob")
+    await alice.started()
+    await bob.started()
+    alice_again = Call(limiter, "nmap_scan", 60.0, log, "alice-again", "alice")
+    await until_queued(limiter, "nmap_scan", 1)
+    carol = Call(limiter, "nmap_scan", 60.0, log, "carol", "carol")
+    await until_queued(limiter, "nmap_scan", 2)
+    await bob.finish()  # a tool slot frees; alice is still at her share
+    await carol.started()
+    assert limiter.queued("nmap_scan") == 1
+    await alice.finish()
+    await alice_again.started()
+    assert log == ["alice", "bob", "carol", "alice-again"]
+    await carol.finish()
+    await alice_again.finish()
+
+
+@pytest.mark.anyio
+async def test_calls_without_principal_have_no_share(clock: FakeClock, timer: FakeTimer) -> None:
+    limiter = make(clock, timer, {"nmap_scan": ToolLimit(3, 0)}, per_principal=PrincipalLimit(1, 0))
+    log: list[str] = []
+    calls = [Call(limiter, "nmap_scan", 60.0, log, f"stdio{i}") for i in range(3)]
+    for call in calls:
+        await call.started()
+    for call in calls:
+        await call.finish()
+
+
+@pytest.mark.parametrize(("max_running", "max_queued"), [(0, 1), (1, -1)])
+def test_principal_limit_rejects_nonsense(max_running: int, max_queued: int) -> None:
+    with pytest.raises(ValueError, match="max_running"):
+        PrincipalLimit(max_running=max_running, max_queued=max_queued)
