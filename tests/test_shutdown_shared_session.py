@@ -23,7 +23,11 @@ from test_transports import http_client
 
 pytestmark = pytest.mark.anyio
 SCANS = 4
-LIMITS = {"resilience": {"max_concurrent_scans": SCANS}, "tools": {"nmap_scan": {"max_concurrent": SCANS}}}
+LIMITS = {
+    "resilience": {"max_concurrent_scans": SCANS},
+    "tools": {"nmap_scan": {"max_concurrent": SCANS}},
+    "limits": {"per_principal": {"max_running_scans": SCANS}},  # one client, one principal, four scans
+}
 
 
 @pytest.mark.parametrize("mode", ["2026-07-28", "legacy"])
