@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,9 @@ def lab_script_db(tmp_path: Path) -> Path:
     """A script.db holding the lab allowlist (and two scripts no policy may allow)."""
     path = tmp_path / "script.db"
     path.write_text(LAB_SCRIPT_DB, encoding="utf-8")
+    # The scripts themselves, for the private --datadir the store builds (nse.build_nmap_datadir).
+    for name in re.findall(r'filename = "([^"]+)"', LAB_SCRIPT_DB):
+        (tmp_path / name).write_text(f"-- {name}: a stand-in, never run\n", encoding="utf-8")
     return path
 
 

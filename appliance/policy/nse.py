@@ -7,7 +7,10 @@ categories (that is nmap's own review).
 
 from __future__ import annotations
 
+import atexit
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from appliance.errors import PolicyError
@@ -41,3 +44,73 @@ def check_script_allowlist(policy: Policy, script_db: Path = SCRIPT_DB) -> None:
             raise PolicyError(
                 f"allowed script {name!r} is in forbidden categories {sorted(bad)}", rule="policy_script_unsafe"
             )
+
+
+# --- the private nmap data directory ------------------------------------------------------------
+#
+# `-sV` runs every script of the "version" category that script.db lists, whatever --script says.
+# The image ships only the allowed scripts; a host install ships all of them. So when nmap's own
+# script.db lists a script the policy does not allow, the appliance builds a data directory
+# holding only the allowed scripts and their script.db, and passes it with --datadir. nmap
+# 7.93 looks in --datadir first and falls back to its compiled-in directory for every file the
+# private one lacks (nselib, nse_main.lua, nmap-service-probes ...), so only scripts/ is built.
+
+# Built directories by (script.db, allowlist), and the one the store last accepted per allowlist.
+_BUILT: dict[tuple[Path, tuple[str, ...]], Path | None] = {}
+_ACCEPTED: dict[tuple[str, ...], Path | None] = {}
+
+
+def _key(allowed: list[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(allowed)))
+
+
+def build_nmap_datadir(allowed: list[str], script_db: Path = SCRIPT_DB, base: Path | None = None) -> Path | None:
+    """Prepare the --datadir for this allowlist; None when nmap's own scripts are all allowed.
+
+    Built once per script.db and allowlist, in a fresh private temporary directory. Raises
+    PolicyError when a directory is needed and cannot be written. Not covered: scripts named by
+    path (the request model only takes allowlisted names) and NSE libraries (nselib), which
+    run only when a script requires them.
+    """
+    key = _key(allowed)
+    if (script_db, key) in _BUILT:
+        built = _BUILT[script_db, key]
+    else:
+        built = _build(key, script_db, base)
+        _BUILT[script_db, key] = built
+    _ACCEPTED[key] = built
+    return built
+
+
+def _build(key: tuple[str, ...], script_db: Path, base: Path | None) -> Path | None:
+    try:
+        text = script_db.read_text(encoding="utf-8")
+    except OSError:
+        return None  # no script.db: nothing for -sV to select (check_script_allowlist refused names)
+    if set(parse_script_db(text)) <= set(key):
+        return None  # the image: it ships the allowed scripts only
+    try:
+        root = Path(tempfile.mkdtemp(prefix="appliance-nmap-", dir=base))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        scripts = root / "scripts"
+        scripts.mkdir()
+        for name in key:
+            shutil.copyfile(script_db.parent / f"{name}.nse", scripts / f"{name}.nse")
+        entries = [m[0] for m in ENTRY.finditer(text) if m["name"] in key]
+        (scripts / "script.db").write_text("".join(f"{entry}\n" for entry in entries), encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(
+            f"cannot build the private nmap data directory that limits NSE to the allowlist: {exc}",
+            rule="policy_nse_datadir_unavailable",
+            recovery_suggestion="Give the appliance a writable temporary directory (TMPDIR), or install "
+            "only the allowed NSE scripts in nmap's data directory, as the image does.",
+        ) from exc
+    return root
+
+
+def nmap_datadir(allowed: list[str]) -> Path | None:
+    """The --datadir for this allowlist: the one built when the store accepted it, else built now."""
+    key = _key(allowed)
+    if key in _ACCEPTED:
+        return _ACCEPTED[key]
+    return build_nmap_datadir(allowed)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from appliance.errors import ValidationError
 from appliance.parsers.nmap_xml import nmap_progress, parse_nmap_xml
 from appliance.policy.flags import NMAP_ALLOWED, NMAP_DENIED, check_extra_args
+from appliance.policy.nse import nmap_datadir
 from appliance.policy.ports import check_ports
 from appliance.policy.targets import check_target
 from appliance.results import NmapResult
@@ -121,6 +122,14 @@ async def plan(request: NmapRequest, ctx: PlanContext) -> ScanPlan:
     if request.scan_type != "ping":
         argv.extend(["-p", ports.text] if ports else ["--top-ports", str(min(rules.default_top_ports, max_ports))])
     argv.append(f"-T{request.timing}")
+    # The policy's rate is a cap on every scan, not only on the rates a caller names.
+    if "--max-rate" not in extra:
+        argv.extend(["--max-rate", str(rules.max_rate)])
+    # Server-chosen (the flag table refuses --datadir from callers): without it -sV would run every
+    # "version" script a host install has, allowed or not. See appliance.policy.nse.
+    datadir = nmap_datadir(rules.allowed_scripts)
+    if datadir is not None:
+        argv.extend(["--datadir", str(datadir)])
     if request.scripts:
         argv.extend(["--script", ",".join(request.scripts)])
     argv.extend(extra)
