@@ -62,13 +62,20 @@ LAB_POLICY_DATA: dict[str, Any] = {
     },
 }
 
-# This host as the scope sees it: its own addresses (one loopback), a broadcast and a gateway.
+# This host as the scope sees it: its own addresses (one loopback), a broadcast, the default
+# gateway and the next hop of a static route, and its subnets (an IPv4 /16 and an IPv6 /64).
 LAB_FACTS = NetworkFacts(
     own_addresses=frozenset(
-        {ipaddress.ip_address("10.20.0.2"), ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+        {
+            ipaddress.ip_address("10.20.0.2"),
+            ipaddress.ip_address("fd00:20::2"),
+            ipaddress.ip_address("127.0.0.1"),
+            ipaddress.ip_address("::1"),
+        }
     ),
     broadcasts=frozenset({ipaddress.ip_address("10.20.255.255")}),
-    gateways=frozenset({ipaddress.ip_address("10.20.0.1")}),
+    gateways=frozenset({ipaddress.ip_address("10.20.0.1"), ipaddress.ip_address("10.20.5.254")}),
+    subnets=frozenset({ipaddress.ip_network("10.20.0.0/16"), ipaddress.ip_network("fd00:20::/64")}),
 )
 
 # Entries in nmap's script.db format for the lab allowlist (banner, http-title, ssl-cert).

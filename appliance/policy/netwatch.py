@@ -10,6 +10,7 @@ Not covered: changes in other network namespaces (the scope only concerns this o
 
 from __future__ import annotations
 
+import atexit
 import errno
 import logging
 import socket
@@ -39,6 +40,9 @@ class NetlinkWatch:
             self._socket.close()
             raise
         self._generation = 0
+
+    def close(self) -> None:
+        self._socket.close()
 
     def generation(self) -> int:
         """A counter that moves when a change notification arrived since the last call."""
@@ -80,6 +84,7 @@ def generation() -> int:
     if _watch is None:
         try:
             _watch = NetlinkWatch()
+            atexit.register(_watch.close)
         except OSError as exc:
             log.warning(
                 "no netlink notifications; checking the /proc/net tables on every call instead",
