@@ -8,15 +8,19 @@ categories (that is nmap's own review).
 from __future__ import annotations
 
 import atexit
+import logging
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.errors import PolicyError
 from appliance.policy.model import FORBIDDEN_SCRIPT_CATEGORIES, Policy
 
 SCRIPT_DB = Path("/usr/share/nmap/scripts/script.db")
+log = logging.getLogger(__name__)
+
 ENTRY = re.compile(r'Entry \{ filename = "(?P<name>[^"]+)\.nse", categories = \{ (?P<cats>[^}]*)\} \}')
 
 
@@ -52,43 +56,51 @@ def check_script_allowlist(policy: Policy, script_db: Path = SCRIPT_DB) -> None:
 # The image ships only the allowed scripts; a host install ships all of them. So when nmap's own
 # script.db lists a script the policy does not allow, the appliance builds a data directory
 # holding only the allowed scripts and their script.db, and passes it with --datadir. nmap
-# 7.93 looks in --datadir first and falls back to its compiled-in directory for every file the
-# private one lacks (nselib, nse_main.lua, nmap-service-probes ...), so only scripts/ is built.
+# 7.93 looks in --datadir first and falls back to its own directory for every file the private
+# one lacks (nselib, nse_main.lua, nmap-service-probes ...), so only scripts/ is built. (NMAPDIR
+# and ~/.nmap come before that fallback; the runner passes neither: no NMAPDIR, HOME=/nonexistent.)
+
+
+@dataclass(frozen=True)
+class NmapDatadir:
+    """What nmap_scan passes as --datadir for one allowlist."""
+
+    path: Path | None = None  # None: nmap's own directory holds only allowed scripts
+    # Set when a private directory was needed and could not be built: -sV is then refused.
+    problem: str | None = None
+
 
 # Built directories by (script.db, allowlist), and the one the store last accepted per allowlist.
-_BUILT: dict[tuple[Path, tuple[str, ...]], Path | None] = {}
-_ACCEPTED: dict[tuple[str, ...], Path | None] = {}
+_BUILT: dict[tuple[Path, tuple[str, ...]], NmapDatadir] = {}
+_ACCEPTED: dict[tuple[str, ...], NmapDatadir] = {}
 
 
 def _key(allowed: list[str]) -> tuple[str, ...]:
     return tuple(sorted(set(allowed)))
 
 
-def build_nmap_datadir(allowed: list[str], script_db: Path = SCRIPT_DB, base: Path | None = None) -> Path | None:
-    """Prepare the --datadir for this allowlist; None when nmap's own scripts are all allowed.
+def build_nmap_datadir(allowed: list[str], script_db: Path = SCRIPT_DB, base: Path | None = None) -> NmapDatadir:
+    """Prepare the --datadir for this allowlist (at policy load), once per script.db and allowlist.
 
-    Built once per script.db and allowlist, in a fresh private temporary directory. Raises
-    PolicyError when a directory is needed and cannot be written. Not covered: scripts named by
-    path (the request model only takes allowlisted names) and NSE libraries (nselib), which
-    run only when a script requires them.
+    The directory is a fresh private temporary directory. One that cannot be written (a
+    read-only file system, a seccomp profile without mkdir) is reported in `problem`, not
+    raised: connect scans and named scripts stay safe without it. Not covered: scripts named by
+    path (the request model only takes allowlisted names).
     """
     key = _key(allowed)
-    if (script_db, key) in _BUILT:
-        built = _BUILT[script_db, key]
-    else:
-        built = _build(key, script_db, base)
-        _BUILT[script_db, key] = built
-    _ACCEPTED[key] = built
+    if (script_db, key) not in _BUILT:
+        _BUILT[script_db, key] = _build(key, script_db, base)
+    built = _ACCEPTED[key] = _BUILT[script_db, key]
     return built
 
 
-def _build(key: tuple[str, ...], script_db: Path, base: Path | None) -> Path | None:
+def _build(key: tuple[str, ...], script_db: Path, base: Path | None) -> NmapDatadir:
     try:
         text = script_db.read_text(encoding="utf-8")
     except OSError:
-        return None  # no script.db: nothing for -sV to select (check_script_allowlist refused names)
+        return NmapDatadir()  # no script.db: nothing for -sV to select (check_script_allowlist refused names)
     if set(parse_script_db(text)) <= set(key):
-        return None  # the image: it ships the allowed scripts only
+        return NmapDatadir()  # the image: it ships the allowed scripts only
     try:
         root = Path(tempfile.mkdtemp(prefix="appliance-nmap-", dir=base))
         atexit.register(shutil.rmtree, root, ignore_errors=True)
@@ -99,16 +111,13 @@ def _build(key: tuple[str, ...], script_db: Path, base: Path | None) -> Path | N
         entries = [m[0] for m in ENTRY.finditer(text) if m["name"] in key]
         (scripts / "script.db").write_text("".join(f"{entry}\n" for entry in entries), encoding="utf-8")
     except OSError as exc:
-        raise PolicyError(
-            f"cannot build the private nmap data directory that limits NSE to the allowlist: {exc}",
-            rule="policy_nse_datadir_unavailable",
-            recovery_suggestion="Give the appliance a writable temporary directory (TMPDIR), or install "
-            "only the allowed NSE scripts in nmap's data directory, as the image does.",
-        ) from exc
-    return root
+        problem = f"cannot build the private nmap data directory that limits NSE to the allowlist: {exc}"
+        log.warning("version scans are refused: %s", problem, extra={"script_db": str(script_db)})
+        return NmapDatadir(problem=problem)
+    return NmapDatadir(path=root)
 
 
-def nmap_datadir(allowed: list[str]) -> Path | None:
+def nmap_datadir(allowed: list[str]) -> NmapDatadir:
     """The --datadir for this allowlist: the one built when the store accepted it, else built now."""
     key = _key(allowed)
     if key in _ACCEPTED:

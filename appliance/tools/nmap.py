@@ -107,6 +107,15 @@ async def plan(request: NmapRequest, ctx: PlanContext) -> ScanPlan:
                 rule="script_not_allowed",
                 recovery_suggestion=f"Allowed scripts: {', '.join(rules.allowed_scripts) or 'none'}.",
             )
+    datadir = nmap_datadir(rules.allowed_scripts)
+    if request.scan_type == "version" and datadir.problem is not None:
+        raise ValidationError(
+            f"version detection would run NSE scripts outside the allowlist ({datadir.problem})",
+            rule="nse_allowlist_unenforceable",
+            recovery_suggestion="Use scan_type 'connect' (named scripts still run). The operator can give the "
+            "appliance a writable temporary directory, or allow every script nmap's data directory holds "
+            "(the image ships exactly its default allowlist).",
+        )
     max_ports = ctx.policy.limits.max_ports_per_call
     ports = check_ports(request.ports, max_ports) if request.ports is not None else None
     extra = check_extra_args(request.extra_args, NMAP_ALLOWED, NMAP_DENIED, ctx.policy, TOOL)
@@ -127,9 +136,8 @@ async def plan(request: NmapRequest, ctx: PlanContext) -> ScanPlan:
         argv.extend(["--max-rate", str(rules.max_rate)])
     # Server-chosen (the flag table refuses --datadir from callers): without it -sV would run every
     # "version" script a host install has, allowed or not. See appliance.policy.nse.
-    datadir = nmap_datadir(rules.allowed_scripts)
-    if datadir is not None:
-        argv.extend(["--datadir", str(datadir)])
+    if datadir.path is not None:
+        argv.extend(["--datadir", str(datadir.path)])
     if request.scripts:
         argv.extend(["--script", ",".join(request.scripts)])
     argv.extend(extra)

@@ -21,6 +21,8 @@ from support import LOOPBACK_POLICY, write_policy
 
 from appliance.audit import AuditSink
 from appliance.config import Settings
+from appliance.errors import ValidationError
+from appliance.policy import nse
 from appliance.policy.netinfo import NetworkFacts
 from appliance.policy.nse import SCRIPT_DB, parse_script_db
 from appliance.policy.store import PolicyStore
@@ -119,14 +121,42 @@ async def test_nmap_gets_no_datadir_when_nmap_ships_only_allowed_scripts(
     entries = "".join(f'Entry {{ filename = "{name}.nse", categories = {{ "safe", }} }}\n' for name in allowed)
     await anyio.Path(lab_script_db).write_text(entries)
     lab_policy_data["tools"]["nmap_scan"]["allowed_scripts"] = allowed
-    path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump(lab_policy_data))
-    store = PolicyStore(path, facts=NetworkFacts, script_db=lab_script_db)
-    scan = ScanService(Settings(policy_path=path), store, AuditSink(stream=io.StringIO()), resolve=no_dns)
+    scan = lab_service(tmp_path, lab_policy_data, lab_script_db)
 
     report = await scan.call(TOOLS["nmap_scan"], NmapRequest(target="10.20.0.5", dry_run=True), "rid")
 
     assert "--datadir" not in report.argv
+
+
+@pytest.mark.parametrize("scan_type", ["version"])
+async def test_nmap_version_scan_refused_when_the_allowlist_cannot_be_enforced(
+    scan_type: str,
+    tmp_path: Path,
+    lab_policy_data: dict[str, Any],
+    lab_script_db: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A read-only file system (or a seccomp profile without mkdir): no private --datadir can be built.
+    def no_temporary_directory(**kwargs: Any) -> str:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(nse.tempfile, "mkdtemp", no_temporary_directory)
+    scan = lab_service(tmp_path, lab_policy_data, lab_script_db)
+
+    with pytest.raises(ValidationError) as refused:
+        await scan.call(TOOLS["nmap_scan"], NmapRequest(target="10.20.0.5", scan_type="version", dry_run=True), "r")
+    assert refused.value.rule == "nse_allowlist_unenforceable"
+
+    # safe: without -sV nmap runs only the scripts a call names, all from the allowlist.
+    report = await scan.call(TOOLS["nmap_scan"], NmapRequest(target="10.20.0.5", dry_run=True), "r")
+    assert "--datadir" not in report.argv
+
+
+def lab_service(tmp_path: Path, policy: dict[str, Any], script_db: Path) -> ScanService:
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    store = PolicyStore(path, facts=NetworkFacts, script_db=script_db)
+    return ScanService(Settings(policy_path=path), store, AuditSink(stream=io.StringIO()), resolve=no_dns)
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
