@@ -1,7 +1,7 @@
 """Facts about this host that the scope must deny: its own addresses, subnets, broadcasts, next hops.
 
-Read at start, at each policy reload and whenever `facts_signature` changes (see `store.py`).
-Reading is local: interface tables and /proc/net files, no packets.
+Read at start, at each policy reload and whenever the kernel reports a change (`netwatch.py`,
+`store.py`). Reading is local: interface tables and /proc/net files, no packets.
 """
 
 from __future__ import annotations
