@@ -654,3 +654,27 @@ async def test_target_rejects_hostname_resolving_to_nat64_of_refused_ipv4(
 
     assert refused.value.rule == "target_hostname_resolves_out_of_scope"
     assert "target_denied_gateway" in refused.value.message
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("target", "rule"),
+    [
+        # safe: inside the opened part
+        ("64:ff9b::a14:5", None),
+        # unsafe: the rest of the NAT64 prefix stays closed
+        ("64:ff9b::a15:5", "target_ipv4_mapped_ipv6"),
+        ("64:ff9b::a14:100/120", "target_ipv4_mapped_ipv6"),  # 10.20.1.0/24: in scope, but not opened
+    ],
+)
+async def test_target_rejects_nat64_outside_the_opened_part(
+    target: str, rule: str | None, lab_scope: Scope, make_resolver: Callable[..., Any]
+) -> None:
+    scope = dataclasses.replace(lab_scope, allowed=(*lab_scope.allowed, ipaddress.ip_network("64:ff9b::a14:0/120")))
+    if rule is None:
+        await check_target(target, scope, make_resolver())
+        return
+    with pytest.raises(ValidationError) as refused:
+        await check_target(target, scope, make_resolver())
+
+    assert refused.value.rule == rule
