@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -19,6 +18,7 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError, ValidationError
 from appliance.metrics import Metrics
 from appliance.policy.model import Policy
+from appliance.policy.resolve import system_resolve
 from appliance.policy.store import PolicySnapshot, PolicyStore
 from appliance.resilience.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from appliance.resilience.limits import ConcurrencyLimiter, PrincipalLimit, ToolLimit
@@ -31,8 +31,6 @@ from appliance.tools.base import PlanContext, ScanPlan
 
 log = logging.getLogger(__name__)
 
-# A lab DNS answer arrives in milliseconds; a slow one must not hold a call slot for long.
-RESOLVE_TIMEOUT_SECONDS = 5.0
 # Progress notifications at most this often: scanners report every second or faster.
 PROGRESS_INTERVAL_SECONDS = 1.0
 
@@ -54,16 +52,6 @@ class Runner(Protocol):
         on_stderr_line: Callable[[bytes], Awaitable[None]] | None = ...,
         stop: asyncio.Event | None = ...,
     ) -> RunResult: ...
-
-
-async def system_resolve(name: str) -> list[str]:
-    """Resolve with the system resolver (the lab's DNS); only names under a lab suffix get here."""
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(loop.getaddrinfo(name, None, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_SECONDS)
-    except (OSError, TimeoutError):
-        return []
-    return sorted({str(info[4][0]) for info in infos})
 
 
 def _best_effort(progress: ProgressFn | None) -> ProgressFn | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,13 +62,20 @@ LAB_POLICY_DATA: dict[str, Any] = {
     },
 }
 
-# This host as the scope sees it: its own addresses (one loopback), a broadcast and a gateway.
+# This host as the scope sees it: its own addresses (one loopback), a broadcast, the default
+# gateway and the next hop of a static route, and its subnets (an IPv4 /16 and an IPv6 /64).
 LAB_FACTS = NetworkFacts(
     own_addresses=frozenset(
-        {ipaddress.ip_address("10.20.0.2"), ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+        {
+            ipaddress.ip_address("10.20.0.2"),
+            ipaddress.ip_address("fd00:20::2"),
+            ipaddress.ip_address("127.0.0.1"),
+            ipaddress.ip_address("::1"),
+        }
     ),
     broadcasts=frozenset({ipaddress.ip_address("10.20.255.255")}),
-    gateways=frozenset({ipaddress.ip_address("10.20.0.1")}),
+    gateways=frozenset({ipaddress.ip_address("10.20.0.1"), ipaddress.ip_address("10.20.5.254")}),
+    subnets=frozenset({ipaddress.ip_network("10.20.0.0/16"), ipaddress.ip_network("fd00:20::/64")}),
 )
 
 # Entries in nmap's script.db format for the lab allowlist (banner, http-title, ssl-cert).
@@ -129,6 +137,9 @@ def lab_script_db(tmp_path: Path) -> Path:
     """A script.db holding the lab allowlist (and two scripts no policy may allow)."""
     path = tmp_path / "script.db"
     path.write_text(LAB_SCRIPT_DB, encoding="utf-8")
+    # The scripts themselves, for the private --datadir the store builds (nse.build_nmap_datadir).
+    for name in re.findall(r'filename = "([^"]+)"', LAB_SCRIPT_DB):
+        (tmp_path / name).write_text(f"-- {name}: a stand-in, never run\n", encoding="utf-8")
     return path
 
 

@@ -61,12 +61,13 @@ def lab_namespaces() -> Iterator[tuple[str, str, str]]:
         sh("ip", "netns", "add", scanner)
         sh("ip", "netns", "add", target)
         sh("ip", "link", "add", "vscan", "netns", scanner, "type", "veth", "peer", "name", "vtarget", "netns", target)
-        sh("ip", "-n", target, "addr", "add", f"{prefix}.1/24", "dev", "vtarget")
+        # Not .1: the appliance denies the first host of its own subnets (Docker's gateway address).
+        sh("ip", "-n", target, "addr", "add", f"{prefix}.3/24", "dev", "vtarget")
         sh("ip", "-n", scanner, "addr", "add", f"{prefix}.2/24", "dev", "vscan")
         for ns, dev in ((scanner, "vscan"), (target, "vtarget")):
             sh("ip", "-n", ns, "link", "set", dev, "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        yield scanner, f"{prefix}.1", target
+        yield scanner, f"{prefix}.3", target
     finally:
         for ns in (scanner, target):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)

@@ -59,7 +59,10 @@ class ScopeRules(_Strict):
         default_factory=list, description="Extra never-scan ranges on top of the built-in deny list."
     )
     deny_default_gateways: bool = Field(
-        default=True, description="Refuse the appliance's default gateways (on a Docker bridge: the host)."
+        default=True,
+        description="Refuse the appliance's routers: every next hop of its routing tables, the first host of "
+        "each own subnet (Docker's gateway: the host) and each own IPv6 subnet-router anycast address. "
+        "A custom gateway that is neither belongs in deny_networks.",
     )
     deny_own_addresses: bool = Field(default=True, description="Refuse the appliance's own addresses.")
     insecure_allow_loopback: bool = Field(

@@ -1,20 +1,25 @@
-"""The current policy and its compiled scope, swapped whole on reload.
+"""The current policy and its compiled scope, swapped whole on reload or when the host's network changes.
 
-A call takes one `PolicySnapshot` when it starts and uses it to the end, so a reload never
-changes the rules under a running call. A bad file never replaces a good policy.
+A call takes one `PolicySnapshot` when it starts (`store.current`, read once) and uses it to the
+end, so a reload never changes the rules under a running call. A bad file never replaces a good
+policy. Each read of `current` first asks `netwatch.generation()` whether the kernel reported an
+address, link or route change since the snapshot was built; when it did, the facts are read
+again and the same policy is compiled against them, so an address added after start is denied
+from the next call on, without a SIGHUP.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from appliance.errors import PolicyError
+from appliance.policy import netwatch
 from appliance.policy.model import Policy, load_policy
 from appliance.policy.netinfo import NetworkFacts, read_network_facts
-from appliance.policy.nse import SCRIPT_DB, check_script_allowlist
+from appliance.policy.nse import SCRIPT_DB, build_nmap_datadir, check_script_allowlist
 from appliance.policy.scope import compile_scope
 from appliance.policy.targets import Scope
 
@@ -33,6 +38,7 @@ def build_snapshot(path: Path, facts: NetworkFacts, script_db: Path = SCRIPT_DB)
     """Load, validate and compile one policy file; raises PolicyError naming every problem."""
     policy = load_policy(path)
     check_script_allowlist(policy, script_db)
+    build_nmap_datadir(policy.tools.nmap_scan.allowed_scripts, script_db)
     return PolicySnapshot(policy, compile_scope(policy, facts), path, facts)
 
 
@@ -42,25 +48,45 @@ class PolicyStore:
         path: Path,
         facts: Callable[[], NetworkFacts] = read_network_facts,
         script_db: Path = SCRIPT_DB,
+        # A value that changes when the host's addresses or routes change (equal: nothing to re-read).
+        signature: Callable[[], object] = netwatch.generation,
     ) -> None:
         self._path = path
         self._facts = facts
         self._script_db = script_db
+        self._signature = signature
+        self._seen = signature()
         self._current = build_snapshot(path, facts(), script_db)
         self._warn_if_insecure(self._current)
 
     @property
     def current(self) -> PolicySnapshot:
+        """The snapshot for one call, recompiled first if the host's addresses or routes changed."""
+        seen = self._signature()
+        if seen != self._seen:
+            self._seen = seen
+            self._refresh_facts()
         return self._current
+
+    def _refresh_facts(self) -> None:
+        facts = self._facts()
+        if facts == self._current.facts:
+            return
+        snapshot = self._current
+        self._current = replace(snapshot, scope=compile_scope(snapshot.policy, facts), facts=facts)
+        log.info("network facts changed; scope recompiled", extra={"policy_path": str(self._path)})
 
     def reload(self) -> bool:
         """Re-read the file. True when the new policy is in force; False keeps the last good one."""
+        self._seen = self._signature()
         try:
             snapshot = build_snapshot(self._path, self._facts(), self._script_db)
         except PolicyError as exc:
             log.error(
                 "policy reload refused; the last good policy stays", extra={"rule": exc.rule, "reason": exc.message}
             )
+            # The facts are the host's, not the file's: they apply to the last good policy too.
+            self._refresh_facts()
             return False
         self._current = snapshot
         self._warn_if_insecure(snapshot)

@@ -43,8 +43,18 @@ _BUILTIN_DENY: tuple[tuple[str, str], ...] = (
     ("ff00::/8", "target_denied_multicast"),
     ("::ffff:0:0/96", "target_ipv4_mapped_ipv6"),
     ("::/96", "target_ipv4_mapped_ipv6"),  # IPv4-compatible (deprecated) addresses
-    ("64:ff9b::/96", "target_ipv4_mapped_ipv6"),  # NAT64: reaches the embedded IPv4 address
-    ("2002::/16", "target_ipv4_mapped_ipv6"),  # 6to4: embeds an IPv4 address
+    # IPv6 ranges that embed an IPv4 address and hand the packet to a relay or translator, which
+    # then reaches that IPv4 address past the IPv4 rules. (NAT64 is below: a policy may open it.)
+    ("::ffff:0:0:0/96", "target_ipv4_mapped_ipv6"),  # SIIT IPv4-translated (RFC 6145)
+    ("2002::/16", "target_ipv4_mapped_ipv6"),  # 6to4: the relay sends to the embedded IPv4 address
+    ("2001::/32", "target_ipv4_mapped_ipv6"),  # Teredo: server and client IPv4 addresses embedded
+)
+# NAT64 prefixes (RFC 6052 well-known, RFC 8215 local use): the translator sends to the IPv4
+# address in the last 32 bits. Refused unless `allow_networks` lists the range, and then that
+# IPv4 address must pass the IPv4 checks too.
+NAT64_PREFIXES: tuple[ipaddress.IPv6Network, ...] = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
 )
 BUILTIN_DENY: tuple[tuple[IPNetwork, str], ...] = tuple(
     (ipaddress.ip_network(net), rule) for net, rule in _BUILTIN_DENY
@@ -227,6 +237,8 @@ def check_address(address: IPAddress, scope: Scope) -> None:
             raise _refuse(rule, f"{address} is on the never-scan list ({network})", "Choose another lab target.")
     if loopback:
         return
+    if isinstance(address, ipaddress.IPv6Address) and any(address in prefix for prefix in NAT64_PREFIXES):
+        _check_nat64_address(address, scope)
     if not any(address in network for network in scope.allowed):
         if address.version == 6 and not any(n.version == 6 for n in scope.allowed):
             raise _refuse(
@@ -237,6 +249,58 @@ def check_address(address: IPAddress, scope: Scope) -> None:
             f"{address} is outside the allowed networks",
             f"Allowed networks: {', '.join(str(n) for n in scope.allowed)}.",
         )
+
+
+NAT64_CLOSED = "NAT64 prefixes are refused unless the policy's allow_networks lists them (or a part of them)"
+
+
+def _nat64_opened(scope: Scope) -> list[IPNetwork]:
+    """Allowed networks inside a NAT64 prefix: only those open it (a broad ::/0 does not)."""
+    return [n for n in scope.allowed if any(_within(n, prefix) for prefix in NAT64_PREFIXES)]
+
+
+def _check_nat64_address(address: ipaddress.IPv6Address, scope: Scope) -> None:
+    """An opened NAT64 address is only as good as the IPv4 address the translator sends to."""
+    if not any(address in network for network in _nat64_opened(scope)):
+        raise _refuse(
+            "target_ipv4_mapped_ipv6",
+            f"{address} is a NAT64 address: the translator would send to its embedded IPv4 address. {NAT64_CLOSED}",
+            "Give the IPv4 address itself, or ask the operator to list the NAT64 range in allow_networks.",
+        )
+    embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    try:
+        if any(embedded in net for net in LOOPBACK):
+            # The translator's loopback, not ours: insecure_allow_loopback does not open it.
+            raise _refuse("target_denied_loopback", f"{embedded} is a loopback address", "Choose another target.")
+        check_address(embedded, scope)
+    except ValidationError as exc:
+        raise _refuse(
+            exc.rule,
+            f"{address} is NAT64-translated to {embedded}, which is refused: {exc.message}",
+            exc.recovery_suggestion,
+        ) from exc
+
+
+def _check_nat64_network(network: ipaddress.IPv6Network, scope: Scope) -> None:
+    """A NAT64 block must lie in an allowed network, and its embedded IPv4 block must be in scope."""
+    if not any(_within(network, allowed) for allowed in _nat64_opened(scope)) or network.prefixlen < 96:
+        raise _refuse(
+            "target_ipv4_mapped_ipv6",
+            f"{network} overlaps a NAT64 prefix: the translator would send to the embedded IPv4 addresses. "
+            f"{NAT64_CLOSED}, and a block must not be wider than /96",
+            "Give the IPv4 block itself, or ask the operator to list the NAT64 range in allow_networks.",
+        )
+    embedded = ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+    try:
+        if any(_overlaps(embedded, loop) for loop in LOOPBACK):
+            raise _refuse("target_denied_loopback", f"{embedded} overlaps loopback", "Choose another block.")
+        check_network(embedded, scope)
+    except ValidationError as exc:
+        raise _refuse(
+            exc.rule,
+            f"{network} is NAT64-translated to {embedded}, which is refused: {exc.message}",
+            exc.recovery_suggestion,
+        ) from exc
 
 
 def _overlaps(a: IPNetwork, b: IPNetwork) -> bool:
@@ -271,6 +335,8 @@ def check_network(network: IPNetwork, scope: Scope) -> None:
             raise _refuse(
                 rule, f"{network} contains never-scan addresses ({denied})", "Use a smaller block that leaves them out."
             )
+    if isinstance(network, ipaddress.IPv6Network) and any(_overlaps(network, p) for p in NAT64_PREFIXES):
+        _check_nat64_network(network, scope)
     if not loopback and not any(_within(network, allowed) for allowed in scope.allowed):
         raise _refuse(
             "target_out_of_scope",

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from appliance.errors import ValidationError
 from appliance.parsers.nmap_xml import nmap_progress, parse_nmap_xml
 from appliance.policy.flags import NMAP_ALLOWED, NMAP_DENIED, check_extra_args
+from appliance.policy.nse import nmap_datadir
 from appliance.policy.ports import check_ports
 from appliance.policy.targets import check_target
 from appliance.results import NmapResult
@@ -107,6 +108,15 @@ async def plan(request: NmapRequest, ctx: PlanContext) -> ScanPlan:
                 rule="script_not_allowed",
                 recovery_suggestion=f"Allowed scripts: {', '.join(rules.allowed_scripts) or 'none'}.",
             )
+    datadir = nmap_datadir(rules.allowed_scripts)
+    if request.scan_type == "version" and datadir.problem is not None:
+        raise ValidationError(
+            f"version detection would run NSE scripts outside the allowlist ({datadir.problem})",
+            rule="nse_allowlist_unenforceable",
+            recovery_suggestion="Use scan_type 'connect' (named scripts still run). The operator can give the "
+            "appliance a writable temporary directory, or allow every script nmap's data directory holds "
+            "(the image ships exactly its default allowlist).",
+        )
     max_ports = ctx.policy.limits.max_ports_per_call
     ports = check_ports(request.ports, max_ports) if request.ports is not None else None
     extra = check_extra_args(request.extra_args, NMAP_ALLOWED, NMAP_DENIED, ctx.policy, TOOL)
@@ -122,6 +132,13 @@ async def plan(request: NmapRequest, ctx: PlanContext) -> ScanPlan:
     if request.scan_type != "ping":
         argv.extend(["-p", ports.text] if ports else ["--top-ports", str(min(rules.default_top_ports, max_ports))])
     argv.append(f"-T{request.timing}")
+    # The policy's rate is a cap on every scan, not only on the rates a caller names.
+    if "--max-rate" not in extra:
+        argv.extend(["--max-rate", str(rules.max_rate)])
+    # Server-chosen (the flag table refuses --datadir from callers): without it -sV would run every
+    # "version" script a host install has, allowed or not. See appliance.policy.nse.
+    if datadir.path is not None:
+        argv.extend(["--datadir", str(datadir.path)])
     if request.scripts:
         argv.extend(["--script", ",".join(request.scripts)])
     argv.extend(extra)

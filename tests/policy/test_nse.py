@@ -9,7 +9,13 @@ import pytest
 
 from appliance.errors import PolicyError
 from appliance.policy.model import Policy
-from appliance.policy.nse import check_script_allowlist, parse_script_db
+from appliance.policy.nse import (
+    NmapDatadir,
+    build_nmap_datadir,
+    check_script_allowlist,
+    nmap_datadir,
+    parse_script_db,
+)
 
 SCRIPT_DB = """\
 Entry { filename = "banner.nse", categories = { "discovery", "safe", } }
@@ -67,3 +73,48 @@ def test_missing_script_db_refuses_a_non_empty_allowlist(lab_policy_data: dict[s
         check_script_allowlist(with_scripts(lab_policy_data, ["banner"]), tmp_path / "missing.db")
 
     assert refused.value.rule == "policy_scripts_unverifiable"
+
+
+# --- the private --datadir ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def nmap_data(tmp_path: Path) -> Path:
+    """A stand-in for /usr/share/nmap/scripts: SCRIPT_DB's entries and a file per script."""
+    scripts = tmp_path / "share" / "scripts"
+    scripts.mkdir(parents=True)
+    (scripts / "script.db").write_text(SCRIPT_DB)
+    for name in parse_script_db(SCRIPT_DB):
+        (scripts / f"{name}.nse").write_text(f"-- {name}\n")
+    return scripts / "script.db"
+
+
+def test_version_scan_cannot_reach_scripts_outside_the_allowlist(nmap_data: Path, tmp_path: Path) -> None:
+    datadir = build_nmap_datadir(["http-title", "banner"], nmap_data, base=tmp_path).path
+
+    assert datadir is not None
+    scripts = datadir / "scripts"
+    assert sorted(p.name for p in scripts.iterdir()) == ["banner.nse", "http-title.nse", "script.db"]
+    assert set(parse_script_db((scripts / "script.db").read_text())) == {"banner", "http-title"}
+    assert nmap_datadir(["banner", "http-title"]).path == datadir  # what nmap_scan passes as --datadir
+
+
+def test_same_allowlist_reuses_its_datadir(nmap_data: Path, tmp_path: Path) -> None:
+    first = build_nmap_datadir(["banner"], nmap_data, base=tmp_path)
+
+    assert build_nmap_datadir(["banner", "banner"], nmap_data, base=tmp_path) == first
+
+
+def test_no_datadir_when_nmap_ships_only_allowed_scripts(nmap_data: Path, tmp_path: Path) -> None:
+    everything = sorted(parse_script_db(SCRIPT_DB))
+
+    assert build_nmap_datadir(everything, nmap_data, base=tmp_path) == NmapDatadir()
+    assert nmap_datadir(everything) == NmapDatadir()
+
+
+def test_unwritable_datadir_is_reported_not_silently_skipped(nmap_data: Path, tmp_path: Path) -> None:
+    # nmap_scan refuses -sV on this (tests/tools/test_nmap.py); the policy itself still loads.
+    datadir = build_nmap_datadir(["banner"], nmap_data, base=tmp_path / "missing")
+
+    assert datadir.path is None
+    assert datadir.problem is not None and "private nmap data directory" in datadir.problem

@@ -100,3 +100,77 @@ def test_scope_carries_the_policy_limits(lab_policy_data: dict[str, Any]) -> Non
     assert scope.suffixes == (".lab.internal",)
     assert scope.allow_loopback is False
     assert [str(n) for n in scope.allowed] == ["10.20.0.0/16", "192.168.56.0/24"]
+
+
+# This host on a Docker --internal network (no route table gateway) and on an IPv6 /64.
+SUBNET_FACTS = NetworkFacts(
+    own_addresses=frozenset(ipaddress.ip_address(a) for a in ("10.20.0.2", "fd00:20::2")),
+    subnets=frozenset(ipaddress.ip_network(n) for n in ("10.20.0.0/16", "fd00:20::/64", "10.20.7.0/31")),
+    gateways=frozenset({ipaddress.ip_address("10.20.5.254")}),  # next hop of a static route, not the default
+)
+
+
+def v6_policy(lab_policy_data: dict[str, Any], **scope: object) -> Policy:
+    return policy(lab_policy_data, allow_networks=["10.20.0.0/16", "fd00:20::/64"], **scope)
+
+
+@pytest.mark.parametrize(
+    ("address", "rule"),
+    [
+        # unsafe
+        ("fd00:20::", "target_denied_subnet_router_anycast"),
+        ("10.20.0.1", "target_denied_gateway"),  # first host of the own IPv4 subnet (Docker's gateway)
+        ("fd00:20::1", "target_denied_gateway"),  # first host of the own IPv6 subnet
+        ("10.20.5.254", "target_denied_gateway"),  # next hop of a non-default route
+    ],
+)
+def test_target_rejects_routers_of_own_subnets(address: str, rule: str, lab_policy_data: dict[str, Any]) -> None:
+    scope = compile_scope(v6_policy(lab_policy_data), SUBNET_FACTS)
+
+    with pytest.raises(ValidationError) as refused:
+        check_address(ipaddress.ip_address(address), scope)
+
+    assert refused.value.rule == rule
+
+
+def test_target_rejects_ipv6_subnet_router_anycast(lab_policy_data: dict[str, Any]) -> None:
+    scope = compile_scope(v6_policy(lab_policy_data), SUBNET_FACTS)
+
+    with pytest.raises(ValidationError) as refused:
+        check_address(ipaddress.ip_address("fd00:20::"), scope)
+
+    assert refused.value.rule == "target_denied_subnet_router_anycast"
+    assert refused.value.recovery_suggestion
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        # safe: ordinary hosts of the same subnets
+        "10.20.0.5",
+        "fd00:20::5",
+        # a /31 has no first-host gateway (point-to-point: both addresses are hosts)
+        "10.20.7.0",
+        "10.20.7.1",
+    ],
+)
+def test_other_hosts_of_own_subnets_stay_in_scope(address: str, lab_policy_data: dict[str, Any]) -> None:
+    check_address(ipaddress.ip_address(address), compile_scope(v6_policy(lab_policy_data), SUBNET_FACTS))
+
+
+def test_gateway_switch_also_covers_first_hosts_and_anycast(lab_policy_data: dict[str, Any]) -> None:
+    found = denials(compile_scope(v6_policy(lab_policy_data, deny_default_gateways=False), SUBNET_FACTS))
+
+    for address in ("10.20.0.1/32", "fd00:20::1/128", "fd00:20::/128", "10.20.5.254/32"):
+        assert address not in found
+    assert found["fd00:20::2/128"] == "target_denied_own_address"
+
+
+def test_custom_gateway_goes_into_deny_networks(lab_policy_data: dict[str, Any]) -> None:
+    # A router the host's tables do not show (not a next hop, not a first host) is the operator's to list.
+    scope = compile_scope(policy(lab_policy_data, deny_networks=["10.20.0.254/32"]), SUBNET_FACTS)
+
+    with pytest.raises(ValidationError) as refused:
+        check_address(ipaddress.ip_address("10.20.0.254"), scope)
+
+    assert refused.value.rule == "target_denied_policy"

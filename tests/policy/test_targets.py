@@ -535,3 +535,146 @@ def test_check_network_counts_hosts_before_anything_else(lab_scope: Scope) -> No
         check_network(ipaddress.ip_network("10.20.1.0/29"), scope)
 
     assert refused.value.rule == "target_cidr_too_large"
+
+
+# --- IPv6 ranges that embed IPv4 and hand packets to relays or translators ----------------------
+
+
+def ipv6_everywhere(scope: Scope, *extra: str) -> Scope:
+    """`scope` with all of IPv6 allowed (and `extra`), so only the embedding rules can refuse."""
+    allowed = (*scope.allowed, ipaddress.ip_network("::/0"), *(ipaddress.ip_network(n) for n in extra))
+    return dataclasses.replace(scope, allowed=allowed)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "target",
+    [
+        # unsafe: refused even with ::/0 allowed
+        "2002:a14:5::1",  # 6to4 of the in-scope 10.20.0.5: the relay decides where it goes
+        "2002:7f00:1::1",  # 6to4 of loopback
+        "2001:0:a14:5::1",  # Teredo
+        "2001::1",
+        "::ffff:0:a14:5",  # SIIT IPv4-translated 10.20.0.5
+        "::ffff:0:7f00:1",  # SIIT IPv4-translated loopback
+        "2002::/120",
+        "2001::/120",
+        "::ffff:0:a14:0/120",
+    ],
+)
+async def test_target_rejects_ipv6_relay_and_translation_ranges(
+    target: str, lab_scope: Scope, make_resolver: Callable[..., Any]
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        await check_target(target, ipv6_everywhere(lab_scope), make_resolver())
+
+    assert refused.value.rule == "target_ipv4_mapped_ipv6"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "target",
+    [
+        # unsafe: NAT64 not listed in allow_networks (::/0 does not open it: the prefix must be named)
+        "64:ff9b::a14:5",
+        "64:ff9b:1::a14:5",
+        "64:ff9b::a14:0/120",
+    ],
+)
+async def test_target_rejects_nat64_unless_allow_networks_lists_it(
+    target: str, lab_scope: Scope, make_resolver: Callable[..., Any]
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        await check_target(target, ipv6_everywhere(lab_scope), make_resolver())
+
+    assert refused.value.rule == "target_ipv4_mapped_ipv6"
+    assert "allow_networks" in refused.value.message
+
+
+NAT64_OPEN = ("64:ff9b::/96", "64:ff9b:1::/48")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("target", "rule"),
+    [
+        # safe: the embedded IPv4 address is in scope
+        ("64:ff9b::a14:5", None),  # 10.20.0.5
+        ("64:ff9b:1::a14:5", None),
+        ("64:ff9b::a14:100/120", None),  # 10.20.1.0/24
+        # unsafe: the embedded IPv4 address breaks an IPv4 rule
+        ("64:ff9b::a14:1", "target_denied_gateway"),  # 10.20.0.1
+        ("64:ff9b::a14:2", "target_denied_own_address"),
+        ("64:ff9b::a14:6305", "target_denied_policy"),  # 10.20.99.5
+        ("64:ff9b::a15:5", "target_out_of_scope"),  # 10.21.0.5
+        ("64:ff9b::7f00:1", "target_denied_loopback"),
+        ("64:ff9b::a9fe:a9fe", "target_denied_link_local"),  # 169.254.169.254, cloud metadata
+        ("64:ff9b::a14:6300/120", "target_denied_policy"),
+        ("64:ff9b::7f00:0/120", "target_denied_loopback"),
+    ],
+)
+async def test_target_rejects_nat64_embedding_refused_ipv4(
+    target: str, rule: str | None, lab_scope: Scope, make_resolver: Callable[..., Any]
+) -> None:
+    scope = dataclasses.replace(lab_scope, allowed=(*lab_scope.allowed, *map(ipaddress.ip_network, NAT64_OPEN)))
+    if rule is None:
+        await check_target(target, scope, make_resolver())
+        return
+    with pytest.raises(ValidationError) as refused:
+        await check_target(target, scope, make_resolver())
+
+    assert refused.value.rule == rule
+    assert "NAT64" in refused.value.message
+
+
+@pytest.mark.anyio
+async def test_target_rejects_nat64_loopback_even_with_loopback_opened(
+    lab_scope: Scope, make_resolver: Callable[..., Any]
+) -> None:
+    # insecure_allow_loopback opens this host's loopback, not the translator's.
+    scope = dataclasses.replace(
+        lab_scope, allow_loopback=True, allowed=(*lab_scope.allowed, ipaddress.ip_network("64:ff9b::/96"))
+    )
+
+    with pytest.raises(ValidationError) as refused:
+        await check_target("64:ff9b::7f00:1", scope, make_resolver())
+
+    assert refused.value.rule == "target_denied_loopback"
+
+
+@pytest.mark.anyio
+async def test_target_rejects_hostname_resolving_to_nat64_of_refused_ipv4(
+    lab_scope: Scope, make_resolver: Callable[..., Any]
+) -> None:
+    scope = dataclasses.replace(lab_scope, allowed=(*lab_scope.allowed, ipaddress.ip_network("64:ff9b::/96")))
+    resolver = make_resolver({"web.lab.internal": ["10.20.0.5", "64:ff9b::a14:1"]})
+
+    with pytest.raises(ValidationError) as refused:
+        await check_target("web.lab.internal", scope, resolver)
+
+    assert refused.value.rule == "target_hostname_resolves_out_of_scope"
+    assert "target_denied_gateway" in refused.value.message
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("target", "rule"),
+    [
+        # safe: inside the opened part
+        ("64:ff9b::a14:5", None),
+        # unsafe: the rest of the NAT64 prefix stays closed
+        ("64:ff9b::a15:5", "target_ipv4_mapped_ipv6"),
+        ("64:ff9b::a14:100/120", "target_ipv4_mapped_ipv6"),  # 10.20.1.0/24: in scope, but not opened
+    ],
+)
+async def test_target_rejects_nat64_outside_the_opened_part(
+    target: str, rule: str | None, lab_scope: Scope, make_resolver: Callable[..., Any]
+) -> None:
+    scope = dataclasses.replace(lab_scope, allowed=(*lab_scope.allowed, ipaddress.ip_network("64:ff9b::a14:0/120")))
+    if rule is None:
+        await check_target(target, scope, make_resolver())
+        return
+    with pytest.raises(ValidationError) as refused:
+        await check_target(target, scope, make_resolver())
+
+    assert refused.value.rule == rule

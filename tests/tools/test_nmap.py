@@ -1,0 +1,221 @@
+"""nmap_scan's argv: the policy's rate cap and the private data directory that keeps -sV to the allowlist.
+
+Dry runs only, except the two real nmap runs against an HTTP listener this test starts on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import io
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import yaml
+from support import LOOPBACK_POLICY, write_policy
+
+from appliance.audit import AuditSink
+from appliance.config import Settings
+from appliance.errors import ValidationError
+from appliance.policy import nse
+from appliance.policy.netinfo import NetworkFacts
+from appliance.policy.nse import SCRIPT_DB, parse_script_db
+from appliance.policy.store import PolicyStore
+from appliance.runner import RunLimits, run
+from appliance.service import ScanService
+from appliance.tools import TOOLS
+from appliance.tools.nmap import NmapRequest
+
+pytestmark = pytest.mark.anyio
+
+
+async def no_dns(name: str) -> list[str]:
+    raise AssertionError(f"unexpected lookup of {name}")
+
+
+def service(tmp_path: Path, *overrides: dict[str, Any]) -> ScanService:
+    policy = write_policy(tmp_path, *overrides)
+    settings = Settings(policy_path=policy, privilege_mode="connect")
+    store = PolicyStore(policy, facts=NetworkFacts)
+    return ScanService(settings, store, AuditSink(stream=io.StringIO()), resolve=no_dns)
+
+
+async def dry_argv(tmp_path: Path, *overrides: dict[str, Any], **request: Any) -> list[str]:
+    report = await service(tmp_path, *overrides).call(
+        TOOLS["nmap_scan"], NmapRequest(target="10.20.0.5", dry_run=True, **request), "rid"
+    )
+    return report.argv
+
+
+def value_after(argv: list[str], flag: str) -> str:
+    assert argv.count(flag) == 1, argv
+    return argv[argv.index(flag) + 1]
+
+
+# --- the rate cap -------------------------------------------------------------------------------
+
+
+async def test_nmap_without_caller_rate_gets_the_policy_max_rate(tmp_path: Path) -> None:
+    argv = await dry_argv(tmp_path, {"tools": {"nmap_scan": {"max_rate": 250}}})
+
+    assert value_after(argv, "--max-rate") == "250"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # safe: the caller's own cap, at or below the policy's, is the one nmap gets
+        ["--max-rate", "100"],
+        ["--max-rate=100"],
+    ],
+)
+async def test_nmap_caller_rate_replaces_the_policy_cap(extra: list[str], tmp_path: Path) -> None:
+    argv = await dry_argv(tmp_path, {"tools": {"nmap_scan": {"max_rate": 250}}}, extra_args=extra)
+
+    assert value_after(argv, "--max-rate") == "100"
+
+
+async def test_nmap_min_rate_alone_still_gets_the_policy_cap(tmp_path: Path) -> None:
+    argv = await dry_argv(tmp_path, {"tools": {"nmap_scan": {"max_rate": 250}}}, extra_args=["--min-rate", "50"])
+
+    assert value_after(argv, "--min-rate") == "50"
+    assert value_after(argv, "--max-rate") == "250"
+
+
+# --- the private data directory -----------------------------------------------------------------
+
+NARROW = {"tools": {"nmap_scan": {"allowed_scripts": ["banner", "http-title"]}}}
+
+
+def installed_scripts() -> set[str]:
+    return set(parse_script_db(SCRIPT_DB.read_text(encoding="utf-8")))
+
+
+needs_host_nmap = pytest.mark.skipif(
+    not SCRIPT_DB.is_file(), reason="needs nmap's data files (the non-integration suite runs on a host with nmap)"
+)
+
+
+@needs_host_nmap
+async def test_nmap_version_scan_gets_a_datadir_with_only_allowed_scripts(tmp_path: Path) -> None:
+    argv = await dry_argv(tmp_path, NARROW, scan_type="version")
+
+    datadir = Path(value_after(argv, "--datadir"))
+    scripts = datadir / "scripts"
+    assert sorted(p.name for p in scripts.iterdir()) == ["banner.nse", "http-title.nse", "script.db"]
+    assert set(parse_script_db((scripts / "script.db").read_text(encoding="utf-8"))) == {"banner", "http-title"}
+    assert (scripts / "banner.nse").read_bytes() == (SCRIPT_DB.parent / "banner.nse").read_bytes()
+    assert installed_scripts() - {"banner", "http-title"}  # the host does have others: the dir matters
+
+
+async def test_nmap_gets_no_datadir_when_nmap_ships_only_allowed_scripts(
+    tmp_path: Path, lab_policy_data: dict[str, Any], lab_script_db: Path
+) -> None:
+    # The image: its script.db lists the allowlist and nothing else, so nmap's own directory is used.
+    allowed = ["banner", "http-title", "ssl-cert"]
+    entries = "".join(f'Entry {{ filename = "{name}.nse", categories = {{ "safe", }} }}\n' for name in allowed)
+    await anyio.Path(lab_script_db).write_text(entries)
+    lab_policy_data["tools"]["nmap_scan"]["allowed_scripts"] = allowed
+    scan = lab_service(tmp_path, lab_policy_data, lab_script_db)
+
+    report = await scan.call(TOOLS["nmap_scan"], NmapRequest(target="10.20.0.5", dry_run=True), "rid")
+
+    assert "--datadir" not in report.argv
+
+
+@pytest.mark.parametrize("scan_type", ["version"])
+async def test_nmap_version_scan_refused_when_the_allowlist_cannot_be_enforced(
+    scan_type: str,
+    tmp_path: Path,
+    lab_policy_data: dict[str, Any],
+    lab_script_db: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A read-only file system (or a seccomp profile without mkdir): no private --datadir can be built.
+    def no_temporary_directory(**kwargs: Any) -> str:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(nse.tempfile, "mkdtemp", no_temporary_directory)
+    scan = lab_service(tmp_path, lab_policy_data, lab_script_db)
+
+    with pytest.raises(ValidationError) as refused:
+        await scan.call(TOOLS["nmap_scan"], NmapRequest(target="10.20.0.5", scan_type="version", dry_run=True), "r")
+    assert refused.value.rule == "nse_allowlist_unenforceable"
+
+    # safe: without -sV nmap runs only the scripts a call names, all from the allowlist.
+    report = await scan.call(TOOLS["nmap_scan"], NmapRequest(target="10.20.0.5", dry_run=True), "r")
+    assert "--datadir" not in report.argv
+
+
+def lab_service(tmp_path: Path, policy: dict[str, Any], script_db: Path) -> ScanService:
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    store = PolicyStore(path, facts=NetworkFacts, script_db=script_db)
+    return ScanService(Settings(policy_path=path), store, AuditSink(stream=io.StringIO()), resolve=no_dns)
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # nmap's probes reset connections mid-request; that is expected here
+
+
+@contextlib.contextmanager
+def http_listener(directory: Path) -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 (an ephemeral port) serving `directory`."""
+
+    def handler(*args: Any) -> QuietHandler:
+        return QuietHandler(*args, directory=str(directory))
+
+    server = QuietServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+async def scripts_started(tmp_path: Path, allowed: list[str]) -> set[str]:
+    """The NSE scripts a real `version` scan of an HTTP listener starts, from nmap's own --script-trace.
+
+    The argv is the appliance's (a dry run) with `-d --script-trace` added and the XML sent to a
+    file: the XML result only shows scripts that found something, the trace every script that ran.
+    """
+    policy = {**LOOPBACK_POLICY, "tools": {"nmap_scan": {"allowed_scripts": allowed}}}
+    (tmp_path / "site").mkdir(exist_ok=True)
+    with http_listener(tmp_path / "site") as port:
+        request = NmapRequest(target="127.0.0.1", ports=str(port), scan_type="version", dry_run=True)
+        report = await service(tmp_path, policy).call(TOOLS["nmap_scan"], request, "rid")
+        argv = list(report.argv)
+        xml = tmp_path / "scan.xml"
+        # nmap prints no debug lines while the XML goes to stdout: the XML goes to a file here.
+        argv[argv.index("-oX") + 1] = str(xml)
+        argv[-1:-1] = ["-d", "--script-trace"]
+        result = await run(argv, RunLimits(timeout_seconds=120, output_cap_bytes=16 * 1024 * 1024))
+    assert result.exit_code == 0, result.stderr
+    assert '<service name="http" product="SimpleHTTPServer"' in xml.read_text()  # -sV still works
+    return set(re.findall(r"NSE: Starting ([\w.-]+) against", (result.stdout + result.stderr).decode()))
+
+
+@needs_host_nmap
+async def test_nmap_version_scan_runs_no_unallowed_version_script(tmp_path: Path) -> None:
+    # http-server-header is in the "version" category: -sV runs it unless script.db hides it.
+    assert "http-server-header" not in await scripts_started(tmp_path, ["banner", "http-title"])
+
+
+@needs_host_nmap
+async def test_nmap_version_scan_runs_an_allowed_version_script(tmp_path: Path) -> None:
+    # The control for the test above: allowed, the same script does run.
+    assert "http-server-header" in await scripts_started(tmp_path, ["banner", "http-title", "http-server-header"])
