@@ -8,8 +8,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from support import LOOPBACK_POLICY, wait_until, write_policy
-from test_transports import http_client, http_server
+from support import LOOPBACK_POLICY, http_client, http_server, wait_until, write_policy
 
 from appliance.auth import TokenSource, parse_tokens
 from appliance.errors import ConfigError
