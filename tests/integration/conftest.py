@@ -18,7 +18,6 @@ from typing import Any
 
 import docker
 import pytest
-import yaml
 from dockerlab import (
     IMAGE,
     LAB_ALIAS,
@@ -31,6 +30,7 @@ from dockerlab import (
     compose_services,
     free_port,
     wait_healthy,
+    write_pinned_policy,
 )
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
@@ -109,21 +109,6 @@ def services(secrets_dir: Path) -> dict[str, ServiceSpec]:
     return {name: ServiceSpec.from_compose(name, data) for name, data in compose_services(env).items()}
 
 
-def write_test_policy(folder: Path, filename: str, subnet: str) -> None:
-    """compose-scope.yaml with the allow list pinned to the test lab's subnet, nothing else.
-
-    The lab network's gateway is left to the appliance's own default-gateway rule (the
-    isolation tests check that rule); compose.yaml's policy names its gateway explicitly.
-    """
-    policy = yaml.safe_load((REPO / "policies" / "compose-scope.yaml").read_text())
-    policy["scope"]["allow_networks"] = [subnet]
-    policy["scope"]["deny_networks"] = []
-    folder.chmod(0o755)  # a bind mount: the container's UID 65532 reads it
-    path = folder / filename
-    path.write_text(yaml.safe_dump(policy))
-    path.chmod(0o644)
-
-
 @pytest.fixture(scope="session")
 def lab(
     docker_client: docker.DockerClient,
@@ -149,7 +134,7 @@ def lab(
             target_ip = wrapped.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
             policy_dir = tmp_path_factory.mktemp("policies")
             policy_name = Path(services["appliance"].environment["APPLIANCE_POLICY_PATH"]).name
-            write_test_policy(policy_dir, policy_name, ipam["Subnet"])
+            write_pinned_policy(policy_dir, policy_name, target_ip)
             yield Lab(
                 network=network.name,
                 subnet=ipam["Subnet"],

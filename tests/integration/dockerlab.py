@@ -11,6 +11,7 @@ on an internal network they create, by its exact IP or its alias. Nothing else i
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -210,6 +212,24 @@ class Lab:
     policy_dir: Path
     token_file: Path
     token: str
+
+
+def write_pinned_policy(folder: Path, filename: str, target_ip: str) -> Path:
+    """compose-scope.yaml with the allow list pinned to one address (the lab target's /32).
+
+    No other address is ever in scope, so whatever else the lab network holds (the gateway,
+    the appliance itself, a bystander a test starts) is refused as out of scope or denied. The
+    gateway is left to the appliance's own default-gateway rule (the isolation tests check that
+    rule); compose.yaml's policy names its gateway explicitly.
+    """
+    policy = yaml.safe_load((REPO / "policies" / "compose-scope.yaml").read_text())
+    policy["scope"]["allow_networks"] = [f"{ipaddress.ip_address(target_ip)}/32"]
+    policy["scope"]["deny_networks"] = []
+    folder.chmod(0o755)  # a bind mount: the container's UID 65532 reads it
+    path = folder / filename
+    path.write_text(yaml.safe_dump(policy))
+    path.chmod(0o644)
+    return path
 
 
 def free_port() -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dockerlab import CONTAINER_POLICY_DIR, write_pinned_policy
 from mcp import Client, StdioServerParameters
 from support import wait_until
 from testcontainers.core.container import DockerContainer
@@ -40,6 +41,8 @@ PROFILE = REPO / "seccomp" / "appliance.json"
 IMAGE = "mcp-scanner-appliance:latest"
 LAB_IMAGE = "mcp-scanner-lab-target:latest"
 LAB_PORT = 8080
+# The policy file the appliance containers of this module read (scope: the lab target's /32).
+POLICY_NAME = "scope.yaml"
 MAX_SYSCALL_NAMES = 130
 # A first build (base image, wheels, both images) takes a few minutes here; a rebuild about one.
 BUILD_TIMEOUT_SECONDS = 1800
@@ -161,6 +164,7 @@ def appliance_images(record: Callable[[str], None]) -> None:
 class SeccompLab:
     network: str
     target_ip: str
+    policy_dir: Path  # the policy folder mounted into the appliance: scope pinned to target_ip/32
 
 
 def port_open(address: str, port: int) -> bool:
@@ -170,7 +174,7 @@ def port_open(address: str, port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def seccomp_lab(appliance_images: None) -> Iterator[SeccompLab]:
+def seccomp_lab(appliance_images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeccompLab]:
     """An internal network (no route out) with the lab web server on it; both removed after."""
     network = Network(docker_network_kw={"internal": True})
     network.create()
@@ -183,7 +187,9 @@ def seccomp_lab(appliance_images: None) -> Iterator[SeccompLab]:
             wrapped.reload()
             target_ip = wrapped.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
             wait_until(lambda: port_open(target_ip, LAB_PORT), timeout=LAB_READY_TIMEOUT_SECONDS)
-            yield SeccompLab(network.name, target_ip)
+            policy_dir = tmp_path_factory.mktemp("seccomp-policies")
+            write_pinned_policy(policy_dir, POLICY_NAME, target_ip)
+            yield SeccompLab(network.name, target_ip, policy_dir)
         finally:
             target.stop()
     finally:
@@ -267,6 +273,8 @@ def appliance_client(mode: str, lab: SeccompLab, name: str) -> Client:
     mode_args, command = (RAW_MODE, RAW_COMMAND) if mode == "raw" else (CONNECT_MODE, CONNECT_COMMAND)
     args = [
         *("run", "-i", "--rm", "--name", name, "--network", lab.network, *seccomp_args("profile")),
+        *("--volume", f"{lab.policy_dir}:{CONTAINER_POLICY_DIR}:ro"),
+        *("--env", f"APPLIANCE_POLICY_PATH={CONTAINER_POLICY_DIR}/{POLICY_NAME}"),
         *(*mode_args, "--env", "APPLIANCE_LOG_LEVEL=WARNING", IMAGE, *command),
     ]
     # The whole environment: the docker CLI needs DOCKER_HOST and friends when they are set.
