@@ -25,15 +25,14 @@ from dockerlab import (
     REPO,
     ComposeStack,
     Lab,
-    ServiceSpec,
-    compose_env,
-    compose_services,
     free_port,
     wait_healthy,
     write_pinned_policy,
 )
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
+
+from bench.compose import ServiceSpec, compose_env, compose_services
 
 # A first build (base image, wheels, both images) takes a few minutes here; a rebuild less.
 BUILD_TIMEOUT_SECONDS = 1800
