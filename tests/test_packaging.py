@@ -65,10 +65,10 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "bin"
 
 
-def cli(bin_dir: Path, cwd: Path, *args: str) -> tuple[int, str, str]:
-    """Run `python -m appliance ARGS` of the fresh venv from `cwd`, with no APPLIANCE_* variables."""
+def python(bin_dir: Path, cwd: Path, *args: str) -> tuple[int, str, str]:
+    """Run the fresh venv's python with ARGS from `cwd`, with no APPLIANCE_* variables."""
     done = subprocess.run(
-        [str(bin_dir / "python"), "-m", "appliance", *args],
+        [str(bin_dir / "python"), *args],
         cwd=cwd,
         env={"PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -77,6 +77,11 @@ def cli(bin_dir: Path, cwd: Path, *args: str) -> tuple[int, str, str]:
         check=False,
     )
     return done.returncode, done.stdout, done.stderr
+
+
+def cli(bin_dir: Path, cwd: Path, *args: str) -> tuple[int, str, str]:
+    """`appliance ARGS` of the fresh venv (as `python -m appliance`)."""
+    return python(bin_dir, cwd, "-m", "appliance", *args)
 
 
 def test_wheel_ships_the_default_policies(wheel: Path) -> None:
@@ -88,16 +93,9 @@ def test_wheel_ships_the_default_policies(wheel: Path) -> None:
 
 
 def test_installed_package_is_the_wheel_not_the_work_tree(installed: Path, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [str(installed / "python"), "-c", "import appliance; print(appliance.__file__)"],
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_SECONDS,
-        check=True,
-    )
-    location = Path(done.stdout.strip())
+    code, out, err = python(installed, tmp_path, "-c", "import appliance; print(appliance.__file__)")
+    assert code == 0, err
+    location = Path(out.strip())
     assert location.is_relative_to(installed.parent), location
     assert not location.is_relative_to(REPO)
 
