@@ -253,7 +253,7 @@ def calls_for(mode: str, target: str, bystander: str) -> list[Call]:
         Call("gobuster_scan", {"mode": "dir", "target": url}, found_admin),
         Call("gobuster_scan", {"mode": "vhost", "target": url, "wordlist": "subdomains"}, lambda r: "findings" in r),
         # Refused before any process starts: the bystander is outside the pinned scope.
-        Call("nmap_scan", {"target": bystander}, refused, expect_error=True),
+        Call("nmap_scan", {"target": bystander}, lambda r: r["rule"] == "target_out_of_scope", expect_error=True),
     ]
     if mode == "raw":
         return [
