@@ -10,6 +10,7 @@ container, network and compose project is removed in `finally` blocks.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -149,6 +150,23 @@ def lab(
         network.remove()
 
 
+def lab_subnet_overlaps(subnet: str) -> list[str]:
+    """The host's routes that overlap `subnet`, as scripts/lab_subnet_check.py (scripts/up) sees them."""
+    routes = subprocess.run(
+        ["ip", "-j", "-4", "route", "show"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "lab_subnet_check.py"), subnet],
+        input=routes,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    return done.stdout.splitlines()
+
+
 def compose_lab_subnet_in_use(docker_client: docker.DockerClient) -> str | None:
     for network in docker_client.networks.list():
         for config in (network.attrs.get("IPAM") or {}).get("Config") or []:
@@ -165,6 +183,10 @@ def compose_stack(
     holder = compose_lab_subnet_in_use(docker_client)
     if holder is not None:
         pytest.fail(f"network {holder} already holds {COMPOSE_LAB_SUBNET}: stop that deployment first (scripts/down)")
+    # The check scripts/up runs: a host route over the lab subnet would put real hosts in scope.
+    overlaps = lab_subnet_overlaps(COMPOSE_LAB_SUBNET)
+    if overlaps:
+        pytest.fail(f"{COMPOSE_LAB_SUBNET} overlaps routes of this host: {overlaps}; the compose lab cannot use it")
     http_port, health_port = free_port(), free_port()
     stack = ComposeStack(
         project=f"mcp-it-{uuid.uuid4().hex[:8]}",
