@@ -16,7 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from appliance.errors import ConfigError
 
-DEFAULT_POLICY_PATH = Path(__file__).resolve().parent.parent / "policies" / "scope.yaml"
+# The default policies ship inside the package (package data), so that a `pip install` works
+# from any folder; they are also the repository's only copies (the image copies them to
+# /etc/appliance/ for operators to mount over).
+DEFAULT_POLICY_PATH = Path(__file__).resolve().parent / "data" / "policies" / "scope.yaml"
 DEFAULT_CAPABILITY_POLICY_PATH = DEFAULT_POLICY_PATH.with_name("capabilities.yaml")
 SECRETS_DIR = Path("/run/secrets")
 # An origin as browsers send it (RFC 6454: scheme, host, optional port; no path, no userinfo),

@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 import yaml
 
+from appliance.config import DEFAULT_POLICY_PATH
 from bench.clients import stdio_session
 from bench.concurrency import settled_rss
 from bench.docker import BenchError, docker, log, memory_bytes, reset_peak_rss, server_process
@@ -77,7 +78,7 @@ def _write_flood_setup(folder: Path, params: FloodParams) -> tuple[Path, Path, P
         .replace("{count_path}", str(count_path))
     )
     fake.chmod(0o755)
-    policy = yaml.safe_load((REPO / "policies" / "scope.yaml").read_text())
+    policy = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
     policy["scope"].update(allow_networks=["127.0.0.1/32"], insecure_allow_loopback=True, deny_networks=[])
     policy["limits"]["output_cap_bytes"] = params.output_cap_bytes
     policy["tools"]["nmap_scan"]["allowed_scripts"] = []  # no dependency on the host's script.db

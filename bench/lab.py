@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,9 +23,9 @@ from typing import Any
 
 import yaml
 
+from bench.compose import REPO, ComposeError, ServiceSpec, compose_env, compose_services
 from bench.docker import (
     BENCH_LABEL,
-    DOCKER,
     BenchError,
     container_ip,
     docker,
@@ -36,15 +35,11 @@ from bench.docker import (
     wait_until,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-COMPOSE_FILE = REPO / "compose.yaml"
 COMPOSE_POLICY = REPO / "policies" / "compose-scope.yaml"
 IMAGE = os.environ.get("IMAGE", "mcp-scanner-appliance:latest")
 LAB_IMAGE = os.environ.get("LAB_IMAGE", "mcp-scanner-lab-target:latest")
 TARGET_PORT = 8080
 SECRET_TARGET = "/run/secrets/appliance_auth_token"  # noqa: S105 - where compose mounts it, not a secret
-# `docker compose config` reads one file; a second or two even on a loaded machine.
-COMPOSE_CONFIG_TIMEOUT_SECONDS = 60
 # busybox httpd listens within milliseconds of the container starting.
 TARGET_READY_TIMEOUT_SECONDS = 30
 # compose.yaml keys that shape the appliance's container and that the flags below apply or
@@ -70,56 +65,22 @@ class Deployment:
 
     @classmethod
     def from_compose(cls, token_file: Path) -> Deployment:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("APPLIANCE_", "COMPOSE_"))}
-        env["APPLIANCE_TOKEN_FILE"] = str(token_file)
-        done = subprocess.run(
-            [DOCKER, "compose", "-f", str(COMPOSE_FILE), "config", "--format", "json"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=COMPOSE_CONFIG_TIMEOUT_SECONDS,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise BenchError(f"docker compose config failed: {done.stderr.strip()}")
-        service: dict[str, Any] = json.loads(done.stdout)["services"]["appliance"]
+        """The flags come from bench/compose.py, the translator the container tests use too."""
+        try:
+            service = compose_services(compose_env(APPLIANCE_TOKEN_FILE=str(token_file)))["appliance"]
+            spec = ServiceSpec.from_compose("appliance", service)
+            flags = spec.run_args()
+        except ComposeError as exc:
+            raise BenchError(str(exc)) from exc
+        if spec.entrypoint:
+            raise BenchError("compose.yaml's appliance service sets an entrypoint; the benchmark expects the image's")
         return cls(
-            flags=tuple(_flags(service)),
-            environment={k: str(v) for k, v in (service.get("environment") or {}).items()},
-            command=tuple(service.get("command") or ("serve",)),
+            flags=tuple(flags),
+            environment=dict(spec.environment),
+            command=spec.command or ("serve",),
             policy_mount=_policy_mount(service),
             not_applied=tuple(sorted(set(service) - HANDLED_KEYS)),
         )
-
-
-def _flags(service: Mapping[str, Any]) -> list[str]:
-    flags = ["--user", str(service["user"])]
-    flags += [f"--cap-drop={cap}" for cap in service.get("cap_drop", [])]
-    flags += [f"--cap-add={cap}" for cap in service.get("cap_add", [])]
-    for option in service.get("security_opt", []):
-        key, _, value = option.partition("=")
-        if key == "seccomp" and value != "unconfined":
-            profile = (COMPOSE_FILE.parent / value).resolve()
-            if not profile.is_file():
-                raise BenchError(f"compose.yaml names a seccomp profile that does not exist: {profile}")
-            option = f"seccomp={profile}"
-        flags.append(f"--security-opt={option}")
-    if service.get("read_only"):
-        flags.append("--read-only")
-    flags += [f"--tmpfs={entry}" for entry in service.get("tmpfs", [])]
-    if "mem_limit" in service:
-        flags.append(f"--memory={service['mem_limit']}")
-    if "cpus" in service:
-        flags.append(f"--cpus={service['cpus']}")
-    if "cpu_shares" in service:
-        flags.append(f"--cpu-shares={service['cpu_shares']}")
-    if "pids_limit" in service:
-        flags.append(f"--pids-limit={service['pids_limit']}")
-    if service.get("init"):
-        flags.append("--init")
-    if service.get("entrypoint"):
-        raise BenchError("compose.yaml's appliance service sets an entrypoint; the benchmark expects the image's")
-    return flags
 
 
 def _policy_mount(service: Mapping[str, Any]) -> str:

@@ -4,7 +4,9 @@ Each phase starts the appliance as it is deployed (connect mode: UID 65532, no c
 raw mode: setpriv from root to 65532 keeping NET_RAW; both read-only, no-new-privileges) under
 the profile being traced or checked, drives it and checks every answer, so a trace only counts
 runs that worked. Traffic goes only to the lab target container `lab()` starts on an internal
-network it creates, addressed by its exact IP or its alias web.lab.internal.
+network it creates, addressed by its exact IP or its alias web.lab.internal; the policy every
+phase runs under allows that one address (/32) and nothing else. The refusals are aimed at a
+second container `lab()` starts, outside that scope.
 """
 
 from __future__ import annotations
@@ -25,11 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
+
+from appliance.compat import create_mcp_http_client
 
 REPO = Path(__file__).resolve().parent.parent
+# The shipped default policy; the workloads run it with the allow list pinned to the lab target.
+DEFAULT_POLICY = REPO / "appliance" / "data" / "policies" / "scope.yaml"
+# Where compose.yaml mounts its policy folder; the workloads mount theirs there too.
+CONTAINER_POLICY_DIR = "/etc/appliance/policies"
+POLICY_PATH = f"{CONTAINER_POLICY_DIR}/scope.yaml"
 LAB_PORT = 8080
 LAB_ALIAS = "web.lab.internal"
 MCP_PORT = 8080
@@ -105,25 +114,41 @@ def port_open(address: str, port: int) -> bool:
 class Lab:
     network: str
     target_ip: str
+    # A second lab container, outside the policy's scope: what the refusals are aimed at.
+    bystander_ip: str
+    # A folder holding scope.yaml: the default policy with the allow list pinned to target_ip/32.
+    policy_dir: Path
+
+
+def write_pinned_policy(folder: Path, target_ip: str) -> None:
+    policy = yaml.safe_load(DEFAULT_POLICY.read_text())
+    policy["scope"]["allow_networks"] = [f"{target_ip}/32"]
+    folder.chmod(0o755)  # a bind mount: the container's UID 65532 reads it
+    path = folder / "scope.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    path.chmod(0o644)
 
 
 @contextlib.contextmanager
 def lab(lab_image: str) -> Iterator[Lab]:
-    """An internal network (no route out) with the lab web server on it; both removed on exit."""
+    """An internal network (no route out) with the lab web server and a bystander on it, and a
+    policy that allows the web server's address only; all removed on exit."""
     suffix = secrets.token_hex(4)
-    network, target = f"seccomp-trace-{suffix}", f"seccomp-trace-target-{suffix}"
+    network = f"seccomp-trace-{suffix}"
+    target, bystander = f"seccomp-trace-target-{suffix}", f"seccomp-trace-bystander-{suffix}"
+    hardened = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", lab_image]
     docker("network", "create", "--internal", network)
     try:
-        docker(
-            "run", "-d", "--name", target, "--network", network, "--network-alias", LAB_ALIAS,
-            "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", lab_image,
-        )  # fmt: skip
+        docker("run", "-d", "--name", target, "--network", network, "--network-alias", LAB_ALIAS, *hardened)
+        docker("run", "-d", "--name", bystander, "--network", network, *hardened)
         try:
             ip = container_ip(target, network)
             wait_until(lambda: port_open(ip, LAB_PORT), f"the lab target {ip}:{LAB_PORT}")
-            yield Lab(network, ip)
+            with tempfile.TemporaryDirectory() as folder:
+                write_pinned_policy(Path(folder), ip)
+                yield Lab(network, ip, container_ip(bystander, network), Path(folder))
         finally:
-            docker("rm", "-f", target, check=False)
+            docker("rm", "-f", target, bystander, check=False)
     finally:
         docker("network", "rm", network, check=False)
 
@@ -170,8 +195,9 @@ def run_args(mode: str, name: str, setup: Setup, extra: list[str], command: tupl
     """`docker run` arguments of the appliance as deployed in `mode`, running `appliance COMMAND`."""
     mode_args = RAW_MODE if mode == "raw" else CONNECT_MODE
     tail = [*SETPRIV_TO_APPLIANCE, *command] if mode == "raw" else list(command)
+    policy = ["-v", f"{setup.lab.policy_dir}:{CONTAINER_POLICY_DIR}:ro", "-e", f"APPLIANCE_POLICY_PATH={POLICY_PATH}"]
     return [
-        *("--name", name, "--network", setup.lab.network, *COMMON, *LIMITS),
+        *("--name", name, "--network", setup.lab.network, *COMMON, *LIMITS, *policy),
         *("--security-opt", f"seccomp={setup.profile}", *mode_args, *extra, setup.image, *tail),
     ]
 
@@ -199,8 +225,9 @@ def refused(result: dict[str, Any]) -> bool:
     return result["rule"] is not None
 
 
-def calls_for(mode: str, target: str) -> list[Call]:
-    """Every tool mode the appliance offers in `mode`, each against the lab target."""
+def calls_for(mode: str, target: str, bystander: str) -> list[Call]:
+    """Every tool mode the appliance offers in `mode`, each against the lab target (the refusals
+    against the bystander, outside the scope)."""
     url = f"http://{target}:{LAB_PORT}/"
     calls = [
         Call("nmap_scan", {"target": target, "ports": f"{LAB_PORT},81"}, open_port_found),
@@ -226,8 +253,8 @@ def calls_for(mode: str, target: str) -> list[Call]:
         ),
         Call("gobuster_scan", {"mode": "dir", "target": url}, found_admin),
         Call("gobuster_scan", {"mode": "vhost", "target": url, "wordlist": "subdomains"}, lambda r: "findings" in r),
-        # Refused before any process starts: TEST-NET-1 is outside the scope.
-        Call("nmap_scan", {"target": "192.0.2.10"}, refused, expect_error=True),
+        # Refused before any process starts: the bystander is outside the pinned scope.
+        Call("nmap_scan", {"target": bystander}, lambda r: r["rule"] == "target_out_of_scope", expect_error=True),
     ]
     if mode == "raw":
         return [
@@ -283,7 +310,7 @@ async def _stdio_calls(mode: str, name: str, setup: Setup) -> list[str]:
     params = StdioServerParameters(command=executable("docker"), args=args)
     async with Client(params, mode="legacy", read_timeout_seconds=CALL_TIMEOUT_SECONDS) as client:
         await asyncio.to_thread(setup.tracer.attach, name)
-        return await run_calls(client, calls_for(mode, setup.lab.target_ip))
+        return await run_calls(client, calls_for(mode, setup.lab.target_ip, setup.lab.bystander_ip))
 
 
 def stdio_phase(mode: str, setup: Setup) -> list[str]:
@@ -326,16 +353,15 @@ def exec_in(name: str, mode: str, command: list[str]) -> subprocess.CompletedPro
 def http_phase(mode: str, setup: Setup) -> list[str]:
     """HTTP transport, the sidecar, health checks, the demo client, a reload (SIGHUP), `docker stop`.
 
-    Deployed as compose.yaml does it: policies bind-mounted as a folder, the sidecar on 0.0.0.0,
-    the audit trail in a file on the tmpfs.
+    Deployed as compose.yaml does it: the policy folder bind-mounted (as in every phase), the sidecar
+    on 0.0.0.0, the audit trail in a file on the tmpfs.
     """
     name = f"seccomp-trace-{mode}-http-{secrets.token_hex(3)}"
     extra = [
         *("-e", "APPLIANCE_TRANSPORT=http", "-e", "APPLIANCE_HOST=0.0.0.0", "-e", f"APPLIANCE_PORT={MCP_PORT}"),
         *("-e", "APPLIANCE_HEALTH_HOST=0.0.0.0", "-e", f"APPLIANCE_AUTH_TOKEN={TOKEN}"),
         *("-e", f'APPLIANCE_ALLOWED_HOSTS=["{HTTP_HOST_HEADER}"]', "-e", "APPLIANCE_AUDIT_PATH=/tmp/audit.jsonl"),
-        *("-v", f"{REPO / 'policies'}:/etc/appliance/policies:ro"),
-        *("-e", "APPLIANCE_POLICY_PATH=/etc/appliance/policies/scope.yaml", "--network-alias", APPLIANCE_ALIAS),
+        *("--network-alias", APPLIANCE_ALIAS),
     ]
     problems: list[str] = []
     try:
@@ -343,7 +369,8 @@ def http_phase(mode: str, setup: Setup) -> list[str]:
         ip = container_ip(name, setup.lab.network)
         wait_until(lambda: port_open(ip, MCP_PORT), f"the appliance's HTTP port on {ip}")
         setup.tracer.attach(name)
-        problems += asyncio.run(_http_calls(f"http://{ip}:{MCP_PORT}/mcp", calls_for(mode, setup.lab.target_ip)[:2]))
+        calls = calls_for(mode, setup.lab.target_ip, setup.lab.bystander_ip)[:2]
+        problems += asyncio.run(_http_calls(f"http://{ip}:{MCP_PORT}/mcp", calls))
         for path in ("livez", "readyz", "healthz", "metrics"):
             if (status := http_get(f"http://{ip}:{HEALTH_PORT}/{path}")) != 200:
                 problems.append(f"sidecar /{path} answered {status}")

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 from hypothesis import settings as hypothesis_settings
+from support import SpyRunner
 
 from appliance.policy.model import Policy
 from appliance.policy.netinfo import NetworkFacts
 from appliance.policy.scope import compile_scope
 from appliance.policy.targets import Scope
-from appliance.runner import RunLimits, RunResult
 
 
 @pytest.fixture
@@ -100,17 +100,6 @@ class FakeResolver:
         return list(self.answers.get(name, []))
 
 
-class SpyRunner:
-    """A runner that must never be called: it records the argv and fails the test."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-
-    async def __call__(self, argv: Sequence[str], limits: RunLimits, **kwargs: Any) -> RunResult:
-        self.calls.append(list(argv))
-        raise AssertionError(f"a scanner process would have started: {list(argv)}")
-
-
 @pytest.fixture(scope="session")
 def lab_policy() -> Policy:
     return Policy.model_validate(LAB_POLICY_DATA)
@@ -150,4 +139,5 @@ def make_resolver() -> Callable[..., FakeResolver]:
 
 @pytest.fixture
 def spy_runner() -> SpyRunner:
+    """The one spy runner (tests/support/runners.py): fails the test if a scanner would start."""
     return SpyRunner()

@@ -39,7 +39,8 @@ async def test_metrics_count_real_calls_and_refusals(tmp_path: Path) -> None:
     with tcp_listener() as port:
         async with Client(app.server.mcp, mode="legacy") as client:
             await client.call_tool("nmap_scan", {"target": "127.0.0.1", "ports": str(port)})
-            await client.call_tool("nmap_scan", {"target": "169.254.169.254"})
+            # A dry run: should the link-local check fail, still nothing is scanned.
+            await client.call_tool("nmap_scan", {"target": "169.254.169.254", "dry_run": True})
     assert sample(app, "appliance_tool_calls_total", tool="nmap_scan", outcome="ok") == 1
     assert sample(app, "appliance_tool_calls_total", tool="nmap_scan", outcome="refused") == 1
     rule = "target_denied_link_local"

@@ -9,8 +9,7 @@ from pathlib import Path
 import httpx2
 import pytest
 from prometheus_client import CollectorRegistry
-from support import LOOPBACK_POLICY, closed_port, wait_until, write_policy
-from test_transports import http_client, http_server
+from support import LOOPBACK_POLICY, closed_port, http_client, http_server, wait_until, write_policy
 
 from appliance.auth import TokenSource, parse_tokens
 

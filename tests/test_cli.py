@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import run_cli as run
 from support import write_policy
 
-APPLIANCE = str(Path(sys.executable).with_name("appliance"))
-
-
-def run(*args: str, **env: str) -> tuple[int, Any, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    done = subprocess.run([APPLIANCE, *args], env={**clean, **env}, capture_output=True, timeout=60, check=False)
-    try:
-        body = json.loads(done.stdout) if done.stdout.strip() else None
-    except json.JSONDecodeError:
-        body = done.stdout.decode()
-    return done.returncode, body, done.stderr.decode()
+from appliance.config import DEFAULT_POLICY_PATH
 
 
 def test_check_allowed_prints_verdict_and_argv(tmp_path: Path) -> None:
@@ -69,7 +57,7 @@ def test_check_unknown_tool_is_a_usage_error() -> None:
 
 
 def test_policy_validate_accepts_the_shipped_policy() -> None:
-    code, body, _ = run("policy", "validate", "policies/scope.yaml")
+    code, body, _ = run("policy", "validate", str(DEFAULT_POLICY_PATH))
     assert code == 0
     assert body["valid"] is True
     assert "0.0.0.0/8 (target_denied_unspecified)" in body["denied_ranges"]

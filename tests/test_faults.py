@@ -7,21 +7,10 @@ vanishes, sessions opened and abandoned. Every scan goes to a listener this modu
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import functools
-import http.server
 import json
 import resource
 import signal
-import socket
-import subprocess
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,212 +18,25 @@ import anyio
 import httpx2
 import psutil
 import pytest
-from support import LOOPBACK_POLICY, closed_port, scanner_processes, wait_until, write_policy
-from test_transports import APPLIANCE, TOKEN, http_client, server_env
+from support import (
+    LOOPBACK_POLICY,
+    START_SECONDS,
+    TOKEN,
+    counting_listener,
+    eventually,
+    http_client,
+    scanner_processes,
+    served,
+    web_root,
+    write_policy,
+)
 
 pytestmark = pytest.mark.anyio
 
-# How long a stopped server may take to exit (its own shutdown is bounded to about 3 s).
-STOP_SECONDS = 10
-# Start-up probes each scanner's --version once; on a loaded CI host that takes a few seconds.
-START_SECONDS = 20
 # A scanner process must be gone this long after the call that started it returned.
 REAP_SECONDS = 5
 # Legacy (handshake-era) streamable HTTP; the raw-HTTP tests speak it without the SDK client.
 LEGACY_VERSION = "2025-11-25"
-
-
-# --- a server process, its sidecar and targets, as every fault test uses them ---------------------
-
-
-@dataclass
-class Served:
-    """One `appliance serve --transport http` process; its stderr is drained into `log`."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-    health_port: int
-    log: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=200))
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def get(self, path: str) -> tuple[int, dict[str, Any]]:
-        """GET a sidecar endpoint: (status, JSON body); status 0 when nothing answers."""
-        return sidecar_get(self.health_port, path)
-
-    def stop(self) -> int:
-        """SIGTERM and wait; the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-
-    def stderr_tail(self) -> str:
-        return "".join(self.log)[-4000:]
-
-    def children(self) -> list[psutil.Process]:
-        return psutil.Process(self.pid).children(recursive=True)
-
-    def zombies(self) -> list[psutil.Process]:
-        found = []
-        for child in self.children():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if child.status() == psutil.STATUS_ZOMBIE:
-                    found.append(child)
-        return found
-
-
-def sidecar_get(port: int, path: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return int(response.status), json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
-    except urllib.error.URLError:
-        return 0, {}
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-@contextlib.contextmanager
-def served(policy: Path, **extra: str) -> Iterator[Served]:
-    """Start the appliance over HTTP with a bearer token and a sidecar on a chosen free port."""
-    port, health = closed_port(), closed_port()
-    env = server_env(
-        policy,
-        APPLIANCE_TRANSPORT="http",
-        APPLIANCE_PORT=str(port),
-        APPLIANCE_HEALTH_PORT=str(health),
-        APPLIANCE_AUTH_TOKEN=TOKEN,
-        **extra,
-    )
-    proc = subprocess.Popen([APPLIANCE, "serve"], env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    server = Served(proc, f"http://127.0.0.1:{port}/mcp", health)
-    assert proc.stderr is not None
-    stderr = proc.stderr
-
-    def drain() -> None:
-        # A full stderr pipe would block the server's logging; keep the tail for failure messages.
-        for line in iter(stderr.readline, b""):
-            server.log.append(line.decode(errors="replace"))
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-
-        def up() -> bool:
-            assert proc.poll() is None, f"server exited at start: {server.stderr_tail()}"
-            return _listening(port) and _listening(health)
-
-        wait_until(up, timeout=START_SECONDS)
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=STOP_SECONDS)
-        stderr.close()
-
-
-class CountingListener:
-    """A TCP listener on 127.0.0.1 that counts accepted connections and can be killed mid-scan."""
-
-    def __init__(self) -> None:
-        self._server = socket.socket()
-        self._server.bind(("127.0.0.1", 0))
-        self._server.listen(64)
-        self._server.settimeout(0.1)
-        self.port: int = self._server.getsockname()[1]
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.close()
-            self.accepted += 1
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self._server.close()
-
-
-@contextlib.contextmanager
-def counting_listener() -> Iterator[CountingListener]:
-    listener = CountingListener()
-    try:
-        yield listener
-    finally:
-        listener.close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    hits: list[str]
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # the test reads the hit list, not an access log on stderr
-
-    def do_GET(self) -> None:
-        self.hits.append(self.path)
-        super().do_GET()
-
-
-@dataclass
-class WebRoot:
-    """A python http.server on 127.0.0.1 serving a tmp directory; `hits` lists the paths asked for."""
-
-    port: int
-    hits: list[str]
-    close: Callable[[], None]
-
-
-@contextlib.contextmanager
-def web_root(directory: Path) -> Iterator[WebRoot]:
-    """Serve `directory` (which gets an `admin/` folder for gobuster to find) until closed."""
-    (directory / "admin").mkdir(exist_ok=True)
-    (directory / "index.html").write_text("lab\n")
-    hits: list[str] = []
-    handler = type("Handler", (_QuietHandler,), {"hits": hits})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    closed = threading.Event()
-
-    def close() -> None:
-        if closed.is_set():
-            return
-        closed.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=2)
-
-    try:
-        yield WebRoot(int(httpd.server_address[1]), hits, close)
-    finally:
-        close()
-
-
-async def eventually(condition: Callable[[], Any], within: float) -> Any:
-    """wait_until in a worker thread, so calls in flight on this loop keep running meanwhile."""
-    return await anyio.to_thread.run_sync(lambda: wait_until(condition, timeout=within))
 
 
 def audit_lines(path: Path) -> list[dict[str, Any]]:
@@ -449,7 +251,7 @@ async def test_audit_sink_failing_at_run_time_refuses_calls_and_starts_nothing(t
             try:
                 calls: list[dict[str, Any]] = [
                     {"target": "127.0.0.1", "ports": marker},
-                    {"target": "169.254.169.254"},
+                    {"target": "169.254.169.254", "dry_run": True},  # refused; never scanned
                     {"target": "127.0.0.1", "ports": marker, "dry_run": True},
                 ]
                 refused = [await client.call_tool("nmap_scan", arguments) for arguments in calls]

@@ -11,9 +11,17 @@ from typing import Any
 
 import anyio
 import pytest
-from support import LOOPBACK_POLICY, scanner_processes, tcp_listener, wait_until, write_policy
-from test_faults import served
-from test_transports import APPLIANCE, http_client, server_env
+from support import (
+    APPLIANCE,
+    LOOPBACK_POLICY,
+    http_client,
+    scanner_processes,
+    served,
+    server_env,
+    tcp_listener,
+    wait_until,
+    write_policy,
+)
 
 pytestmark = pytest.mark.anyio
 # Docker's default stop timeout: a shutdown must end well inside it, by the app's own exit.

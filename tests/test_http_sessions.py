@@ -17,6 +17,8 @@ import httpx2
 import pytest
 from support import (
     LOOPBACK_POLICY,
+    http_client,
+    http_server,
     initialize_request,
     mcp_headers,
     open_session,
@@ -26,7 +28,6 @@ from support import (
     wait_until,
     write_policy,
 )
-from test_transports import http_client, http_server
 
 pytestmark = pytest.mark.anyio
 ALICE = "alice-token-aaaaaaaaaaaaaaaa"

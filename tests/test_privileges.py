@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-from support import REPO, write_policy
-from test_cli import run
+from support import run_cli as run
+from support import write_policy
 
+from appliance.config import DEFAULT_CAPABILITY_POLICY_PATH
 from appliance.privileges import (
     Privileges,
     capability_names,
@@ -19,7 +20,7 @@ from appliance.privileges import (
     root_is_read_only,
 )
 
-POLICY = load_capability_policy(REPO / "policies" / "capabilities.yaml")
+POLICY = load_capability_policy(DEFAULT_CAPABILITY_POLICY_PATH)
 NET_RAW = 1 << 13
 
 

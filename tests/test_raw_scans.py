@@ -106,8 +106,8 @@ def scan(namespace: str, policy: Path, tool: str, arguments: dict[str, object]) 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     with lab_namespaces() as (scanner, target_ip, target_ns), listener(target_ns, target_ip, 8080):
-        subnet = target_ip.rsplit(".", 1)[0] + ".0/24"
-        policy = write_policy(tmp_path, {"scope": {"allow_networks": [subnet]}})
+        # Pinned to the target's own address: nothing else in the namespace is ever in scope.
+        policy = write_policy(tmp_path, {"scope": {"allow_networks": [f"{target_ip}/32"]}})
         yield scanner, target_ip, policy
 
 
@@ -133,9 +133,13 @@ def test_nmap_syn_scan_in_raw_mode(lab: tuple[str, str, Path]) -> None:
     assert states[8081][0] == "closed"
 
 
-def test_masscan_refuses_an_onlink_block(lab: tuple[str, str, Path]) -> None:
-    scanner, target_ip, policy = lab
-    block = target_ip.rsplit(".", 1)[0] + ".4/30"  # on-link, holds no address of ours; refused before any run
-    assert scan(scanner, policy, "masscan_scan", {"target": block, "ports": "8080"}) == {
+def test_masscan_refuses_an_onlink_block(lab: tuple[str, str, Path], tmp_path: Path) -> None:
+    scanner, target_ip, _ = lab
+    # The block must be in scope for the on-link rule to be the one that refuses: allow the link's
+    # /24 (addresses of namespaces this test made), and ask for a dry run so nothing could start.
+    subnet = target_ip.rsplit(".", 1)[0] + ".0/24"
+    policy = write_policy(tmp_path, {"scope": {"allow_networks": [subnet]}}, name="onlink.yaml")
+    block = target_ip.rsplit(".", 1)[0] + ".4/30"  # on-link, holds no address of ours
+    assert scan(scanner, policy, "masscan_scan", {"target": block, "ports": "8080", "dry_run": True}) == {
         "refused": "masscan_onlink_block"
     }

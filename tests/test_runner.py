@@ -7,11 +7,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
+from support import eventually
 
 from appliance import runner
 from appliance.errors import ExecutionError, NotFoundError
@@ -30,14 +30,6 @@ def fake(name: str) -> str:
 
 def limits(timeout: float = GENEROUS_TIMEOUT_SECONDS, cap: int = 1 << 20, grace: float = 0.5) -> RunLimits:
     return RunLimits(timeout_seconds=timeout, output_cap_bytes=cap, grace_seconds=grace)
-
-
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + CONDITION_TIMEOUT_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await anyio.sleep(0.01)
 
 
 def is_dead(pid: int) -> bool:
@@ -117,7 +109,7 @@ async def test_timeout_kills_grandchild(tmp_path: Path) -> None:
     assert result.timed_out
     assert result.stdout == b"ready\n"  # partial output survives the timeout
     assert is_dead(read_pid(pidfile))
-    await wait_until(lambda: is_dead(read_pid(gc_pidfile)), "grandchild to die")
+    await eventually(lambda: is_dead(read_pid(gc_pidfile)), CONDITION_TIMEOUT_SECONDS, what="grandchild to die")
 
 
 @pytest.mark.anyio
@@ -128,7 +120,7 @@ async def test_normal_exit_kills_leftover_grandchild(tmp_path: Path) -> None:
 
     assert result.exit_code == 0
     assert not result.timed_out
-    await wait_until(lambda: is_dead(read_pid(gc_pidfile)), "grandchild to die")
+    await eventually(lambda: is_dead(read_pid(gc_pidfile)), CONDITION_TIMEOUT_SECONDS, what="grandchild to die")
 
 
 @pytest.mark.anyio
@@ -169,14 +161,14 @@ async def test_long_line_reaches_callback_in_bounded_pieces() -> None:
 async def test_cancel_kills_child_and_grandchild(tmp_path: Path) -> None:
     pidfile, gc_pidfile = tmp_path / "pid", tmp_path / "grandchild.pid"
     task = asyncio.create_task(run([fake("grandchild.py"), str(pidfile), str(gc_pidfile), "stay"], limits()))
-    await wait_until(pidfile.exists, "pid file")
+    await eventually(pidfile.exists, CONDITION_TIMEOUT_SECONDS, what="pid file")
 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
     assert is_dead(read_pid(pidfile))
-    await wait_until(lambda: is_dead(read_pid(gc_pidfile)), "grandchild to die")
+    await eventually(lambda: is_dead(read_pid(gc_pidfile)), CONDITION_TIMEOUT_SECONDS, what="grandchild to die")
 
 
 @pytest.mark.anyio
@@ -204,25 +196,27 @@ async def test_anyio_cancel_scope_kills_group_that_ignores_sigterm(tmp_path: Pat
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run, argv, lim)
-        await wait_until(pidfile.exists, "pid file")
+        await eventually(pidfile.exists, CONDITION_TIMEOUT_SECONDS, what="pid file")
         cpu_before = time.process_time()
         tg.cancel_scope.cancel()
 
     assert time.process_time() - cpu_before < lim.grace_seconds / 2
     assert is_dead(read_pid(pidfile))
-    await wait_until(lambda: is_dead(read_pid(gc_pidfile)), "grandchild to die")
+    await eventually(lambda: is_dead(read_pid(gc_pidfile)), CONDITION_TIMEOUT_SECONDS, what="grandchild to die")
 
 
 @pytest.mark.anyio
 async def test_second_cancel_does_not_abort_cleanup(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pidfile = tmp_path / "pid"
     task = asyncio.create_task(run([fake("ignore_term.sh"), str(pidfile)], limits(grace=1.0)))
-    await wait_until(pidfile.exists, "pid file")
+    await eventually(pidfile.exists, CONDITION_TIMEOUT_SECONDS, what="pid file")
 
     with caplog.at_level(logging.WARNING, logger="appliance.runner"):
         task.cancel()
-        await wait_until(
-            lambda: any(getattr(r, "reason", None) == "cancelled" for r in caplog.records), "cleanup to start"
+        await eventually(
+            lambda: any(getattr(r, "reason", None) == "cancelled" for r in caplog.records),
+            CONDITION_TIMEOUT_SECONDS,
+            what="cleanup to start",
         )
         task.cancel()  # lands while cleanup waits out the grace period
         with pytest.raises(asyncio.CancelledError):
@@ -242,7 +236,7 @@ async def test_callback_error_propagates_and_stops_process(tmp_path: Path) -> No
         await run([fake("grandchild.py"), str(pidfile), str(gc_pidfile), "stay"], limits(), on_stdout_line=on_line)
 
     assert is_dead(read_pid(pidfile))
-    await wait_until(lambda: is_dead(read_pid(gc_pidfile)), "grandchild to die")
+    await eventually(lambda: is_dead(read_pid(gc_pidfile)), CONDITION_TIMEOUT_SECONDS, what="grandchild to die")
 
 
 @pytest.mark.anyio

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from mcp import Client
-from support import LOOPBACK_POLICY, closed_port, tcp_listener, write_policy
+from support import LOOPBACK_POLICY, SpyRunner, closed_port, tcp_listener, write_policy
 
 from appliance.audit import AuditSink
 from appliance.config import Settings
@@ -22,10 +22,13 @@ pytestmark = pytest.mark.anyio
 ERAS = ["legacy", "2026-07-28"]
 
 
-def server_for(tmp_path: Path, *overrides: dict[str, Any]) -> Any:
+def server_for(tmp_path: Path, *overrides: dict[str, Any], runner: SpyRunner | None = None) -> Any:
+    """The MCP server over a ScanService with the loopback policy; `runner` replaces the real
+    runner in tests that must start no scanner (refusals, dry runs)."""
     policy = write_policy(tmp_path, LOOPBACK_POLICY, *overrides)
     settings = Settings(policy_path=policy)
-    service = ScanService(settings, PolicyStore(policy, facts=NetworkFacts), AuditSink(stream=io.StringIO()))
+    extra: dict[str, Any] = {"runner": runner} if runner is not None else {}
+    service = ScanService(settings, PolicyStore(policy, facts=NetworkFacts), AuditSink(stream=io.StringIO()), **extra)
     return build_server(service)
 
 
@@ -59,8 +62,11 @@ async def test_connect_scan_returns_structured_ports(tmp_path: Path, mode: str) 
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_refusal_is_an_error_result_with_one_json_object(tmp_path: Path, mode: str) -> None:
-    async with Client(server_for(tmp_path), mode=mode) as client:
-        result = await client.call_tool("nmap_scan", {"target": "10.0.0.1", "extra_args": ["-oN", "/tmp/x"]})
+    # An in-scope target, so that the flag check alone refuses; the spy proves nothing started.
+    spy = SpyRunner()
+    async with Client(server_for(tmp_path, runner=spy), mode=mode) as client:
+        result = await client.call_tool("nmap_scan", {"target": "127.0.0.1", "extra_args": ["-oN", "/tmp/x"]})
+    assert spy.calls == []
     assert result.is_error
     text = result.content[0].text  # type: ignore[union-attr]
     body = json.loads(text[text.index("{") :])
@@ -72,7 +78,8 @@ async def test_refusal_is_an_error_result_with_one_json_object(tmp_path: Path, m
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_dry_run_shows_exact_argv(tmp_path: Path, mode: str) -> None:
-    async with Client(server_for(tmp_path), mode=mode) as client:
+    spy = SpyRunner()
+    async with Client(server_for(tmp_path, runner=spy), mode=mode) as client:
         result = await client.call_tool(
             "gobuster_scan", {"target": "http://127.0.0.1:8080/app/", "dry_run": True, "extensions": ["php"]}
         )
@@ -81,6 +88,7 @@ async def test_dry_run_shows_exact_argv(tmp_path: Path, mode: str) -> None:
     assert argv[1:4] == ["dir", "-u", "http://127.0.0.1:8080/app/"]
     assert "-x" in argv and "php" in argv
     assert result.structured_content["dry_run"] is True  # type: ignore[index]
+    assert spy.calls == []  # a dry run starts nothing
 
 
 async def test_progress_notifications_arrive_during_a_slow_scan(tmp_path: Path) -> None:

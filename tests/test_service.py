@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import LOOPBACK_POLICY, closed_port, tcp_listener, write_policy
+from support import LOOPBACK_POLICY, SpyRunner, closed_port, tcp_listener, write_policy
 
 from appliance.audit import AuditSink, output_digest
 from appliance.config import Settings
@@ -24,17 +24,6 @@ from appliance.tools.masscan import MasscanRequest
 from appliance.tools.nmap import NmapRequest
 
 pytestmark = pytest.mark.anyio
-
-
-class SpyRunner:
-    """Records every call; the tests that use it expect none (a refusal starts nothing)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, ...]] = []
-
-    async def __call__(self, argv: Any, limits: RunLimits, **kwargs: Any) -> RunResult:
-        self.calls.append(tuple(argv))
-        raise AssertionError(f"a process was started: {argv}")
 
 
 async def no_dns(name: str) -> list[str]:

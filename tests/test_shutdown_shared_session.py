@@ -17,9 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
-from support import LOOPBACK_POLICY, scanner_processes, tcp_listener, wait_until, write_policy
-from test_faults import served
-from test_transports import http_client
+from support import LOOPBACK_POLICY, http_client, scanner_processes, served, tcp_listener, wait_until, write_policy
 
 pytestmark = pytest.mark.anyio
 SCANS = 4

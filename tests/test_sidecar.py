@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
-from support import write_policy
-from test_transports import APPLIANCE, server_env
+from support import APPLIANCE, server_env, write_policy
 
 from appliance.audit import AuditSink
 from appliance.config import Settings, load_settings

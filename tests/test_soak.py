@@ -23,9 +23,19 @@ import anyio
 import psutil
 import pytest
 from mcp import Client
-from support import LOOPBACK_POLICY, closed_port, scanner_processes, wait_until, write_policy
-from test_faults import CountingListener, Served, counting_listener, served, web_root
-from test_transports import http_client
+from support import (
+    LOOPBACK_POLICY,
+    CountingListener,
+    Served,
+    closed_port,
+    counting_listener,
+    http_client,
+    scanner_processes,
+    served,
+    wait_until,
+    web_root,
+    write_policy,
+)
 
 # RSS may grow this much from the end of warm-up to the end of the soak.
 MAX_RSS_DRIFT = 0.10
@@ -124,9 +134,21 @@ def _mix(listener: int, closed: int, web: int) -> list[tuple[str, str, dict[str,
         ("gobuster", "gobuster_scan", {"mode": "dir", "target": url}, finds_admin),
         ("dry_run", "nmap_scan", {**scan, "dry_run": True}, _expect_ok),
         ("dry_run", "gobuster_scan", {"mode": "dir", "target": url, "dry_run": True}, _expect_ok),
-        ("refused", "nmap_scan", {"target": "169.254.169.254"}, _expect_rule("target_denied_link_local")),
-        ("refused", "nmap_scan", {"target": "0x7f000001"}, _expect_rule("target_noncanonical_ipv4")),
-        ("refused", "nmap_scan", {**scan, "extra_args": ["-iL", "/etc/hosts"]}, _expect_rule("flag_file_io")),
+        # Refusals are dry runs: the server process has no spy runner, and should a check ever
+        # let one through (the metadata address, `-iL /etc/hosts`), a dry run still starts nothing.
+        (
+            "refused",
+            "nmap_scan",
+            {"target": "169.254.169.254", "dry_run": True},
+            _expect_rule("target_denied_link_local"),
+        ),
+        ("refused", "nmap_scan", {"target": "0x7f000001", "dry_run": True}, _expect_rule("target_noncanonical_ipv4")),
+        (
+            "refused",
+            "nmap_scan",
+            {**scan, "dry_run": True, "extra_args": ["-iL", "/etc/hosts"]},
+            _expect_rule("flag_file_io"),
+        ),
     ]
 
 

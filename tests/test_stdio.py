@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import LOOPBACK_POLICY, write_policy
+from support import APPLIANCE, LOOPBACK_POLICY, write_policy
 
 from appliance.stdio import MAX_LINE_BYTES, PipeLines, request_id_of
-
-APPLIANCE = str(Path(sys.executable).with_name("appliance"))
 
 
 @pytest.mark.parametrize(

@@ -6,75 +6,32 @@ Every scan goes to a listener this test started on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2
 import pytest
-from mcp import Client, StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
-from support import LOOPBACK_POLICY, closed_port, scanner_processes, tcp_listener, wait_until, write_policy
-
-from appliance.compat import create_mcp_http_client
+from mcp import Client
+from support import (
+    APPLIANCE,
+    LOOPBACK_POLICY,
+    TOKEN,
+    closed_port,
+    http_client,
+    http_server,
+    scanner_processes,
+    server_env,
+    stdio_client,
+    tcp_listener,
+    wait_until,
+    write_policy,
+)
 
 pytestmark = pytest.mark.anyio
 ERAS = ["legacy", "2026-07-28"]
-APPLIANCE = str(Path(sys.executable).with_name("appliance"))
-TOKEN = "test-token-0123456789abcdef"
-
-
-def server_env(policy: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    # Health port 0: each test server gets a free sidecar port.
-    env.update(APPLIANCE_POLICY_PATH=str(policy), APPLIANCE_LOG_LEVEL="WARNING", APPLIANCE_HEALTH_PORT="0")
-    env.update(extra)
-    return env
-
-
-def stdio_client(policy: Path, mode: str) -> Client:
-    params = StdioServerParameters(command=APPLIANCE, args=["serve"], env=server_env(policy))
-    return Client(params, mode=mode)
-
-
-@contextlib.contextmanager
-def http_server(policy: Path, **extra: str) -> Iterator[str]:
-    port = closed_port()
-    env = server_env(policy, APPLIANCE_TRANSPORT="http", APPLIANCE_PORT=str(port), **extra)
-    proc = subprocess.Popen([APPLIANCE, "serve"], env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-
-        def listening() -> bool:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "server exited"
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", port)) == 0
-
-        wait_until(listening, timeout=20)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
-
-
-@contextlib.asynccontextmanager
-async def http_client(url: str, mode: str, token: str = TOKEN) -> AsyncIterator[Client]:
-    # The transport leaves a client it was handed open; closing it is ours to do.
-    async with (
-        create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http,
-        Client(streamable_http_client(url, http_client=http), mode=mode) as client,
-    ):
-        yield client
 
 
 @contextlib.asynccontextmanager
@@ -97,7 +54,7 @@ async def test_real_scan_over_transport(tmp_path: Path, kind: str, mode: str) ->
         async with connected(kind, policy, mode) as client:
             names = {tool.name for tool in (await client.list_tools()).tools}
             result = await client.call_tool("nmap_scan", {"target": "127.0.0.1", "ports": f"{port},{closed}"})
-            refused = await client.call_tool("nmap_scan", {"target": "0x7f000001"})
+            refused = await client.call_tool("nmap_scan", {"target": "0x7f000001", "dry_run": True})
     assert names == {"nmap_scan", "masscan_scan", "gobuster_scan"}
     assert not result.is_error
     ports = {p["port"]: p["state"] for p in result.structured_content["hosts"][0]["ports"]}  # type: ignore[index]

@@ -10,6 +10,7 @@ container, network and compose project is removed in `finally` blocks.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +19,6 @@ from typing import Any
 
 import docker
 import pytest
-import yaml
 from dockerlab import (
     IMAGE,
     LAB_ALIAS,
@@ -26,14 +26,14 @@ from dockerlab import (
     REPO,
     ComposeStack,
     Lab,
-    ServiceSpec,
-    compose_env,
-    compose_services,
     free_port,
     wait_healthy,
+    write_pinned_policy,
 )
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
+
+from bench.compose import ServiceSpec, compose_env, compose_services
 
 # A first build (base image, wheels, both images) takes a few minutes here; a rebuild less.
 BUILD_TIMEOUT_SECONDS = 1800
@@ -109,21 +109,6 @@ def services(secrets_dir: Path) -> dict[str, ServiceSpec]:
     return {name: ServiceSpec.from_compose(name, data) for name, data in compose_services(env).items()}
 
 
-def write_test_policy(folder: Path, filename: str, subnet: str) -> None:
-    """compose-scope.yaml with the allow list pinned to the test lab's subnet, nothing else.
-
-    The lab network's gateway is left to the appliance's own default-gateway rule (the
-    isolation tests check that rule); compose.yaml's policy names its gateway explicitly.
-    """
-    policy = yaml.safe_load((REPO / "policies" / "compose-scope.yaml").read_text())
-    policy["scope"]["allow_networks"] = [subnet]
-    policy["scope"]["deny_networks"] = []
-    folder.chmod(0o755)  # a bind mount: the container's UID 65532 reads it
-    path = folder / filename
-    path.write_text(yaml.safe_dump(policy))
-    path.chmod(0o644)
-
-
 @pytest.fixture(scope="session")
 def lab(
     docker_client: docker.DockerClient,
@@ -149,7 +134,7 @@ def lab(
             target_ip = wrapped.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
             policy_dir = tmp_path_factory.mktemp("policies")
             policy_name = Path(services["appliance"].environment["APPLIANCE_POLICY_PATH"]).name
-            write_test_policy(policy_dir, policy_name, ipam["Subnet"])
+            write_pinned_policy(policy_dir, policy_name, target_ip)
             yield Lab(
                 network=network.name,
                 subnet=ipam["Subnet"],
@@ -163,6 +148,23 @@ def lab(
             target.stop()
     finally:
         network.remove()
+
+
+def lab_subnet_overlaps(subnet: str) -> list[str]:
+    """The host's routes that overlap `subnet`, as scripts/lab_subnet_check.py (scripts/up) sees them."""
+    routes = subprocess.run(
+        ["ip", "-j", "-4", "route", "show"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "lab_subnet_check.py"), subnet],
+        input=routes,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    return done.stdout.splitlines()
 
 
 def compose_lab_subnet_in_use(docker_client: docker.DockerClient) -> str | None:
@@ -181,6 +183,10 @@ def compose_stack(
     holder = compose_lab_subnet_in_use(docker_client)
     if holder is not None:
         pytest.fail(f"network {holder} already holds {COMPOSE_LAB_SUBNET}: stop that deployment first (scripts/down)")
+    # The check scripts/up runs: a host route over the lab subnet would put real hosts in scope.
+    overlaps = lab_subnet_overlaps(COMPOSE_LAB_SUBNET)
+    if overlaps:
+        pytest.fail(f"{COMPOSE_LAB_SUBNET} overlaps routes of this host: {overlaps}; the compose lab cannot use it")
     http_port, health_port = free_port(), free_port()
     stack = ComposeStack(
         project=f"mcp-it-{uuid.uuid4().hex[:8]}",

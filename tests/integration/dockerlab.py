@@ -1,8 +1,9 @@
-"""Helpers for the container tests: compose.yaml's run-time settings as `docker run` flags and
-docker-py arguments, the test lab's facts, MCP clients for containers, and small waits.
+"""Helpers for the container tests: the test lab's facts and policy, containers started the way
+compose.yaml starts them, MCP clients for containers, and small waits.
 
-The appliance is started the way compose.yaml starts it: the settings are read from
-`docker compose config`, not copied here, so a change to compose.yaml is what gets tested.
+The appliance is started the way compose.yaml starts it: bench/compose.py (the translator the
+benchmark uses too) reads the settings from `docker compose config`, so a change to compose.yaml
+is what gets tested.
 
 Network safety: every scan in these tests goes to the lab target container the fixtures start,
 on an internal network they create, by its exact IP or its alias. Nothing else is ever scanned.
@@ -11,27 +12,27 @@ on an internal network they create, by its exact IP or its alias. Nothing else i
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
-import re
 import socket
 import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from support import wait_until
 from testcontainers.core.container import DockerContainer
 
 from appliance.compat import create_mcp_http_client
+from bench.compose import COMPOSE_FILE, REPO, ServiceSpec
 
-REPO = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = REPO / "compose.yaml"
 IMAGE = "mcp-scanner-appliance:latest"
 LAB_IMAGE = "mcp-scanner-lab-target:latest"
 APP_UID = 65532
@@ -41,184 +42,11 @@ LAB_PORT = 8080
 # Where compose.yaml mounts the policy folder and the token; the tests mount theirs there too.
 CONTAINER_POLICY_DIR = "/etc/appliance/policies"
 CONTAINER_TOKEN_PATH = "/run/secrets/appliance_auth_token"
-# `docker compose config` takes a few hundred milliseconds; a hung engine must not hang the run.
-COMPOSE_CONFIG_TIMEOUT_SECONDS = 60
 # `up --wait` waits for the appliance's and the lab target's health checks.
 COMPOSE_UP_TIMEOUT_SECONDS = 180
 # Healthy means the image's health check passed once: the first check runs one interval
 # (compose: 10 s for the appliance, 5 s for the lab target) after start.
 HEALTHY_TIMEOUT_SECONDS = 90
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
-_DURATION_NS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
-
-
-def duration_ns(text: str) -> int:
-    """A compose duration ("10s", "1m30s", "500ms") in nanoseconds, as the Engine API wants it."""
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"not a compose duration: {text!r}")
-    return sum(int(float(number) * _DURATION_NS[unit]) for number, unit in parts)
-
-
-def compose_env(**extra: str) -> dict[str, str]:
-    """The environment for `docker compose`: ours, minus variables that would move its ports."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APPLIANCE_", "RAW_APPLIANCE_", "COMPOSE_"))}
-    env.update(extra)
-    return env
-
-
-def compose_services(env: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """compose.yaml's services (every profile) as `docker compose config` resolves them."""
-    done = subprocess.run(
-        [
-            "docker",
-            "compose",
-            "-f",
-            str(COMPOSE_FILE),
-            "--profile",
-            "raw",
-            "--profile",
-            "demo",
-            "config",
-            "--format",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(env) if env is not None else compose_env(),
-        timeout=COMPOSE_CONFIG_TIMEOUT_SECONDS,
-        check=False,
-    )
-    assert done.returncode == 0, f"docker compose config failed: {done.stderr}"
-    services: dict[str, dict[str, Any]] = json.loads(done.stdout)["services"]
-    return services
-
-
-# compose.yaml binds both listeners to the appliance's address on its `front` network; a
-# container these tests start on their own lab network alone has no such address.
-FRONT_BINDINGS = ("APPLIANCE_HOST", "APPLIANCE_HEALTH_HOST")
-
-
-def _without_front_binding(environment: dict[str, str]) -> dict[str, str]:
-    return {**environment, **{key: "0.0.0.0" for key in FRONT_BINDINGS if key in environment}}
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """The run-time settings compose.yaml gives one service, ready for `docker run` or docker-py."""
-
-    name: str
-    user: str
-    cap_drop: tuple[str, ...]
-    cap_add: tuple[str, ...]
-    security_opt: tuple[str, ...]
-    read_only: bool
-    tmpfs: Mapping[str, str]
-    mem_limit: int
-    nano_cpus: int
-    cpu_shares: int
-    pids_limit: int
-    restart: str
-    restart_retries: int
-    init: bool
-    environment: Mapping[str, str]
-    entrypoint: tuple[str, ...] | None
-    command: tuple[str, ...] | None
-    healthcheck: Mapping[str, Any] | None = field(default=None)
-
-    @classmethod
-    def from_compose(cls, name: str, data: Mapping[str, Any]) -> ServiceSpec:
-        restart_name, _, restart_retries = str(data.get("restart", "no")).partition(":")
-        tmpfs: dict[str, str] = {}
-        for entry in data.get("tmpfs", []):
-            path, _, options = entry.partition(":")
-            tmpfs[path] = options
-        health = data.get("healthcheck")
-        healthcheck = None
-        if health and not health.get("disable"):
-            healthcheck = {
-                "test": health["test"],
-                "interval": duration_ns(health["interval"]),
-                "timeout": duration_ns(health["timeout"]),
-                "start_period": duration_ns(health["start_period"]),
-                "retries": health["retries"],
-            }
-        return cls(
-            name=name,
-            user=data["user"],
-            cap_drop=tuple(data.get("cap_drop", ())),
-            cap_add=tuple(data.get("cap_add", ())),
-            security_opt=tuple(data.get("security_opt", ())),
-            read_only=bool(data.get("read_only")),
-            tmpfs=tmpfs,
-            mem_limit=int(data["mem_limit"]),
-            nano_cpus=int(float(data["cpus"]) * 10**9),
-            cpu_shares=int(data["cpu_shares"]),
-            pids_limit=int(data["pids_limit"]),
-            restart=restart_name,
-            restart_retries=int(restart_retries or 0),
-            init=bool(data.get("init")),
-            environment=_without_front_binding({k: str(v) for k, v in (data.get("environment") or {}).items()}),
-            entrypoint=tuple(data["entrypoint"]) if data.get("entrypoint") else None,
-            command=tuple(data["command"]) if data.get("command") else None,
-            healthcheck=healthcheck,
-        )
-
-    def _security_options(self, *, inline: bool) -> list[str]:
-        """security_opt with the seccomp profile path made absolute (CLI) or replaced by its JSON
-        (the Engine API takes the profile itself; the docker CLI and compose read the file)."""
-        options = []
-        for option in self.security_opt:
-            key, _, value = option.partition("=")
-            if key == "seccomp" and value != "unconfined":
-                path = (REPO / value).resolve()
-                assert path.is_file(), f"{self.name}: seccomp profile {path} is missing"
-                option = f"seccomp={json.dumps(json.loads(path.read_text())) if inline else path}"
-            options.append(option)
-        return options
-
-    def create_kwargs(self) -> dict[str, Any]:
-        """docker-py `containers.create` arguments (command, environment and tmpfs are set apart)."""
-        kwargs: dict[str, Any] = {
-            "user": self.user,
-            "cap_drop": list(self.cap_drop),
-            "cap_add": list(self.cap_add) or None,
-            "security_opt": self._security_options(inline=True),
-            "read_only": self.read_only,
-            "mem_limit": self.mem_limit,
-            "nano_cpus": self.nano_cpus,
-            "cpu_shares": self.cpu_shares,
-            "pids_limit": self.pids_limit,
-            "restart_policy": {"Name": self.restart, "MaximumRetryCount": self.restart_retries},
-            "init": self.init,
-        }
-        if self.entrypoint:
-            kwargs["entrypoint"] = list(self.entrypoint)
-        if self.healthcheck:
-            kwargs["healthcheck"] = dict(self.healthcheck)
-        return kwargs
-
-    def run_args(self) -> list[str]:
-        """`docker run` flags (before the image). The image's own health check applies."""
-        args = ["--user", self.user, "--memory", str(self.mem_limit), "--cpus", str(self.nano_cpus / 10**9)]
-        args += ["--cpu-shares", str(self.cpu_shares), "--pids-limit", str(self.pids_limit)]
-        args += [f"--cap-drop={cap}" for cap in self.cap_drop]
-        args += [f"--cap-add={cap}" for cap in self.cap_add]
-        args += [f"--security-opt={option}" for option in self._security_options(inline=False)]
-        args += [f"--tmpfs={path}:{options}" for path, options in self.tmpfs.items()]
-        if self.read_only:
-            args.append("--read-only")
-        if self.init:
-            args.append("--init")
-        if self.entrypoint:
-            args.append(f"--entrypoint={self.entrypoint[0]}")
-        return args
-
-    def run_command(self) -> list[str]:
-        """What follows the image in `docker run`: the rest of the entrypoint, then the command."""
-        rest = list(self.entrypoint[1:]) if self.entrypoint else []
-        return rest + list(self.command or ())
 
 
 @dataclass(frozen=True)
@@ -232,6 +60,24 @@ class Lab:
     policy_dir: Path
     token_file: Path
     token: str
+
+
+def write_pinned_policy(folder: Path, filename: str, target_ip: str) -> Path:
+    """compose-scope.yaml with the allow list pinned to one address (the lab target's /32).
+
+    No other address is ever in scope, so whatever else the lab network holds (the gateway,
+    the appliance itself, a bystander a test starts) is refused as out of scope or denied. The
+    gateway is left to the appliance's own default-gateway rule (the isolation tests check that
+    rule); compose.yaml's policy names its gateway explicitly.
+    """
+    policy = yaml.safe_load((REPO / "policies" / "compose-scope.yaml").read_text())
+    policy["scope"]["allow_networks"] = [f"{ipaddress.ip_address(target_ip)}/32"]
+    policy["scope"]["deny_networks"] = []
+    folder.chmod(0o755)  # a bind mount: the container's UID 65532 reads it
+    path = folder / filename
+    path.write_text(yaml.safe_dump(policy))
+    path.chmod(0o644)
+    return path
 
 
 def free_port() -> int:

@@ -124,7 +124,15 @@ async def test_sidecar_published_on_loopback(compose_stack: ComposeStack) -> Non
     assert "# TYPE" in metrics.text
 
 
-def test_demo_service_scans_lab_target(compose_stack: ComposeStack, record: Any) -> None:
+def lab_address(compose_stack: ComposeStack, docker_client: docker.DockerClient) -> str:
+    """The lab target's address on the stack's lab network (compose's APPLIANCE_LAB_SUBNET)."""
+    web = docker_client.containers.get(compose_stack.container_id("web")).attrs
+    return str(web["NetworkSettings"]["Networks"][f"{compose_stack.project}_lab"]["IPAddress"])
+
+
+def test_demo_service_scans_lab_target(
+    compose_stack: ComposeStack, docker_client: docker.DockerClient, record: Any
+) -> None:
     up = compose_stack.compose("--profile", "demo", "up", "--detach", "demo")
     assert up.returncode == 0, up.stderr
     waited = compose_stack.compose("--profile", "demo", "wait", "demo", timeout=DEMO_TIMEOUT_SECONDS)
@@ -134,7 +142,7 @@ def test_demo_service_scans_lab_target(compose_stack: ComposeStack, record: Any)
     record(f"demo output: {len(logs.splitlines())} lines")
     assert waited.returncode == 0, f"demo exited {waited.returncode}:\n{logs}"
     # The summary names the lab target's address on the compose lab network and its open port.
-    assert "10.77.0." in logs and str(LAB_PORT) in logs and "open" in logs, logs
+    assert lab_address(compose_stack, docker_client) in logs and str(LAB_PORT) in logs and "open" in logs, logs
 
 
 @pytest.fixture
@@ -156,8 +164,7 @@ async def test_raw_profile_masscan_over_http(
     compose_stack: ComposeStack, raw_profile_url: str, docker_client: docker.DockerClient
 ) -> None:
     """masscan from a container whose default route is the front network's, not the lab's."""
-    web = docker_client.containers.get(compose_stack.container_id("web")).attrs
-    web_ip = web["NetworkSettings"]["Networks"][f"{compose_stack.project}_lab"]["IPAddress"]
+    web_ip = lab_address(compose_stack, docker_client)
     async with http_client(raw_profile_url, compose_stack.token) as client:
         result = await client.call_tool("masscan_scan", {"target": web_ip, "ports": str(LAB_PORT)})
     found = {(f["ip"], f["port"], f["status"]) for f in findings(result)}

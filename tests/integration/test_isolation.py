@@ -2,20 +2,24 @@
 starts: its network's gateway (the host), its own address, and anything outside the scope.
 
 No packet goes to a refused target: each target is first sent as a dry run, and only a target
-the dry run refused is sent again for real, to show that the real call is refused as well and
-that the audit trail records no scanner start.
+the dry run refused is sent again for real, to show that the real call is refused as well, that
+the audit trail records no scanner start and that no scanner process runs. Every target is an
+address of this test lab: the out-of-scope one is a bystander container the test starts beside
+the lab target, outside the policy's scope (the lab target's /32).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import docker
 import pytest
 from dockerlab import (
     IMAGE,
+    LAB_IMAGE,
     Lab,
     ServiceSpec,
     audit_lines,
@@ -25,13 +29,13 @@ from dockerlab import (
     stdio_client,
     unique_name,
 )
+from testcontainers.core.container import DockerContainer
 
 pytestmark = pytest.mark.integration
 
 RUN_TIMEOUT_SECONDS = 60
 ROUTE_PROBE = "print(open('/proc/net/route').read())"
-# Outside the test policy's allow list (the lab subnet only): a public resolver, and TEST-NET-1.
-OUT_OF_SCOPE = ["8.8.8.8", "192.0.2.1"]
+SCANNERS = {"nmap", "masscan", "gobuster"}
 
 
 def ipv4_from_route_hex(text: str) -> ipaddress.IPv4Address:
@@ -69,32 +73,57 @@ def rule_of(result: Any) -> str:
     return str(result.structured_content["rule"]) if result.is_error else "ALLOWED"
 
 
+@pytest.fixture
+def bystander(lab: Lab, services: dict[str, ServiceSpec]) -> Iterator[str]:
+    """A second lab-target container on the lab network, outside the policy's scope; its address."""
+    container = DockerContainer(LAB_IMAGE).with_kwargs(network=lab.network, **services["web"].create_kwargs())
+    container.start()
+    try:
+        yield container_ip(container.get_wrapped_container().name, lab.network)
+    finally:
+        container.stop()
+
+
+def scanner_commands(name: str) -> set[str]:
+    """The scanner processes running in container `name` (docker top: the host's view)."""
+    done = subprocess.run(
+        # The engine needs the pid column to map the host's ps output to the container.
+        ["docker", "top", name, "-eo", "pid,comm"],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_SECONDS,
+        check=True,
+    )
+    return {line.split()[-1] for line in done.stdout.splitlines()[1:] if line.strip()} & SCANNERS
+
+
 @pytest.mark.anyio
 async def test_gateway_own_address_and_out_of_scope_refused_before_any_scan(
-    lab: Lab, services: dict[str, ServiceSpec]
+    lab: Lab, services: dict[str, ServiceSpec], bystander: str
 ) -> None:
     name = unique_name("refusals")
     verdicts: dict[str, list[Any]] = {}
     try:
         async with stdio_client(services["appliance"], lab, name) as client:
-            targets = {"gateway": lab.gateway, "own_address": container_ip(name, lab.network)}
-            targets.update({address: address for address in OUT_OF_SCOPE})
+            targets = {"gateway": lab.gateway, "own_address": container_ip(name, lab.network), "bystander": bystander}
             for label, target in targets.items():
                 arguments = {"target": target, "ports": "80"}
                 dry = await client.call_tool("nmap_scan", {**arguments, "dry_run": True})
                 verdicts[label] = [dry]
                 if dry.is_error:  # refused without running: only then is the real call safe to send
                     verdicts[label].append(await client.call_tool("nmap_scan", arguments))
+            running = scanner_commands(name)
         logs = container_logs(name)
     finally:
         remove_container(name)
+    assert running == set()
     rules = {
         label: [r.structured_content["rule"] if r.is_error else "ALLOWED" for r in rs] for label, rs in verdicts.items()
     }
     assert rules == {
         "gateway": ["target_denied_gateway"] * 2,
         "own_address": ["target_denied_own_address"] * 2,
-        **{address: ["target_out_of_scope"] * 2 for address in OUT_OF_SCOPE},
+        "bystander": ["target_out_of_scope"] * 2,
     }
     records = audit_lines(logs)
     assert [r for r in records if r.get("event") == "start"] == []

@@ -25,10 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dockerlab import CONTAINER_POLICY_DIR, write_pinned_policy
 from mcp import Client, StdioServerParameters
 from support import wait_until
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
+
+from bench.compose import ServiceSpec
 
 pytestmark = [
     pytest.mark.integration,
@@ -40,6 +43,8 @@ PROFILE = REPO / "seccomp" / "appliance.json"
 IMAGE = "mcp-scanner-appliance:latest"
 LAB_IMAGE = "mcp-scanner-lab-target:latest"
 LAB_PORT = 8080
+# The policy file the appliance containers of this module read (scope: the lab target's /32).
+POLICY_NAME = "scope.yaml"
 MAX_SYSCALL_NAMES = 130
 # A first build (base image, wheels, both images) takes a few minutes here; a rebuild about one.
 BUILD_TIMEOUT_SECONDS = 1800
@@ -64,21 +69,6 @@ UFFD_USER_MODE_ONLY = 1  # allowed to unprivileged callers whatever vm.unprivile
 PERSONALITY_QUERY = 0xFFFFFFFF
 
 HARDENED = ["--user", "65532:65532", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
-READ_ONLY = ["--read-only", "--tmpfs", "/tmp:rw,noexec,nosuid,size=16m"]
-CONNECT_MODE = [*HARDENED, *READ_ONLY, "--env", "APPLIANCE_PRIVILEGE_MODE=connect"]
-RAW_MODE = [
-    "--user", "0:0", "--cap-drop", "ALL", "--cap-add", "NET_RAW", "--cap-add", "SETUID", "--cap-add", "SETGID",
-    "--cap-add", "SETPCAP", "--security-opt", "no-new-privileges", *READ_ONLY,
-    "--env", "APPLIANCE_PRIVILEGE_MODE=raw", "--entrypoint", "/usr/bin/setpriv",
-]  # fmt: skip
-# What follows the image: the default entrypoint (tini -- appliance) or setpriv's arguments.
-CONNECT_COMMAND = ["serve"]
-RAW_COMMAND = [
-    "--reuid", "65532", "--regid", "65532", "--clear-groups", "--inh-caps", "-all,+net_raw",
-    "--ambient-caps", "-all,+net_raw", "--bounding-set", "-all,+net_raw",
-    "/usr/bin/tini", "--", "/opt/venv/bin/appliance", "serve",
-]  # fmt: skip
-
 # argv[1]: a JSON list of calls, each [number, arg...] (strings are passed as char *).
 # Prints a JSON list with each call's errno (0 when it succeeded).
 SYSCALL_SNIPPET = """
@@ -161,6 +151,7 @@ def appliance_images(record: Callable[[str], None]) -> None:
 class SeccompLab:
     network: str
     target_ip: str
+    policy_dir: Path  # the policy folder mounted into the appliance: scope pinned to target_ip/32
 
 
 def port_open(address: str, port: int) -> bool:
@@ -170,7 +161,7 @@ def port_open(address: str, port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def seccomp_lab(appliance_images: None) -> Iterator[SeccompLab]:
+def seccomp_lab(appliance_images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeccompLab]:
     """An internal network (no route out) with the lab web server on it; both removed after."""
     network = Network(docker_network_kw={"internal": True})
     network.create()
@@ -183,7 +174,9 @@ def seccomp_lab(appliance_images: None) -> Iterator[SeccompLab]:
             wrapped.reload()
             target_ip = wrapped.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
             wait_until(lambda: port_open(target_ip, LAB_PORT), timeout=LAB_READY_TIMEOUT_SECONDS)
-            yield SeccompLab(network.name, target_ip)
+            policy_dir = tmp_path_factory.mktemp("seccomp-policies")
+            write_pinned_policy(policy_dir, POLICY_NAME, target_ip)
+            yield SeccompLab(network.name, target_ip, policy_dir)
         finally:
             target.stop()
     finally:
@@ -262,13 +255,19 @@ def test_clone3_answers_enosys_so_threads_start() -> None:
 # --- the appliance under the profile -----------------------------------------------------------
 
 
-def appliance_client(mode: str, lab: SeccompLab, name: str) -> Client:
-    """The appliance over stdio (`docker run -i`) in `mode`, under the profile, on the lab network."""
-    mode_args, command = (RAW_MODE, RAW_COMMAND) if mode == "raw" else (CONNECT_MODE, CONNECT_COMMAND)
-    args = [
-        *("run", "-i", "--rm", "--name", name, "--network", lab.network, *seccomp_args("profile")),
-        *(*mode_args, "--env", "APPLIANCE_LOG_LEVEL=WARNING", IMAGE, *command),
-    ]
+def appliance_client(spec: ServiceSpec, lab: SeccompLab, name: str) -> Client:
+    """The appliance over stdio (`docker run -i`) with compose.yaml's flags for `spec` (its seccomp
+    profile included; assert_runs_under_profile checks that it is this one), on the lab network."""
+    env = {
+        **spec.environment,
+        "APPLIANCE_TRANSPORT": "stdio",
+        "APPLIANCE_LOG_LEVEL": "WARNING",
+        "APPLIANCE_POLICY_PATH": f"{CONTAINER_POLICY_DIR}/{POLICY_NAME}",
+    }
+    args = ["run", "-i", "--rm", "--name", name, "--network", lab.network, *spec.run_args()]
+    args += ["--volume", f"{lab.policy_dir}:{CONTAINER_POLICY_DIR}:ro"]
+    args += [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
+    args += [IMAGE, *spec.run_command()]
     # The whole environment: the docker CLI needs DOCKER_HOST and friends when they are set.
     params = StdioServerParameters(command="docker", args=args, env=dict(os.environ))
     return Client(params, mode="legacy", read_timeout_seconds=CALL_TIMEOUT_SECONDS)
@@ -306,11 +305,13 @@ async def timed_call(client: Client, tool: str, arguments: dict[str, Any]) -> tu
 
 
 @pytest.mark.anyio
-async def test_connect_mode_scans_under_profile(seccomp_lab: SeccompLab, record: Callable[[str], None]) -> None:
+async def test_connect_mode_scans_under_profile(
+    seccomp_lab: SeccompLab, services: dict[str, ServiceSpec], record: Callable[[str], None]
+) -> None:
     name = f"mcp-it-seccomp-connect-{uuid.uuid4().hex[:8]}"
     url = f"http://{seccomp_lab.target_ip}:{LAB_PORT}/"
     try:
-        async with appliance_client("connect", seccomp_lab, name) as client:
+        async with appliance_client(services["appliance"], seccomp_lab, name) as client:
             assert_runs_under_profile(name)
             nmap, nmap_seconds = await timed_call(
                 client, "nmap_scan", {"target": seccomp_lab.target_ip, "ports": f"{LAB_PORT},81"}
@@ -324,11 +325,13 @@ async def test_connect_mode_scans_under_profile(seccomp_lab: SeccompLab, record:
 
 
 @pytest.mark.anyio
-async def test_raw_mode_scans_under_profile(seccomp_lab: SeccompLab, record: Callable[[str], None]) -> None:
+async def test_raw_mode_scans_under_profile(
+    seccomp_lab: SeccompLab, services: dict[str, ServiceSpec], record: Callable[[str], None]
+) -> None:
     name = f"mcp-it-seccomp-raw-{uuid.uuid4().hex[:8]}"
     ports = f"{LAB_PORT},81"
     try:
-        async with appliance_client("raw", seccomp_lab, name) as client:
+        async with appliance_client(services["appliance-raw"], seccomp_lab, name) as client:
             assert_runs_under_profile(name)
             syn, syn_seconds = await timed_call(
                 client, "nmap_scan", {"target": seccomp_lab.target_ip, "ports": ports, "scan_type": "syn"}

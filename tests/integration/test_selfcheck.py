@@ -1,5 +1,5 @@
 """The start-up privilege self-check: an appliance holding more than its mode allows
-(policies/capabilities.yaml) refuses to start with exit status 3 and a JSON line naming
+(appliance/data/policies/capabilities.yaml) refuses to start with exit status 3 and a JSON line naming
 `privileges_exceed_policy`. Run with no network at all: nothing here needs one.
 """
 

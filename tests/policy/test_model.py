@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
+from appliance.config import DEFAULT_POLICY_PATH
 from appliance.errors import PolicyError
 from appliance.policy.model import load_policy, parse_policy
 
-SHIPPED_POLICY = Path(__file__).resolve().parents[2] / "policies" / "scope.yaml"
+SHIPPED_POLICY = DEFAULT_POLICY_PATH
 DELETE = object()
 
 

@@ -1,0 +1,77 @@
+"""Helpers shared by the tests (imported as `from support import X`).
+
+policies    the shipped default policy with overrides, written to a tmp dir
+listeners   loopback targets the tests start (the only things a host test scans)
+servers     `appliance serve` child processes and MCP clients for them
+runners     the spy runner that refusal tests hand to ScanService
+processes   scanner processes as the host sees them
+raw_mcp     raw handshake-era MCP over HTTP (session IDs, SSE bodies)
+waiting     one wait_until (and `eventually`, its async form): wait on a condition, never sleep
+"""
+
+from __future__ import annotations
+
+from support.listeners import (
+    CountingListener,
+    WebRoot,
+    closed_port,
+    counting_listener,
+    loopback_listening,
+    tcp_listener,
+    web_root,
+)
+from support.policies import DEFAULT_POLICY, LOOPBACK_POLICY, REPO, merge, write_policy
+from support.processes import scanner_processes
+from support.raw_mcp import HANDSHAKE_VERSION, initialize_request, mcp_headers, open_session, rpc_messages
+from support.runners import SpyRunner
+from support.servers import (
+    APPLIANCE,
+    START_SECONDS,
+    STOP_SECONDS,
+    TOKEN,
+    Served,
+    http_client,
+    http_server,
+    run_cli,
+    served,
+    server_env,
+    sidecar_get,
+    stdio_client,
+)
+from support.waiting import eventually, wait_until
+
+__all__ = [
+    "APPLIANCE",
+    "DEFAULT_POLICY",
+    "HANDSHAKE_VERSION",
+    "LOOPBACK_POLICY",
+    "REPO",
+    "START_SECONDS",
+    "STOP_SECONDS",
+    "TOKEN",
+    "CountingListener",
+    "Served",
+    "SpyRunner",
+    "WebRoot",
+    "closed_port",
+    "counting_listener",
+    "eventually",
+    "http_client",
+    "http_server",
+    "initialize_request",
+    "loopback_listening",
+    "mcp_headers",
+    "merge",
+    "open_session",
+    "rpc_messages",
+    "run_cli",
+    "scanner_processes",
+    "served",
+    "server_env",
+    "sidecar_get",
+    "stdio_client",
+    "tcp_listener",
+    "wait_until",
+    "web_root",
+    "write_policy",
+]

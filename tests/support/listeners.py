@@ -1,0 +1,145 @@
+"""Targets on 127.0.0.1 that the tests start themselves: the only things a host test may scan."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def tcp_listener(banner: bytes = b"") -> Iterator[int]:
+    """A TCP listener on 127.0.0.1 that accepts, optionally sends a banner, and closes."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                if banner:
+                    with contextlib.suppress(OSError):
+                        conn.sendall(banner)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        server.close()
+
+
+def closed_port() -> int:
+    """A loopback port with nothing listening (bound then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def loopback_listening(port: int) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:port (one attempt)."""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+class CountingListener:
+    """A TCP listener on 127.0.0.1 that counts accepted connections and can be killed mid-scan."""
+
+    def __init__(self) -> None:
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(64)
+        self._server.settimeout(0.1)
+        self.port: int = self._server.getsockname()[1]
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.close()
+            self.accepted += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._server.close()
+
+
+@contextlib.contextmanager
+def counting_listener() -> Iterator[CountingListener]:
+    listener = CountingListener()
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    hits: list[str]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the test reads the hit list, not an access log on stderr
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        super().do_GET()
+
+
+@dataclass
+class WebRoot:
+    """A python http.server on 127.0.0.1 serving a tmp directory; `hits` lists the paths asked for."""
+
+    port: int
+    hits: list[str]
+    close: Callable[[], None]
+
+
+@contextlib.contextmanager
+def web_root(directory: Path) -> Iterator[WebRoot]:
+    """Serve `directory` (which gets an `admin/` folder for gobuster to find) until closed."""
+    (directory / "admin").mkdir(exist_ok=True)
+    (directory / "index.html").write_text("lab\n")
+    hits: list[str] = []
+    handler = type("Handler", (_QuietHandler,), {"hits": hits})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    closed = threading.Event()
+
+    def close() -> None:
+        if closed.is_set():
+            return
+        closed.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=2)
+
+    try:
+        yield WebRoot(int(httpd.server_address[1]), hits, close)
+    finally:
+        close()
