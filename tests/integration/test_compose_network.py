@@ -11,7 +11,9 @@ from typing import Any
 
 import docker
 import pytest
-from dockerlab import ComposeStack, compose_env, compose_services
+from dockerlab import ComposeStack
+
+from bench.compose import compose_env, compose_services
 
 pytestmark = pytest.mark.integration
 
