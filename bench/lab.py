@@ -157,6 +157,8 @@ def _write_policies(folder: Path, target_ip: str) -> None:
     shutdown = json.loads(json.dumps(base))
     shutdown["tools"]["nmap_scan"]["max_concurrent"] = 4
     shutdown.setdefault("resilience", {})["max_concurrent_scans"] = 4
+    # One client (one principal) carries all four scans.
+    shutdown.setdefault("limits", {}).setdefault("per_principal", {})["max_running_scans"] = 4
     for name, policy in (("scope.yaml", base), ("shutdown.yaml", shutdown)):
         path = folder / name
         path.write_text(yaml.safe_dump(policy))
