@@ -101,7 +101,7 @@ def test_changed_signature_with_equal_facts_keeps_the_snapshot(store: PolicyStor
 
 def test_bad_reload_keeps_the_policy_but_applies_fresh_facts(store: PolicyStore, host: Host, tmp_path: Path) -> None:
     good = store.current.policy
-    (tmp_path / "policy.yaml").write_text("version: 1\nscope: {allow_networks: [not-a-network]}\n")
+    (tmp_path / "policy.yaml").write_text("version: 2\nscope: {allow_networks: [not-a-network]}\n")
     host.add_address(ADDED)
 
     assert store.reload() is False
