@@ -286,7 +286,8 @@ def parse_document(text: str, *, source: str = "<policy>") -> PolicyDocument:
         raise PolicyError(f"{source}: the policy must be a mapping with a 'version' key", rule="policy_shape")
     version = data.get("version")
     moved: tuple[Moved, ...] = ()
-    if type(version) is int and version == 1:  # YAML `true` is a bool, not version 1
+    converted = type(version) is int and version == 1  # YAML `true` is a bool, not version 1
+    if converted:
         data, moved = from_version_1(data, source)
     elif version == POLICY_VERSION:
         refuse_version_1_keys(data, source)
@@ -295,14 +296,14 @@ def parse_document(text: str, *, source: str = "<policy>") -> PolicyDocument:
     except ValidationError as exc:
         problems = "; ".join(f"{_where(e['loc'], moved)}: {e['msg']}" for e in exc.errors())
         raise PolicyError(f"{source}: {problems}", rule="policy_invalid") from exc
-    if version == 1:
+    if converted:
         log.warning(
             "policy file uses the version 1 layout; its limits were read into the version 2 table "
             "limits.concurrency (per_tool, global, per_principal). `appliance policy validate FILE` "
             "shows the converted form; write it with version: 2",
             extra={"policy_path": source, "moved_keys": [f"{m.old} -> {m.new}" for m in moved]},
         )
-    return PolicyDocument(policy, 1 if version == 1 else POLICY_VERSION, moved)
+    return PolicyDocument(policy, 1 if converted else POLICY_VERSION, moved)
 
 
 def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
