@@ -130,16 +130,26 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
         _print({"file": args.file, "valid": False, **_refusal(exc)})
         return EXIT_REFUSED
     policy = snapshot.policy
+    converted: dict[str, object] = {}
+    if snapshot.file_version != policy.version:
+        # What the file means, in the layout it should be rewritten in.
+        converted = {
+            "file_version": snapshot.file_version,
+            "moved_keys": {moved.old: moved.new for moved in snapshot.moved},
+            "converted_policy": policy.model_dump(mode="json", by_alias=True),
+        }
     _print(
         {
             "file": args.file,
             "valid": True,
             "version": policy.version,
+            **converted,
             "allow_networks": policy.scope.allow_networks,
             "allow_hostname_suffixes": policy.scope.allow_hostname_suffixes,
             "insecure_allow_loopback": policy.scope.insecure_allow_loopback,
             "denied_ranges": [f"{net} ({rule})" for net, rule in snapshot.scope.denied],
             "tools_enabled": [name for name in TOOLS if getattr(policy.tools, name).enabled],
+            "concurrency": policy.limits.concurrency.model_dump(mode="json", by_alias=True),
         }
     )
     return EXIT_OK

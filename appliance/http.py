@@ -42,7 +42,7 @@ MAX_SESSIONS = 256
 class SessionQuota:
     """Refuse a new MCP session when all principals, or this one, already hold their share.
 
-    The limits (policy `limits.max_sessions`, `limits.per_principal.max_sessions`) are read on
+    The limits (policy `limits.concurrency.global.sessions`, `...per_principal.sessions`) are read on
     every opening request, so a reload applies to the next session. Only handshake-era requests
     open sessions (the 2026-07-28 era has none). The principal is the verified token's, set on
     the ASGI `user` by the SDK's auth middleware, which runs before this one.
@@ -91,16 +91,16 @@ class SessionQuota:
 
     def _refusal(self, principal: str | None) -> ResourceExhaustedError | None:
         """The first session limit a new session of `principal` would break: global, then per principal."""
-        limits = self._scanner.service.store.current.policy.limits
+        limits = self._scanner.service.store.current.policy.limits.concurrency
         owners = session_owners(self._scanner.mcp)
-        if len(owners) >= limits.max_sessions:
+        if len(owners) >= limits.global_.sessions:
             return ResourceExhaustedError(
                 f"{len(owners)} MCP sessions are open, the most this appliance allows",
                 rule="sessions_full",
                 recovery_suggestion="Close sessions you no longer use (HTTP DELETE) or retry later.",
             )
         held = sum(1 for owner in owners if owner == principal)
-        if principal is not None and held >= limits.per_principal.max_sessions:
+        if principal is not None and held >= limits.per_principal.sessions:
             return ResourceExhaustedError(
                 f"principal {principal} already holds {held} open MCP sessions, its limit",
                 rule="principal_sessions_full",

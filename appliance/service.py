@@ -104,15 +104,13 @@ def breaker_settings(policy: Policy, tool: str) -> BreakerSettings:
 
 
 def tool_limits(policy: Policy) -> dict[str, ToolLimit]:
-    return {
-        name: ToolLimit(getattr(policy.tools, name).max_concurrent, getattr(policy.tools, name).max_queued)
-        for name in TOOLS
-    }
+    table = policy.limits.concurrency.per_tool
+    return {name: ToolLimit(getattr(table, name).running, getattr(table, name).queued) for name in TOOLS}
 
 
 def principal_limit(policy: Policy) -> PrincipalLimit:
-    share = policy.limits.per_principal
-    return PrincipalLimit(share.max_running_scans, share.max_queued_calls)
+    share = policy.limits.concurrency.per_principal
+    return PrincipalLimit(share.running, share.queued)
 
 
 class ScanService:
@@ -146,7 +144,7 @@ class ScanService:
         }
         self.limiter = ConcurrencyLimiter(
             tool_limits(policy),
-            policy.resilience.max_concurrent_scans,
+            policy.limits.concurrency.global_.running,
             clock=clock,
             on_change=self._slots_changed,
             per_principal=principal_limit(policy),
@@ -157,7 +155,7 @@ class ScanService:
         policy = self.store.current.policy
         for name, breaker in self.breakers.items():
             breaker.update_settings(breaker_settings(policy, name))
-        self.limiter.update(tool_limits(policy), policy.resilience.max_concurrent_scans, principal_limit(policy))
+        self.limiter.update(tool_limits(policy), policy.limits.concurrency.global_.running, principal_limit(policy))
 
     def _breaker_moved(self, tool: str, old: BreakerState, new: BreakerState) -> None:
         if self.metrics is not None:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import yaml
 
 from bench.clients import error_type, http_session, port_open
 from bench.docker import BenchError, container_ip, docker, init_pid, log, memory_bytes, server_process, wait_until
@@ -79,14 +78,14 @@ def start_http_appliance(lab: Lab, name: str, policy: str = "scope.yaml") -> tup
 
 
 def _limits(lab: Lab) -> dict[str, int]:
-    """The limits in force, as the appliance's own policy model resolves the bench policy."""
-    from appliance.policy.model import Policy
+    """The limits in force, as the appliance's own policy loader resolves the bench policy."""
+    from appliance.policy.model import load_policy
 
-    policy = Policy.model_validate(yaml.safe_load((lab.policy_dir / "scope.yaml").read_text()))
+    table = load_policy(lab.policy_dir / "scope.yaml").limits.concurrency
     return {
-        "nmap_max_concurrent": policy.tools.nmap_scan.max_concurrent,
-        "nmap_max_queued": policy.tools.nmap_scan.max_queued,
-        "max_concurrent_scans": policy.resilience.max_concurrent_scans,
+        "nmap_max_concurrent": table.per_tool.nmap_scan.running,
+        "nmap_max_queued": table.per_tool.nmap_scan.queued,
+        "max_concurrent_scans": table.global_.running,
     }
 
 

@@ -155,10 +155,10 @@ def _write_policies(folder: Path, target_ip: str) -> None:
     folder.mkdir(mode=0o755)
     folder.chmod(0o755)  # bind-mounted: the container's UID 65532 reads it
     shutdown = json.loads(json.dumps(base))
-    shutdown["tools"]["nmap_scan"]["max_concurrent"] = 4
-    shutdown.setdefault("resilience", {})["max_concurrent_scans"] = 4
-    # One client (one principal) carries all four scans.
-    shutdown.setdefault("limits", {}).setdefault("per_principal", {})["max_running_scans"] = 4
+    table = shutdown["limits"]["concurrency"]
+    table["per_tool"]["nmap_scan"]["running"] = 4
+    table["global"]["running"] = 4
+    table["per_principal"]["running"] = 4  # the bench's one client is one principal
     for name, policy in (("scope.yaml", base), ("shutdown.yaml", shutdown)):
         path = folder / name
         path.write_text(yaml.safe_dump(policy))

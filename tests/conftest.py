@@ -35,7 +35,7 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "standard"
 
 # The lab every policy test uses: two allowed networks, one policy deny, one lab suffix.
 LAB_POLICY_DATA: dict[str, Any] = {
-    "version": 1,
+    "version": 2,
     "scope": {
         "allow_networks": ["10.20.0.0/16", "192.168.56.0/24"],
         "allow_hostname_suffixes": [".lab.internal"],

@@ -65,10 +65,10 @@ async def test_good_reload_takes_effect(tmp_path: Path) -> None:
 async def test_bad_reload_keeps_last_good_policy(tmp_path: Path) -> None:
     app = appliance_for(tmp_path)
     before = app.store.current
-    app.settings.policy_path.write_text("version: 1\nscope:\n  allow_networks: [0.0.0.0/0\n")
+    app.settings.policy_path.write_text("version: 2\nscope:\n  allow_networks: [0.0.0.0/0\n")
     assert not await app.reload_policy()
     assert app.store.current is before
-    app.settings.policy_path.write_text(yaml.safe_dump({"version": 1, "scope": {"typo_key": True}}))
+    app.settings.policy_path.write_text(yaml.safe_dump({"version": 2, "scope": {"typo_key": True}}))
     assert not await app.reload_policy()
     assert app.store.current is before
     assert sample(app, "appliance_policy_reloads_total", result="rejected") == 2

@@ -61,11 +61,33 @@ def test_policy_validate_accepts_the_shipped_policy() -> None:
     assert code == 0
     assert body["valid"] is True
     assert "0.0.0.0/8 (target_denied_unspecified)" in body["denied_ranges"]
+    assert body["concurrency"]["global"] == {"running": 4, "sessions": 256}
+    assert "file_version" not in body  # a version 2 file needs no conversion
+
+
+def test_policy_validate_shows_a_version_1_file_in_the_version_2_layout(tmp_path: Path) -> None:
+    old = tmp_path / "v1.yaml"
+    old.write_text(
+        "version: 1\ntools:\n  nmap_scan: {max_concurrent: 3}\nlimits:\n  per_principal: {max_sessions: 5}\n"
+    )
+    code, body, err = run("policy", "validate", str(old))
+    assert code == 0
+    assert (body["version"], body["file_version"]) == (2, 1)
+    assert body["moved_keys"] == {
+        "tools.nmap_scan.max_concurrent": "limits.concurrency.per_tool.nmap_scan.running",
+        "limits.per_principal.max_sessions": "limits.concurrency.per_principal.sessions",
+    }
+    assert body["concurrency"]["per_tool"]["nmap_scan"] == {"running": 3, "queued": 4}
+    assert body["concurrency"]["per_principal"]["sessions"] == 5
+    converted = body["converted_policy"]
+    assert converted["version"] == 2 and "max_concurrent" not in converted["tools"]["nmap_scan"]
+    assert converted["limits"]["concurrency"]["global"] == {"running": 4, "sessions": 256}
+    assert err.count("version 1 layout") == 1
 
 
 def test_policy_validate_names_every_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("version: 1\nscope:\n  allow_networks: [10.0.0.1/8]\n  alow_typo: true\n")
+    bad.write_text("version: 2\nscope:\n  allow_networks: [10.0.0.1/8]\n  alow_typo: true\n")
     code, body, _ = run("policy", "validate", str(bad))
     assert code == 1
     assert body["valid"] is False

@@ -359,7 +359,7 @@ async def test_vanished_client_leaves_the_server_serving_and_its_scan_ends(tmp_p
 async def test_abandoned_sessions_keep_descriptors_bounded(tmp_path: Path) -> None:
     sessions = 50
     # One principal opens them all: its session share (default 32) is raised above the count.
-    share = {"limits": {"per_principal": {"max_sessions": sessions + 2}}}
+    share = {"limits": {"concurrency": {"per_principal": {"sessions": sessions + 2}}}}
     policy = write_policy(tmp_path, LOOPBACK_POLICY, share)
     with served(policy) as server:
         process = psutil.Process(server.pid)

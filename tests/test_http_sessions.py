@@ -168,9 +168,8 @@ async def test_principal_cannot_open_more_sessions_than_its_share(tmp_path: Path
     tokens = tmp_path / "tokens"
     tokens.write_text(f"alice {ALICE}\nbob {BOB}\n")
     audit = tmp_path / "audit.log"
-    policy = write_policy(
-        tmp_path, LOOPBACK_POLICY, {"limits": {"max_sessions": 3, "per_principal": {"max_sessions": 2}}}
-    )
+    sessions = {"global": {"sessions": 3}, "per_principal": {"sessions": 2}}
+    policy = write_policy(tmp_path, LOOPBACK_POLICY, {"limits": {"concurrency": sessions}})
     env = {"APPLIANCE_AUTH_TOKENS_FILE": str(tokens), "APPLIANCE_AUDIT_PATH": str(audit)}
     with http_server(policy, **env) as url:
         async with httpx2.AsyncClient() as http:
@@ -201,7 +200,7 @@ async def test_principal_cannot_open_more_sessions_than_its_share(tmp_path: Path
 async def test_principal_cannot_hold_every_scan_slot_over_http(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"alice {ALICE}\nbob {BOB}\n")
-    share = {"limits": {"per_principal": {"max_running_scans": 1, "max_queued_calls": 0}}}
+    share = {"limits": {"concurrency": {"per_principal": {"running": 1, "queued": 0}}}}
     policy = write_policy(tmp_path, LOOPBACK_POLICY, share)
     with tcp_listener() as port, http_server(policy, APPLIANCE_AUTH_TOKENS_FILE=str(tokens)) as url:
         marker = f"{port},23000-23002"

@@ -22,9 +22,13 @@ from support import LOOPBACK_POLICY, http_client, scanner_processes, served, tcp
 pytestmark = pytest.mark.anyio
 SCANS = 4
 LIMITS = {
-    "resilience": {"max_concurrent_scans": SCANS},
-    "tools": {"nmap_scan": {"max_concurrent": SCANS}},
-    "limits": {"per_principal": {"max_running_scans": SCANS}},  # one client, one principal, four scans
+    "limits": {
+        "concurrency": {
+            "per_tool": {"nmap_scan": {"running": SCANS}},
+            "global": {"running": SCANS},
+            "per_principal": {"running": SCANS},  # one client, one principal, four scans
+        }
+    }
 }
 
 

@@ -112,7 +112,7 @@ def _expect_rule(rule: str) -> Check:
 
 
 def _mix(listener: int, closed: int, web: int) -> list[tuple[str, str, dict[str, Any], Check]]:
-    """One round: (outcome label, tool, arguments, check). Two real nmap runs fit nmap's max_concurrent."""
+    """One round: (outcome label, tool, arguments, check). Two real nmap runs fit nmap's running limit."""
 
     def open_port(result: Any) -> str | None:
         if result.is_error:

@@ -7,7 +7,9 @@ defend against a half-valid policy.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -15,10 +17,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import PolicyError
+from appliance.policy.migrate import Moved, from_version_1, refuse_version_1_keys
+
+log = logging.getLogger(__name__)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-POLICY_VERSION = 1
+POLICY_VERSION = 2
 HOSTNAME_SUFFIX = re.compile(r"^\.(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 SCRIPT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 RESOLVER = re.compile(r"^(?P<ip>\d{1,3}(?:\.\d{1,3}){3})(?::(?P<port>\d{1,5}))?$")
@@ -95,12 +100,49 @@ class ScopeRules(_Strict):
         return tuple(_network(text) for text in self.deny_networks)
 
 
-class PrincipalLimits(_Strict):
-    """What one authenticated principal may hold at once, checked after the tool and global limits."""
+class ToolConcurrency(_Strict):
+    running: int = Field(default=2, ge=1, le=64, description="Scans of this tool running at once.")
+    queued: int = Field(default=4, ge=0, le=1024, description="Calls that may wait for a slot; more are refused.")
 
-    max_running_scans: int = Field(default=3, ge=1, le=256, description="Scans of all tools running at once.")
-    max_queued_calls: int = Field(default=6, ge=0, le=1024, description="Calls waiting for a slot, all tools.")
-    max_sessions: int = Field(default=32, ge=1, le=256, description="Open MCP sessions (handshake era, HTTP).")
+
+class PerToolConcurrency(_Strict):
+    """Order 1: a call over its tool's queue is refused with `queue_full`."""
+
+    nmap_scan: ToolConcurrency = Field(default_factory=ToolConcurrency)
+    masscan_scan: ToolConcurrency = Field(default_factory=ToolConcurrency)
+    gobuster_scan: ToolConcurrency = Field(default_factory=ToolConcurrency)
+
+
+class GlobalConcurrency(_Strict):
+    """Order 2: all tools and principals together. A call over `running` waits in its tool's queue."""
+
+    running: int = Field(default=4, ge=1, le=256, description="Scans running at once, all tools.")
+    # 256 is also the transport's fixed ceiling (appliance.http.MAX_SESSIONS).
+    sessions: int = Field(default=256, ge=1, le=256, description="Open MCP sessions, all principals (`sessions_full`).")
+
+
+class PrincipalConcurrency(_Strict):
+    """Order 3: what one authenticated principal may hold, so it cannot lock the others out."""
+
+    running: int = Field(default=3, ge=1, le=256, description="Scans of all tools running at once.")
+    queued: int = Field(
+        default=6, ge=0, le=1024, description="Calls waiting for a slot, all tools (`principal_queue_full`)."
+    )
+    sessions: int = Field(
+        default=32, ge=1, le=256, description="Open MCP sessions, handshake era (`principal_sessions_full`)."
+    )
+
+
+class Concurrency(_Strict):
+    """The one limits table, checked in field order: per tool, global, per principal.
+
+    Per engagement comes with engagement identities (not yet).
+    """
+
+    per_tool: PerToolConcurrency = Field(default_factory=PerToolConcurrency)
+    # `global` is a Python keyword; the file says `global`, the code `global_`.
+    global_: GlobalConcurrency = Field(default_factory=GlobalConcurrency, alias="global")
+    per_principal: PrincipalConcurrency = Field(default_factory=PrincipalConcurrency)
 
 
 class Limits(_Strict):
@@ -109,9 +151,7 @@ class Limits(_Strict):
     default_timeout_seconds: int = Field(default=120, ge=1, le=3600)
     max_timeout_seconds: int = Field(default=600, ge=1, le=86400)
     output_cap_bytes: int = Field(default=4 * 1024 * 1024, ge=4096, le=256 * 1024 * 1024)
-    # 256 is also the transport's fixed ceiling (appliance.http.MAX_SESSIONS).
-    max_sessions: int = Field(default=256, ge=1, le=256, description="Open MCP sessions, all principals together.")
-    per_principal: PrincipalLimits = Field(default_factory=PrincipalLimits)
+    concurrency: Concurrency = Field(default_factory=Concurrency)
 
     @model_validator(mode="after")
     def _timeouts_ordered(self) -> Limits:
@@ -122,8 +162,6 @@ class Limits(_Strict):
 
 class _ToolRules(_Strict):
     enabled: bool = Field(default=True, description="A disabled tool leaves the tool list; clients are told.")
-    max_concurrent: int = Field(default=2, ge=1, le=64, description="Scans of this tool running at once.")
-    max_queued: int = Field(default=4, ge=0, le=1024, description="Calls that may wait for a slot; more are refused.")
     breaker_force: Literal["open", "closed"] | None = Field(
         default=None, description="Operator override of the circuit breaker: open refuses every call."
     )
@@ -192,7 +230,6 @@ class GobusterRules(_ToolRules):
 
 
 class Resilience(_Strict):
-    max_concurrent_scans: int = Field(default=4, ge=1, le=256, description="Scans running at once, all tools.")
     breaker_failure_threshold: int = Field(default=5, ge=1, le=1000, description="Execution failures in a row.")
     breaker_recovery_seconds: float = Field(default=30.0, gt=0, le=3600, description="First wait before a probe.")
     breaker_max_recovery_seconds: float = Field(default=600.0, gt=0, le=86400, description="Cap of the doubling.")
@@ -213,32 +250,76 @@ class ToolRules(_Strict):
 class Policy(_Strict):
     """One scope policy file. Unknown keys are errors: a typo must not silently widen scope."""
 
-    version: Literal[1] = Field(description="Format version of the policy file.")
+    version: Literal[2] = Field(description="Format version of the policy file (1 is converted at load).")
     scope: ScopeRules = Field(default_factory=ScopeRules)
     limits: Limits = Field(default_factory=Limits)
     tools: ToolRules = Field(default_factory=ToolRules)
     resilience: Resilience = Field(default_factory=Resilience)
 
 
-def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
-    """Parse and fully validate a policy document; every problem is named in one PolicyError."""
+@dataclass(frozen=True)
+class PolicyDocument:
+    """A validated policy and, for a version 1 file, the keys its conversion moved."""
+
+    policy: Policy
+    file_version: int
+    moved: tuple[Moved, ...] = ()
+
+
+def _where(loc: tuple[int | str, ...], moved: tuple[Moved, ...]) -> str:
+    """A problem's dotted key, plus the version 1 key it came from when the conversion moved it."""
+    key = ".".join(str(p) for p in loc) or "<root>"
+    origin = next((m.old for m in moved if key == m.new or key.startswith(m.new + ".")), None)
+    return key if origin is None else f"{key} (version 1 key {origin})"
+
+
+def parse_document(text: str, *, source: str = "<policy>") -> PolicyDocument:
+    """Parse and fully validate a policy document; every problem is named in one PolicyError.
+
+    A version 1 document is converted to version 2 first and logs one warning naming the new layout.
+    """
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise PolicyError(f"{source}: not valid YAML: {exc}", rule="policy_yaml") from exc
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: the policy must be a mapping with a 'version' key", rule="policy_shape")
+    version = data.get("version")
+    moved: tuple[Moved, ...] = ()
+    converted = type(version) is int and version == 1  # YAML `true` is a bool, not version 1
+    if converted:
+        data, moved = from_version_1(data, source)
+    elif version == POLICY_VERSION:
+        refuse_version_1_keys(data, source)
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{_where(e['loc'], moved)}: {e['msg']}" for e in exc.errors())
         raise PolicyError(f"{source}: {problems}", rule="policy_invalid") from exc
+    if converted:
+        log.warning(
+            "policy file uses the version 1 layout; its limits were read into the version 2 table "
+            "limits.concurrency (per_tool, global, per_principal). `appliance policy validate FILE` "
+            "shows the converted form; write it with version: 2",
+            extra={"policy_path": source, "moved_keys": [f"{m.old} -> {m.new}" for m in moved]},
+        )
+    return PolicyDocument(policy, 1 if converted else POLICY_VERSION, moved)
 
 
-def load_policy(path: Path) -> Policy:
+def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
+    """Parse and fully validate a policy document (see `parse_document`)."""
+    return parse_document(text, source=source).policy
+
+
+def load_document(path: Path) -> PolicyDocument:
     """Read and validate a policy file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(f"cannot read policy file {path}: {exc.strerror}", rule="policy_unreadable") from exc
-    return parse_policy(text, source=str(path))
+    return parse_document(text, source=str(path))
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate a policy file."""
+    return load_document(path).policy

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from appliance.errors import PolicyError
 from appliance.policy import netwatch
-from appliance.policy.model import Policy, load_policy
+from appliance.policy.migrate import Moved
+from appliance.policy.model import POLICY_VERSION, Policy, load_document
 from appliance.policy.netinfo import NetworkFacts, read_network_facts
 from appliance.policy.nse import SCRIPT_DB, build_nmap_datadir, check_script_allowlist
 from appliance.policy.scope import compile_scope
@@ -32,14 +33,18 @@ class PolicySnapshot:
     scope: Scope
     source: Path
     facts: NetworkFacts
+    # A version 1 file is converted at load: its version and the keys that moved.
+    file_version: int = POLICY_VERSION
+    moved: tuple[Moved, ...] = ()
 
 
 def build_snapshot(path: Path, facts: NetworkFacts, script_db: Path = SCRIPT_DB) -> PolicySnapshot:
     """Load, validate and compile one policy file; raises PolicyError naming every problem."""
-    policy = load_policy(path)
+    document = load_document(path)
+    policy = document.policy
     check_script_allowlist(policy, script_db)
     build_nmap_datadir(policy.tools.nmap_scan.allowed_scripts, script_db)
-    return PolicySnapshot(policy, compile_scope(policy, facts), path, facts)
+    return PolicySnapshot(policy, compile_scope(policy, facts), path, facts, document.file_version, document.moved)
 
 
 class PolicyStore:

@@ -32,7 +32,7 @@ def changed(data: dict[str, Any], path: tuple[str, ...], value: object) -> str:
 
 
 def test_minimal_policy_takes_the_safe_defaults() -> None:
-    policy = parse_policy("version: 1\n")
+    policy = parse_policy("version: 2\n")
 
     assert policy.scope.insecure_allow_loopback is False
     assert policy.scope.deny_own_addresses is True
@@ -50,7 +50,7 @@ def test_lab_policy_round_trips_through_yaml(lab_policy_data: dict[str, Any]) ->
 def test_shipped_policy_loads_with_secure_switches() -> None:
     policy = load_policy(SHIPPED_POLICY)
 
-    assert policy.version == 1
+    assert policy.version == 2
     assert policy.scope.insecure_allow_loopback is False
     assert policy.scope.deny_own_addresses and policy.scope.deny_default_gateways
 
@@ -118,12 +118,54 @@ def test_shipped_policy_loads_with_secure_switches() -> None:
         pytest.param(("limits", "max_hosts_per_call"), 1 << 24, "limits.max_hosts_per_call", id="hosts_over_bound"),
         pytest.param(("limits", "max_ports_per_call"), 70000, "limits.max_ports_per_call", id="ports_over_bound"),
         pytest.param(("tools", "nmap_scan", "max_rate"), 10**6, "tools.nmap_scan.max_rate", id="nmap_rate_over_bound"),
-        pytest.param(("limits", "max_sessions"), 257, "limits.max_sessions", id="sessions_over_transport_ceiling"),
+        # unsafe: the concurrency table (its bounds as before the table)
         pytest.param(
-            ("limits", "per_principal"), {"max_sesions": 4}, "limits.per_principal.max_sesions", id="share_typo"
+            ("limits", "concurrency"),
+            {"global": {"sessions": 257}},
+            "limits.concurrency.global.sessions",
+            id="sessions_over_transport_ceiling",
         ),
         pytest.param(
-            ("limits", "per_principal"), {"max_running_scans": 0}, "per_principal.max_running_scans", id="share_zero"
+            ("limits", "concurrency"),
+            {"per_principal": {"sesions": 4}},
+            "limits.concurrency.per_principal.sesions",
+            id="share_typo",
+        ),
+        pytest.param(
+            ("limits", "concurrency"),
+            {"per_principal": {"running": 0}},
+            "limits.concurrency.per_principal.running",
+            id="share_zero",
+        ),
+        pytest.param(
+            ("limits", "concurrency"),
+            {"per_tool": {"nmap_scan": {"running": 65}}},
+            "limits.concurrency.per_tool.nmap_scan.running",
+            id="tool_running_over_bound",
+        ),
+        pytest.param(
+            ("limits", "concurrency"),
+            {"per_tool": {"nmap_scan": {"queued": -1}}},
+            "limits.concurrency.per_tool.nmap_scan.queued",
+            id="tool_queue_negative",
+        ),
+        pytest.param(
+            ("limits", "concurrency"),
+            {"per_tool": {"nmpa_scan": {"running": 1}}},
+            "limits.concurrency.per_tool.nmpa_scan",
+            id="tool_name_typo",
+        ),
+        pytest.param(
+            ("limits", "concurrency"), {"global": {"running": 0}}, "limits.concurrency.global.running", id="global_zero"
+        ),
+        pytest.param(
+            ("limits", "concurrency"), {"global_": {"running": 2}}, "limits.concurrency.global_", id="python_name"
+        ),
+        pytest.param(
+            ("limits", "concurrency"),
+            {"per_engagement": {"running": 1}},
+            "limits.concurrency.per_engagement",
+            id="per_engagement_not_yet",
         ),
         # unsafe: resolver and scripts
         pytest.param(("tools", "gobuster_scan", "dns_resolver"), "lab-dns:53", "dns_resolver", id="resolver_name"),
@@ -144,7 +186,9 @@ def test_shipped_policy_loads_with_secure_switches() -> None:
         ),
         # unsafe: version
         pytest.param(("version",), DELETE, "version", id="version_missing"),
-        pytest.param(("version",), 2, "version", id="version_unknown"),
+        pytest.param(("version",), 3, "version", id="version_unknown"),
+        pytest.param(("version",), "2", "version", id="version_as_string"),
+        pytest.param(("version",), True, "version", id="version_yaml_true_is_not_1"),
     ],
 )
 def test_invalid_policy_names_the_field(

@@ -101,7 +101,7 @@ def test_changed_signature_with_equal_facts_keeps_the_snapshot(store: PolicyStor
 
 def test_bad_reload_keeps_the_policy_but_applies_fresh_facts(store: PolicyStore, host: Host, tmp_path: Path) -> None:
     good = store.current.policy
-    (tmp_path / "policy.yaml").write_text("version: 1\nscope: {allow_networks: [not-a-network]}\n")
+    (tmp_path / "policy.yaml").write_text("version: 2\nscope: {allow_networks: [not-a-network]}\n")
     host.add_address(ADDED)
 
     assert store.reload() is False
@@ -122,3 +122,30 @@ def test_good_reload_uses_fresh_facts(
     assert store.reload() is True
 
     assert ADDED in store.current.facts.own_addresses
+
+
+def test_reload_of_a_version_1_file_applies_its_limits_and_says_it_was_converted(
+    store: PolicyStore, tmp_path: Path, lab_policy_data: dict[str, Any]
+) -> None:
+    old = {**lab_policy_data, "version": 1, "resilience": {"max_concurrent_scans": 2}}
+    write(tmp_path / "policy.yaml", old)
+
+    assert store.reload() is True
+
+    snapshot = store.current
+    assert snapshot.policy.limits.concurrency.global_.running == 2
+    assert snapshot.file_version == 1
+    assert [(m.old, m.new) for m in snapshot.moved] == [
+        ("resilience.max_concurrent_scans", "limits.concurrency.global.running")
+    ]
+
+
+def test_reload_of_a_version_2_file_with_an_old_key_keeps_the_last_good_policy(
+    store: PolicyStore, tmp_path: Path, lab_policy_data: dict[str, Any]
+) -> None:
+    good = store.current.policy
+    write(tmp_path / "policy.yaml", {**lab_policy_data, "resilience": {"max_concurrent_scans": 2}})
+
+    assert store.reload() is False
+
+    assert store.current.policy is good
