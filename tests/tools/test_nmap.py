@@ -96,12 +96,6 @@ def installed_scripts() -> set[str]:
     return set(parse_script_db(SCRIPT_DB.read_text(encoding="utf-8")))
 
 
-needs_host_nmap = pytest.mark.skipif(
-    not SCRIPT_DB.is_file(), reason="needs nmap's data files (the non-integration suite runs on a host with nmap)"
-)
-
-
-@needs_host_nmap
 async def test_nmap_version_scan_gets_a_datadir_with_only_allowed_scripts(tmp_path: Path) -> None:
     argv = await dry_argv(tmp_path, NARROW, scan_type="version")
 
@@ -209,13 +203,11 @@ async def scripts_started(tmp_path: Path, allowed: list[str]) -> set[str]:
     return set(re.findall(r"NSE: Starting ([\w.-]+) against", (result.stdout + result.stderr).decode()))
 
 
-@needs_host_nmap
 async def test_nmap_version_scan_runs_no_unallowed_version_script(tmp_path: Path) -> None:
     # http-server-header is in the "version" category: -sV runs it unless script.db hides it.
     assert "http-server-header" not in await scripts_started(tmp_path, ["banner", "http-title"])
 
 
-@needs_host_nmap
 async def test_nmap_version_scan_runs_an_allowed_version_script(tmp_path: Path) -> None:
     # The control for the test above: allowed, the same script does run.
     assert "http-server-header" in await scripts_started(tmp_path, ["banner", "http-title", "http-server-header"])
