@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from appliance.audit import AuditSink, output_digest
 from appliance.config import Settings
-from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError, ValidationError
+from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError, UnexpectedError, ValidationError
 from appliance.metrics import Metrics
 from appliance.policy.model import Policy
 from appliance.policy.resolve import system_resolve
@@ -215,8 +215,6 @@ class ScanService:
         so a bad one is refused, audited and counted like any other refusal), or a request model
         an internal caller already built."""
         started = self._clock()
-        # One snapshot for the whole call: a reload mid-call never changes its rules or limits.
-        snapshot = self.store.current
         record: dict[str, Any] = {
             "request_id": request_id,
             "principal": principal,
@@ -224,11 +222,18 @@ class ScanService:
             "arguments": arguments.model_dump() if isinstance(arguments, BaseModel) else arguments,
         }
         try:
+            # One snapshot for the whole call: a reload mid-call never changes its rules or limits.
+            snapshot = self.store.current
             request = arguments if isinstance(arguments, BaseModel) else parse_arguments(spec.request_model, arguments)
             record["arguments"] = request.model_dump()
             plan = await self.check(spec, request, snapshot)
         except ApplianceError as exc:
             self.refuse(exc, record, tool=spec.name)
+            raise
+        except Exception as exc:
+            # A bug in a check (a resolver or parser raising): still one audit line and one count.
+            self.refuse(UnexpectedError(request_id), record, tool=spec.name)
+            log.error("policy check ended in an unexpected exception", exc_info=exc, extra={"tool": spec.name})
             raise
         record.update(argv=list(plan.argv), verdict="allowed", scanned_address=plan.target.scan_arg)
         if getattr(request, "dry_run", False):
@@ -245,13 +250,21 @@ class ScanService:
         # From here on the breaker may hold a probe slot: every way out goes through _finish_run.
         report: ScanReport | None = None
         run_result: RunResult | None = None
+        started_run = False
         try:
             async with self.limiter.slot(spec.name, started + plan.timeout_seconds, principal) as remaining:
                 # Audit before starting: a scan the trail does not show must not run (fails closed).
                 self.audit.write({**record, "event": "start"})
+                started_run = True
                 report, run_result = await self._execute(spec, plan, snapshot.policy, request_id, progress, remaining)
         except BaseException as exc:
-            self._finish_run(spec.name, breaker, record, started, None, None, exc)
+            if not started_run and isinstance(exc, ApplianceError):
+                # Refused before it ran (queue full, the principal's share, the queue wait ran
+                # out, shutting down, the audit sink failed): a refusal line, not an `end`.
+                breaker.record_neutral()
+                self.refuse(exc, record, tool=spec.name)
+            else:
+                self._finish_run(spec.name, breaker, record, started, None, None, exc)
             raise
         self._finish_run(spec.name, breaker, record, started, report, run_result, None)
         return report

@@ -45,7 +45,12 @@ def request_id_of(head: bytes) -> str | int | None:
     found = REQUEST_ID.search(head[:ID_SEARCH_BYTES])
     if found is None:
         return None
-    value: str | int = json.loads(found.group(1))
+    try:
+        value: str | int = json.loads(found.group(1))
+        if isinstance(value, str):
+            value.encode("utf-8")  # a lone surrogate escape would fail when the reply is written
+    except ValueError:  # an invalid escape, or an unencodable one: answer with a null id
+        return None
     return value
 
 

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from appliance.audit import AuditSink
 from appliance.config import Settings
-from appliance.errors import CircuitOpenError, ExecutionError
+from appliance.errors import ApplianceError, CircuitOpenError, ExecutionError
 from appliance.metrics import Metrics
 from appliance.policy.netinfo import NetworkFacts
 from appliance.policy.store import PolicyStore
@@ -148,3 +148,69 @@ async def test_open_breaker_refusal_is_audited_once(make: Callable[..., Any]) ->
 
     assert lines(audit)[-1]["rule"] == "circuit_open"
     assert lines(audit)[-1]["request_id"] == "r-open"
+
+
+async def test_unexpected_exception_in_a_check_is_audited_and_counted(
+    tmp_path: Path, lab_policy_data: dict[str, Any], lab_facts: NetworkFacts, lab_script_db: Path
+) -> None:
+    async def broken_resolver(name: str) -> list[str]:
+        raise RuntimeError("resolver bug")
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(lab_policy_data), encoding="utf-8")
+    audit, registry = io.StringIO(), CollectorRegistry()
+    service = ScanService(
+        Settings(policy_path=path),
+        PolicyStore(path, facts=lambda: lab_facts, script_db=lab_script_db),
+        AuditSink(stream=audit),
+        resolve=broken_resolver,
+        runner=Scripted(iter(())),
+        metrics=Metrics(registry, TOOLS, process=False),
+    )
+
+    with pytest.raises(RuntimeError):
+        await service.call(NMAP, {"target": "web.lab.internal", "dry_run": True}, "r-bug")
+
+    [line] = lines(audit)
+    assert (line["request_id"], line["verdict"], line["rule"]) == ("r-bug", "refused", "unexpected_exception")
+    assert registry.get_sample_value("appliance_tool_calls_total", {"tool": "nmap_scan", "outcome": "refused"}) == 1
+
+
+async def test_call_refused_by_a_full_queue_is_a_refusal_line_not_an_end_without_start(
+    tmp_path: Path, lab_policy_data: dict[str, Any], lab_facts: NetworkFacts, lab_script_db: Path
+) -> None:
+    data = {**lab_policy_data}
+    data["limits"] = {
+        **data.get("limits", {}),
+        "concurrency": {"per_tool": {"nmap_scan": {"running": 1, "queued": 0}}},
+    }
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    release, running = asyncio.Event(), asyncio.Event()
+
+    async def held(argv: Any, limits: RunLimits, **kwargs: Any) -> RunResult:
+        running.set()
+        await release.wait()
+        return RunResult(tuple(argv), 0, XML, b"", False, False, 0.01, pid=0)
+
+    audit, registry = io.StringIO(), CollectorRegistry()
+    service = ScanService(
+        Settings(policy_path=path),
+        PolicyStore(path, facts=lambda: lab_facts, script_db=lab_script_db),
+        AuditSink(stream=audit),
+        runner=held,
+        metrics=Metrics(registry, TOOLS, process=False),
+    )
+    first = asyncio.create_task(service.call(NMAP, CALL, "r-first"))
+    await asyncio.wait_for(running.wait(), 10)
+
+    with pytest.raises(ApplianceError) as refused:
+        await service.call(NMAP, CALL, "r-second")
+    release.set()
+    await first
+
+    assert refused.value.rule == "queue_full"
+    second = [line for line in lines(audit) if line["request_id"] == "r-second"]
+    assert [(line["verdict"], line["rule"], line.get("event")) for line in second] == [("refused", "queue_full", None)]
+    assert registry.get_sample_value("appliance_tool_calls_total", {"tool": "nmap_scan", "outcome": "refused"}) == 1
+    assert service.breakers["nmap_scan"].state.value == "closed"

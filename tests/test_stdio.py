@@ -21,6 +21,9 @@ from appliance.stdio import MAX_LINE_BYTES, PipeLines, request_id_of
         (b'{"jsonrpc":"2.0","id":7,"method":"tools/call"', 7),
         (b'{"jsonrpc": "2.0", "id" : "abc-1", "method"', "abc-1"),
         (b'{"method":"tools/call","params":{"arguments":{"target":"AAAA', None),
+        # unsafe: an id that is not valid JSON, or not encodable, must not kill the reader
+        (b'{"jsonrpc":"2.0","id":"\\q","method":"ping"', None),
+        (b'{"jsonrpc":"2.0","id":"\\ud800","method":"ping"', None),
     ],
 )
 def test_request_id_is_read_from_the_head_of_a_message(head: bytes, found: Any) -> None:

@@ -97,8 +97,12 @@ def build_nmap_datadir(allowed: list[str], script_db: Path = SCRIPT_DB, base: Pa
 def _build(key: tuple[str, ...], script_db: Path, base: Path | None) -> NmapDatadir:
     try:
         text = script_db.read_text(encoding="utf-8")
-    except OSError:
-        return NmapDatadir()  # no script.db: nothing for -sV to select (check_script_allowlist refused names)
+    except OSError as exc:
+        # Fail closed: nmap may still find a script.db of its own elsewhere (a source build under
+        # /usr/local) and -sV would run its version scripts unchecked.
+        problem = f"nmap's script database {script_db} cannot be read ({exc.strerror}), so -sV cannot be limited"
+        log.warning("version scans are refused: %s", problem)
+        return NmapDatadir(problem=problem)
     if set(parse_script_db(text)) <= set(key):
         return NmapDatadir()  # the image: it ships the allowed scripts only
     try:
@@ -120,6 +124,11 @@ def _build(key: tuple[str, ...], script_db: Path, base: Path | None) -> NmapData
 def nmap_datadir(allowed: list[str]) -> NmapDatadir:
     """The --datadir for this allowlist: the one built when the store accepted it, else built now."""
     key = _key(allowed)
-    if key in _ACCEPTED:
-        return _ACCEPTED[key]
+    found = _ACCEPTED.get(key)
+    if found is not None and (found.path is None or (found.path / "scripts" / "script.db").is_file()):
+        return found
+    # Never built, or its directory was removed under us (a /tmp cleaner): without it nmap would
+    # fall back to its own directory and every version script. Build it again.
+    for stale in [k for k in _BUILT if k[1] == key]:
+        del _BUILT[stale]
     return build_nmap_datadir(allowed)

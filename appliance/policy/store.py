@@ -69,8 +69,10 @@ class PolicyStore:
         """The snapshot for one call, recompiled first if the host's addresses or routes changed."""
         seen = self._signature()
         if seen != self._seen:
-            self._seen = seen
             self._refresh_facts()
+            # Only once the re-read worked: a failed read (an interface vanishing mid-read) is
+            # tried again by the next call instead of leaving the old scope in force.
+            self._seen = seen
         return self._current
 
     def _refresh_facts(self) -> None:

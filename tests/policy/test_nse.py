@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,23 @@ def test_unwritable_datadir_is_reported_not_silently_skipped(nmap_data: Path, tm
 
     assert datadir.path is None
     assert datadir.problem is not None and "private nmap data directory" in datadir.problem
+
+
+def test_unreadable_script_db_refuses_version_scans_instead_of_failing_open(tmp_path: Path) -> None:
+    # A source-built nmap keeps its scripts elsewhere: -sV would run them all, unchecked.
+    datadir = build_nmap_datadir([], tmp_path / "no-such" / "script.db", base=tmp_path)
+
+    assert datadir.path is None
+    assert datadir.problem is not None and "cannot be read" in datadir.problem
+
+
+def test_datadir_removed_under_the_appliance_is_built_again(nmap_data: Path, tmp_path: Path) -> None:
+    # A /tmp cleaner removing it would make nmap fall back to its own directory (every script).
+    first = build_nmap_datadir(["banner"], nmap_data, base=tmp_path).path
+    assert first is not None
+    shutil.rmtree(first)
+
+    again = nmap_datadir(["banner"])  # rebuilt from this host's nmap (the suite runs beside nmap)
+
+    assert again.path is not None and again.path != first
+    assert sorted(p.name for p in (again.path / "scripts").iterdir()) == ["banner.nse", "script.db"]

@@ -27,6 +27,7 @@ class Host:
         self.facts = facts
         self.generation = 0
         self.reads = 0
+        self.fail_next = False
 
     def add_address(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
         self.facts = NetworkFacts(
@@ -39,6 +40,9 @@ class Host:
 
     def read(self) -> NetworkFacts:
         self.reads += 1
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("interface vanished mid-read")
         return self.facts
 
     def signature(self) -> bytes:
@@ -149,3 +153,13 @@ def test_reload_of_a_version_2_file_with_an_old_key_keeps_the_last_good_policy(
     assert store.reload() is False
 
     assert store.current.policy is good
+
+
+def test_failed_facts_read_is_retried_by_the_next_call(store: PolicyStore, host: Host) -> None:
+    host.add_address(ADDED)
+    host.fail_next = True  # the interface table changes under the read
+
+    with pytest.raises(OSError, match="vanished"):
+        store.current  # noqa: B018 - the property read is the call under test
+
+    assert ADDED in store.current.facts.own_addresses  # retried, not left stale
