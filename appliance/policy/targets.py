@@ -251,12 +251,22 @@ def check_address(address: IPAddress, scope: Scope) -> None:
         )
 
 
-NAT64_CLOSED = "NAT64 prefixes are refused unless the policy's allow_networks lists them (or a part of them)"
+NAT64_PREFIX_LENGTH = 96  # the only RFC 6052 layout whose IPv4 is the last 32 bits
+NAT64_CLOSED = (
+    "NAT64 prefixes are refused unless the policy's allow_networks lists the translator's /96 "
+    "(or a narrower part of it)"
+)
 
 
 def _nat64_opened(scope: Scope) -> list[IPNetwork]:
-    """Allowed networks inside a NAT64 prefix: only those open it (a broad ::/0 does not)."""
-    return [n for n in scope.allowed if any(_within(n, prefix) for prefix in NAT64_PREFIXES)]
+    """Allowed networks inside a NAT64 prefix: only those open it (a broad ::/0 does not), and
+    only when /96 or narrower: the IPv4 check reads the last 32 bits (RFC 6052's /96 layout); a
+    translator on a /48-/64 layout reads other bits, which a wider entry would leave unchecked."""
+    return [
+        n
+        for n in scope.allowed
+        if n.prefixlen >= NAT64_PREFIX_LENGTH and any(_within(n, prefix) for prefix in NAT64_PREFIXES)
+    ]
 
 
 def _check_nat64_address(address: ipaddress.IPv6Address, scope: Scope) -> None:

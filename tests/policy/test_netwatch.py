@@ -1,16 +1,19 @@
 """netwatch: the change counter the store checks on every call.
 
-A fake socket stands in for netlink (the kernel side was checked by hand under `unshare -n`:
-`ip addr add`, `ip route add` and `ip -6 addr add` each moved the counter).
+A fake socket stands in for netlink in the unit tests; the last test runs the real watch in a
+network namespace of its own and adds an address there.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from support import write_policy
 
 from appliance.policy import netwatch
 from appliance.policy.netinfo import SIGNATURE_FILES, facts_signature
@@ -88,3 +91,41 @@ def test_signature_watch_moves_when_a_table_changes(tmp_path: Path, monkeypatch:
     (tmp_path / "route").write_text("after\n")
     assert w.generation() == 1
     assert w.generation() == 1
+
+
+# The kernel side, for real: a child process in a network namespace of its own (nothing here
+# touches this host's interfaces) adds an address to its loopback interface and asks the store, with
+# the real netlink watch and the real interface tables, whether that address may be scanned.
+NAMESPACE_CHECK = """
+import ipaddress, subprocess, sys
+from pathlib import Path
+from appliance.errors import ValidationError
+from appliance.policy.store import PolicyStore
+from appliance.policy.targets import check_address
+
+store = PolicyStore(Path(sys.argv[1]))
+added = ipaddress.ip_address("10.20.0.77")
+check_address(added, store.current.scope)  # an ordinary lab address before it becomes ours
+for command in ("ip link set lo up", "ip addr add 10.20.0.77/24 dev lo"):
+    subprocess.run(command.split(), check=True)
+try:
+    check_address(added, store.current.scope)  # no reload, no SIGHUP
+except ValidationError as exc:
+    print(exc.rule)
+else:
+    print("allowed")
+"""
+
+
+def test_target_rejects_address_added_after_start_in_a_real_namespace(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, {"scope": {"allow_networks": ["10.20.0.0/16"]}})
+    done = subprocess.run(
+        ["unshare", "-n", "--", sys.executable, "-c", NAMESPACE_CHECK, str(policy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["target_denied_own_address"]

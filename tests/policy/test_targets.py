@@ -591,7 +591,7 @@ async def test_target_rejects_nat64_unless_allow_networks_lists_it(
     assert "allow_networks" in refused.value.message
 
 
-NAT64_OPEN = ("64:ff9b::/96", "64:ff9b:1::/48")
+NAT64_OPEN = ("64:ff9b::/96", "64:ff9b:1::/96")  # the /96 of a local-use translator
 
 
 @pytest.mark.anyio
@@ -678,3 +678,18 @@ async def test_target_rejects_nat64_outside_the_opened_part(
         await check_target(target, scope, make_resolver())
 
     assert refused.value.rule == rule
+
+
+@pytest.mark.anyio
+async def test_target_rejects_nat64_opened_by_an_entry_wider_than_96(
+    lab_scope: Scope, make_resolver: Callable[..., Any]
+) -> None:
+    # A /64 entry in the local-use prefix: a translator on RFC 6052's /64 layout reads the IPv4
+    # from bits this check does not look at, so such an entry opens nothing.
+    wide = ipaddress.ip_network("64:ff9b:1:0:0::/64")
+    scope = dataclasses.replace(lab_scope, allowed=(*lab_scope.allowed, wide))
+
+    with pytest.raises(ValidationError) as refused:
+        await check_target("64:ff9b:1::a14:5", scope, make_resolver())  # last 32 bits: 10.20.0.5
+
+    assert refused.value.rule == "target_ipv4_mapped_ipv6"
