@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import copy
+import io
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import settings as hypothesis_settings
-from support import SpyRunner
+from prometheus_client import CollectorRegistry
+from support import FakeResolver, LabService, SpyRunner, merge
 
+from appliance.audit import AuditSink
+from appliance.config import Settings
+from appliance.metrics import Metrics
 from appliance.policy.model import Policy
 from appliance.policy.netinfo import NetworkFacts
 from appliance.policy.scope import compile_scope
+from appliance.policy.store import PolicyStore
 from appliance.policy.targets import Scope
+from appliance.service import ScanService
+from appliance.tools import TOOLS
 
 
 @pytest.fixture
@@ -88,18 +97,6 @@ Entry { filename = "broadcast-dhcp-discover.nse", categories = { "broadcast", "s
 """
 
 
-class FakeResolver:
-    """A dict-backed stand-in for the lab DNS: never sends a query, records every name it is asked."""
-
-    def __init__(self, answers: Mapping[str, Sequence[str]] | None = None) -> None:
-        self.answers = {name: list(addresses) for name, addresses in (answers or {}).items()}
-        self.calls: list[str] = []
-
-    async def __call__(self, name: str) -> list[str]:
-        self.calls.append(name)
-        return list(self.answers.get(name, []))
-
-
 @pytest.fixture(scope="session")
 def lab_policy() -> Policy:
     return Policy.model_validate(LAB_POLICY_DATA)
@@ -141,3 +138,37 @@ def make_resolver() -> Callable[..., FakeResolver]:
 def spy_runner() -> SpyRunner:
     """The one spy runner (tests/support/runners.py): fails the test if a scanner would start."""
     return SpyRunner()
+
+
+@pytest.fixture
+def lab_service(
+    tmp_path: Path, lab_policy_data: dict[str, Any], lab_facts: NetworkFacts, lab_script_db: Path
+) -> Callable[..., LabService]:
+    """Build a LabService: the lab policy with `policy` merged in, a dict resolver answering
+    `resolves` (never a real lookup) and, unless a test gives its own, the spy runner."""
+
+    def build(
+        policy: Mapping[str, Any] | None = None,
+        *,
+        resolves: Mapping[str, Sequence[str]] | None = None,
+        resolve: Callable[[str], Awaitable[list[str]]] | None = None,
+        runner: Any = None,
+        privilege_mode: str = "raw",
+        clock: Callable[[], float] | None = None,
+    ) -> LabService:
+        path = tmp_path / "policy.yaml"
+        path.write_text(yaml.safe_dump(merge(lab_policy_data, dict(policy or {})), sort_keys=False), encoding="utf-8")
+        audit, registry, resolver = io.StringIO(), CollectorRegistry(), FakeResolver(resolves)
+        runner = SpyRunner() if runner is None else runner
+        service = ScanService(
+            Settings(privilege_mode=privilege_mode, policy_path=path),  # type: ignore[arg-type]
+            PolicyStore(path, facts=lambda: lab_facts, script_db=lab_script_db),
+            AuditSink(stream=audit),
+            resolve=resolve or resolver,
+            runner=runner,
+            metrics=Metrics(registry, TOOLS, process=False),
+            **({} if clock is None else {"clock": clock}),
+        )
+        return LabService(service, audit, registry, resolver, runner)
+
+    return build

@@ -8,25 +8,19 @@ the runner is a spy that fails the test if a scanner would start.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from mcp import Client
+from support import LabService
 
-from appliance.audit import AuditSink
-from appliance.config import Settings
 from appliance.errors import ApplianceError, NotFoundError, ValidationError
-from appliance.policy.netinfo import NetworkFacts
-from appliance.policy.store import PolicyStore
 from appliance.server import build_server
-from appliance.service import ScanService
 from appliance.tools import TOOLS
 
 CORPUS_PATH = Path(__file__).parent / "attack_corpus.yaml"
@@ -36,62 +30,8 @@ REQUIRED_KEYS = {"id", "tool", "args", "rule"}
 MIN_ENTRIES = 150
 
 
-def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` with `changes` merged in key by key; a null in `changes` is a value (dns_resolver: null)."""
-    result = dict(base)
-    for key, value in changes.items():
-        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
-            result[key] = merged(result[key], value)
-        else:
-            result[key] = value
-    return result
-
-
-def write_policy(directory: Path, data: Mapping[str, Any]) -> Path:
-    """Write `data` as a policy file, the form the appliance loads it in."""
-    path = directory / "policy.yaml"
-    path.write_text(yaml.safe_dump(dict(data), sort_keys=False), encoding="utf-8")
-    return path
-
-
-@dataclass
-class Harness:
-    service: ScanService
-    resolver: Any
-    runner: Any
-    audit: io.StringIO
-
-    def audit_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.audit.getvalue().splitlines()]
-
-
-@pytest.fixture
-def harness(
-    tmp_path: Path,
-    lab_policy_data: dict[str, Any],
-    lab_facts: NetworkFacts,
-    lab_script_db: Path,
-    make_resolver: Callable[..., Any],
-    spy_runner: Any,
-) -> Callable[..., Harness]:
-    def build(
-        policy: Mapping[str, Any] | None = None,
-        resolves: Mapping[str, list[str]] | None = None,
-        privilege_mode: str = "raw",
-    ) -> Harness:
-        path = write_policy(tmp_path, merged(lab_policy_data, policy or {}))
-        settings = Settings(privilege_mode=privilege_mode, policy_path=path, audit_path=None)
-        store = PolicyStore(path, facts=lambda: lab_facts, script_db=lab_script_db)
-        audit = io.StringIO()
-        resolver = make_resolver(resolves or {})
-        service = ScanService(settings, store, AuditSink(stream=audit), resolve=resolver, runner=spy_runner)
-        return Harness(service, resolver, spy_runner, audit)
-
-    return build
-
-
-async def call(harness: Harness, tool: str, arguments: Mapping[str, Any]) -> Any:
-    return await harness.service.call(TOOLS[tool], arguments, "test-id")
+async def call(lab: LabService, tool: str, arguments: Mapping[str, Any]) -> Any:
+    return await lab.service.call(TOOLS[tool], arguments, "test-id")
 
 
 # --- the corpus itself --------------------------------------------------------------------------
@@ -124,10 +64,10 @@ def test_corpus_covers_every_tool_and_both_privilege_modes() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("entry", CORPUS, ids=[entry["id"] for entry in CORPUS])
 async def test_attack_is_refused_before_any_scanner_starts(
-    entry: dict[str, Any], harness: Callable[..., Harness]
+    entry: dict[str, Any], lab_service: Callable[..., LabService]
 ) -> None:
     resolves = entry.get("resolves", {})
-    h = harness(entry.get("policy"), resolves, entry.get("privilege_mode", "raw"))
+    h = lab_service(entry.get("policy"), resolves=resolves, privilege_mode=entry.get("privilege_mode", "raw"))
 
     with pytest.raises(ApplianceError) as refused:
         await call(h, entry["tool"], entry["args"])
@@ -147,10 +87,10 @@ async def test_attack_is_refused_before_any_scanner_starts(
 @pytest.mark.anyio
 @pytest.mark.parametrize("entry", CORPUS, ids=[entry["id"] for entry in CORPUS])
 async def test_attack_through_an_mcp_client_is_refused_before_any_scanner_starts(
-    entry: dict[str, Any], harness: Callable[..., Harness]
+    entry: dict[str, Any], lab_service: Callable[..., LabService]
 ) -> None:
     resolves = entry.get("resolves", {})
-    h = harness(entry.get("policy"), resolves, entry.get("privilege_mode", "raw"))
+    h = lab_service(entry.get("policy"), resolves=resolves, privilege_mode=entry.get("privilege_mode", "raw"))
 
     async with Client(build_server(h.service), mode="legacy") as client:
         result = await client.call_tool(entry["tool"], entry["args"])
@@ -166,7 +106,7 @@ async def test_attack_through_an_mcp_client_is_refused_before_any_scanner_starts
     assert (line["verdict"], line["rule"], line["tool"]) == ("refused", entry["rule"], entry["tool"])
 
 
-# --- the harness lets clean calls through: the refusals above are not an artefact --------------
+# --- the lab service lets clean calls through: the refusals above are not an artefact --------------
 
 
 CLEAN_CALLS = [
@@ -183,9 +123,9 @@ CLEAN_CALLS = [
 @pytest.mark.anyio
 @pytest.mark.parametrize(("tool", "arguments"), CLEAN_CALLS)
 async def test_clean_dry_run_is_allowed_and_audited(
-    tool: str, arguments: dict[str, Any], harness: Callable[..., Harness]
+    tool: str, arguments: dict[str, Any], lab_service: Callable[..., LabService]
 ) -> None:
-    h = harness(resolves={"web.lab.internal": ["10.20.0.5"]})
+    h = lab_service(resolves={"web.lab.internal": ["10.20.0.5"]})
 
     report = await call(h, tool, {**arguments, "dry_run": True})
 
@@ -198,9 +138,9 @@ async def test_clean_dry_run_is_allowed_and_audited(
 @pytest.mark.anyio
 @pytest.mark.parametrize(("tool", "arguments"), CLEAN_CALLS)
 async def test_spy_runner_catches_a_call_that_would_run(
-    tool: str, arguments: dict[str, Any], harness: Callable[..., Harness]
+    tool: str, arguments: dict[str, Any], lab_service: Callable[..., LabService]
 ) -> None:
-    h = harness(resolves={"web.lab.internal": ["10.20.0.5"]})
+    h = lab_service(resolves={"web.lab.internal": ["10.20.0.5"]})
 
     with pytest.raises(AssertionError, match="would have started"):
         await call(h, tool, arguments)

@@ -6,7 +6,6 @@ Every call here goes through an in-process MCP client into the real server, with
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,19 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from prometheus_client import CollectorRegistry
+from support import LabService
 
-from appliance.audit import AuditSink
-from appliance.config import Settings
-from appliance.metrics import Metrics
-from appliance.policy.netinfo import NetworkFacts
-from appliance.policy.store import PolicyStore
 from appliance.runner import RunLimits, RunResult
 from appliance.server import ScannerServer
-from appliance.service import ScanService
 from appliance.tools import TOOLS
 
 pytestmark = pytest.mark.anyio
@@ -38,47 +30,30 @@ TOOLS_LIST_BUDGET_BYTES = 8 * 1024
 
 @dataclass
 class Boundary:
+    """The lab service behind the real MCP server, and an in-process client for it."""
+
+    lab: LabService
     server: ScannerServer
-    audit: io.StringIO
-    registry: CollectorRegistry
-    runner: Any
 
     def client(self, mode: str = "legacy") -> Client:
         return Client(self.server.mcp, mode=mode)
 
+    @property
+    def runner(self) -> Any:
+        return self.lab.runner
+
     def audit_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.audit.getvalue().splitlines()]
+        return self.lab.audit_lines()
 
     def metric(self, name: str, **labels: str) -> float:
-        value = self.registry.get_sample_value(name, labels)
-        return 0.0 if value is None else value
+        return self.lab.metric(name, **labels)
 
 
 @pytest.fixture
-def boundary(
-    tmp_path: Path,
-    lab_policy_data: dict[str, Any],
-    lab_facts: NetworkFacts,
-    lab_script_db: Path,
-    make_resolver: Callable[..., Any],
-    spy_runner: Any,
-) -> Callable[..., Boundary]:
+def boundary(lab_service: Callable[..., LabService]) -> Callable[..., Boundary]:
     def build(runner: Any = None) -> Boundary:
-        path = tmp_path / "policy.yaml"
-        path.write_text(yaml.safe_dump(lab_policy_data), encoding="utf-8")
-        settings = Settings(privilege_mode="raw", policy_path=path)
-        store = PolicyStore(path, facts=lambda: lab_facts, script_db=lab_script_db)
-        audit = io.StringIO()
-        registry = CollectorRegistry()
-        service = ScanService(
-            settings,
-            store,
-            AuditSink(stream=audit),
-            resolve=make_resolver({"web.lab.internal": ["10.20.0.5"]}),
-            runner=runner or spy_runner,
-            metrics=Metrics(registry, TOOLS, process=False),
-        )
-        return Boundary(ScannerServer(service), audit, registry, runner or spy_runner)
+        lab = lab_service(resolves={"web.lab.internal": ["10.20.0.5"]}, runner=runner)
+        return Boundary(lab, ScannerServer(lab.service))
 
     return build
 

@@ -15,15 +15,10 @@ from typing import Any
 
 import anyio
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry
+from support import LabService
 
-from appliance.audit import AuditSink
-from appliance.config import Settings
 from appliance.errors import ApplianceError, CircuitOpenError, ExecutionError
-from appliance.metrics import Metrics
-from appliance.policy.netinfo import NetworkFacts
-from appliance.policy.store import PolicyStore
 from appliance.runner import RunLimits, RunResult
 from appliance.service import ScanService
 from appliance.tools import TOOLS
@@ -57,24 +52,17 @@ class Scripted:
         return RunResult(tuple(argv), 0, XML, b"", False, False, 0.01, pid=0)
 
 
+BREAKER = {"resilience": {"breaker_failure_threshold": 1, "breaker_recovery_seconds": 10}}
+
+
 @pytest.fixture
 def make(
-    tmp_path: Path, lab_policy_data: dict[str, Any], lab_facts: NetworkFacts, lab_script_db: Path
+    lab_service: Callable[..., LabService],
 ) -> Callable[..., tuple[ScanService, io.StringIO, CollectorRegistry, Clock]]:
     def build(*script: Any) -> tuple[ScanService, io.StringIO, CollectorRegistry, Clock]:
-        data = {**lab_policy_data, "resilience": {"breaker_failure_threshold": 1, "breaker_recovery_seconds": 10}}
-        path = tmp_path / "policy.yaml"
-        path.write_text(yaml.safe_dump(data), encoding="utf-8")
-        audit, registry, clock = io.StringIO(), CollectorRegistry(), Clock()
-        service = ScanService(
-            Settings(policy_path=path),
-            PolicyStore(path, facts=lambda: lab_facts, script_db=lab_script_db),
-            AuditSink(stream=audit),
-            runner=Scripted(iter(script)),
-            metrics=Metrics(registry, TOOLS, process=False),
-            clock=clock,
-        )
-        return service, audit, registry, clock
+        clock = Clock()
+        lab = lab_service(BREAKER, runner=Scripted(iter(script)), privilege_mode="connect", clock=clock)
+        return lab.service, lab.audit, lab.registry, clock
 
     return build
 
@@ -151,22 +139,13 @@ async def test_open_breaker_refusal_is_audited_once(make: Callable[..., Any]) ->
 
 
 async def test_unexpected_exception_in_a_check_is_audited_and_counted(
-    tmp_path: Path, lab_policy_data: dict[str, Any], lab_facts: NetworkFacts, lab_script_db: Path
+    lab_service: Callable[..., LabService],
 ) -> None:
     async def broken_resolver(name: str) -> list[str]:
         raise RuntimeError("resolver bug")
 
-    path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump(lab_policy_data), encoding="utf-8")
-    audit, registry = io.StringIO(), CollectorRegistry()
-    service = ScanService(
-        Settings(policy_path=path),
-        PolicyStore(path, facts=lambda: lab_facts, script_db=lab_script_db),
-        AuditSink(stream=audit),
-        resolve=broken_resolver,
-        runner=Scripted(iter(())),
-        metrics=Metrics(registry, TOOLS, process=False),
-    )
+    lab = lab_service(resolve=broken_resolver, runner=Scripted(iter(())), privilege_mode="connect")
+    service, audit, registry = lab.service, lab.audit, lab.registry
 
     with pytest.raises(RuntimeError):
         await service.call(NMAP, {"target": "web.lab.internal", "dry_run": True}, "r-bug")
@@ -177,15 +156,8 @@ async def test_unexpected_exception_in_a_check_is_audited_and_counted(
 
 
 async def test_call_refused_by_a_full_queue_is_a_refusal_line_not_an_end_without_start(
-    tmp_path: Path, lab_policy_data: dict[str, Any], lab_facts: NetworkFacts, lab_script_db: Path
+    lab_service: Callable[..., LabService],
 ) -> None:
-    data = {**lab_policy_data}
-    data["limits"] = {
-        **data.get("limits", {}),
-        "concurrency": {"per_tool": {"nmap_scan": {"running": 1, "queued": 0}}},
-    }
-    path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
     release, running = asyncio.Event(), asyncio.Event()
 
     async def held(argv: Any, limits: RunLimits, **kwargs: Any) -> RunResult:
@@ -193,14 +165,9 @@ async def test_call_refused_by_a_full_queue_is_a_refusal_line_not_an_end_without
         await release.wait()
         return RunResult(tuple(argv), 0, XML, b"", False, False, 0.01, pid=0)
 
-    audit, registry = io.StringIO(), CollectorRegistry()
-    service = ScanService(
-        Settings(policy_path=path),
-        PolicyStore(path, facts=lambda: lab_facts, script_db=lab_script_db),
-        AuditSink(stream=audit),
-        runner=held,
-        metrics=Metrics(registry, TOOLS, process=False),
-    )
+    one_slot = {"limits": {"concurrency": {"per_tool": {"nmap_scan": {"running": 1, "queued": 0}}}}}
+    lab = lab_service(one_slot, runner=held, privilege_mode="connect")
+    service, audit, registry = lab.service, lab.audit, lab.registry
     first = asyncio.create_task(service.call(NMAP, CALL, "r-first"))
     await asyncio.wait_for(running.wait(), 10)
 

@@ -1,6 +1,7 @@
 """Helpers shared by the tests (imported as `from support import X`).
 
 policies    the shipped default policy with overrides, written to a tmp dir
+lab         a ScanService on the lab policy (conftest's lab_service) and its dict resolver
 listeners   loopback targets the tests start (the only things a host test scans)
 servers     `appliance serve` child processes and MCP clients for them
 runners     the spy runner that refusal tests hand to ScanService
@@ -11,6 +12,7 @@ waiting     one wait_until (and `eventually`, its async form): wait on a conditi
 
 from __future__ import annotations
 
+from support.lab import FakeResolver, LabService
 from support.listeners import (
     CountingListener,
     WebRoot,
@@ -50,6 +52,8 @@ __all__ = [
     "STOP_SECONDS",
     "TOKEN",
     "CountingListener",
+    "FakeResolver",
+    "LabService",
     "Served",
     "SpyRunner",
     "WebRoot",

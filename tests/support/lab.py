@@ -1,0 +1,44 @@
+"""A ScanService on the lab policy for tests (built by conftest's `lab_service` fixture), and the
+dict resolver it uses: what a test inspects after a call, in one place."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from appliance.service import ScanService
+
+
+class FakeResolver:
+    """A dict-backed stand-in for the lab DNS: never sends a query, records every name it is asked."""
+
+    def __init__(self, answers: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.answers = {name: list(addresses) for name, addresses in (answers or {}).items()}
+        self.calls: list[str] = []
+
+    async def __call__(self, name: str) -> list[str]:
+        self.calls.append(name)
+        return list(self.answers.get(name, []))
+
+
+@dataclass
+class LabService:
+    """A ScanService on the lab policy and facts, with what a test inspects after a call."""
+
+    service: ScanService
+    audit: io.StringIO
+    registry: CollectorRegistry
+    resolver: FakeResolver
+    runner: Any
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.audit.getvalue().splitlines()]
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
