@@ -25,6 +25,8 @@ from support import (
     counting_listener,
     eventually,
     http_client,
+    initialize_request,
+    mcp_headers,
     scanner_processes,
     served,
     web_root,
@@ -35,34 +37,15 @@ pytestmark = pytest.mark.anyio
 
 # A scanner process must be gone this long after the call that started it returned.
 REAP_SECONDS = 5
-# Legacy (handshake-era) streamable HTTP; the raw-HTTP tests speak it without the SDK client.
-LEGACY_VERSION = "2025-11-25"
 
 
 def audit_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def legacy_headers(session_id: str | None = None) -> dict[str, str]:
-    headers = {
-        "Authorization": f"Bearer {TOKEN}",
-        "Accept": "application/json, text/event-stream",
-        "Content-Type": "application/json",
-    }
-    if session_id is not None:
-        headers.update({"mcp-session-id": session_id, "mcp-protocol-version": LEGACY_VERSION})
-    return headers
-
-
 async def open_legacy_session(http: httpx2.AsyncClient, url: str) -> str:
     """`initialize` only, over raw HTTP: the server creates a session and returns its id."""
-    message = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": LEGACY_VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-    response = await http.post(url, json=message, headers=legacy_headers())
+    response = await http.post(url, json=initialize_request(), headers=mcp_headers(TOKEN))
     assert response.status_code == 200, response.text
     return response.headers["mcp-session-id"]
 
@@ -331,7 +314,7 @@ async def test_vanished_client_leaves_the_server_serving_and_its_scan_ends(tmp_p
         }
         async with httpx2.AsyncClient() as http:
             session = await open_legacy_session(http, server.url)
-            async with http.stream("POST", server.url, json=call, headers=legacy_headers(session)) as response:
+            async with http.stream("POST", server.url, json=call, headers=mcp_headers(TOKEN, session)) as response:
                 assert response.status_code == 200
                 await eventually(lambda: scanner_processes(marker), START_SECONDS)
             # Leaving the stream unread closes its connection: no cancel notice, no DELETE.

@@ -15,6 +15,7 @@ from support import (
     APPLIANCE,
     LOOPBACK_POLICY,
     http_client,
+    initialize_request,
     scanner_processes,
     served,
     server_env,
@@ -81,16 +82,7 @@ def test_sigterm_on_stdio_with_a_scan_running_exits_zero(tmp_path: Path) -> None
         with tcp_listener() as target:
             marker = f"{target},26000-26300"
             messages = [
-                {
-                    "jsonrpc": "2.0",
-                    "id": 1,
-                    "method": "initialize",
-                    "params": {
-                        "protocolVersion": "2025-11-25",
-                        "capabilities": {},
-                        "clientInfo": {"name": "t", "version": "1"},
-                    },
-                },
+                initialize_request(),
                 {"jsonrpc": "2.0", "method": "notifications/initialized"},
                 {
                     "jsonrpc": "2.0",

@@ -12,21 +12,12 @@ from pathlib import Path
 import harness
 import httpx2
 import pytest
+from support import initialize_request
 
 from appliance.config import load_settings
 from appliance.errors import ConfigError
 
 APPLIANCE = Path(sys.executable).with_name("appliance")
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "origin-test", "version": "0"},
-    },
-}
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
@@ -40,7 +31,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def post_initialize(url: str, origin: str | None) -> httpx2.Response:
     headers = dict(MCP_HEADERS, **({"Origin": origin} if origin is not None else {}))
-    return httpx2.post(url, json=INITIALIZE, headers=headers, timeout=30)
+    return httpx2.post(url, json=initialize_request(), headers=headers, timeout=30)
 
 
 def port_of(url: str) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import APPLIANCE, LOOPBACK_POLICY, write_policy
+from support import APPLIANCE, LOOPBACK_POLICY, initialize_request, write_policy
 
 from appliance.stdio import MAX_LINE_BYTES, PipeLines, request_id_of
 
@@ -77,12 +77,7 @@ def test_stdio_server_answers_an_oversized_line_with_an_error_and_keeps_serving(
         APPLIANCE_LOG_LEVEL="WARNING",
         APPLIANCE_HEALTH_ENABLED="false",
     )
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
+    initialize = initialize_request()
     huge = {
         "jsonrpc": "2.0",
         "id": 7,
