@@ -9,9 +9,10 @@ the target is up.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -278,15 +279,22 @@ def _check_nat64_address(address: ipaddress.IPv6Address, scope: Scope) -> None:
             "Give the IPv4 address itself, or ask the operator to list the NAT64 range in allow_networks.",
         )
     embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    try:
+    with _translated(address, embedded):
         if any(embedded in net for net in LOOPBACK):
             # The translator's loopback, not ours: insecure_allow_loopback does not open it.
             raise _refuse("target_denied_loopback", f"{embedded} is a loopback address", "Choose another target.")
         check_address(embedded, scope)
+
+
+@contextlib.contextmanager
+def _translated(target: IPAddress | IPNetwork, embedded: IPAddress | IPNetwork) -> Iterator[None]:
+    """An IPv4 check of a NAT64 target's embedded part: its refusal keeps its rule, names both."""
+    try:
+        yield
     except ValidationError as exc:
         raise _refuse(
             exc.rule,
-            f"{address} is NAT64-translated to {embedded}, which is refused: {exc.message}",
+            f"{target} is NAT64-translated to {embedded}, which is refused: {exc.message}",
             exc.recovery_suggestion,
         ) from exc
 
@@ -301,16 +309,10 @@ def _check_nat64_network(network: ipaddress.IPv6Network, scope: Scope) -> None:
             "Give the IPv4 block itself, or ask the operator to list the NAT64 range in allow_networks.",
         )
     embedded = ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
-    try:
+    with _translated(network, embedded):
         if any(_overlaps(embedded, loop) for loop in LOOPBACK):
             raise _refuse("target_denied_loopback", f"{embedded} overlaps loopback", "Choose another block.")
         check_network(embedded, scope)
-    except ValidationError as exc:
-        raise _refuse(
-            exc.rule,
-            f"{network} is NAT64-translated to {embedded}, which is refused: {exc.message}",
-            exc.recovery_suggestion,
-        ) from exc
 
 
 def _overlaps(a: IPNetwork, b: IPNetwork) -> bool:
