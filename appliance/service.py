@@ -224,8 +224,11 @@ class ScanService:
         try:
             # One snapshot for the whole call: a reload mid-call never changes its rules or limits.
             snapshot = self.store.current
-            request = arguments if isinstance(arguments, BaseModel) else parse_arguments(spec.request_model, arguments)
-            record["arguments"] = request.model_dump()
+            if not isinstance(arguments, BaseModel):
+                request = parse_arguments(spec.request_model, arguments)
+                record["arguments"] = request.model_dump()  # as validated, not as sent
+            else:
+                request = arguments
             plan = await self.check(spec, request, snapshot)
         except ApplianceError as exc:
             self.refuse(exc, record, tool=spec.name)
