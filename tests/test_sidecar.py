@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from collections.abc import AsyncIterator
@@ -61,15 +62,22 @@ async def client_for(health: Health, registry: CollectorRegistry, token: str | N
     return client
 
 
-@pytest.fixture
-async def open_client(tmp_path: Path, registry: CollectorRegistry) -> AsyncIterator[tuple[TestClient, State]]:
-    health, state = make_health(tmp_path)
+@contextlib.asynccontextmanager
+async def sidecar_of(health: Health, registry: CollectorRegistry) -> AsyncIterator[TestClient]:
+    """A test client for `health`'s sidecar; the client and the health's audit sink closed after."""
     client = await client_for(health, registry)
     try:
-        yield client, state
+        yield client
     finally:
         await client.close()
         health.audit.close()
+
+
+@pytest.fixture
+async def open_client(tmp_path: Path, registry: CollectorRegistry) -> AsyncIterator[tuple[TestClient, State]]:
+    health, state = make_health(tmp_path)
+    async with sidecar_of(health, registry) as client:
+        yield client, state
 
 
 async def test_livez_answers(open_client: tuple[TestClient, State]) -> None:
@@ -121,13 +129,9 @@ async def test_metrics_exposes_prometheus_text(open_client: tuple[TestClient, St
 
 async def test_unready_when_no_scanner_is_usable(tmp_path: Path, registry: CollectorRegistry) -> None:
     health, _ = make_health(tmp_path, scanners_present=False)
-    client = await client_for(health, registry)
-    try:
+    async with sidecar_of(health, registry) as client:
         ready = await client.get("/readyz")
         report = await (await client.get("/healthz")).json()
-    finally:
-        await client.close()
-        health.audit.close()
     assert ready.status == 503
     assert report["status"] == "unhealthy"
 
@@ -136,15 +140,11 @@ async def test_missing_audit_folder_makes_it_unready_not_a_server_error(
     tmp_path: Path, registry: CollectorRegistry
 ) -> None:
     health, _ = make_health(tmp_path, audit_dir=tmp_path / "no-such-dir")
-    client = await client_for(health, registry)
-    try:
+    async with sidecar_of(health, registry) as client:
         ready = await client.get("/readyz")
         healthz = await client.get("/healthz")
         reasons = (await healthz.json())["checks"]["ready"]["reasons"]
         readyz_body = await ready.text()
-    finally:
-        await client.close()
-        health.audit.close()
     assert ready.status == 503
     assert reasons == ["audit sink is not writable"]
     assert healthz.status == 503  # unhealthy, not a 500 from the missing folder
@@ -176,12 +176,8 @@ async def test_healthy_in_connect_mode_although_masscan_is_unavailable_by_design
     health.settings = health.settings.model_copy(
         update={"health_cpu_percent": 100.0, "health_memory_percent": 100.0, "health_disk_percent": 100.0}
     )
-    client = await client_for(health, registry)
-    try:
+    async with sidecar_of(health, registry) as client:
         report = await (await client.get("/healthz")).json()
-    finally:
-        await client.close()
-        health.audit.close()
     assert report["mode"] == "connect"
     assert report["checks"]["tools_unavailable"]["masscan_scan"].startswith("needs raw mode")
     assert report["checks"]["tools_unexpectedly_unavailable"] == {}
@@ -191,12 +187,8 @@ async def test_healthy_in_connect_mode_although_masscan_is_unavailable_by_design
 async def test_missing_scanner_of_an_enabled_tool_degrades_health(tmp_path: Path, registry: CollectorRegistry) -> None:
     health, _ = make_health(tmp_path)
     health.scanners = {**health.scanners, "gobuster_scan": ScannerStatus("/usr/bin/gobuster", False, None, "missing")}
-    client = await client_for(health, registry)
-    try:
+    async with sidecar_of(health, registry) as client:
         report = await (await client.get("/healthz")).json()
-    finally:
-        await client.close()
-        health.audit.close()
     assert report["status"] == "degraded"
     assert set(report["checks"]["tools_unexpectedly_unavailable"]) == {"gobuster_scan"}
 
