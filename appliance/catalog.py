@@ -21,6 +21,10 @@ from pydantic import BaseModel
 # Scanners read the network (they change nothing), the same call gives the same kind of answer,
 # and what they touch is outside this process (the lab).
 ANNOTATIONS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
+# get_scan, list_scans, diff_scans read the appliance's own store: nothing outside is touched.
+READ_JOBS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+# cancel_scan ends a scan (its findings so far are kept); a second cancel changes nothing.
+CANCEL_JOB = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
 
 
 def _without_titles(node: Any, *, in_properties: bool = False) -> Any:
@@ -88,11 +92,17 @@ def output_schema(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-def tool_definition(name: str, description: str, request_model: type[BaseModel], result_model: type[BaseModel]) -> Tool:
+def tool_definition(
+    name: str,
+    description: str,
+    request_model: type[BaseModel],
+    result_model: type[BaseModel],
+    annotations: ToolAnnotations = ANNOTATIONS,
+) -> Tool:
     return Tool(
         name=name,
         description=description,
         input_schema=input_schema(request_model),
         output_schema=output_schema(result_model),
-        annotations=ANNOTATIONS,
+        annotations=annotations,
     )

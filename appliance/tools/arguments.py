@@ -111,3 +111,13 @@ PortsArgument = Annotated[
     pydantic.StringConstraints(max_length=1024),
     pydantic.WithJsonSchema(PORTS_JSON_SCHEMA),
 ]
+
+
+# Every scan tool takes it; the policy bounds it (limits.max_wait_seconds, rule wait_out_of_bounds).
+WAIT_SECONDS: Any = pydantic.Field(
+    default=None,
+    ge=0,
+    le=3600,
+    description="Seconds to wait for the result (policy default about 20). A longer scan returns at once with "
+    "status 'running' and its scan_id and goes on; ask again with get_scan.",
+)
