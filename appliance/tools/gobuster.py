@@ -5,12 +5,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import replace
+from functools import partial
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.errors import NotFoundError, ValidationError
-from appliance.parsers.gobuster_text import parse_gobuster
+from appliance.parsers.gobuster_text import GobusterStream
 from appliance.policy.flags import GOBUSTER_ALLOWED, GOBUSTER_DENIED, check_extra_args
 from appliance.policy.model import RESOLVER
 from appliance.policy.targets import CheckedTarget, check_address, check_hostname, check_target
@@ -18,10 +19,12 @@ from appliance.policy.urls import parse_lab_url
 from appliance.results import GobusterResult
 from appliance.runner import RunResult
 from appliance.tools.base import (
+    FindingStream,
     PlanContext,
     ScanPlan,
     binary,
     check_timeout,
+    fed_stream,
     report_fields,
     scanner_failed,
     summary_line,
@@ -159,17 +162,22 @@ async def plan(request: GobusterRequest, ctx: PlanContext) -> ScanPlan:
         argv=tuple(argv),
         timeout_seconds=timeout,
         arguments=request.model_dump(),
+        # Results on stdout; with --no-progress there is no progress to parse.
+        findings=partial(GobusterStream, request.mode),
+        findings_stream="stdout",
     )
 
 
-def finish(plan: ScanPlan, request_id: str, run: RunResult | None) -> GobusterResult:
+def finish(
+    plan: ScanPlan, request_id: str, run: RunResult | None, stream: FindingStream | None = None
+) -> GobusterResult:
     mode: Literal["dir", "vhost", "dns"] = plan.arguments["mode"]
     if run is None:
         return GobusterResult(**report_fields(plan, request_id, None), mode=mode)
-    findings = parse_gobuster(run.stdout, mode)
-    if run.exit_code not in (0, None) and not findings:
+    found = fed_stream(plan, run, stream).fields()
+    if run.exit_code not in (0, None) and not found["findings"]:
         raise scanner_failed(plan, run)
-    return GobusterResult(**report_fields(plan, request_id, run), mode=mode, findings=findings)
+    return GobusterResult(**report_fields(plan, request_id, run), mode=mode, **found)
 
 
 def summarize(result: GobusterResult) -> str:

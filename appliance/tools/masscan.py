@@ -7,7 +7,7 @@ import ipaddress
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.errors import ValidationError
-from appliance.parsers.masscan_json import masscan_progress, parse_masscan_json
+from appliance.parsers.masscan_json import MasscanStream, masscan_progress
 from appliance.policy.flags import MASSCAN_ALLOWED, MASSCAN_DENIED, check_extra_args
 from appliance.policy.ports import check_ports
 from appliance.policy.targets import check_target, parse_target
@@ -15,10 +15,12 @@ from appliance.results import MasscanResult
 from appliance.runner import RunResult
 from appliance.tools.arguments import PortsArgument
 from appliance.tools.base import (
+    FindingStream,
     PlanContext,
     ScanPlan,
     binary,
     check_timeout,
+    fed_stream,
     report_fields,
     scanner_failed,
     summary_line,
@@ -93,6 +95,8 @@ async def plan(request: MasscanRequest, ctx: PlanContext) -> ScanPlan:
         argv=tuple(argv),
         timeout_seconds=timeout,
         arguments=request.model_dump(),
+        findings=MasscanStream,
+        findings_stream="stdout",  # -oJ -: records on stdout, the status line on stderr
         progress_stream="stderr",
         progress=masscan_progress,
         rate=rate,
@@ -121,13 +125,15 @@ def _link_options(scan_arg: str, ctx: PlanContext) -> list[str]:
     return ["--adapter", interface, "--router-ip", str(network.network_address)]
 
 
-def finish(plan: ScanPlan, request_id: str, run: RunResult | None) -> MasscanResult:
+def finish(
+    plan: ScanPlan, request_id: str, run: RunResult | None, stream: FindingStream | None = None
+) -> MasscanResult:
     if run is None:
         return MasscanResult(**report_fields(plan, request_id, None))
-    findings = parse_masscan_json(run.stdout)
-    if run.exit_code not in (0, None) and not findings:
+    found = fed_stream(plan, run, stream).fields()
+    if run.exit_code not in (0, None) and not found["findings"]:
         raise scanner_failed(plan, run)
-    return MasscanResult(**report_fields(plan, request_id, run), findings=findings)
+    return MasscanResult(**report_fields(plan, request_id, run), **found)
 
 
 def summarize(result: MasscanResult) -> str:

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.errors import ValidationError
-from appliance.parsers.nmap_xml import nmap_progress, parse_nmap_xml
+from appliance.parsers.nmap_xml import NmapStream, nmap_progress
 from appliance.policy.flags import NMAP_ALLOWED, NMAP_DENIED, check_extra_args
 from appliance.policy.nse import nmap_datadir
 from appliance.policy.ports import check_ports
@@ -16,10 +16,12 @@ from appliance.results import NmapResult
 from appliance.runner import RunResult
 from appliance.tools.arguments import PortsArgument
 from appliance.tools.base import (
+    FindingStream,
     PlanContext,
     ScanPlan,
     binary,
     check_timeout,
+    fed_stream,
     report_fields,
     scanner_failed,
     summary_line,
@@ -132,6 +134,9 @@ async def plan(request: NmapRequest, ctx: PlanContext) -> ScanPlan:
     if request.scan_type != "ping":
         argv.extend(["-p", ports.text] if ports else ["--top-ports", str(min(rules.default_top_ports, max_ports))])
     argv.append(f"-T{request.timing}")
+    # nmap writes a host only when its host group is done; a bounded group makes findings arrive
+    # while a sweep runs (the flag table refuses the caller's own hostgroup flags).
+    argv.extend(["--max-hostgroup", str(rules.max_hostgroup)])
     # The policy's rate is a cap on every scan, not only on the rates a caller names.
     if "--max-rate" not in extra:
         argv.extend(["--max-rate", str(rules.max_rate)])
@@ -151,19 +156,21 @@ async def plan(request: NmapRequest, ctx: PlanContext) -> ScanPlan:
         argv=tuple(argv),
         timeout_seconds=timeout,
         arguments=request.model_dump(),
+        findings=NmapStream,
+        findings_stream="stdout",
         env={"NMAP_PRIVILEGED": "1"} if raw else {},
-        progress_stream="stdout",
+        progress_stream="stdout",  # --stats-every lines are inside the XML
         progress=nmap_progress,
     )
 
 
-def finish(plan: ScanPlan, request_id: str, run: RunResult | None) -> NmapResult:
+def finish(plan: ScanPlan, request_id: str, run: RunResult | None, stream: FindingStream | None = None) -> NmapResult:
     if run is None:
         return NmapResult(**report_fields(plan, request_id, None))
-    parsed = parse_nmap_xml(run.stdout)
-    if run.exit_code not in (0, None) and not parsed.hosts:
+    found = fed_stream(plan, run, stream).fields()
+    if run.exit_code not in (0, None) and not found["hosts"]:
         raise scanner_failed(plan, run)
-    return NmapResult(**report_fields(plan, request_id, run), hosts=parsed.hosts)
+    return NmapResult(**report_fields(plan, request_id, run), **found)
 
 
 def summarize(result: NmapResult) -> str:
