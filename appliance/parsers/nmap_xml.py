@@ -160,6 +160,7 @@ class NmapStream:
         self._collector = _HostCollector()
         self._parser = DefusedXMLParser(target=self._collector)
         self._error: str | None = None
+        self._refused = False
         self._closed = False
 
     def feed(self, line: bytes) -> bool:
@@ -192,7 +193,7 @@ class NmapStream:
             self._parse_with(self._parser.close)
         self._closed = True
         collector = self._collector
-        if self._error is not None and self._error.startswith(_REFUSED):
+        if self._refused:
             return NmapParse(hosts=[], complete=False, error=self._error)
         if collector.root is not None and collector.root != "nmaprun":
             return NmapParse(hosts=[], complete=False, error=f"root element is <{collector.root}>, not <nmaprun>")
@@ -213,14 +214,12 @@ class NmapStream:
             step()
         except DefusedXmlException as exc:
             # Entity declarations are how billion-laughs and XXE start; nmap never writes them.
-            self._error = f"{_REFUSED}: {exc}"
+            self._error = f"XML refused by defusedxml: {exc}"
+            self._refused = True
             self._collector.hosts.clear()
         except (ParseError, LookupError, ValueError) as exc:
             # LookupError and ValueError come from an encoding declaration expat hands to Python's codecs.
             self._error = f"XML ends early or is malformed: {exc}"
-
-
-_REFUSED = "XML refused by defusedxml"
 
 
 def parse_nmap_xml(data: bytes) -> NmapParse:
