@@ -162,25 +162,30 @@ class NmapStream:
         self._error: str | None = None
         self._refused = False
         self._closed = False
+        self._long_line: list[bytes] = []  # the pieces so far of a line longer than the runner's piece size
 
     def feed(self, line: bytes) -> bool:
         """One line without its newline, or one piece of a longer line. True when a host closed."""
         if self._error is not None or self._closed:
             return False
+        if not ends_line(line):
+            # A piece of a longer line (a long script output): kept until the line ends, then
+            # parsed whole. Fed piece by piece, expat would rescan the unfinished attribute from
+            # its start at every piece (quadratic: one 16 MiB line took 5 s, 0.5 s whole); and a newline after a piece
+            # would land inside an attribute value (where XML reads it as a space) or split a
+            # name or a character reference such as `&#xa;`.
+            self._long_line.append(line)
+            return False
         before = len(self._collector.hosts)
-        if ends_line(line):
-            self._parse(line + b"\n")
+        self._parse(b"".join([*self._long_line, line, b"\n"]))
+        self._long_line.clear()
+        if self._error is None:
             # expat >= 2.6 may hold a token back until more data arrives ("reparse deferral");
             # Python's flush() (3.11.9+) parses what it has, so a host is reported at its own line.
             # The image's expat 2.5.0 does not defer, and its Python has no flush.
             flush = getattr(self._parser, "flush", None)
-            if flush is not None and self._error is None:
+            if flush is not None:
                 self._parse_with(flush)
-        else:
-            # A piece of a longer line (a long script output): the next piece continues it as is.
-            # A newline here would land inside an attribute value (where XML reads it as a space)
-            # or split a name or a character reference such as `&#xa;`.
-            self._parse(line)
         return len(self._collector.hosts) > before
 
     def fields(self) -> dict[str, Any]:
@@ -189,6 +194,9 @@ class NmapStream:
 
     def close(self) -> NmapParse:
         """End of the document: what it yielded, and whether it was complete. Feeds after it are ignored."""
+        if self._long_line and self._error is None and not self._closed:
+            self._parse(b"".join(self._long_line))  # output cut inside a long line
+            self._long_line.clear()
         if self._error is None and not self._closed:
             self._parse_with(self._parser.close)
         self._closed = True

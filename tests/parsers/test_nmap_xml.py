@@ -188,6 +188,39 @@ def test_script_output_longer_than_a_line_piece_is_kept_exactly() -> None:
     assert stream.close().complete
 
 
+def test_a_long_line_goes_to_expat_once_when_it_ends() -> None:
+    # Fed piece by piece, expat rescans an unfinished attribute from its start at every piece:
+    # quadratic in the line's length. The pieces wait for the end of their line instead.
+    document = long_script_document("x" * (5 * MAX_LINE_BYTES))
+    lines = list(output_lines(document))
+    stream = NmapStream()
+    handed: list[int] = []
+    feed = stream._parser.feed
+
+    def counting_feed(data: bytes) -> None:
+        handed.append(len(data))
+        feed(data)
+
+    stream._parser.feed = counting_feed  # type: ignore[method-assign]
+    for line in lines:
+        stream.feed(line)
+
+    assert len(handed) == len(lines) - sum(len(line) == MAX_LINE_BYTES for line in lines)
+    assert max(handed) > 5 * MAX_LINE_BYTES
+    assert hosts_of(stream)[0].ports[0].scripts[0].output == "x" * (5 * MAX_LINE_BYTES)
+
+
+def test_output_cut_inside_a_long_line_keeps_the_hosts_before_it() -> None:
+    first = parse_nmap_xml(fixture("connect.xml")).hosts
+    document = fixture("connect.xml").replace(b"</nmaprun>", b"")
+    cut = document + long_script_document("y" * (3 * MAX_LINE_BYTES)).split(b"\n", 2)[2][: 2 * MAX_LINE_BYTES]
+
+    stream, _ = fed(list(output_lines(cut)))
+
+    result = stream.close()
+    assert (result.hosts, result.complete) == (first, False)
+
+
 def test_newline_after_each_piece_would_change_the_script_output() -> None:
     # The control for the test above: pieces fed as if they were whole lines (each shorter than
     # the piece size, so each gets its newline back) do not survive.
