@@ -38,6 +38,7 @@ from support.servers import (
     served,
     server_env,
     sidecar_get,
+    stdio_child,
     stdio_client,
 )
 from support.waiting import eventually, wait_until
@@ -75,6 +76,7 @@ __all__ = [
     "served",
     "server_env",
     "sidecar_get",
+    "stdio_child",
     "stdio_client",
     "tcp_listener",
     "wait_until",
