@@ -522,7 +522,7 @@ class ScanService:
             pending, last_saved = None, time.monotonic()
             try:
                 so_far = spec.result_model(**base, **stream.fields())
-            except Exception:  # noqa: BLE001 - a snapshot bug must not end an hour-long scan; logged in full
+            except Exception:  # a snapshot bug must not end an hour-long scan; logged in full
                 log.exception("findings so far could not be recorded", extra={"scan_id": live.job.scan_id})
                 return
             self.jobs.findings(live, so_far.model_dump(mode="json"), live.job.progress)
