@@ -30,6 +30,7 @@ from mcp_types import (
     CallToolResult,
     ListToolsResult,
     PaginatedRequestParams,
+    ResourceLink,
     TextContent,
     Tool,
     ToolAnnotations,
@@ -53,6 +54,7 @@ from appliance.jobs.queries import (
 )
 from appliance.jobs.views import error_of, report_of
 from appliance.logs import new_request_id, request_id_var
+from appliance.resources import ScanResources, resource_link
 from appliance.results import AnyScanResult, ScanReport
 from appliance.service import ScanService
 from appliance.tools import TOOLS, ToolSpec
@@ -133,9 +135,10 @@ def scan_result(report: ScanReport, spec: ToolSpec) -> CallToolResult:
         )
     else:
         text = spec.summarize(report)
-    return CallToolResult(
-        content=[TextContent(type="text", text=text)], structured_content=report.model_dump(mode="json")
-    )
+    content: list[TextContent | ResourceLink] = [TextContent(type="text", text=text)]
+    if report.scan_id is not None:  # a dry run is no job
+        content.append(resource_link(report.scan_id, f"{report.tool} {report.target}"))
+    return CallToolResult(content=content, structured_content=report.model_dump(mode="json"))
 
 
 def _principal(ctx: ServerRequestContext[Any, Any]) -> str | None:
@@ -191,6 +194,10 @@ class ScannerServer:
         lowlevel.add_request_handler("tools/call", CallToolRequestParams, self._call_tool)
         # The 2026-07-28 HTTP transport checks Mcp-Param headers against the input schema.
         lowlevel.get_tool_input_schema = self._input_schema
+        # scan://{id} resources and their update notices (both protocol eras) at each job state change.
+        self.resources = ScanResources(service, self.bus, _principal)
+        self.resources.register(lowlevel)
+        service.jobs.on_change.append(self.resources.job_changed)
         self.sync_tools()
 
     def _description(self, spec: ToolSpec) -> str:

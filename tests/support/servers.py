@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 from mcp import Client, StdioServerParameters
+from mcp.client.session import MessageHandlerFnT
 from mcp.client.streamable_http import streamable_http_client
 
 from appliance.compat import create_mcp_http_client
@@ -92,12 +93,15 @@ def http_server(policy: Path, **extra: str) -> Iterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def http_client(url: str, mode: str, token: str = TOKEN) -> AsyncIterator[Client]:
-    """An MCP client over streamable HTTP with a bearer token, in protocol era `mode`."""
+async def http_client(
+    url: str, mode: str, token: str = TOKEN, message_handler: MessageHandlerFnT | None = None
+) -> AsyncIterator[Client]:
+    """An MCP client over streamable HTTP with a bearer token, in protocol era `mode`;
+    `message_handler` sees what the server sends unasked (handshake-era notifications)."""
     # The transport leaves a client it was handed open; closing it is ours to do.
     async with (
         create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http,
-        Client(streamable_http_client(url, http_client=http), mode=mode) as client,
+        Client(streamable_http_client(url, http_client=http), mode=mode, message_handler=message_handler) as client,
     ):
         yield client
 
