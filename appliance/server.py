@@ -110,12 +110,15 @@ JOB_TOOLS: dict[str, JobTool] = {
 
 def error_result(error: ApplianceError, tool: str, target: str | None, request_id: str) -> CallToolResult:
     """A refusal or failure as a tool result: one whole JSON object in the text, and structured."""
-    body = error.to_dict(tool=tool, target=target, request_id=request_id)
-    return CallToolResult(
-        content=[TextContent(type="text", text=json.dumps(body))],
-        structured_content=body,
-        is_error=True,
-    )
+    return error_body_result(error.to_dict(tool=tool, target=target, request_id=request_id))
+
+
+def error_body_result(body: dict[str, Any]) -> CallToolResult:
+    """An error object as a tool result; a failed scan's (it has a scan_id) links to its resource."""
+    content: list[TextContent | ResourceLink] = [TextContent(type="text", text=json.dumps(body))]
+    if isinstance(body.get("scan_id"), str):
+        content.append(resource_link(body["scan_id"], f"{body.get('tool')} {body.get('target')}"))
+    return CallToolResult(content=content, structured_content=body, is_error=True)
 
 
 def structured(text: str, body: BaseModel) -> CallToolResult:
@@ -316,9 +319,7 @@ class ScannerServer:
         """A job as a tool result: its error object when it failed, else its (partial) report."""
         error = error_of(job)
         if error is not None:
-            return CallToolResult(
-                content=[TextContent(type="text", text=json.dumps(error))], structured_content=error, is_error=True
-            )
+            return error_body_result(error)
         spec = TOOLS[job.tool]
         return scan_result(report_of(job, spec.result_model, time.time()), spec)
 

@@ -16,10 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 from mcp_types import ResourceLink
-from support import LOOPBACK_POLICY, GatedRunner, LabService, http_client, http_server, tcp_listener, write_policy
+from support import (
+    APPLIANCE,
+    LOOPBACK_POLICY,
+    GatedRunner,
+    LabService,
+    http_client,
+    http_server,
+    server_env,
+    tcp_listener,
+    write_policy,
+)
 from support.notices import ResourceNotices, subscribe, unsubscribe
 
 from appliance.server import ScannerServer
@@ -164,10 +174,15 @@ async def test_read_of_a_failed_scan_is_its_error_object(resources: Callable[...
         result = await client.call_tool("nmap_scan", {**SCAN, "wait_seconds": 10})
         scan_id = result.structured_content["scan_id"]
         body = await read_json(client, f"scan://{scan_id}")
+        got = await client.call_tool("get_scan", {"scan_id": scan_id})
 
     assert result.is_error
     assert body["status"] == "failed"
     assert body["rule"] == result.structured_content["rule"]
+    # A failed scan is still a job: its error result links to it, as get_scan's does.
+    for answer in (result, got):
+        assert [str(b.uri) for b in answer.content if isinstance(b, ResourceLink)] == [f"scan://{scan_id}"]
+    assert got.structured_content == body
 
 
 async def test_read_raw_is_the_stored_scanner_output(resources: Callable[..., Resources]) -> None:
@@ -424,3 +439,28 @@ async def _follow(client: Client, uri: str, notices: ResourceNotices) -> list[st
         assert await notices.next(within=30) == uri
         statuses.append((await read_json(client, uri))["status"])
     return statuses
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_subscription_follows_a_real_nmap_scan_over_stdio(tmp_path: Path, mode: str) -> None:
+    notices = ResourceNotices()
+    policy = write_policy(tmp_path, LOOPBACK_POLICY)
+    with tcp_listener() as port:
+        # A data directory of its own (server_env drops the APPLIANCE_* variables of the test process).
+        env = server_env(policy, APPLIANCE_DATA_DIR=str(tmp_path))
+        params = StdioServerParameters(command=APPLIANCE, args=["serve"], env=env)
+        async with Client(params, mode=mode, message_handler=notices.handler) as client:
+            call = {"target": "127.0.0.1", "ports": f"{port},23000-23005", "wait_seconds": 0}
+            started = await client.call_tool("nmap_scan", {**call, "extra_args": ["--scan-delay", "300ms"]})
+            uri = f"scan://{started.structured_content['scan_id']}"
+            if mode == "legacy":
+                await subscribe(client, uri)
+                statuses = await _follow(client, uri, notices)
+            else:
+                async with client.listen(resource_subscriptions=[uri]) as subscription:
+                    reader = asyncio.create_task(notices.drain(subscription))
+                    statuses = await _follow(client, uri, notices)
+                    reader.cancel()
+
+    assert statuses[0] in ("queued", "running")
+    assert statuses[-1] == "completed"

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -52,11 +54,20 @@ def run_cli(*args: str, cwd: Path | None = None, **env: str) -> tuple[int, Any, 
     return done.returncode, body, done.stderr.decode()
 
 
+@functools.cache
+def _session_data_dir() -> str:
+    """A job store for child servers of this test run that no test gave one: never the host's
+    /var/lib/appliance or the shared /tmp/appliance-data another checkout's appliance may own."""
+    return tempfile.mkdtemp(prefix="appliance-test-data-")
+
+
 def server_env(policy: Path, **extra: str) -> dict[str, str]:
-    """Our environment without APPLIANCE_* variables, plus the policy and `extra`."""
+    """Our environment without APPLIANCE_* variables, plus the policy and `extra`. The data
+    directory is the test's own (conftest's own_data_dir) when set, else one for this run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     # Health port 0: each test server gets a free sidecar port.
     env.update(APPLIANCE_POLICY_PATH=str(policy), APPLIANCE_LOG_LEVEL="WARNING", APPLIANCE_HEALTH_PORT="0")
+    env["APPLIANCE_DATA_DIR"] = os.environ.get("APPLIANCE_DATA_DIR") or _session_data_dir()
     env.update(extra)
     return env
 
