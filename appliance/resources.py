@@ -130,7 +130,7 @@ def raw_text(job: Job, raw: bytes | None) -> str:
     if job.raw_bytes is not None and job.raw_bytes > len(raw):
         text += (
             f"\n[appliance: cut to the first {len(raw)} of {job.raw_bytes} bytes (limits.stored_raw_bytes); "
-            "the parsed result in scan://" + job.scan_id + " covers the whole output]\n"
+            f"the parsed result in {resource_uri(job.scan_id)} covers the whole output]\n"
         )
     return text
 
@@ -245,8 +245,20 @@ class ScanResources:
     async def _subscribe(self, ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
         self._visible(ctx, "resources/subscribe", params.uri)
         connection = session_connection(ctx.session)
-        if connection is not None:
-            self.subscribers[params.uri].add(connection)
+        if connection is None:
+            # No connection to send a notice on later: saying yes would promise notices that never come.
+            self._refuse(
+                ValidationError(
+                    "this connection cannot receive resource notices",
+                    rule="subscribe_unsupported",
+                    recovery_suggestion="Open a subscriptions/listen stream (protocol 2026-07-28) naming the uri, "
+                    "or poll get_scan with wait_seconds.",
+                ),
+                ctx,
+                "resources/subscribe",
+                params.uri,
+            )
+        self.subscribers[params.uri].add(connection)
         return EmptyResult()
 
     async def _unsubscribe(self, ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams) -> EmptyResult:

@@ -13,12 +13,13 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
-from mcp_types import ResourceLink
+from mcp_types import ResourceLink, SubscribeRequestParams
 from support import (
     APPLIANCE,
     LOOPBACK_POLICY,
@@ -284,6 +285,22 @@ async def test_subscribe_to_another_principals_scan_is_refused(resources: Callab
 
     assert refusal(refused)["rule"] == "scan_not_found"
     assert not r.server.resources.subscribers.get(f"scan://{theirs}")
+
+
+async def test_subscribe_without_a_connection_to_notify_is_refused_not_accepted(
+    resources: Callable[..., Resources],
+) -> None:
+    # No SDK 2.3 transport dispatches resources/subscribe without a connection (the 2026 era
+    # answers method-not-found); the handler is called directly to prove it never says yes then.
+    r = resources()
+    async with r.client() as client:
+        scan_id, _ = await scan(client)
+    no_connection = SimpleNamespace(request=None, session=SimpleNamespace())
+    with pytest.raises(MCPError) as refused:
+        await r.server.resources._subscribe(no_connection, SubscribeRequestParams(uri=f"scan://{scan_id}"))  # type: ignore[arg-type]
+
+    assert refusal(refused)["rule"] == "subscribe_unsupported"
+    assert not r.server.resources.subscribers.get(f"scan://{scan_id}")
 
 
 async def test_listen_to_another_principals_scan_is_refused_before_the_stream_starts(
