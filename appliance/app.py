@@ -63,6 +63,9 @@ RESPONSES_QUIET_SECONDS = 0.25
 TRANSPORT_STOP_SECONDS = 1.5
 # Retention runs at start and this often (policy: retention, limits.concurrency.per_principal.stored_jobs).
 SWEEP_INTERVAL_SECONDS = 60.0
+# How often the store is asked for `appliance jobs cancel` requests (one primary-key read of a
+# table that is empty but for pending requests); the CLI waits a few of these for a pickup.
+CANCEL_POLL_SECONDS = 1.0
 VERSION_ARGS = {"nmap_scan": ("--version",), "masscan_scan": ("--version",), "gobuster_scan": ("version",)}
 
 
@@ -162,6 +165,43 @@ class Appliance:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
             self.sweep_jobs()
+
+    def take_cancel_requests(self) -> list[str]:
+        """Act on the operator CLI's cancel requests for jobs this process runs; drop the rest
+        (finished jobs, ids no job has: a store holds the jobs of one appliance). Each task then
+        ends through the service's one bookkeeping end (state `cancelled`, the audit end line)."""
+        try:
+            wanted = self.job_store.cancel_requests()
+        except ApplianceError as exc:
+            log.error("cancel requests could not be read; retried in a second", extra={"reason": exc.message})
+            return []
+        if not wanted:
+            return []
+        stopped = []
+        for scan_id, requested_by in wanted.items():
+            live = self.jobs.live.get(scan_id)
+            if live is None or not self.jobs.cancel(live.job):
+                continue
+            stopped.append(scan_id)
+            record = {"event": "cancel_request", "scan_id": scan_id, "requested_by": requested_by}
+            try:
+                self.audit.write({**record, "tool": live.job.tool, "principal": live.job.principal})
+            except ApplianceError:
+                # The scan is already told to stop; its end line (outcome cancelled) follows.
+                log.error("audit line of an operator cancel could not be written", extra=record)
+        try:
+            self.job_store.drop_cancel_requests(wanted)
+        except ApplianceError as exc:
+            # Acted on again next time: cancelling a task that is already ending changes nothing.
+            log.error("cancel requests could not be cleared", extra={"reason": exc.message})
+        if stopped:
+            log.info("operator cancel requests acted on", extra={"scans": stopped})
+        return stopped
+
+    async def _cancel_requests_forever(self) -> None:
+        while True:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            self.take_cancel_requests()
 
     # --- reload -----------------------------------------------------------------------------
     async def reload_policy(self) -> bool:
@@ -271,6 +311,7 @@ class Appliance:
         transport = asyncio.create_task(self._transport())
         watcher = asyncio.create_task(self._watch())
         sweeper = asyncio.create_task(self._sweep_forever())
+        canceller = asyncio.create_task(self._cancel_requests_forever())
         # As PID 1 (no init) orphaned scanner descendants are ours to reap.
         reaper = asyncio.create_task(reap_orphans_forever()) if os.getpid() == 1 else None
         stop = asyncio.create_task(self._shutdown.wait())
@@ -287,6 +328,7 @@ class Appliance:
             stop.cancel()
             watcher.cancel()
             sweeper.cancel()
+            canceller.cancel()
             if reaper is not None:
                 reaper.cancel()
             if sidecar is not None:
