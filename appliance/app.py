@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -167,15 +168,15 @@ class Appliance:
             self.sweep_jobs()
 
     def take_cancel_requests(self) -> list[str]:
-        """Act on the operator CLI's cancel requests for jobs this process runs; drop the rest
-        (finished jobs, ids no job has: a store holds the jobs of one appliance). Each task then
-        ends through the service's one bookkeeping end (state `cancelled`, the audit end line)."""
+        """Act on the operator CLI's cancel requests for jobs this process runs (each task then
+        ends through the service's one bookkeeping end: state `cancelled`, the audit end line)
+        and drop those of finished or deleted jobs. A request for an unfinished job that no
+        process runs stays, for the CLI to see untaken and withdraw (`scan_not_live`)."""
         try:
             wanted = self.job_store.cancel_requests()
-        except ApplianceError as exc:
-            log.error("cancel requests could not be read; retried in a second", extra={"reason": exc.message})
-            return []
-        if not wanted:
+            stale = [scan_id for scan_id in wanted if scan_id not in self.jobs.live and self._over(scan_id)]
+        except (ApplianceError, sqlite3.Error) as exc:
+            log.error("cancel requests could not be read; retried in a second", extra={"reason": str(exc)})
             return []
         stopped = []
         for scan_id, requested_by in wanted.items():
@@ -189,14 +190,19 @@ class Appliance:
             except ApplianceError:
                 # The scan is already told to stop; its end line (outcome cancelled) follows.
                 log.error("audit line of an operator cancel could not be written", extra=record)
-        try:
-            self.job_store.drop_cancel_requests(wanted)
-        except ApplianceError as exc:
-            # Acted on again next time: cancelling a task that is already ending changes nothing.
-            log.error("cancel requests could not be cleared", extra={"reason": exc.message})
+        if stopped or stale:
+            try:
+                self.job_store.drop_cancel_requests(stopped + stale)
+            except ApplianceError as exc:
+                # Taken again next time: cancelling a task that is already ending changes nothing.
+                log.error("cancel requests could not be cleared", extra={"reason": exc.message})
         if stopped:
             log.info("operator cancel requests acted on", extra={"scans": stopped})
         return stopped
+
+    def _over(self, scan_id: str) -> bool:
+        job = self.job_store.get(scan_id)
+        return job is None or job.finished
 
     async def _cancel_requests_forever(self) -> None:
         while True:
