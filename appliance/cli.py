@@ -41,6 +41,8 @@ EXIT_PRIVILEGES = 3
 HEALTH_PROBE_TIMEOUT_SECONDS = 3
 # `version` asks each scanner for its version; none takes more than a fraction of a second.
 VERSION_PROBE_TIMEOUT_SECONDS = 5
+# `jobs cancel --wait`: the appliance looks every second; a minute means it is not there.
+MAX_CANCEL_WAIT_SECONDS = 60
 
 
 def _print(data: dict[str, Any]) -> None:
@@ -310,6 +312,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _wait(text: str) -> float:
+    value = _non_negative(text)
+    if value > MAX_CANCEL_WAIT_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at most {MAX_CANCEL_WAIT_SECONDS} seconds")
+    return value
+
+
 def _limit(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 1000:
@@ -346,7 +355,7 @@ def _jobs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     cancel.add_argument("scan_id")
     cancel.add_argument(
         "--wait",
-        type=_non_negative,
+        type=_wait,
         default=operator.CANCEL_PICKUP_SECONDS,
         help=f"seconds to wait for the appliance to take the request (default {operator.CANCEL_PICKUP_SECONDS:g})",
     )
