@@ -484,12 +484,15 @@ async def test_cli_cancel_ends_a_real_scan_of_a_serving_appliance_within_seconds
         scan_id = body["scan_id"]
         wait_until(lambda: scanner_processes(marker), timeout=20)
         assert (data / DB_NAME).is_file()
-        # Beside it: a request for a scan that no longer exists (dropped by the appliance), and a
-        # "running" job no process runs, as a crash of another process would leave it (kept).
-        orphan = make_job("running")
+        # Beside it: requests for a scan that no longer exists and for a finished one (both
+        # dropped by the appliance), and for a "running" job no process runs, as a crash of
+        # another process would leave it (kept for the CLI to withdraw).
+        orphan, finished = make_job("running"), make_job("completed")
         with contextlib.closing(SqliteJobStore(data)) as beside:
             beside.put(orphan)
+            beside.put(finished)
             beside.request_cancel("scan_000000000000deadbeef", "operator-cli uid=0", time.time())
+            beside.request_cancel(finished.scan_id, "operator-cli uid=0", time.time())
             beside.request_cancel(orphan.scan_id, "operator-cli uid=0", time.time())
 
         began = time.monotonic()
