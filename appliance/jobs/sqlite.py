@@ -140,16 +140,19 @@ class SqliteJobStore:
             raise error from exc
         self._fault = None
 
-    def put(self, job: Job) -> None:
+    def put(self, job: Job, raw: bytes | None = None) -> None:
         record = json.dumps(job.to_record(), separators=(",", ":"))
-        self._write(
-            f"record scan {job.scan_id}",
-            lambda db: db.execute(
+
+        def statements(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT OR REPLACE INTO jobs (scan_id, principal, tool, target_key, state, finished_at, record)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (job.scan_id, job.principal, job.tool, target_key(job.target), job.state, job.finished_at, record),
-            ),
-        )
+            )
+            if raw is not None:
+                db.execute("INSERT OR REPLACE INTO raw (scan_id, output) VALUES (?, ?)", (job.scan_id, raw))
+
+        self._write(f"record scan {job.scan_id}", statements)
 
     def put_raw(self, scan_id: str, output: bytes) -> None:
         self._write(
