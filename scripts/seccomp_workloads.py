@@ -359,17 +359,22 @@ def exec_in(name: str, mode: str, command: list[str]) -> subprocess.CompletedPro
 def http_phase(mode: str, setup: Setup) -> list[str]:
     """HTTP transport, the sidecar, health checks, the demo client, a reload (SIGHUP), `docker stop`.
 
-    Deployed as compose.yaml does it: the policy folder bind-mounted (as in every phase), the sidecar
-    on 0.0.0.0, the audit trail in a file on the tmpfs.
+    Deployed as compose.yaml does it: the policy folder bind-mounted (as in every phase), the job
+    store on a new named volume at the image's data folder, the sidecar on 0.0.0.0, the audit trail
+    in a file on the tmpfs. (The stdio phases run as a plain `docker run -i --rm`: no volume, so the
+    store takes its fallback folder on /tmp.)
     """
     name = f"seccomp-trace-{mode}-http-{secrets.token_hex(3)}"
+    volume = f"{name}-data"
     extra = [
+        *("-v", f"{volume}:{DATA_DIR}"),
         *("-e", "APPLIANCE_TRANSPORT=http", "-e", "APPLIANCE_HOST=0.0.0.0", "-e", f"APPLIANCE_PORT={MCP_PORT}"),
         *("-e", "APPLIANCE_HEALTH_HOST=0.0.0.0", "-e", f"APPLIANCE_AUTH_TOKEN={TOKEN}"),
         *("-e", f'APPLIANCE_ALLOWED_HOSTS=["{HTTP_HOST_HEADER}"]', "-e", "APPLIANCE_AUDIT_PATH=/tmp/audit.jsonl"),
         *("--network-alias", APPLIANCE_ALIAS),
     ]
     problems: list[str] = []
+    docker("volume", "create", volume)
     try:
         docker("run", "-d", *run_args(mode, name, setup, extra))
         ip = container_ip(name, setup.lab.network)
@@ -398,6 +403,7 @@ def http_phase(mode: str, setup: Setup) -> list[str]:
             problems.append("server log has a traceback: " + logs[logs.index("Traceback") :][:600])
     finally:
         docker("rm", "-f", name, check=False)
+        docker("volume", "rm", "--force", volume, check=False)
     return problems
 
 
