@@ -24,10 +24,13 @@ from prometheus_client import CollectorRegistry
 from appliance import __version__
 from appliance.audit import AuditSink
 from appliance.auth import BearerTokenVerifier, TokenSource
-from appliance.config import Settings
-from appliance.errors import ConfigError, ExecutionError
+from appliance.config import EPHEMERAL_DATA_DIR, Settings
+from appliance.errors import ApplianceError, ConfigError, ExecutionError
 from appliance.health import Health, ScannerStatus, probe_scanner
-from appliance.metrics import Metrics
+from appliance.jobs.manager import JobManager
+from appliance.jobs.model import STATES, Job
+from appliance.jobs.sqlite import open_store
+from appliance.metrics import JobCounts, Metrics
 from appliance.policy.store import PolicyStore
 from appliance.privileges import (
     excess_privileges,
@@ -58,6 +61,8 @@ RESPONSES_WAIT_SECONDS = 1.0
 RESPONSES_QUIET_SECONDS = 0.25
 # How long shutdown waits for the transport to finish once told to stop.
 TRANSPORT_STOP_SECONDS = 1.5
+# Retention runs at start and this often (policy: retention, limits.concurrency.per_principal.stored_jobs).
+SWEEP_INTERVAL_SECONDS = 60.0
 VERSION_ARGS = {"nmap_scan": ("--version",), "masscan_scan": ("--version",), "gobuster_scan": ("version",)}
 
 
@@ -106,7 +111,11 @@ class Appliance:
         self.audit = AuditSink(settings.audit_path)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, TOOLS)
-        self.service = ScanService(settings, self.store, self.audit, metrics=self.metrics)
+        self.job_store = open_store(settings.data_dir, EPHEMERAL_DATA_DIR)
+        self.jobs = JobManager(self.job_store, self.audit, on_change=self._job_changed)
+        self.registry.register(JobCounts(self.job_store.counts, STATES))
+        self.metrics.oldest_running.set_function(self._oldest_running_age)
+        self.service = ScanService(settings, self.store, self.audit, metrics=self.metrics, jobs=self.jobs)
         self.tokens: TokenSource | None = None
         verifier: BearerTokenVerifier | None = None
         if settings.transport == "http":
@@ -122,6 +131,37 @@ class Appliance:
         self._wake = asyncio.Event()
         self._uvicorn: QuietUvicorn | None = None
         self._requests: ActiveRequests | None = None
+
+    # --- jobs -------------------------------------------------------------------------------
+    def _job_changed(self, job: Job) -> None:
+        if job.finished and job.finished_at is not None:
+            self.metrics.job_duration.labels(job.tool, job.state).observe(job.finished_at - job.created_at)
+
+    def _oldest_running_age(self) -> float:
+        started = [live.job.created_at for live in self.jobs.live.values()]
+        return max(time.time() - min(started), 0.0) if started else 0.0
+
+    def sweep_jobs(self) -> list[str]:
+        """Retention: finished jobs past the policy's age or over its counts go, oldest first."""
+        policy = self.store.current.policy
+        try:
+            removed = self.job_store.sweep(
+                time.time(),
+                policy.retention.max_age_days * 86400,
+                policy.retention.max_count,
+                policy.limits.concurrency.per_principal.stored_jobs,
+            )
+        except ApplianceError as exc:
+            log.error("retention sweep failed; it is retried in a minute", extra={"reason": exc.message})
+            return []
+        if removed:
+            log.info("retention sweep removed finished scans", extra={"removed": len(removed)})
+        return removed
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+            self.sweep_jobs()
 
     # --- reload -----------------------------------------------------------------------------
     async def reload_policy(self) -> bool:
@@ -210,6 +250,10 @@ class Appliance:
         self.service.unavailable = {t: f"scanner unavailable: {s.reason}" for t, s in scanners.items() if not s.present}
         self.server.sync_tools()
         self._audit_event("appliance_start")
+        interrupted = self.jobs.recover()
+        if interrupted:
+            log.warning("scans left unfinished by the last stop are interrupted", extra={"scans": len(interrupted)})
+        self.sweep_jobs()
         health = Health(
             self.settings,
             self.store,
@@ -219,12 +263,14 @@ class Appliance:
             draining=lambda: self.draining,
             privilege_check=lambda: self.verdict,
             tokens=None if self.tokens is None else self.tokens.status,
+            jobs=self.job_store.describe,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._shutdown.set)
         loop.add_signal_handler(signal.SIGHUP, self._wake.set)
         transport = asyncio.create_task(self._transport())
         watcher = asyncio.create_task(self._watch())
+        sweeper = asyncio.create_task(self._sweep_forever())
         # As PID 1 (no init) orphaned scanner descendants are ours to reap.
         reaper = asyncio.create_task(reap_orphans_forever()) if os.getpid() == 1 else None
         stop = asyncio.create_task(self._shutdown.wait())
@@ -233,18 +279,21 @@ class Appliance:
             if self.settings.health_enabled:
                 sidecar = await self._start_sidecar(health)
             await asyncio.wait({transport, stop}, return_when=asyncio.FIRST_COMPLETED)
-            await self._stop(transport)
+            # stdin closed: the one client that could follow these scans is gone.
+            await self._stop(transport, client_gone=transport.done() and self.settings.transport == "stdio")
         finally:
             if not transport.done():
                 transport.cancel()  # the sidecar could not start: nothing else stops it
             stop.cancel()
             watcher.cancel()
+            sweeper.cancel()
             if reaper is not None:
                 reaper.cancel()
             if sidecar is not None:
                 await sidecar.cleanup()
             self._audit_event("appliance_stop")
             self.audit.close()
+            self.job_store.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         if transport.done() and not transport.cancelled() and transport.exception() is not None:
@@ -269,12 +318,15 @@ class Appliance:
         """Every POST (tool results included) has finished its response, and clients went quiet."""
         return self._requests is None or self._requests.quiet_for(RESPONSES_QUIET_SECONDS)
 
-    async def _stop(self, transport: asyncio.Task[None]) -> None:
+    async def _stop(self, transport: asyncio.Task[None], *, client_gone: bool = False) -> None:
+        """Running scans get the drain window, then are stopped and end `interrupted` with what
+        they found; after stdin EOF (`client_gone`) they are stopped at once."""
         started = time.monotonic()
         self.draining = True
         log.info("shutting down: not ready, queued calls refused", extra={"drain_seconds": self.settings.drain_seconds})
         self.service.limiter.close()
-        if not await self._wait_for(self._idle, self.settings.drain_seconds):
+        drain = 0.0 if client_gone else self.settings.drain_seconds
+        if not await self._wait_for(self._idle, drain):
             self.service.stop_scans.set()
             if not await self._wait_for(self._idle, STOP_WAIT_SECONDS):
                 log.warning("scans still running after they were told to stop")

@@ -29,6 +29,11 @@ ORIGIN = re.compile(r"https?://(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+
 HEALTH_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")
 
 
+# The job store's home when no writable data directory is mounted (a plain `docker run --rm`).
+# /tmp is the container's own tmpfs; the store creates the directory 0700 (S108 does not apply).
+EPHEMERAL_DATA_DIR = Path("/tmp/appliance-data")  # noqa: S108
+
+
 class Settings(BaseSettings):
     """Settings from `APPLIANCE_*` environment variables and files in /run/secrets."""
 
@@ -61,6 +66,11 @@ class Settings(BaseSettings):
     )
     audit_path: Path | None = Field(
         default=None, description="Append audit lines (JSON) to this file; unset means stderr."
+    )
+    data_dir: Path | None = Field(
+        default=None,
+        description="Where the job store lives (the image: /var/lib/appliance, a volume). Unset or not writable: "
+        f"{EPHEMERAL_DATA_DIR}, lost with the container (/healthz says store: ephemeral).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
     nmap_path: Path = Field(default=Path("/usr/bin/nmap"))

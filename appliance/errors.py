@@ -32,6 +32,8 @@ class ApplianceError(Exception):
         self.message = message
         self.rule = rule
         self.recovery_suggestion = recovery_suggestion or self.default_recovery
+        # Added by the layer that knows them, e.g. the scan_id and status of the job that failed.
+        self.details: dict[str, Any] = {}
 
     def to_dict(
         self,
@@ -50,6 +52,7 @@ class ApplianceError(Exception):
             "target": target,
             "request_id": request_id,
             "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            **self.details,
         }
 
 

@@ -85,6 +85,7 @@ class Health:
         draining: Callable[[], bool],
         privilege_check: Callable[[], Mapping[str, Any]],
         tokens: Callable[[], Mapping[str, Any]] | None = None,
+        jobs: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -94,6 +95,7 @@ class Health:
         self._draining = draining
         self._privilege_check = privilege_check
         self._tokens = tokens
+        self._jobs = jobs
         psutil.cpu_percent(interval=None)  # primes the counter: later calls measure since the last one
 
     def unavailable_tools(self) -> dict[str, str]:
@@ -129,6 +131,8 @@ class Health:
             reasons.append("no tool is usable")
         if not self.audit.writable():
             reasons.append("audit sink is not writable")  # which one: /healthz (guarded), not /readyz
+        if self._jobs is not None and self._jobs().get("problem"):
+            reasons.append("job store refuses writes")  # new scans are refused; /healthz says why
         return not reasons, reasons
 
     def report(self) -> dict[str, Any]:
@@ -165,6 +169,8 @@ class Health:
         }
         if self._tokens is not None:
             checks["auth"] = dict(self._tokens())
+        if self._jobs is not None:
+            checks["store"] = dict(self._jobs())
         status: Status = "healthy"
         overloaded = (
             cpu > self.settings.health_cpu_percent

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from appliance import __version__
 
@@ -15,6 +17,26 @@ PROTOCOL_REFUSAL_RULES = ("tool_unknown", "message_too_large")
 BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 # Scans run from milliseconds (a refused port) to minutes (a slow sweep).
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+# Scan jobs last from a second to hours.
+JOB_DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
+
+
+class JobCounts(Collector):
+    """`appliance_jobs{state}`: stored jobs by state, counted by the store when scraped (so a
+    restart, a retention sweep or a CLI purge never leaves the gauge wrong)."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]], states: Iterable[str]) -> None:
+        self._counts = counts
+        self._states = tuple(states)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("appliance_jobs", "Stored scan jobs by state.", labels=["state"])
+        counts = self._counts()
+        for state in self._states:
+            family.add_metric([state], counts.get(state, 0))
+        yield family
 
 
 class Metrics:
@@ -49,6 +71,18 @@ class Metrics:
         )
         self.policy_reloads = Counter(
             "appliance_policy_reloads", "Policy reload attempts by result.", ["result"], registry=registry
+        )
+        self.job_duration = Histogram(
+            "appliance_job_duration_seconds",
+            "Time from a job's creation to its end, by tool and final state.",
+            ["tool", "state"],
+            buckets=JOB_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.oldest_running = Gauge(
+            "appliance_job_oldest_running_age_seconds",
+            "Age of the oldest queued or running job; 0 when none runs.",
+            registry=registry,
         )
         self.build_info = Info("appliance_build", "Version of the appliance.", registry=registry)
         self.build_info.info({"version": __version__})

@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 PartialReason = Literal["timeout", "output_cap", "shutdown"]
+# The job states (appliance.jobs.model.JobState) plus `dry_run`, which starts no job.
+ScanStatus = Literal[
+    "queued",
+    "running",
+    "awaiting_approval",
+    "completed",
+    "partial",
+    "failed",
+    "cancelled",
+    "interrupted",
+    "dry_run",
+]
+# 2: scans are jobs (scan_id, status), raw output moved to scan://{id}/raw, nmap ports compact.
+RESULT_SCHEMA_VERSION = 2
 
 
 class ScanReport(BaseModel):
     """What every tool result carries, whatever the scanner."""
 
     tool: str = Field(description="The tool that produced this result.")
+    scan_id: str | None = Field(default=None, description="The job's id (get_scan, scan://{id}); null for a dry run.")
+    status: ScanStatus = Field(
+        default="completed", description="The job's state; running/queued: ask again with get_scan(scan_id)."
+    )
+    result_schema_version: int = Field(default=RESULT_SCHEMA_VERSION, description="Version of this result shape.")
+    resource_uri: str | None = Field(default=None, description="scan://{scan_id}: this result as a resource.")
+    progress: float | None = Field(default=None, description="Percent done, as the scanner reported it.")
+    retry_after_seconds: int | None = Field(
+        default=None, description="For an unfinished scan: when to call get_scan again (it can also wait)."
+    )
+    changes_since_previous: dict[str, Any] | None = Field(
+        default=None,
+        description="For a finished rescan: what changed since the previous completed scan of this tool and "
+        "target (summary, previous_scan_id, entries; diff_scans has them all).",
+    )
     request_id: str = Field(description="Correlation id of this call; it is in the logs and the audit trail.")
     target: str = Field(description="The target as the caller gave it.")
     scanned_address: str = Field(
@@ -85,3 +114,12 @@ class GobusterFinding(BaseModel):
 class GobusterResult(ScanReport):
     mode: Literal["dir", "vhost", "dns"]
     findings: list[GobusterFinding] = Field(default_factory=list)
+
+
+class AnyScanResult(ScanReport):
+    """get_scan's and cancel_scan's result: one shape for the three tools, told apart by `tool`
+    (nmap fills `hosts`; masscan and gobuster `findings`; gobuster also `mode`)."""
+
+    hosts: list[NmapHost] | None = None
+    findings: list[dict[str, Any]] | None = None
+    mode: Literal["dir", "vhost", "dns"] | None = None

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -30,16 +32,31 @@ from mcp_types import (
     PaginatedRequestParams,
     TextContent,
     Tool,
+    ToolAnnotations,
 )
+from pydantic import BaseModel
 
 from appliance import __version__
 from appliance.auth import STATIC_TOKENS_AUTH
-from appliance.catalog import tool_definition
+from appliance.catalog import CANCEL_JOB, READ_JOBS, tool_definition
 from appliance.compat import lowlevel_server, session_connection
 from appliance.errors import ApplianceError, NotFoundError, UnexpectedError
+from appliance.jobs.diff import ScanDiff
+from appliance.jobs.model import UNFINISHED, Job
+from appliance.jobs.queries import (
+    CancelScanRequest,
+    DiffScansRequest,
+    GetScanRequest,
+    JobQueries,
+    ListScansRequest,
+    ScanList,
+)
+from appliance.jobs.views import error_of, report_of
 from appliance.logs import new_request_id, request_id_var
+from appliance.results import AnyScanResult, ScanReport
 from appliance.service import ScanService
 from appliance.tools import TOOLS, ToolSpec
+from appliance.tools.arguments import parse_arguments
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +66,46 @@ finds; masscan_scan sweeps blocks fast when the deployment runs in raw mode. Eve
 the broken rule and what to do instead; dry_run shows the exact command without running it."""
 
 
+@dataclass(frozen=True)
+class JobTool:
+    """A tool that follows scans (no scanner of its own): always listed, whatever the policy."""
+
+    description: str
+    request_model: type[BaseModel]
+    result_model: type[BaseModel] | None
+    annotations: ToolAnnotations
+
+
+JOB_TOOLS: dict[str, JobTool] = {
+    "get_scan": JobTool(
+        "Get a scan by scan_id: its status and findings (so far, while it runs). wait_seconds blocks until "
+        "it finishes or the wait ends; cancelling this call never stops the scan.",
+        GetScanRequest,
+        AnyScanResult,
+        READ_JOBS,
+    ),
+    "cancel_scan": JobTool(
+        "Stop a running scan by scan_id; what it found so far is kept and returned (get_scan's shape).",
+        CancelScanRequest,
+        None,  # get_scan's shape; one copy of that schema in tools/list is enough
+        CANCEL_JOB,
+    ),
+    "list_scans": JobTool(
+        "Your scans, newest first, filtered by tool, target or status; paged with cursor.",
+        ListScansRequest,
+        ScanList,
+        READ_JOBS,
+    ),
+    "diff_scans": JobTool(
+        "What changed between two scans of one tool: hosts appeared/gone, ports opened/closed, service, "
+        "product and version changes. Omit against_scan_id for the previous completed scan of that target.",
+        DiffScansRequest,
+        ScanDiff,
+        READ_JOBS,
+    ),
+}
+
+
 def error_result(error: ApplianceError, tool: str, target: str | None, request_id: str) -> CallToolResult:
     """A refusal or failure as a tool result: one whole JSON object in the text, and structured."""
     body = error.to_dict(tool=tool, target=target, request_id=request_id)
@@ -56,6 +113,28 @@ def error_result(error: ApplianceError, tool: str, target: str | None, request_i
         content=[TextContent(type="text", text=json.dumps(body))],
         structured_content=body,
         is_error=True,
+    )
+
+
+def structured(text: str, body: BaseModel) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)], structured_content=body.model_dump(mode="json")
+    )
+
+
+def scan_result(report: ScanReport, spec: ToolSpec) -> CallToolResult:
+    """A scan's result; an unfinished one says how to follow it instead of what it found."""
+    if report.status in UNFINISHED:
+        shown = "" if report.progress is None else f" ({report.progress:.0f}% done)"
+        text = (
+            f"{report.tool} {report.target}: {report.status.upper()}{shown}, scan_id {report.scan_id}. The scan "
+            f"goes on; call get_scan with this scan_id (wait_seconds up to the policy's limit) in about "
+            f"{report.retry_after_seconds} s."
+        )
+    else:
+        text = spec.summarize(report)
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)], structured_content=report.model_dump(mode="json")
     )
 
 
@@ -102,6 +181,11 @@ class ScannerServer:
             auth=None if token_verifier is None else STATIC_TOKENS_AUTH,
         )
         self.tools: dict[str, Tool] = {}  # what tools/list shows now, by name
+        self.queries = JobQueries(
+            service.jobs,
+            {name: spec.result_model for name, spec in TOOLS.items()},
+            lambda: service.store.current.policy,
+        )
         lowlevel = lowlevel_server(self.mcp)
         lowlevel.add_request_handler("tools/list", PaginatedRequestParams, self._list_tools)
         lowlevel.add_request_handler("tools/call", CallToolRequestParams, self._call_tool)
@@ -127,6 +211,10 @@ class ScannerServer:
             for name, spec in TOOLS.items()
             if getattr(policy.tools, name).enabled
         }
+        for name, tool in JOB_TOOLS.items():
+            wanted[name] = tool_definition(
+                name, tool.description, tool.request_model, tool.result_model, tool.annotations
+            )
         changed = wanted != self.tools
         self.tools = wanted
         return changed
@@ -153,6 +241,8 @@ class ScannerServer:
     ) -> CallToolResult:
         principal = _principal(ctx)
         target = _target(params.arguments)
+        if params.name in JOB_TOOLS:
+            return await self._job_tool(ctx, params, request_id, principal)
         # A tool the policy disabled is known: the service refuses it with `tool_disabled`.
         if params.name not in TOOLS:
             error = NotFoundError(
@@ -183,10 +273,47 @@ class ScannerServer:
         except Exception:  # a bug must not reach the caller as a traceback; it is logged in full
             log.exception("tool call failed unexpectedly", extra={"tool": spec.name})
             return error_result(UnexpectedError(request_id), spec.name, target, request_id)
-        return CallToolResult(
-            content=[TextContent(type="text", text=spec.summarize(report))],
-            structured_content=report.model_dump(mode="json"),
-        )
+        return scan_result(report, spec)
+
+    async def _job_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams, request_id: str, principal: str | None
+    ) -> CallToolResult:
+        name = params.name
+        owner = self.service.owner(principal)
+        record: dict[str, Any] = {"request_id": request_id, "principal": principal, "tool": name}
+
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            await ctx.session.report_progress(done, total, message)
+
+        try:
+            request: Any = parse_arguments(JOB_TOOLS[name].request_model, params.arguments or {})
+            record["arguments"] = request.model_dump()
+            if name == "get_scan":
+                return self.job_result(await self.queries.get_scan(request, owner, progress))
+            if name == "cancel_scan":
+                job, stopped = await self.queries.cancel_scan(request, owner)
+                self.service.audit.write({**record, "event": "cancel", "scan_id": job.scan_id, "stopped": stopped})
+                return self.job_result(job)
+            if name == "list_scans":
+                listing = self.queries.list_scans(request, owner)
+                text = f"{len(listing.scans)} scan(s)" + (", more with next_cursor" if listing.next_cursor else "")
+                return structured(text, listing)
+            diff = self.queries.diff_scans(request, owner)
+            return structured(f"{diff.scan_id} against {diff.against_scan_id}: {diff.summary}", diff)
+        except ApplianceError as exc:
+            record.setdefault("arguments", params.arguments)
+            self.service.refuse(exc, record, tool=name)
+            return error_result(exc, name, None, request_id)
+
+    def job_result(self, job: Job) -> CallToolResult:
+        """A job as a tool result: its error object when it failed, else its (partial) report."""
+        error = error_of(job)
+        if error is not None:
+            return CallToolResult(
+                content=[TextContent(type="text", text=json.dumps(error))], structured_content=error, is_error=True
+            )
+        spec = TOOLS[job.tool]
+        return scan_result(report_of(job, spec.result_model, time.time()), spec)
 
     async def announce_tools_changed(self) -> None:
         """Tell clients the tool list changed: listen streams (2026-07-28) and handshake sessions."""

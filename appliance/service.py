@@ -16,6 +16,11 @@ from pydantic import BaseModel
 from appliance.audit import AuditSink, output_digest
 from appliance.config import Settings
 from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError, UnexpectedError, ValidationError
+from appliance.jobs.manager import JobManager, LiveJob
+from appliance.jobs.model import STDIO_PRINCIPAL, JobState
+from appliance.jobs.queries import changes_since
+from appliance.jobs.sqlite import SqliteJobStore
+from appliance.jobs.views import job_fields, report_of
 from appliance.metrics import Metrics
 from appliance.policy.model import Policy
 from appliance.policy.resolve import system_resolve
@@ -33,6 +38,15 @@ log = logging.getLogger(__name__)
 
 # Progress notifications at most this often: scanners report every second or faster.
 PROGRESS_INTERVAL_SECONDS = 1.0
+
+# A partial report's job state: stopped by its own budget is `partial`, by the appliance `interrupted`.
+JOB_STATE_OF_PARTIAL: dict[str | None, JobState] = {
+    "timeout": "partial",
+    "output_cap": "partial",
+    "shutdown": "interrupted",
+}
+# Whose jobs an HTTP call without a verified principal starts (the loopback test mode only).
+ANONYMOUS_PRINCIPAL = "anonymous"
 
 # Metric outcome of an admitted call that did not return a result: cancels apart, all else `error`.
 SCANNER_FAILURES = ("execution_error", "not_found")
@@ -93,6 +107,21 @@ class RateBudget:
         self.in_use -= rate
 
 
+def check_wait(requested: int | None, policy: Policy) -> float:
+    """How long a scan call waits for its result before it returns the running job."""
+    limits = policy.limits
+    if requested is None:
+        return float(limits.default_wait_seconds)
+    if not 0 <= requested <= limits.max_wait_seconds:
+        raise ValidationError(
+            f"wait_seconds {requested} is outside 0-{limits.max_wait_seconds}",
+            rule="wait_out_of_bounds",
+            recovery_suggestion=f"Wait at most {limits.max_wait_seconds} seconds; the scan goes on after the call "
+            "returns, and get_scan(scan_id) waits again.",
+        )
+    return float(requested)
+
+
 def breaker_settings(policy: Policy, tool: str) -> BreakerSettings:
     rules = policy.resilience
     return BreakerSettings(
@@ -124,8 +153,11 @@ class ScanService:
         runner: Runner = run,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        jobs: JobManager | None = None,
     ) -> None:
         self.settings = settings
+        # Without a store of its own (tests, `appliance check`) the service keeps jobs in memory.
+        self.jobs = jobs if jobs is not None else JobManager(SqliteJobStore(None), audit)
         self.store = store
         self.audit = audit
         self.metrics = metrics
@@ -202,6 +234,12 @@ class ScanService:
                 self.metrics.scope_refusals.labels(tool, error.rule).inc()
         self.audit.write({**record, "verdict": "refused", "rule": error.rule, "error_type": error.error_type})
 
+    def owner(self, principal: str | None) -> str:
+        """Whose job a call starts: the verified principal; over stdio the one client."""
+        if principal is not None:
+            return principal
+        return STDIO_PRINCIPAL if self.settings.transport == "stdio" else ANONYMOUS_PRINCIPAL
+
     async def call(
         self,
         spec: ToolSpec,
@@ -213,7 +251,12 @@ class ScanService:
     ) -> ScanReport:
         """One call, end to end. `arguments` are the raw arguments a client sent (validated here,
         so a bad one is refused, audited and counted like any other refusal), or a request model
-        an internal caller already built."""
+        an internal caller already built.
+
+        An admitted scan is a job that runs as its own task; the call waits for it up to
+        `wait_seconds` and then returns it as it stands (status `running`, its scan_id). A cancel
+        of this call before it returned ends the job too: nobody else knows its scan_id.
+        """
         started = self._clock()
         record: dict[str, Any] = {
             "request_id": request_id,
@@ -230,6 +273,7 @@ class ScanService:
             else:
                 request = arguments
             plan = await self.check(spec, request, snapshot)
+            wait = check_wait(getattr(request, "wait_seconds", None), snapshot.policy)
         except ApplianceError as exc:
             self.refuse(exc, record, tool=spec.name)
             raise
@@ -242,7 +286,7 @@ class ScanService:
         if getattr(request, "dry_run", False):
             self.audit.write({**record, "dry_run": True})
             self._count(spec.name, "dry_run")
-            return spec.finish(plan, request_id, None)
+            return spec.finish(plan, request_id, None).model_copy(update={"status": "dry_run"})
         breaker = self.breakers[spec.name]
         try:
             breaker.before_call()
@@ -250,75 +294,162 @@ class ScanService:
             self._count(spec.name, "error")
             self.audit.write({**record, "verdict": "refused", "rule": exc.rule, "error_type": exc.error_type})
             raise
-        # From here on the breaker may hold a probe slot: every way out goes through _finish_run.
+        # From here on the breaker may hold a probe slot: every way out frees it.
+        try:
+            refusal = self.limiter.refusal(spec.name, principal)
+            if refusal is not None:
+                raise refusal
+            self.jobs.admissible()
+            live = self.jobs.create(
+                tool=spec.name,
+                target=plan.target.requested,
+                scanned_address=plan.target.scan_arg,
+                owner=self.owner(principal),
+                request=record["arguments"],
+                argv=list(plan.argv),
+                request_id=request_id,
+            )
+        except ApplianceError as exc:
+            # Refused before a job exists (queue full, shutting down, the store cannot record it).
+            breaker.record_neutral()
+            self.refuse(exc, record, tool=spec.name)
+            raise
+        record["scan_id"] = live.job.scan_id
+        listener = _best_effort(progress)
+        if listener is not None:
+            live.listeners.add(listener)
+        task = asyncio.create_task(
+            self._run_job(spec, plan, snapshot.policy, live, record, started, breaker, principal)
+        )
+        live.task = task
+        try:
+            await asyncio.wait({task}, timeout=wait)
+        except asyncio.CancelledError:
+            # The caller gave up before it saw the scan_id: nobody could follow this job.
+            task.cancel()
+            await asyncio.wait({task})
+            raise
+        finally:
+            if listener is not None:
+                live.listeners.discard(listener)
+        if not task.done() or task.cancelled():  # still running, or cancel_scan ended it
+            return report_of(live.job, spec.result_model, time.time())
+        return task.result()  # the report, or the error the job ended with
+
+    async def _run_job(
+        self,
+        spec: ToolSpec,
+        plan: ScanPlan,
+        policy: Policy,
+        live: LiveJob,
+        record: dict[str, Any],
+        started: float,
+        breaker: CircuitBreaker,
+        principal: str | None,
+    ) -> ScanReport:
+        """The job's task: wait for a slot, run, and end through `_finish_run` whatever happens."""
         report: ScanReport | None = None
         run_result: RunResult | None = None
         started_run = False
         try:
             async with self.limiter.slot(spec.name, started + plan.timeout_seconds, principal) as remaining:
                 # Audit before starting: a scan the trail does not show must not run (fails closed).
-                self.audit.write({**record, "event": "start"})
+                self.audit.write({**record, "event": "start", "state": "running"})
                 started_run = True
-                report, run_result = await self._execute(spec, plan, snapshot.policy, request_id, progress, remaining)
+                self.jobs.running(live)
+                report, run_result = await self._execute(spec, plan, policy, live, remaining)
         except BaseException as exc:
             if not started_run and isinstance(exc, ApplianceError):
-                # Refused before it ran (queue full, the principal's share, the queue wait ran
-                # out, shutting down, the audit sink failed): a refusal line, not an `end`.
+                # Refused while queued (the queue wait ran out, shutting down, the audit sink
+                # failed): a refusal line, not an `end`; the job that was queued ends failed.
                 breaker.record_neutral()
-                self.refuse(exc, record, tool=spec.name)
+                # Stopped while it waited for a slot: the appliance's stop, not the scan's failure.
+                state: JobState = "interrupted" if exc.rule == "shutting_down" else "failed"
+                exc.details.update(scan_id=live.job.scan_id, status=state)
+                self.refuse(exc, {**record, "state": state}, tool=spec.name)
+                self.jobs.finish(live, state, error=exc.to_dict(tool=spec.name, target=plan.target.requested))
             else:
-                self._finish_run(spec.name, breaker, record, started, None, None, exc)
+                self._finish_run(spec, breaker, record, started, live, policy, None, None, exc)
             raise
-        self._finish_run(spec.name, breaker, record, started, report, run_result, None)
-        return report
+        final = self._finish_run(spec, breaker, record, started, live, policy, report, run_result, None)
+        assert final is not None  # a report and no failure: the job completed, partial or interrupted
+        return final
 
     def _finish_run(
         self,
-        tool: str,
+        spec: ToolSpec,
         breaker: CircuitBreaker,
         record: dict[str, Any],
         started: float,
+        live: LiveJob,
+        policy: Policy,
         report: ScanReport | None,
         run_result: RunResult | None,
         failure: BaseException | None,
-    ) -> None:
-        """The one end of every admitted call: breaker, metric and the audit end line.
+    ) -> ScanReport | None:
+        """The one end of every admitted call: breaker, metric, the audit end line and the job's
+        final state.
 
         Covers a result, an appliance error, a cancel and anything unexpected (a bug, a stream
-        that broke under us): the breaker never keeps a probe slot and the trail never keeps a
-        `start` without an `end`.
+        that broke under us): the breaker never keeps a probe slot, the trail never keeps a
+        `start` without an `end`, and no job stays `running`. Returns the final report, or None
+        when the call ended without one (the caller re-raises the failure).
         """
+        tool = spec.name
         rule: str | None = None
+        state: JobState
+        error: ApplianceError | None = None
         if failure is None and report is not None:
             outcome = "partial" if report.partial else "ok"
             breaker.record_neutral() if report.partial else breaker.record_success()
+            state = JOB_STATE_OF_PARTIAL.get(report.partial_reason, "completed") if report.partial else "completed"
             if self.metrics is not None:
                 self.metrics.duration.labels(tool).observe(report.duration_seconds)
         elif isinstance(failure, ApplianceError):
             # Only a scanner that failed to run says something about the scanner's health.
             scanner_failed = failure.error_type in SCANNER_FAILURES and failure.rule != "audit_unwritable"
             (breaker.record_failure if scanner_failed else breaker.record_neutral)()
-            outcome, rule = failure.error_type, failure.rule
+            outcome, rule, state, error = failure.error_type, failure.rule, "failed", failure
         elif isinstance(failure, asyncio.CancelledError):
             breaker.record_neutral()
-            outcome = "cancelled"
+            outcome, state = "cancelled", "cancelled"
         else:
             breaker.record_neutral()
-            outcome, rule = "unknown", "unexpected_exception"
+            outcome, rule, state = "unknown", "unexpected_exception", "failed"
+            error = UnexpectedError(record["request_id"])
             log.error("tool call ended in an unexpected exception", exc_info=failure, extra={"tool": tool})
         self._count(tool, METRIC_OUTCOME.get(outcome, "error"))
-        self._audit_end(record, started, outcome=outcome, rule=rule, run=run_result)
+        self._audit_end({**record, "state": state}, started, outcome=outcome, rule=rule, run=run_result)
+        job = live.job
+        raw = None if run_result is None else run_result.stdout[: policy.limits.stored_raw_bytes]
+        if error is not None:
+            error.details.update(scan_id=job.scan_id, status="failed")
+            body = error.to_dict(tool=tool, target=job.target, request_id=job.request_id)
+            self.jobs.finish(live, state, error=body, raw=raw)
+            return None
+        if report is None:
+            self.jobs.finish(live, state, raw=raw, note="cancelled")
+            return None
+        ended = {"status": state, "progress": 100.0, "retry_after_seconds": None}
+        final = report.model_copy(update={**job_fields(job, time.time()), **ended})
+        if state == "completed":
+            # A rescan says what changed since the last completed scan of this tool and target.
+            changes = changes_since(self.jobs, job, final.model_dump(mode="json"))
+            final = final.model_copy(update={"changes_since_previous": changes})
+        self.jobs.finish(live, state, result=final.model_dump(mode="json"), raw=raw)
+        return final
 
     async def _execute(
         self,
         spec: ToolSpec,
         plan: ScanPlan,
         policy: Policy,
-        request_id: str,
-        progress: ProgressFn | None,
+        live: LiveJob,
         remaining: float,
     ) -> tuple[ScanReport, RunResult]:
-        progress = _best_effort(progress)
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            await self.jobs.progress(live, done, total, message)
+
         # Queue wait counted against the call's budget: the scanner gets what is left.
         limits = RunLimits(timeout_seconds=max(remaining, 0.001), output_cap_bytes=policy.limits.output_cap_bytes)
         on_line = self._progress_callback(plan, progress)
@@ -338,9 +469,8 @@ class ScanService:
         finally:
             if plan.rate:
                 self._rates.release(plan.rate)
-        if progress is not None:
-            await progress(100.0, 100.0, "finished")
-        return spec.finish(plan, request_id, run_result), run_result
+        await progress(100.0, 100.0, "finished")
+        return spec.finish(plan, live.job.request_id, run_result), run_result
 
     @staticmethod
     def _progress_callback(plan: ScanPlan, progress: ProgressFn | None) -> Callable[[bytes], Awaitable[None]] | None:

@@ -172,3 +172,12 @@ def lab_service(
         return LabService(service, audit, registry, resolver, runner)
 
     return build
+
+
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test's appliances (in-process and child processes) keep jobs in a directory of its
+    own: never the host's /var/lib/appliance, never a store another test recovers."""
+    path = tmp_path_factory.mktemp("data")
+    monkeypatch.setenv("APPLIANCE_DATA_DIR", str(path))
+    return path

@@ -95,7 +95,7 @@ async def test_scanner_killed_mid_run_is_an_execution_error_counted_by_the_break
     assert not scanner_processes(marker)
     assert zombies == []
     killed_run = [line for line in audit_lines(audit) if line.get("request_id") == error["request_id"]]
-    assert [line.get("event") for line in killed_run] == ["start", "end"]
+    assert [line.get("event") for line in killed_run] == ["job", "start", "end"]  # created (queued), ran, ended
     assert killed_run[-1]["outcome"] == "execution_error"
 
 
@@ -363,5 +363,5 @@ async def test_abandoned_sessions_keep_descriptors_bounded(tmp_path: Path) -> No
         f"rss +{rss_growth / 1024:.0f} KiB ({rss_growth / sessions / 1024:.1f} KiB/session, kept until the "
         "SDK's 30 min idle timeout)"
     )
-    assert len(fresh.tools) == 3
+    assert len(fresh.tools) == 7  # three scanners, four job tools
     assert peak_fds < baseline_fds + 60

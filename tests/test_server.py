@@ -36,7 +36,15 @@ def server_for(tmp_path: Path, *overrides: dict[str, Any], runner: SpyRunner | N
 async def test_tools_list_has_three_tools_with_schemas(tmp_path: Path, mode: str) -> None:
     async with Client(server_for(tmp_path), mode=mode) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert set(tools) == {"nmap_scan", "masscan_scan", "gobuster_scan"}
+    assert set(tools) == {
+        "nmap_scan",
+        "masscan_scan",
+        "gobuster_scan",
+        "get_scan",
+        "cancel_scan",
+        "list_scans",
+        "diff_scans",
+    }
     nmap = tools["nmap_scan"]
     assert nmap.input_schema["required"] == ["target"]
     assert "CIDR" in nmap.input_schema["properties"]["target"]["description"]

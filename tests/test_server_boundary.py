@@ -18,7 +18,7 @@ from mcp.shared.exceptions import MCPError
 from support import LabService
 
 from appliance.runner import RunLimits, RunResult
-from appliance.server import ScannerServer
+from appliance.server import JOB_TOOLS, ScannerServer
 from appliance.tools import TOOLS
 
 pytestmark = pytest.mark.anyio
@@ -204,7 +204,7 @@ async def test_tools_list_of_the_three_scan_tools_fits_the_budget(boundary: Call
     async with boundary().client() as client:
         listed = await client.list_tools()
 
-    assert {tool.name for tool in listed.tools} == set(TOOLS)
+    assert {tool.name for tool in listed.tools} == set(TOOLS) | set(JOB_TOOLS)
     wire = json.dumps(listed.model_dump(mode="json", by_alias=True, exclude_none=True), separators=(",", ":"))
     assert len(wire.encode()) <= TOOLS_LIST_BUDGET_BYTES, len(wire)
 

@@ -96,8 +96,10 @@ async def test_real_nmap_scan_of_loopback_listener_is_parsed_and_audited(tmp_pat
     [host] = report.hosts
     states = {p.port: p.state for p in host.ports}
     assert states == {port: "open", closed: "closed"}
-    start, end = audit_lines(stream)
-    assert (start["event"], end["event"]) == ("start", "end")
+    created, start, end = audit_lines(stream)
+    assert (created["event"], start["event"], end["event"]) == ("job", "start", "end")
+    assert (created["state"], start["state"], end["state"]) == ("queued", "running", "completed")
+    assert created["scan_id"] == start["scan_id"] == end["scan_id"] == report.scan_id
     assert end["outcome"] == "ok"
     assert end["argv"] == report.argv
     assert end["output_sha256"] != output_digest(b"")

@@ -55,7 +55,15 @@ async def test_real_scan_over_transport(tmp_path: Path, kind: str, mode: str) ->
             names = {tool.name for tool in (await client.list_tools()).tools}
             result = await client.call_tool("nmap_scan", {"target": "127.0.0.1", "ports": f"{port},{closed}"})
             refused = await client.call_tool("nmap_scan", {"target": "0x7f000001", "dry_run": True})
-    assert names == {"nmap_scan", "masscan_scan", "gobuster_scan"}
+    assert names == {
+        "nmap_scan",
+        "masscan_scan",
+        "gobuster_scan",
+        "get_scan",
+        "cancel_scan",
+        "list_scans",
+        "diff_scans",
+    }
     assert not result.is_error
     ports = {p["port"]: p["state"] for p in result.structured_content["hosts"][0]["ports"]}  # type: ignore[index]
     assert ports == {port: "open", closed: "closed"}
@@ -101,7 +109,7 @@ async def test_http_without_token_gets_401(tmp_path: Path) -> None:
                 url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={"Authorization": "Bearer nope"}
             )
         async with http_client(url, "legacy") as client:
-            assert len((await client.list_tools()).tools) == 3
+            assert len((await client.list_tools()).tools) == 7  # three scanners, four job tools
     for response in (missing, wrong):
         assert response.status_code == 401
         assert response.headers["www-authenticate"].startswith("Bearer")

@@ -131,6 +131,9 @@ class PrincipalConcurrency(_Strict):
     sessions: int = Field(
         default=32, ge=1, le=256, description="Open MCP sessions, handshake era (`principal_sessions_full`)."
     )
+    stored_jobs: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Finished scans kept per principal; the oldest go first."
+    )
 
 
 class Concurrency(_Strict):
@@ -151,12 +154,23 @@ class Limits(_Strict):
     default_timeout_seconds: int = Field(default=120, ge=1, le=3600)
     max_timeout_seconds: int = Field(default=600, ge=1, le=86400)
     output_cap_bytes: int = Field(default=4 * 1024 * 1024, ge=4096, le=256 * 1024 * 1024)
+    default_wait_seconds: int = Field(
+        default=20, ge=0, le=3600, description="How long a scan call waits for its result when it names no wait."
+    )
+    max_wait_seconds: int = Field(
+        default=120, ge=0, le=3600, description="Upper bound of wait_seconds (scan calls and get_scan)."
+    )
+    stored_raw_bytes: int = Field(
+        default=256 * 1024, ge=0, le=64 * 1024 * 1024, description="Raw scanner output kept per job (scan://{id}/raw)."
+    )
     concurrency: Concurrency = Field(default_factory=Concurrency)
 
     @model_validator(mode="after")
     def _timeouts_ordered(self) -> Limits:
         if self.default_timeout_seconds > self.max_timeout_seconds:
             raise ValueError("default_timeout_seconds must not exceed max_timeout_seconds")
+        if self.default_wait_seconds > self.max_wait_seconds:
+            raise ValueError("default_wait_seconds must not exceed max_wait_seconds")
         return self
 
 
@@ -241,6 +255,13 @@ class Resilience(_Strict):
         return self
 
 
+class Retention(_Strict):
+    """How long finished scans are kept (running ones always are). Swept at start and each minute."""
+
+    max_age_days: float = Field(default=30, gt=0, le=3650, description="Finished scans older than this go.")
+    max_count: int = Field(default=10000, ge=1, le=10_000_000, description="Stored scans; the oldest finished go.")
+
+
 class ToolRules(_Strict):
     nmap_scan: NmapRules = Field(default_factory=NmapRules)
     masscan_scan: MasscanRules = Field(default_factory=MasscanRules)
@@ -255,6 +276,7 @@ class Policy(_Strict):
     limits: Limits = Field(default_factory=Limits)
     tools: ToolRules = Field(default_factory=ToolRules)
     resilience: Resilience = Field(default_factory=Resilience)
+    retention: Retention = Field(default_factory=Retention)
 
 
 @dataclass(frozen=True)

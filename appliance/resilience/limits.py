@@ -156,28 +156,40 @@ class ConcurrencyLimiter:
         finally:
             self._release(tool, principal)
 
-    async def _acquire(self, tool: str, deadline: float, principal: str | None) -> None:
+    def refusal(self, tool: str, principal: str | None) -> ResourceExhaustedError | None:
+        """The refusal a call for `tool` would get at once now, or None when it would run or queue.
+
+        Side-effect free: the service asks before it records a job (a refusal is not a job).
+        """
         if self._closed:
-            raise _shutting_down()
-        limit = self._limit(tool)
+            return _shutting_down()
+        if self._has_room(tool, principal):
+            return None
+        queue = self._queues.get(tool, ())
+        if len(queue) >= self._limit(tool).max_queued:
+            return ResourceExhaustedError(
+                f"{tool} already has {self.in_flight(tool)} scans running and {len(queue)} waiting",
+                rule="queue_full",
+            )
+        share = self._per_principal
+        if principal is not None and share is not None and self.queued_for(principal) >= share.max_queued:
+            return ResourceExhaustedError(
+                f"principal {principal} already has {self.queued_for(principal)} calls waiting, its limit",
+                rule="principal_queue_full",
+                recovery_suggestion="Wait for your running scans to finish before sending more.",
+            )
+        return None
+
+    async def _acquire(self, tool: str, deadline: float, principal: str | None) -> None:
+        refusal = self.refusal(tool, principal)
+        if refusal is not None:
+            raise refusal
         queue = self._queues.setdefault(tool, deque())
         # Every change re-dispatches, so a waiter still queued has no room: a caller with room
         # here (its principal under its share where the waiters' are not) overtakes no one fairly owed.
         if self._has_room(tool, principal):
             self._take(tool, principal)
             return
-        if len(queue) >= limit.max_queued:
-            raise ResourceExhaustedError(
-                f"{tool} already has {self.in_flight(tool)} scans running and {len(queue)} waiting",
-                rule="queue_full",
-            )
-        share = self._per_principal
-        if principal is not None and share is not None and self.queued_for(principal) >= share.max_queued:
-            raise ResourceExhaustedError(
-                f"principal {principal} already has {self.queued_for(principal)} calls waiting, its limit",
-                rule="principal_queue_full",
-                recovery_suggestion="Wait for your running scans to finish before sending more.",
-            )
         wait = deadline - self._clock()
         if wait <= 0:
             raise _wait_timeout(tool)

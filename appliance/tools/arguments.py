@@ -111,3 +111,13 @@ PortsArgument = Annotated[
     pydantic.StringConstraints(max_length=1024),
     pydantic.WithJsonSchema(PORTS_JSON_SCHEMA),
 ]
+
+
+# Every scan tool takes it; the policy bounds it (limits.max_wait_seconds, rule wait_out_of_bounds).
+WAIT_SECONDS: Any = pydantic.Field(
+    default=None,
+    ge=0,
+    le=3600,
+    description="Wait this long for the result (default 20); a longer scan returns status 'running' and its "
+    "scan_id: follow it with get_scan.",
+)

@@ -17,6 +17,7 @@ from appliance.policy.targets import CheckedTarget, check_address, check_hostnam
 from appliance.policy.urls import parse_lab_url
 from appliance.results import GobusterResult
 from appliance.runner import RunResult
+from appliance.tools.arguments import WAIT_SECONDS
 from appliance.tools.base import (
     PlanContext,
     ScanPlan,
@@ -65,6 +66,7 @@ class GobusterRequest(BaseModel):
         description="Allowlisted flags, e.g. ['-k', '--timeout', '5s', '-s', '200,301']. Never -r, -o, --proxy.",
     )
     timeout_seconds: int | None = Field(default=None, ge=1, le=86400, description="Time budget; policy-capped.")
+    wait_seconds: int | None = WAIT_SECONDS
     dry_run: bool = Field(default=False, description="Only check and show the argv; start nothing.")
 
 

@@ -13,7 +13,7 @@ from appliance.policy.ports import check_ports
 from appliance.policy.targets import check_target, parse_target
 from appliance.results import MasscanResult
 from appliance.runner import RunResult
-from appliance.tools.arguments import PortsArgument
+from appliance.tools.arguments import WAIT_SECONDS, PortsArgument
 from appliance.tools.base import (
     PlanContext,
     ScanPlan,
@@ -52,6 +52,7 @@ class MasscanRequest(BaseModel):
         default_factory=list, max_length=32, description="Allowlisted flags: --wait N, --retries N."
     )
     timeout_seconds: int | None = Field(default=None, ge=1, le=86400, description="Time budget; policy-capped.")
+    wait_seconds: int | None = WAIT_SECONDS
     dry_run: bool = Field(default=False, description="Only check and show the argv; start nothing.")
 
 

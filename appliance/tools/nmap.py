@@ -14,7 +14,7 @@ from appliance.policy.ports import check_ports
 from appliance.policy.targets import check_target
 from appliance.results import NmapResult
 from appliance.runner import RunResult
-from appliance.tools.arguments import PortsArgument
+from appliance.tools.arguments import WAIT_SECONDS, PortsArgument
 from appliance.tools.base import (
     PlanContext,
     ScanPlan,
@@ -69,6 +69,7 @@ class NmapRequest(BaseModel):
     timeout_seconds: int | None = Field(
         default=None, ge=1, le=86400, description="Time budget; the policy caps it. Partial results on expiry."
     )
+    wait_seconds: int | None = WAIT_SECONDS
     dry_run: bool = Field(default=False, description="Only check and show the argv; start nothing.")
 
 

@@ -51,7 +51,7 @@ def test_version_1_file_keeps_every_limit_it_set() -> None:
             "gobuster_scan": {"running": 5, "queued": 9},
         },
         "global": {"running": 6, "sessions": 40},
-        "per_principal": {"running": 2, "queued": 1, "sessions": 5},
+        "per_principal": {"running": 2, "queued": 1, "sessions": 5, "stored_jobs": 1000},  # a v2 default
     }
     # The keys that did not move are untouched.
     assert policy.limits.max_hosts_per_call == 16

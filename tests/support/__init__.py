@@ -4,7 +4,7 @@ policies    the shipped default policy with overrides, written to a tmp dir
 lab         a ScanService on the lab policy (conftest's lab_service) and its dict resolver
 listeners   loopback targets the tests start (the only things a host test scans)
 servers     `appliance serve` child processes and MCP clients for them
-runners     the spy runner that refusal tests hand to ScanService
+runners     the spy runner that refusal tests hand to ScanService; the gated fake scanner of job tests
 processes   scanner processes as the host sees them
 raw_mcp     raw handshake-era MCP over HTTP (session IDs, SSE bodies)
 waiting     one wait_until (and `eventually`, its async form): wait on a condition, never sleep
@@ -25,7 +25,7 @@ from support.listeners import (
 from support.policies import DEFAULT_POLICY, LOOPBACK_POLICY, REPO, merge, write_policy
 from support.processes import scanner_processes
 from support.raw_mcp import HANDSHAKE_VERSION, initialize_request, mcp_headers, open_session, rpc_messages
-from support.runners import SpyRunner
+from support.runners import GatedRunner, SpyRunner
 from support.servers import (
     APPLIANCE,
     START_SECONDS,
@@ -53,6 +53,7 @@ __all__ = [
     "TOKEN",
     "CountingListener",
     "FakeResolver",
+    "GatedRunner",
     "LabService",
     "Served",
     "SpyRunner",

@@ -7,6 +7,7 @@ the test; `calls` stays empty when the refusal came first.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,3 +23,48 @@ class SpyRunner:
     async def __call__(self, argv: Sequence[str], limits: RunLimits, **kwargs: Any) -> RunResult:
         self.calls.append(list(argv))
         raise AssertionError(f"a scanner process would have started: {list(argv)}")
+
+
+class GatedRunner:
+    """A fake scanner that runs until the test opens its gate (or the service stops or cancels
+    it), then exits 0 with `stdout`. Lab addresses only; nothing is sent anywhere.
+
+    `started` is set when a run begins; `cancelled` counts runs ended by a cancel (the real
+    runner kills the process group there); a `stop` event ends a run as `stopped`.
+    """
+
+    def __init__(self, stdout: bytes = b"") -> None:
+        self.stdout = stdout
+        self.gate = asyncio.Event()
+        self.started = asyncio.Event()
+        self.calls: list[list[str]] = []
+        self.cancelled = 0
+
+    async def __call__(self, argv: Sequence[str], limits: RunLimits, **kwargs: Any) -> RunResult:
+        self.calls.append(list(argv))
+        self.started.set()
+        stop: asyncio.Event | None = kwargs.get("stop")
+        waits = [asyncio.ensure_future(self.gate.wait())]
+        if stop is not None:
+            waits.append(asyncio.ensure_future(stop.wait()))
+        try:
+            await asyncio.wait(waits, timeout=limits.timeout_seconds, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            for wait in waits:
+                wait.cancel()
+        stopped = stop is not None and stop.is_set() and not self.gate.is_set()
+        timed_out = not self.gate.is_set() and not stopped
+        return RunResult(
+            tuple(argv),
+            None if stopped or timed_out else 0,
+            self.stdout,
+            b"",
+            False,
+            timed_out,
+            0.01,
+            pid=0,
+            stopped=stopped,
+        )

@@ -1,0 +1,255 @@
+"""Jobs at run time: each admitted scan runs as a task the appliance owns, not the request.
+
+The caller's request only waits for it (`wait_seconds`); when the wait ends first the call
+returns the job as it stands and the scan goes on. Every state change is written to the store
+and to the audit trail, counted, and announced (resource subscriptions) - here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.audit import AuditSink
+from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError
+from appliance.jobs.model import Job, JobState, new_scan_id
+from appliance.jobs.store import JobFilter, JobPage, JobStore
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+ChangeFn = Callable[[Job], None]
+
+
+@dataclass
+class LiveJob:
+    """A job this process runs: its task, who is watching, and when it ends."""
+
+    job: Job
+    task: asyncio.Task[Any] | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    # Progress listeners: the waiting scan call, then any get_scan that waits; each best effort.
+    listeners: set[ProgressFn] = field(default_factory=set)
+
+
+def scan_not_found(scan_id: str) -> NotFoundError:
+    # The same answer for "no such scan" and "another principal's scan": ids do not leak.
+    return NotFoundError(
+        f"no scan {scan_id[:64]!r} is visible to you",
+        rule="scan_not_found",
+        recovery_suggestion="Call list_scans to see your scans; a scan id is only visible to the principal that "
+        "started it.",
+    )
+
+
+class JobManager:
+    def __init__(
+        self,
+        store: JobStore,
+        audit: AuditSink,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_change: ChangeFn | None = None,
+    ) -> None:
+        self.store = store
+        self.audit = audit
+        self._clock = clock
+        self.live: dict[str, LiveJob] = {}
+        # Called after each state change is stored: metrics, resource update notifications.
+        self.on_change: list[ChangeFn] = [on_change] if on_change else []
+
+    # --- start and recovery ----------------------------------------------------------------
+    def recover(self) -> list[Job]:
+        """At start: a job left queued or running by a stop or a crash is `interrupted`; its
+        findings so far stay as they were last recorded."""
+        left = self.store.unfinished()
+        for job in left:
+            self._move(
+                job, "interrupted", "the appliance stopped while this scan ran; findings so far are kept", audit=True
+            )
+        return left
+
+    def admissible(self) -> None:
+        """Raise when the store has no room for a new job (a scan it cannot keep does not start);
+        a store that fails to write refuses in `create`."""
+        problem = self.store.space_problem()
+        if problem is not None:
+            rule, reason = problem
+            raise ResourceExhaustedError(
+                f"new scans are refused: {reason}",
+                rule=rule,
+                recovery_suggestion="Retry later; the operator must free space on or fix the data volume "
+                "(APPLIANCE_DATA_DIR). Stored scans stay readable.",
+            )
+
+    def create(
+        self,
+        *,
+        tool: str,
+        target: str,
+        scanned_address: str,
+        owner: str,
+        request: dict[str, Any],
+        argv: list[str],
+        request_id: str,
+    ) -> LiveJob:
+        now = self._clock()
+        job = Job(
+            scan_id=new_scan_id(now),
+            tool=tool,
+            target=target,
+            scanned_address=scanned_address,
+            principal=owner,
+            request=request,
+            argv=argv,
+            state="queued",
+            created_at=now,
+            updated_at=now,
+            request_id=request_id,
+        )
+        job.move("queued", now)
+        # The trail first, then the store, both fail closed: a job the trail does not show never
+        # exists, and a scan the store cannot keep is refused before it starts.
+        self.audit_state(job, "queued", strict=True)
+        self._save(job, strict=True)
+        live = LiveJob(job)
+        self.live[job.scan_id] = live
+        for notify in self.on_change:
+            notify(job)
+        return live
+
+    def forget(self, live: LiveJob) -> None:
+        """A call refused before it ran, whose scan id nobody saw: a refusal, not a job."""
+        self.live.pop(live.job.scan_id, None)
+        with contextlib.suppress(ApplianceError):
+            self.store.delete([live.job.scan_id])
+
+    # --- changes ---------------------------------------------------------------------------
+    def _move(self, job: Job, state: JobState, note: str | None, *, strict: bool = False, audit: bool = False) -> None:
+        job.move(state, self._clock(), note)
+        self._save(job, strict=strict)
+        if audit:
+            self.audit_state(job, state, note)
+        for notify in self.on_change:
+            notify(job)
+
+    def audit_state(self, job: Job, state: JobState, note: str | None = None, *, strict: bool = False) -> None:
+        """An audit line for a state change no call line shows (the service's start and end lines
+        carry `scan_id` and `state` for the others): created (queued), interrupted at start.
+        `strict`: a sink failure raises (the job is then refused), else it is logged."""
+        record: dict[str, Any] = {
+            "event": "job",
+            "scan_id": job.scan_id,
+            "state": state,
+            "tool": job.tool,
+            "principal": job.principal,
+            "request_id": job.request_id,
+        }
+        if note:
+            record["note"] = note
+        try:
+            self.audit.write(record)
+        except ApplianceError:
+            if strict:
+                raise
+            # After the start line the trail already shows the scan; a state line that cannot be
+            # written is the sink's failure (readiness shows it), not a reason to lose the scan.
+            log.error("audit line of a job state change could not be written", extra={"scan_id": job.scan_id})
+
+    def _save(self, job: Job, *, strict: bool = False) -> None:
+        try:
+            self.store.put(job)
+        except ApplianceError:
+            if strict:
+                raise
+            # Kept in memory (get_scan still answers); the next change writes the whole job again.
+            log.error("job store write failed; the job is kept in memory", extra={"scan_id": job.scan_id})
+
+    def running(self, live: LiveJob) -> None:
+        self._move(live.job, "running", None)
+
+    def findings(self, live: LiveJob, result: dict[str, Any], progress: float | None) -> None:
+        """Findings so far (finished host groups, lines): stored, so a crash keeps them."""
+        live.job.result = result
+        live.job.progress = progress
+        live.job.updated_at = self._clock()
+        self._save(live.job)
+
+    def finish(
+        self,
+        live: LiveJob,
+        state: JobState,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        raw: bytes | None = None,
+        note: str | None = None,
+    ) -> None:
+        job = live.job
+        if result is not None:
+            job.result = result
+        job.error = error
+        if state in ("completed", "partial"):
+            job.progress = 100.0
+        if raw is not None:
+            try:
+                self.store.put_raw(job.scan_id, raw)
+            except ApplianceError:
+                log.error("raw output could not be stored", extra={"scan_id": job.scan_id})
+        self._move(job, state, note)
+        live.listeners.clear()
+        self.live.pop(job.scan_id, None)
+        live.done.set()
+
+    async def progress(self, live: LiveJob, done: float, total: float | None, message: str | None) -> None:
+        live.job.progress = round(100.0 * done / total, 1) if total else done
+        for listener in list(live.listeners):
+            await listener(done, total, message)
+
+    # --- reads -----------------------------------------------------------------------------
+    def visible(self, scan_id: str, owner: str) -> Job:
+        """The job, if `owner` may see it (its own scans; the identity issue widens this)."""
+        live = self.live.get(scan_id)
+        job = live.job if live is not None else self.store.get(scan_id)
+        if job is None or job.principal != owner:
+            raise scan_not_found(scan_id)
+        return job
+
+    async def wait(self, job: Job, seconds: float, progress: ProgressFn | None = None) -> Job:
+        """Up to `seconds` for the job to finish. Cancelling this wait never cancels the job."""
+        live = self.live.get(job.scan_id)
+        if live is None or seconds <= 0:
+            return live.job if live is not None else job
+        if progress is not None:
+            live.listeners.add(progress)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.done.wait(), seconds)
+        finally:
+            live.listeners.discard(progress) if progress is not None else None
+        return live.job
+
+    def cancel(self, job: Job) -> bool:
+        """Stop a running job (its process group is killed; findings so far are kept).
+        False when it had already finished."""
+        live = self.live.get(job.scan_id)
+        if live is None or live.task is None or live.task.done():
+            return False
+        live.task.cancel()
+        return True
+
+    def page(self, where: JobFilter, limit: int, cursor: str | None) -> JobPage:
+        page = self.store.page(where, limit, cursor)
+        # A running job's freshest state is in memory (progress is not written on every tick).
+        return JobPage([self.live[j.scan_id].job if j.scan_id in self.live else j for j in page.jobs], page.next_cursor)
+
+    async def stop_all(self) -> None:
+        """Wait for running jobs' tasks to end (after the service told the scans to stop)."""
+        tasks = [live.task for live in self.live.values() if live.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)

@@ -1,0 +1,130 @@
+"""A scan job: the single source of truth for one scan, whichever view (result, get_scan,
+resource, CLI) shows it.
+
+States and how they map to the MCP tasks extension (SEP-2663: working, input_required,
+completed, failed, cancelled):
+
+| state               | meaning                                                          | task status      |
+|---------------------|------------------------------------------------------------------|------------------|
+| `queued`            | admitted, waiting for a concurrency slot                         | `working`        |
+| `running`           | the scanner runs                                                 | `working`        |
+| `awaiting_approval` | held for an approver (identity issue)                            | `input_required` |
+| `completed`         | the scanner finished                                             | `completed`      |
+| `partial`           | stopped by its time budget or the output cap; findings kept      | `completed`      |
+| `failed`            | the scanner could not run or failed; `error` says why            | `failed`         |
+| `cancelled`         | `cancel_scan`, or the caller cancelled before it got the scan_id | `cancelled`      |
+| `interrupted`       | the appliance stopped, crashed or lost its stdio client mid-scan | `failed`         |
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+JobState = Literal[
+    "queued", "running", "awaiting_approval", "completed", "partial", "failed", "cancelled", "interrupted"
+]
+STATES: tuple[str, ...] = get_args(JobState)
+UNFINISHED: frozenset[str] = frozenset({"queued", "running", "awaiting_approval"})
+FINISHED: frozenset[str] = frozenset(STATES) - UNFINISHED
+TASK_STATUS: dict[str, str] = {
+    "queued": "working",
+    "running": "working",
+    "awaiting_approval": "input_required",
+    "completed": "completed",
+    "partial": "completed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "interrupted": "failed",
+}
+# The principal of the stdio client: one process, one client (README: "Who sees what").
+STDIO_PRINCIPAL = "stdio"
+
+_id_lock = threading.Lock()
+_last_ms = 0
+
+
+def new_scan_id(now: float | None = None) -> str:
+    """`scan_` + 12 hex digits of milliseconds + 8 random hex digits.
+
+    Ids sort by creation time (newest first = descending id, in SQLite and in a key-value
+    store's key listing alike); within one process they are strictly increasing even when two
+    jobs start in the same millisecond.
+    """
+    global _last_ms
+    with _id_lock:
+        ms = max(int((time.time() if now is None else now) * 1000), _last_ms + 1)
+        _last_ms = ms
+    return f"scan_{ms:012x}{os.urandom(4).hex()}"
+
+
+def target_key(target: str) -> str:
+    """The target as jobs are grouped for "the previous scan of this target": case and a
+    trailing dot do not make a different target."""
+    return target.strip().rstrip(".").lower()
+
+
+@dataclass
+class Job:
+    """One scan. `result` is the compact result as last recorded (findings so far while it
+    runs); `error` the error object of a failed job. The raw output is stored apart."""
+
+    scan_id: str
+    tool: str
+    target: str
+    scanned_address: str
+    principal: str
+    request: dict[str, Any]
+    argv: list[str]
+    state: JobState
+    created_at: float
+    updated_at: float
+    request_id: str
+    finished_at: float | None = None
+    progress: float | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    def move(self, state: JobState, now: float, note: str | None = None) -> None:
+        """Record a state change (kept in `events`, with its time and why)."""
+        self.state = state
+        self.updated_at = now
+        event: dict[str, Any] = {"state": state, "at": round(now, 3)}
+        if note:
+            event["note"] = note
+        self.events.append(event)
+        if state in FINISHED:
+            self.finished_at = now
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "scan_id": self.scan_id,
+            "tool": self.tool,
+            "target": self.target,
+            "scanned_address": self.scanned_address,
+            "principal": self.principal,
+            "request": self.request,
+            "argv": self.argv,
+            "state": self.state,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "finished_at": self.finished_at,
+            "request_id": self.request_id,
+            "progress": self.progress,
+            "events": self.events,
+            "result": self.result,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Job:
+        known: dict[str, Any] = {name: record[name] for name in cls.__dataclass_fields__ if name in record}
+        return cls(**known)

@@ -1,0 +1,193 @@
+"""The four tools that follow jobs: get_scan, cancel_scan, list_scans, diff_scans.
+
+Each takes the caller's principal; a principal sees only its own scans (the identity issue
+widens reads to its engagement). Another principal's scan id gets the same `scan_not_found`
+as an id that never existed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from appliance.errors import NotFoundError, ValidationError
+from appliance.jobs.diff import ScanDiff, diff_results
+from appliance.jobs.manager import JobManager, ProgressFn
+from appliance.jobs.model import STATES, Job
+from appliance.jobs.store import JobFilter
+from appliance.jobs.views import report_of, summary_of
+from appliance.policy.model import Policy
+from appliance.results import ScanReport
+
+SCAN_ID = Field(max_length=64, pattern=r"^scan_[0-9a-f]{20}$", description="The scan_id a scan result carried.")
+StatusFilter = Literal[
+    "queued", "running", "awaiting_approval", "completed", "partial", "failed", "cancelled", "interrupted"
+]
+ToolName = Literal["nmap_scan", "masscan_scan", "gobuster_scan"]
+assert set(StatusFilter.__args__) == set(STATES)  # type: ignore[attr-defined]
+
+
+class GetScanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scan_id: str = SCAN_ID
+    wait_seconds: int = Field(
+        default=0, ge=0, le=3600, description="Wait up to this long for the scan to finish (policy-capped)."
+    )
+
+
+class CancelScanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scan_id: str = SCAN_ID
+
+
+class ListScansRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tool: ToolName | None = None
+    target: str | None = Field(default=None, max_length=253, description="As the scan named it.")
+    status: StatusFilter | None = None
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=64, description="next_cursor of the previous page.")
+
+
+class DiffScansRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scan_id: str = SCAN_ID
+    against_scan_id: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^scan_[0-9a-f]{20}$",
+        description="Omit for the previous completed scan of the same tool and target.",
+    )
+
+
+class ScanSummary(BaseModel):
+    scan_id: str
+    tool: str
+    target: str
+    status: str
+    created_at: float
+    finished_at: float | None = None
+    progress: float | None = None
+    resource_uri: str
+    error_rule: str | None = None
+
+
+class ScanList(BaseModel):
+    scans: list[ScanSummary] = Field(description="Newest first.")
+    next_cursor: str | None = Field(default=None, description="Pass as cursor for the next page; null at the end.")
+
+
+class JobQueries:
+    def __init__(
+        self,
+        jobs: JobManager,
+        result_models: Mapping[str, type[ScanReport]],
+        policy: Callable[[], Policy],
+    ) -> None:
+        self.jobs = jobs
+        self._models = result_models
+        self._policy = policy
+
+    def _report(self, job: Job) -> ScanReport:
+        return report_of(job, self._models[job.tool], time.time())
+
+    async def get_scan(self, request: GetScanRequest, owner: str, progress: ProgressFn | None = None) -> Job:
+        limit = self._policy().limits.max_wait_seconds
+        if request.wait_seconds > limit:
+            raise ValidationError(
+                f"wait_seconds {request.wait_seconds} is outside 0-{limit}",
+                rule="wait_out_of_bounds",
+                recovery_suggestion=f"Wait at most {limit} seconds and call get_scan again if it still runs.",
+            )
+        job = self.jobs.visible(request.scan_id, owner)
+        return await self.jobs.wait(job, request.wait_seconds, progress)
+
+    async def cancel_scan(self, request: CancelScanRequest, owner: str) -> tuple[Job, bool]:
+        """Stop the scan (its process group is killed; what it found is kept). The bool says
+        whether this call stopped it (False: it had already finished)."""
+        job = self.jobs.visible(request.scan_id, owner)
+        stopped = self.jobs.cancel(job)
+        if stopped:
+            # The task ends through the service's one bookkeeping end: state, audit, metrics.
+            job = await self.jobs.wait(job, CANCEL_WAIT_SECONDS)
+        return job, stopped
+
+    def list_scans(self, request: ListScansRequest, owner: str) -> ScanList:
+        where = JobFilter(
+            principal=owner,
+            tool=request.tool,
+            target=request.target,
+            states=None if request.status is None else frozenset({request.status}),
+        )
+        if request.cursor is not None and not request.cursor.startswith("scan_"):
+            raise ValidationError(
+                "cursor is not one this appliance gave out",
+                rule="cursor_invalid",
+                recovery_suggestion="Pass the next_cursor of the previous list_scans page, or omit it.",
+            )
+        page = self.jobs.page(where, request.limit, request.cursor)
+        return ScanList(
+            scans=[ScanSummary.model_validate(summary_of(job)) for job in page.jobs], next_cursor=page.next_cursor
+        )
+
+    def diff_scans(self, request: DiffScansRequest, owner: str) -> ScanDiff:
+        after = self.jobs.visible(request.scan_id, owner)
+        if request.against_scan_id is None:
+            before = self.jobs.store.previous_completed(after.tool, after.target, owner, after.scan_id)
+            if before is None:
+                raise NotFoundError(
+                    f"no completed {after.tool} scan of {after.target!r} older than {after.scan_id}",
+                    rule="no_previous_scan",
+                    recovery_suggestion="Name the scan to compare with in against_scan_id, or scan the target again "
+                    "later and diff the new scan.",
+                )
+        else:
+            before = self.jobs.visible(request.against_scan_id, owner)
+        if before.tool != after.tool:
+            raise ValidationError(
+                f"{before.scan_id} is a {before.tool} scan and {after.scan_id} a {after.tool} scan",
+                rule="diff_tool_mismatch",
+                recovery_suggestion="Diff two scans of the same tool.",
+            )
+        for job in (before, after):
+            if job.result is None:
+                raise ValidationError(
+                    f"scan {job.scan_id} has no findings yet (status {job.state})",
+                    rule="scan_has_no_result",
+                    recovery_suggestion="Wait for it with get_scan, or diff another scan.",
+                )
+        assert before.result is not None
+        assert after.result is not None
+        return diff_results(
+            after.tool, before.result, after.result, scan_id=after.scan_id, against_scan_id=before.scan_id
+        )
+
+
+# cancel_scan waits this long for the stopped scan to hand back what it found (SIGTERM grace 0.5 s).
+CANCEL_WAIT_SECONDS = 5.0
+
+
+def changes_since(jobs: JobManager, job: Job, result: dict[str, Any], shown: int = 20) -> dict[str, Any] | None:
+    """What a finished rescan changed since the previous completed scan of its tool and target."""
+    before = jobs.store.previous_completed(job.tool, job.target, job.principal, job.scan_id)
+    if before is None or before.result is None:
+        return None
+    try:
+        diff = diff_results(job.tool, before.result, result, scan_id=job.scan_id, against_scan_id=before.scan_id)
+    except ValidationError:
+        return None  # not comparable (two gobuster modes): diff_scans says why when asked
+    entries = [entry.model_dump(mode="json", exclude_none=True) for entry in diff.entries]
+    return {
+        "previous_scan_id": before.scan_id,
+        "summary": diff.summary,
+        "counts": diff.counts,
+        "entries": entries[:shown],
+        "entries_truncated": len(entries) > shown,
+    }
