@@ -388,7 +388,9 @@ async def _http_calls(url: str, calls: list[Call], target: str) -> list[str]:
 
 
 def http_get(url: str) -> int:
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (http:// to a container we started)
+    # The sidecar answers listed Host headers only (DNS-rebinding protection), as the MCP port does.
+    request = urllib.request.Request(url, headers={"Host": f"{APPLIANCE_ALIAS}:{HEALTH_PORT}"})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (http:// to a container we started)
         response.read()
         return int(response.status)
 
@@ -413,6 +415,7 @@ def http_phase(mode: str, setup: Setup) -> list[str]:
         *("-e", "APPLIANCE_TRANSPORT=http", "-e", "APPLIANCE_HOST=0.0.0.0", "-e", f"APPLIANCE_PORT={MCP_PORT}"),
         *("-e", "APPLIANCE_HEALTH_HOST=0.0.0.0", "-e", f"APPLIANCE_AUTH_TOKEN={TOKEN}"),
         *("-e", f'APPLIANCE_ALLOWED_HOSTS=["{HTTP_HOST_HEADER}"]', "-e", "APPLIANCE_AUDIT_PATH=/tmp/audit.jsonl"),
+        *("-e", f'APPLIANCE_HEALTH_ALLOWED_HOSTS=["127.0.0.1:*","{APPLIANCE_ALIAS}:*"]'),
         *("--network-alias", APPLIANCE_ALIAS),
     ]
     problems: list[str] = []
