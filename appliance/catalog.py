@@ -90,16 +90,29 @@ def _shallow(node: Mapping[str, Any]) -> dict[str, Any]:
 # documents every field): the budget of the whole tools/list (10 KB for seven tools) goes to
 # what an agent decides with. An output schema without additionalProperties: false allows them.
 OUTPUT_SCHEMA_OMITS = frozenset(
-    {"verdict", "exit_code", "duration_seconds", "partial_reason", "result_schema_version", "resource_uri", "argv"}
+    {
+        "verdict",
+        "exit_code",
+        "duration_seconds",
+        "partial_reason",
+        "result_schema_version",
+        "resource_uri",
+        "argv",
+        "dry_run",  # status says `dry_run`
+        "request_id",
+        "scanned_address",
+    }
 )
 
 
 def output_schema(model: type[BaseModel]) -> dict[str, Any]:
     full = model.model_json_schema(mode="serialization")
     properties = {name: _shallow(prop) for name, prop in full["properties"].items() if name not in OUTPUT_SCHEMA_OMITS}
-    # A status is one of the job states (README: Scan jobs); the list would cost 120 bytes per tool.
-    if "status" in properties:
-        properties["status"] = {"type": "string"}
+    # A status is one of the job states (README: Scan jobs), a mode one of gobuster's: the lists
+    # would cost 120 bytes per tool.
+    for name in ("status", "mode"):
+        if name in properties:
+            properties[name] = {"type": properties[name]["type"]}
     required = [name for name in full.get("required", []) if name in properties]
     return {"type": "object", "properties": properties, "required": required}
 

@@ -118,6 +118,6 @@ WAIT_SECONDS: Any = pydantic.Field(
     default=None,
     ge=0,
     le=3600,
-    description="Wait this long for the result (default 20); a longer scan returns status 'running' and its "
-    "scan_id: follow it with get_scan.",
+    description="Wait this long for the result (default 20); a longer scan returns status 'running' and a "
+    "scan_id for get_scan.",
 )
