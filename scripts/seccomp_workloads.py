@@ -400,8 +400,32 @@ def exec_in(name: str, mode: str, command: list[str]) -> subprocess.CompletedPro
     return docker("exec", name, *(RAW_EXEC_PREFIX if mode == "raw" else []), *command, check=False)
 
 
+def operator_cli(name: str, mode: str) -> list[str]:
+    """`appliance jobs` through `docker exec` on the running appliance's store, as the README shows:
+    list, show (with the raw output), export as JSON and nmap XML, a purge that only counts."""
+    done = exec_in(name, mode, [APPLIANCE, "jobs", "list", "--json"])
+    if done.returncode != 0:
+        return [f"jobs list exited {done.returncode}: {done.stderr[-300:]}"]
+    scans = json.loads(done.stdout)["scans"]
+    nmap = [scan["scan_id"] for scan in scans if scan["tool"] == "nmap_scan" and scan["status"] == "completed"]
+    if not nmap:
+        return [f"jobs list shows no completed nmap scan: {scans}"]
+    problems = []
+    for command in (
+        ["show", nmap[0]],
+        ["show", nmap[0], "--raw"],
+        ["export", nmap[0], "--format", "json"],
+        ["export", nmap[0], "--format", "nmap-xml"],
+        ["purge", "--older-than", "1"],  # without --yes: counts, deletes nothing
+    ):
+        if (done := exec_in(name, mode, [APPLIANCE, "jobs", *command])).returncode != 0:
+            problems.append(f"jobs {' '.join(command)} exited {done.returncode}: {done.stderr[-300:]}")
+    return problems
+
+
 def http_phase(mode: str, setup: Setup) -> list[str]:
-    """HTTP transport, the sidecar, health checks, the demo client, a reload (SIGHUP), `docker stop`.
+    """HTTP transport, the sidecar, health checks, the operator CLI, the demo client, a reload (SIGHUP),
+    `docker stop`.
 
     Deployed as compose.yaml does it: the policy folder bind-mounted (as in every phase), the job
     store on a new named volume at the image's data folder, the sidecar on 0.0.0.0, the audit trail
@@ -433,6 +457,7 @@ def http_phase(mode: str, setup: Setup) -> list[str]:
         for command in ([APPLIANCE, "health", "--probe"], [APPLIANCE, "health"]):
             if (done := exec_in(name, mode, command)).returncode != 0:
                 problems.append(f"{' '.join(command[1:])} exited {done.returncode}: {done.stderr[-300:]}")
+        problems += operator_cli(name, mode)
         if mode == "connect":
             problems += demo_client(setup)
         docker("kill", "-s", "HUP", name)
