@@ -99,7 +99,9 @@ class SqliteJobStore:
 
     @classmethod
     def unavailable(cls, directory: Path, reason: str) -> SqliteJobStore:
-        """A store that keeps nothing and says why: every write-side check reports `reason`."""
+        """A store that takes no writes and says why (every write-side check reports `reason`).
+        The scans already in `directory` stay readable: its file is opened read-only and
+        immutable (a read-only file system cannot hold WAL's shared-memory file)."""
         store = cls(None)
         store.ephemeral = False
         store._broken = (
@@ -108,6 +110,18 @@ class SqliteJobStore:
         )
         store._fault = store._broken
         store.path = directory / DB_NAME
+        try:
+            if store.path.is_file():
+                old = sqlite3.connect(
+                    f"file:{store.path}?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False
+                )
+                if int(old.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION:
+                    store._db.close()
+                    store._db = old
+                else:  # an older schema needs its migration, which needs writes: nothing to read
+                    old.close()
+        except (OSError, sqlite3.Error) as exc:
+            log.error("the stored scans cannot be read either", extra={"path": str(store.path), "reason": str(exc)})
         return store
 
     # --- schema ----------------------------------------------------------------------------

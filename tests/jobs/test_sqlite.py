@@ -337,3 +337,25 @@ def test_a_mounted_data_dir_that_cannot_hold_the_store_refuses_scans_instead_of_
         assert problem is not None
         assert problem[0] == "store_unwritable"
     assert not (tmp_path / "ephemeral").exists()
+
+
+def test_an_unavailable_store_still_serves_the_scans_already_on_the_volume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = tmp_path / "volume"
+    kept = job()
+    written = SqliteJobStore(volume)
+    written.put(kept)
+    written.close()
+    # Mounted read-only now (or owned by someone else): the appliance cannot write there.
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == volume)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+
+    store = open_store(volume, tmp_path / "ephemeral")
+
+    assert store.describe()["kind"] == "unavailable"
+    assert store.get(kept.scan_id) == kept
+    assert [j.scan_id for j in store.page(JobFilter(principal="alice"), 10).jobs] == [kept.scan_id]
+    with pytest.raises(ExecutionError) as refused:
+        store.put(job())
+    assert refused.value.rule == "store_unwritable"
