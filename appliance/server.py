@@ -72,22 +72,22 @@ class JobTool:
 
     description: str
     request_model: type[BaseModel]
-    result_model: type[BaseModel]
+    result_model: type[BaseModel] | None
     annotations: ToolAnnotations
 
 
 JOB_TOOLS: dict[str, JobTool] = {
     "get_scan": JobTool(
-        "Get a scan by scan_id: its status and findings (so far, while it runs). wait_seconds blocks until "
-        "it finishes or the wait ends; cancelling this call never stops the scan.",
+        "A scan's status and findings (so far, while it runs); wait_seconds waits for it to finish. "
+        "Cancelling this call never stops the scan.",
         GetScanRequest,
         AnyScanResult,
         READ_JOBS,
     ),
     "cancel_scan": JobTool(
-        "Stop a running scan by scan_id; what it found so far is kept and returned.",
+        "Stop a running scan by scan_id; what it found so far is kept and returned (get_scan's shape).",
         CancelScanRequest,
-        AnyScanResult,
+        None,  # get_scan's shape; one copy of that schema in tools/list is enough
         CANCEL_JOB,
     ),
     "list_scans": JobTool(
@@ -97,8 +97,7 @@ JOB_TOOLS: dict[str, JobTool] = {
         READ_JOBS,
     ),
     "diff_scans": JobTool(
-        "What changed between two scans of one tool: hosts appeared/gone, ports opened/closed, service, "
-        "product and version changes. Omit against_scan_id for the previous completed scan of that target.",
+        "What changed between two scans of one tool and target: hosts, open ports, services, products, versions.",
         DiffScansRequest,
         ScanDiff,
         READ_JOBS,

@@ -32,12 +32,15 @@ from appliance.results import ScanReport
 from appliance.runner import RunLimits, RunResult, run
 from appliance.tools import TOOLS, ToolSpec
 from appliance.tools.arguments import parse_arguments
-from appliance.tools.base import PlanContext, ScanPlan
+from appliance.tools.base import FindingStream, PlanContext, ScanPlan, report_fields
 
 log = logging.getLogger(__name__)
 
 # Progress notifications at most this often: scanners report every second or faster.
 PROGRESS_INTERVAL_SECONDS = 1.0
+# Findings so far are written to the store at most this often (masscan and gobuster can report
+# hundreds of lines a second; nmap a host group now and then).
+FINDINGS_SAVE_INTERVAL_SECONDS = 1.0
 
 # A partial report's job state: stopped by its own budget is `partial`, by the appliance `interrupted`.
 JOB_STATE_OF_PARTIAL: dict[str | None, JobState] = {
@@ -334,7 +337,14 @@ class ScanService:
                 live.listeners.discard(listener)
         if not task.done() or task.cancelled():  # still running, or cancel_scan ended it
             return report_of(live.job, spec.result_model, time.time())
-        return task.result()  # the report, or the error the job ended with
+        try:
+            return task.result()  # the report, or the error the job ended with
+        except ApplianceError:
+            raise
+        except Exception as exc:  # a bug (logged in full by _finish_run): the caller gets its job's id
+            error = UnexpectedError(request_id)
+            error.details.update(scan_id=live.job.scan_id, status="failed")
+            raise error from exc
 
     async def _run_job(
         self,
@@ -452,7 +462,26 @@ class ScanService:
 
         # Queue wait counted against the call's budget: the scanner gets what is left.
         limits = RunLimits(timeout_seconds=max(remaining, 0.001), output_cap_bytes=policy.limits.output_cap_bytes)
-        on_line = self._progress_callback(plan, progress)
+        stream = plan.findings()
+        on_progress = self._progress_callback(plan, progress)
+        on_findings = self._findings_callback(spec, plan, live, stream)
+
+        def line_callback(name: str) -> Callable[[bytes], Awaitable[None]] | None:
+            """What one output stream's lines go to: the findings parser, progress, or both (nmap)."""
+            callbacks = [
+                callback
+                for callback, wanted in ((on_findings, plan.findings_stream), (on_progress, plan.progress_stream))
+                if callback is not None and wanted == name
+            ]
+            if len(callbacks) < 2:
+                return callbacks[0] if callbacks else None
+
+            async def both(line: bytes) -> None:
+                for callback in callbacks:
+                    await callback(line)
+
+            return both
+
         if plan.rate:
             self._rates.claim(plan.rate, policy.tools.masscan_scan.max_rate)
         try:
@@ -461,8 +490,8 @@ class ScanService:
                     plan.argv,
                     limits,
                     env=dict(plan.env),
-                    on_stdout_line=on_line if plan.progress_stream == "stdout" else None,
-                    on_stderr_line=on_line if plan.progress_stream == "stderr" else None,
+                    on_stdout_line=line_callback("stdout"),
+                    on_stderr_line=line_callback("stderr"),
                     stop=self.stop_scans,
                 )
             )
@@ -470,7 +499,28 @@ class ScanService:
             if plan.rate:
                 self._rates.release(plan.rate)
         await progress(100.0, 100.0, "finished")
-        return spec.finish(plan, live.job.request_id, run_result), run_result
+        # The stream was fed every line as it came: the result is never parsed a second time.
+        return spec.finish(plan, live.job.request_id, run_result, stream), run_result
+
+    def _findings_callback(
+        self, spec: ToolSpec, plan: ScanPlan, live: LiveJob, stream: FindingStream
+    ) -> Callable[[bytes], Awaitable[None]]:
+        """Feed the findings stream; record the findings so far (at most once a second, at the
+        next line after a finding completes), so a crash or a get_scan sees them."""
+        base = {**report_fields(plan, live.job.request_id, None), "dry_run": False}
+        last_saved = 0.0
+        unsaved = False
+
+        async def on_line(line: bytes) -> None:
+            nonlocal last_saved, unsaved
+            unsaved = stream.feed(line) or unsaved
+            now = time.monotonic()
+            if unsaved and now - last_saved >= FINDINGS_SAVE_INTERVAL_SECONDS:
+                last_saved, unsaved = now, False
+                so_far = spec.result_model(**base, **stream.fields())
+                self.jobs.findings(live, so_far.model_dump(mode="json"), live.job.progress)
+
+        return on_line
 
     @staticmethod
     def _progress_callback(plan: ScanPlan, progress: ProgressFn | None) -> Callable[[bytes], Awaitable[None]] | None:

@@ -26,7 +26,7 @@ from support.listeners import (
 from support.policies import DEFAULT_POLICY, LOOPBACK_POLICY, REPO, merge, write_policy
 from support.processes import scanner_processes
 from support.raw_mcp import HANDSHAKE_VERSION, initialize_request, mcp_headers, open_session, rpc_messages
-from support.runners import GatedRunner, SpyRunner
+from support.runners import GatedRunner, SpyRunner, replay_output
 from support.servers import (
     APPLIANCE,
     START_SECONDS,
@@ -69,6 +69,7 @@ __all__ = [
     "mcp_headers",
     "merge",
     "open_session",
+    "replay_output",
     "rpc_messages",
     "run_cli",
     "scanner_processes",

@@ -11,7 +11,18 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from appliance.parsers.lines import output_lines
 from appliance.runner import RunLimits, RunResult
+
+
+async def replay_output(stdout: bytes, stderr: bytes, callbacks: dict[str, Any]) -> None:
+    """What the real runner does while a scanner writes: each line (in the runner's pieces) goes
+    to the service's line callbacks (findings stream, progress). Fakes that return output call it."""
+    for data, name in ((stdout, "on_stdout_line"), (stderr, "on_stderr_line")):
+        callback = callbacks.get(name)
+        if callback is not None:
+            for line in output_lines(data):
+                await callback(line)
 
 
 class SpyRunner:
@@ -57,6 +68,7 @@ class GatedRunner:
                 wait.cancel()
         stopped = stop is not None and stop.is_set() and not self.gate.is_set()
         timed_out = not self.gate.is_set() and not stopped
+        await replay_output(self.stdout, b"", kwargs)
         return RunResult(
             tuple(argv),
             None if stopped or timed_out else 0,

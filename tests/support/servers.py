@@ -40,7 +40,7 @@ START_SECONDS = 20
 def run_cli(*args: str, cwd: Path | None = None, **env: str) -> tuple[int, Any, str]:
     """`appliance ARGS` as a process without our APPLIANCE_* variables: (exit code, JSON stdout or
     its text, stderr)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    clean = _clean_env()
     done = subprocess.run(
         [APPLIANCE, *args], env={**clean, **env}, cwd=cwd, capture_output=True, timeout=60, check=False
     )
@@ -51,9 +51,18 @@ def run_cli(*args: str, cwd: Path | None = None, **env: str) -> tuple[int, Any, 
     return done.returncode, body, done.stderr.decode()
 
 
+def _clean_env() -> dict[str, str]:
+    """Our environment without APPLIANCE_* variables, except the test's own data directory (the
+    conftest gives every test one: a child never shares a job store with another test)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    if "APPLIANCE_DATA_DIR" in os.environ:
+        env["APPLIANCE_DATA_DIR"] = os.environ["APPLIANCE_DATA_DIR"]
+    return env
+
+
 def server_env(policy: Path, **extra: str) -> dict[str, str]:
     """Our environment without APPLIANCE_* variables, plus the policy and `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env = _clean_env()
     # Health port 0: each test server gets a free sidecar port.
     env.update(APPLIANCE_POLICY_PATH=str(policy), APPLIANCE_LOG_LEVEL="WARNING", APPLIANCE_HEALTH_PORT="0")
     env.update(extra)
