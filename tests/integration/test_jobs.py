@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from dockerlab import (
     LAB_ALIAS,
@@ -55,6 +56,8 @@ GET_WAIT_SECONDS = 60
 UNFINISHED = {"queued", "running"}
 # The second listener a test starts inside a lab target.
 EXTRA_PORT = 9000
+# Every path of the lab site (lab/site) the `common` wordlist names; gobuster finds these only.
+LAB_SITE_PATHS = {"/admin", "/login", "/robots.txt"}
 
 
 def body(result: Any) -> dict[str, Any]:
@@ -197,6 +200,33 @@ def wait_ready(compose_stack: ComposeStack) -> None:
     wait_until(ready, timeout=120, interval=0.5, what="the restarted appliance ready")
 
 
+# gobuster reports each path as it finds it: one thread, a second between two requests, the
+# lab's 42-word `common` list: about 40 s, and /admin (its first word) is found in the first.
+SLOW_GOBUSTER = {
+    "mode": "dir",
+    "target": f"http://{LAB_ALIAS}:{LAB_PORT}/",
+    "wordlist": "common",
+    "threads": 1,
+    "extra_args": ["--delay", "1s"],
+    "wait_seconds": WAIT_SECONDS,
+}
+# The service records a running scan's findings at most once a second.
+FINDINGS_SEEN_SECONDS = 30
+
+
+async def findings_so_far(client: Any, scan_id: str) -> list[dict[str, Any]]:
+    """Poll get_scan until the running scan shows a finding; those findings."""
+    deadline = time.monotonic() + FINDINGS_SEEN_SECONDS
+    while True:
+        current = body(await client.call_tool("get_scan", {"scan_id": scan_id}))
+        assert current["status"] == "running", current
+        if current["findings"]:
+            found: list[dict[str, Any]] = current["findings"]
+            return found
+        assert time.monotonic() < deadline, f"no finding of {scan_id} within {FINDINGS_SEEN_SECONDS} s"
+        await anyio.sleep(0.5)
+
+
 async def test_restart_mid_scan_interrupts_the_job_and_keeps_finished_jobs(
     compose_stack: ComposeStack, record: Any
 ) -> None:
@@ -204,29 +234,36 @@ async def test_restart_mid_scan_interrupts_the_job_and_keeps_finished_jobs(
         done = body(await client.call_tool("nmap_scan", {"target": LAB_ALIAS, "ports": str(LAB_PORT)}))
         assert done["status"] == "completed", done
         # Ten ports 5 s apart: at least 45 s, so the restart surely lands while it runs.
-        long = body(
+        nmap = body(
             await client.call_tool(
                 "nmap_scan",
                 {"target": LAB_ALIAS, "ports": "8080-8089", "extra_args": ["--scan-delay", "5s"], "wait_seconds": 1},
             )
         )
-        assert long["status"] == "running", long
+        gobuster = body(await client.call_tool("gobuster_scan", SLOW_GOBUSTER))
+        assert nmap["status"] == gobuster["status"] == "running", (nmap, gobuster)
+        seen = await findings_so_far(client, gobuster["scan_id"])
     started = time.monotonic()
     restart = compose_stack.compose("restart", "appliance")
     assert restart.returncode == 0, restart.stderr
     wait_ready(compose_stack)
     record(f"docker compose restart appliance -> ready: {time.monotonic() - started:.1f} s")
     async with http_client(compose_stack.url, compose_stack.token) as client:
-        interrupted = body(await client.call_tool("get_scan", {"scan_id": long["scan_id"]}))
+        nmap_after = body(await client.call_tool("get_scan", {"scan_id": nmap["scan_id"]}))
+        gobuster_after = body(await client.call_tool("get_scan", {"scan_id": gobuster["scan_id"]}))
         kept = body(await client.call_tool("get_scan", {"scan_id": done["scan_id"]}))
-        listing = body(await client.call_tool("list_scans", {"target": LAB_ALIAS, "limit": 100}))
-    assert interrupted["status"] == "interrupted", interrupted
+        listing = body(await client.call_tool("list_scans", {"limit": 100}))
+    assert nmap_after["status"] == gobuster_after["status"] == "interrupted", (nmap_after, gobuster_after)
     # Findings so far are finished host groups (README): the one lab host had not finished.
-    assert interrupted["hosts"] == [], interrupted
+    assert nmap_after["hosts"] == [], nmap_after
+    # gobuster's findings arrive line by line: what it had found before the restart is kept.
+    kept_paths = {f["value"] for f in gobuster_after["findings"]}
+    assert {f["value"] for f in seen} <= kept_paths <= LAB_SITE_PATHS, kept_paths
     assert kept["status"] == "completed"
     assert kept["hosts"] == done["hosts"]
     states = {s["scan_id"]: s["status"] for s in listing["scans"]}
-    assert states[done["scan_id"]] == "completed" and states[long["scan_id"]] == "interrupted", states
+    assert states[done["scan_id"]] == "completed", states
+    assert states[nmap["scan_id"]] == states[gobuster["scan_id"]] == "interrupted", states
 
 
 # --- diffs of a lab target whose open ports change ------------------------------------------
