@@ -464,7 +464,7 @@ class ScanService:
         limits = RunLimits(timeout_seconds=max(remaining, 0.001), output_cap_bytes=policy.limits.output_cap_bytes)
         stream = plan.findings()
         on_progress = self._progress_callback(plan, progress)
-        on_findings = self._findings_callback(spec, plan, live, stream)
+        on_findings, stop_recording = self._findings_callback(spec, plan, live, stream)
 
         def line_callback(name: str) -> Callable[[bytes], Awaitable[None]] | None:
             """What one output stream's lines go to: the findings parser, progress, or both (nmap)."""
@@ -496,6 +496,7 @@ class ScanService:
                 )
             )
         finally:
+            stop_recording()
             if plan.rate:
                 self._rates.release(plan.rate)
         await progress(100.0, 100.0, "finished")
@@ -504,23 +505,43 @@ class ScanService:
 
     def _findings_callback(
         self, spec: ToolSpec, plan: ScanPlan, live: LiveJob, stream: FindingStream
-    ) -> Callable[[bytes], Awaitable[None]]:
-        """Feed the findings stream; record the findings so far (at most once a second, at the
-        next line after a finding completes), so a crash or a get_scan sees them."""
+    ) -> tuple[Callable[[bytes], Awaitable[None]], Callable[[], None]]:
+        """Feed the findings stream and record the findings so far, so a crash or a get_scan
+        sees them: at most once a second, and at the latest a second after a finding completed
+        (a quiet scanner must not hold its last finding back). Returns the line callback and
+        the clean-up that cancels a pending write (the job's end records everything anyway)."""
         base = {**report_fields(plan, live.job.request_id, None), "dry_run": False}
+        # A tool's own request fields its result repeats (gobuster's mode).
+        base.update({k: v for k, v in plan.arguments.items() if k in spec.result_model.model_fields and k not in base})
+        loop = asyncio.get_running_loop()
         last_saved = 0.0
-        unsaved = False
+        pending: asyncio.TimerHandle | None = None
+
+        def save() -> None:
+            nonlocal last_saved, pending
+            pending, last_saved = None, time.monotonic()
+            try:
+                so_far = spec.result_model(**base, **stream.fields())
+            except Exception:  # a snapshot bug must not end an hour-long scan; logged in full
+                log.exception("findings so far could not be recorded", extra={"scan_id": live.job.scan_id})
+                return
+            self.jobs.findings(live, so_far.model_dump(mode="json"), live.job.progress)
 
         async def on_line(line: bytes) -> None:
-            nonlocal last_saved, unsaved
-            unsaved = stream.feed(line) or unsaved
-            now = time.monotonic()
-            if unsaved and now - last_saved >= FINDINGS_SAVE_INTERVAL_SECONDS:
-                last_saved, unsaved = now, False
-                so_far = spec.result_model(**base, **stream.fields())
-                self.jobs.findings(live, so_far.model_dump(mode="json"), live.job.progress)
+            nonlocal pending
+            if not stream.feed(line) or pending is not None:
+                return
+            wait = last_saved + FINDINGS_SAVE_INTERVAL_SECONDS - time.monotonic()
+            if wait <= 0:
+                save()
+            else:
+                pending = loop.call_later(wait, save)
 
-        return on_line
+        def cancel() -> None:
+            if pending is not None:
+                pending.cancel()
+
+        return on_line, cancel
 
     @staticmethod
     def _progress_callback(plan: ScanPlan, progress: ProgressFn | None) -> Callable[[bytes], Awaitable[None]] | None:

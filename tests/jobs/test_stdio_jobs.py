@@ -12,9 +12,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-import pytest
-from support import APPLIANCE, LOOPBACK_POLICY, initialize_request, scanner_processes, tcp_listener, write_policy
-from support.servers import server_env
+from support import LOOPBACK_POLICY, initialize_request, scanner_processes, stdio_child, tcp_listener, write_policy
 from support.waiting import wait_until
 
 from appliance.jobs.sqlite import SqliteJobStore
@@ -48,102 +46,73 @@ def call(stdin: IO[bytes], stdout: IO[bytes], request_id: int, name: str, argume
     return result["structuredContent"]  # type: ignore[no-any-return]
 
 
+def initialized(proc: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
+    """The child's pipes, after the MCP handshake."""
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    send(proc.stdin, initialize_request())
+    answer(proc.stdout, 1)
+    send(proc.stdin, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+    return proc.stdin, proc.stdout
+
+
 def test_stdio_scan_outlives_its_wait_get_scan_follows_it_and_stdin_eof_interrupts_it(
     tmp_path: Path, own_data_dir: Path
 ) -> None:
     policy = write_policy(tmp_path, LOOPBACK_POLICY)
-    with tcp_listener() as port:
+    # A drain window longer than EXIT_SECONDS: only a stop that skips it exits in time.
+    with tcp_listener() as port, stdio_child(policy, APPLIANCE_DRAIN_SECONDS="30") as proc:
         marker = f"{port},26000-26040"
-        proc = subprocess.Popen(
-            [APPLIANCE, "serve"],
-            # A drain window longer than EXIT_SECONDS: only a stop that skips it exits in time.
-            env=server_env(policy, APPLIANCE_DRAIN_SECONDS="30"),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+        stdin, stdout = initialized(proc)
+        # --scan-delay 1s over 42 ports: about 40 s, far longer than the 1 s wait.
+        started = time.monotonic()
+        running = call(
+            stdin,
+            stdout,
+            2,
+            "nmap_scan",
+            {"target": "127.0.0.1", "ports": marker, "extra_args": ["--scan-delay", "1s"], "wait_seconds": 1},
         )
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            send(proc.stdin, initialize_request())
-            answer(proc.stdout, 1)
-            send(proc.stdin, {"jsonrpc": "2.0", "method": "notifications/initialized"})
-            # --scan-delay 1s over 42 ports: about 40 s, far longer than the 1 s wait.
-            started = time.monotonic()
-            running = call(
-                proc.stdin,
-                proc.stdout,
-                2,
-                "nmap_scan",
-                {"target": "127.0.0.1", "ports": marker, "extra_args": ["--scan-delay", "1s"], "wait_seconds": 1},
-            )
-            returned_after = time.monotonic() - started
-            scan_id = running["scan_id"]
-            followed = call(proc.stdin, proc.stdout, 3, "get_scan", {"scan_id": scan_id, "wait_seconds": 1})
-            listed = call(proc.stdin, proc.stdout, 4, "list_scans", {})
-            assert scanner_processes(marker)  # still scanning after both calls returned
+        returned_after = time.monotonic() - started
+        scan_id = running["scan_id"]
+        followed = call(stdin, stdout, 3, "get_scan", {"scan_id": scan_id, "wait_seconds": 1})
+        listed = call(stdin, stdout, 4, "list_scans", {})
+        assert scanner_processes(marker)  # still scanning after both calls returned
 
-            proc.stdin.close()  # the one client is gone
-            eof = time.monotonic()
-            code = proc.wait(timeout=EXIT_SECONDS)
-            exited_after = time.monotonic() - eof
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
+        stdin.close()  # the one client is gone
+        eof = time.monotonic()
+        code = proc.wait(timeout=EXIT_SECONDS)
+        exited_after = time.monotonic() - eof
         stderr = proc.stderr.read().decode() if proc.stderr else ""
-        if proc.stderr:
-            proc.stderr.close()
     print(f"running returned after {returned_after:.2f}s; exit {exited_after:.2f}s after stdin EOF")
     assert running["status"] == "running"
     assert returned_after < 1 + 5  # the wait, plus start-up of nmap on a loaded host
-    assert followed["status"] == "running" and followed["scan_id"] == scan_id
+    assert followed["status"] == "running"
+    assert followed["scan_id"] == scan_id
     assert [s["scan_id"] for s in listed["scans"]] == [scan_id]
     assert code == 0, stderr
     assert exited_after < EXIT_SECONDS  # the 30 s drain window was skipped: nobody can read the scan
     wait_until(lambda: not scanner_processes(marker), timeout=5)
-    store = SqliteJobStore(own_data_dir)
-    [job] = store.page(JobFilter(), 10).jobs
+    [job] = SqliteJobStore(own_data_dir).page(JobFilter(), 10).jobs
     assert (job.scan_id, job.state, job.principal) == (scan_id, "interrupted", "stdio")
     assert job.result is not None  # what nmap had reported when it was stopped
 
 
-@pytest.mark.parametrize("wait", [30])
 def test_stdio_scan_that_finishes_within_its_wait_returns_its_result_and_is_stored(
-    tmp_path: Path, own_data_dir: Path, wait: int
+    tmp_path: Path, own_data_dir: Path
 ) -> None:
     policy = write_policy(tmp_path, LOOPBACK_POLICY)
-    with tcp_listener() as port:
-        proc = subprocess.Popen(
-            [APPLIANCE, "serve"],
-            env=server_env(policy),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            send(proc.stdin, initialize_request())
-            answer(proc.stdout, 1)
-            send(proc.stdin, {"jsonrpc": "2.0", "method": "notifications/initialized"})
-            done = call(
-                proc.stdin,
-                proc.stdout,
-                2,
-                "nmap_scan",
-                {"target": "127.0.0.1", "ports": str(port), "wait_seconds": wait},
-            )
-            again = call(proc.stdin, proc.stdout, 3, "get_scan", {"scan_id": done["scan_id"]})
-            proc.stdin.close()
-            proc.wait(timeout=EXIT_SECONDS)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
+    with tcp_listener() as port, stdio_child(policy) as proc:
+        stdin, stdout = initialized(proc)
+        done = call(stdin, stdout, 2, "nmap_scan", {"target": "127.0.0.1", "ports": str(port), "wait_seconds": 30})
+        again = call(stdin, stdout, 3, "get_scan", {"scan_id": done["scan_id"]})
+        stdin.close()
+        proc.wait(timeout=EXIT_SECONDS)
     assert done["status"] == "completed"
     assert [p["port"] for p in done["hosts"][0]["ports"]] == [port]
     assert again["hosts"] == done["hosts"]
-    stored = SqliteJobStore(own_data_dir).get(done["scan_id"])
-    assert stored is not None and stored.state == "completed"
-    assert SqliteJobStore(own_data_dir).raw(done["scan_id"]) is not None  # scan://{id}/raw has it
+    store = SqliteJobStore(own_data_dir)
+    stored = store.get(done["scan_id"])
+    assert stored is not None
+    assert stored.state == "completed"
+    assert store.raw(done["scan_id"]) is not None  # scan://{id}/raw has it

@@ -39,6 +39,7 @@ from support.servers import (
     served,
     server_env,
     sidecar_get,
+    stdio_child,
     stdio_client,
 )
 from support.waiting import eventually, wait_until
@@ -76,6 +77,7 @@ __all__ = [
     "served",
     "server_env",
     "sidecar_get",
+    "stdio_child",
     "stdio_client",
     "tcp_listener",
     "wait_until",

@@ -44,8 +44,9 @@ class GatedRunner:
     runner kills the process group there); a `stop` event ends a run as `stopped`.
     """
 
-    def __init__(self, stdout: bytes = b"") -> None:
+    def __init__(self, stdout: bytes = b"", *, early: bytes = b"") -> None:
         self.stdout = stdout
+        self.early = early  # written (and fed to the service's callbacks) before the gate is waited on
         self.gate = asyncio.Event()
         self.started = asyncio.Event()
         self.calls: list[list[str]] = []
@@ -53,6 +54,7 @@ class GatedRunner:
 
     async def __call__(self, argv: Sequence[str], limits: RunLimits, **kwargs: Any) -> RunResult:
         self.calls.append(list(argv))
+        await replay_output(self.early, b"", kwargs)
         self.started.set()
         stop: asyncio.Event | None = kwargs.get("stop")
         waits = [asyncio.ensure_future(self.gate.wait())]
@@ -72,7 +74,7 @@ class GatedRunner:
         return RunResult(
             tuple(argv),
             None if stopped or timed_out else 0,
-            self.stdout,
+            self.early + self.stdout,
             b"",
             False,
             timed_out,

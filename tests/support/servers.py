@@ -69,6 +69,28 @@ def server_env(policy: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def stdio_child(policy: Path, **extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`appliance serve` over stdio with raw pipes, for tests that decide when stdin closes or a
+    signal arrives (an SDK client does both on exit). Killed and its pipes closed afterwards."""
+    proc = subprocess.Popen(
+        [APPLIANCE, "serve"],
+        env=server_env(policy, **extra),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
 def stdio_client(policy: Path, mode: str) -> Client:
     """An MCP client that starts `appliance serve` over stdio with `policy`."""
     params = StdioServerParameters(command=APPLIANCE, args=["serve"], env=server_env(policy))
