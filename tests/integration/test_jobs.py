@@ -5,8 +5,8 @@ target whose open ports change, two principals, and a data volume that fills up.
 Every scan targets a lab target container: the test lab's (by its exact IP) or the compose
 deployment's (web.lab.internal, which the appliance resolves itself). The appliance containers
 are reached from this host by the address Docker gave them, or through compose's published
-loopback ports. A scan is made longer than its `wait_seconds` by nmap's own `--scan-delay`
-(nmap waits that long between two probes to the host), never by hoping the scan is slow.
+loopback ports. A scan is made longer than its `wait_seconds` by the scanner's own pause
+between two probes (nmap `--scan-delay`, gobuster `--delay`), never by hoping the scan is slow.
 """
 
 from __future__ import annotations
