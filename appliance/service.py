@@ -432,6 +432,7 @@ class ScanService:
         self._audit_end({**record, "state": state}, started, outcome=outcome, rule=rule, run=run_result)
         job = live.job
         raw = None if run_result is None else run_result.stdout[: policy.limits.stored_raw_bytes]
+        job.raw_bytes = None if run_result is None else len(run_result.stdout)  # scan://{id}/raw says if cut
         if error is not None:
             error.details.update(scan_id=job.scan_id, status="failed")
             body = error.to_dict(tool=tool, target=job.target, request_id=job.request_id)

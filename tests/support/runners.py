@@ -38,14 +38,15 @@ class SpyRunner:
 
 class GatedRunner:
     """A fake scanner that runs until the test opens its gate (or the service stops or cancels
-    it), then exits 0 with `stdout`. Lab addresses only; nothing is sent anywhere.
+    it), then exits `exit_code` (0) with `stdout`. Lab addresses only; nothing is sent anywhere.
 
     `started` is set when a run begins; `cancelled` counts runs ended by a cancel (the real
     runner kills the process group there); a `stop` event ends a run as `stopped`.
     """
 
-    def __init__(self, stdout: bytes = b"", *, early: bytes = b"") -> None:
+    def __init__(self, stdout: bytes = b"", exit_code: int = 0, *, early: bytes = b"") -> None:
         self.stdout = stdout
+        self.exit_code = exit_code  # what a run the gate ended exits with
         self.early = early  # written (and fed to the service's callbacks) before the gate is waited on
         self.gate = asyncio.Event()
         self.started = asyncio.Event()
@@ -73,7 +74,7 @@ class GatedRunner:
         await replay_output(self.stdout, b"", kwargs)
         return RunResult(
             tuple(argv),
-            None if stopped or timed_out else 0,
+            None if stopped or timed_out else self.exit_code,
             self.early + self.stdout,
             b"",
             False,
