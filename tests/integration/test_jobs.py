@@ -11,6 +11,7 @@ between two probes (nmap `--scan-delay`, gobuster `--delay`), never by hoping th
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -253,6 +254,8 @@ async def test_restart_mid_scan_interrupts_the_job_and_keeps_finished_jobs(
         gobuster_after = body(await client.call_tool("get_scan", {"scan_id": gobuster["scan_id"]}))
         kept = body(await client.call_tool("get_scan", {"scan_id": done["scan_id"]}))
         listing = body(await client.call_tool("list_scans", {"limit": 100}))
+        (resource,) = (await client.read_resource(done["resource_uri"], cache_mode="bypass")).contents
+        (raw,) = (await client.read_resource(f"{done['resource_uri']}/raw", cache_mode="bypass")).contents
     assert nmap_after["status"] == gobuster_after["status"] == "interrupted", (nmap_after, gobuster_after)
     # Findings so far are finished host groups (README): the one lab host had not finished.
     assert nmap_after["hosts"] == [], nmap_after
@@ -261,6 +264,10 @@ async def test_restart_mid_scan_interrupts_the_job_and_keeps_finished_jobs(
     assert {f["value"] for f in seen} <= kept_paths <= LAB_SITE_PATHS, kept_paths
     assert kept["status"] == "completed"
     assert kept["hosts"] == done["hosts"]
+    # Its resources too: the JSON result and the scanner's own output, from the volume.
+    assert resource.mime_type == "application/json"
+    assert json.loads(resource.text)["hosts"] == done["hosts"]  # type: ignore[union-attr]
+    assert "<nmaprun" in raw.text  # type: ignore[union-attr]
     states = {s["scan_id"]: s["status"] for s in listing["scans"]}
     assert states[done["scan_id"]] == "completed", states
     assert states[nmap["scan_id"]] == states[gobuster["scan_id"]] == "interrupted", states
