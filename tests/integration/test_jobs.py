@@ -438,3 +438,38 @@ async def test_full_data_volume_refuses_new_scans_keeps_stored_ones_and_heals(
     assert [s["scan_id"] for s in listing["scans"]] == [kept["scan_id"]]
     assert healed["status"] == "completed"
     assert any(r.get("verdict") == "refused" and r.get("rule") == "store_full" for r in audit), audit[-5:]
+
+
+async def test_read_only_data_volume_refuses_new_scans_and_keeps_stored_ones_readable(
+    lab: Lab, services: dict[str, ServiceSpec], tmp_path: Path
+) -> None:
+    """The operator's volume holds a store but comes back read-only: the appliance must not fall
+    back to an empty temporary store; new scans are refused, and the stored scans stay readable."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    os.chown(data, 65532, 65532)  # as a named volume copies it from the image
+    quick = {"target": lab.target_ip, "ports": str(LAB_PORT)}
+    env = {"APPLIANCE_DATA_DIR": CONTAINER_DATA_DIR}
+    writer = start_appliance(services["appliance"], lab, env=env, mounts={data: (CONTAINER_DATA_DIR, "rw")})
+    try:
+        appliance = lab_appliance(writer.get_wrapped_container().name, lab)
+        async with http_client(appliance.url, lab.token, appliance.host_header) as client:
+            kept = body(await client.call_tool("nmap_scan", quick))
+    finally:
+        writer.stop()
+    reader = start_appliance(services["appliance"], lab, env=env, mounts={data: (CONTAINER_DATA_DIR, "ro")})
+    try:
+        appliance = lab_appliance(reader.get_wrapped_container().name, lab)
+        async with http_client(appliance.url, lab.token, appliance.host_header) as client:
+            refused = await client.call_tool("nmap_scan", quick)
+            not_ready = appliance.sidecar("/readyz")
+            store = appliance.sidecar("/healthz")[1]["checks"]["store"]
+            stored = await client.call_tool("get_scan", {"scan_id": kept["scan_id"]})
+    finally:
+        reader.stop()
+    assert kept["status"] == "completed"
+    assert refusal(refused) == "store_unwritable"
+    assert not_ready == (503, {"ready": False})
+    assert store["kind"] != "ephemeral" and store["rule"] == "store_unwritable", store
+    # Nothing lost: the scan stored before the volume turned read-only is still there to read.
+    assert body(stored)["hosts"] == kept["hosts"]
