@@ -104,6 +104,15 @@ def test_plan_pins_both_suites_in_the_lock_file() -> None:
     assert {run.spec_version for run in harness.load_plan()} == {"2025-11-25", "2026-07-28"}
 
 
+def test_lock_pins_the_inspector_cli_the_container_tests_drive() -> None:
+    """tests/integration/test_jobs.py runs the MCP Inspector CLI installed from this lock."""
+    lock = json.loads((REPO / "conformance" / "package-lock.json").read_text())["packages"]
+    manifest = json.loads((REPO / "conformance" / "package.json").read_text())
+    # An exact version, not a range: `npm ci` installs what the lock says, and the lock says this.
+    assert manifest["dependencies"]["@modelcontextprotocol/inspector"] == "2.12.0"
+    assert lock["node_modules/@modelcontextprotocol/inspector"]["version"] == "2.12.0"
+
+
 @pytest.mark.parametrize("target", ["127.0.0.1", "::1", "10.0.0.5", "192.168.1.1", "172.16.0.1", "x.lab.internal"])
 def test_conformance_policy_refuses_every_target(target: str) -> None:
     # A dry run (`appliance check`): nothing is scanned, whatever the verdict.

@@ -18,8 +18,10 @@ import os
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,13 +140,22 @@ def unique_name(kind: str) -> str:
     return f"mcp-it-{kind}-{uuid.uuid4().hex[:8]}"
 
 
-def start_appliance(spec: ServiceSpec, lab: Lab) -> DockerContainer:
-    """The appliance with compose.yaml's settings for `spec`, on the test lab network only."""
+def start_appliance(
+    spec: ServiceSpec,
+    lab: Lab,
+    *,
+    env: Mapping[str, str] | None = None,
+    mounts: Mapping[Path, tuple[str, str]] | None = None,
+) -> DockerContainer:
+    """The appliance with compose.yaml's settings for `spec`, on the test lab network only;
+    `env` added to its environment, `mounts` host path -> (container path, "ro" | "rw")."""
     container = DockerContainer(IMAGE)
-    for key, value in spec.environment.items():
+    for key, value in {**spec.environment, **(env or {})}.items():
         container.with_env(key, value)
     container.with_volume_mapping(lab.policy_dir, CONTAINER_POLICY_DIR, "ro")
     container.with_volume_mapping(lab.token_file, CONTAINER_TOKEN_PATH, "ro")
+    for source, (target, mode) in (mounts or {}).items():
+        container.with_volume_mapping(source, target, mode)
     # testcontainers' with_tmpfs_mount() takes a size only; the mount options go in verbatim.
     container.tmpfs.update(spec.tmpfs)
     if spec.command:
@@ -234,3 +245,92 @@ def wait_healthy(container: DockerContainer, timeout: float = HEALTHY_TIMEOUT_SE
     started = time.monotonic()
     wait_until(lambda: container_health(container) == "healthy", timeout=timeout, interval=0.5)
     return time.monotonic() - started
+
+
+# What compose.yaml lets through its DNS-rebinding checks (APPLIANCE_ALLOWED_HOSTS): a test that
+# reaches an appliance by its lab address sends the service name as Host.
+APPLIANCE_HOST_HEADER = "appliance"
+CONTAINER_MCP_PORT = 8080
+CONTAINER_HEALTH_PORT = 9090
+
+
+@dataclass(frozen=True)
+class LabAppliance:
+    """An appliance container on the test lab network, reached from this host by its lab address."""
+
+    address: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{CONTAINER_MCP_PORT}/mcp"
+
+    @property
+    def host_header(self) -> str:
+        return f"{APPLIANCE_HOST_HEADER}:{CONTAINER_MCP_PORT}"
+
+    def sidecar(self, path: str) -> tuple[int, dict[str, Any]]:
+        """GET /healthz, /readyz, ... on its sidecar: (status, JSON body)."""
+        return sidecar_at(self.address, CONTAINER_HEALTH_PORT, path)
+
+
+def lab_appliance(name: str, lab: Lab, *, mcp: bool = True) -> LabAppliance:
+    """The appliance container `name` by its lab address, once its sidecar (and, unless `mcp` is
+    False for a stdio server, its MCP port) accepts connections."""
+    address = container_ip(name, lab.network)
+    ports = (CONTAINER_HEALTH_PORT, CONTAINER_MCP_PORT) if mcp else (CONTAINER_HEALTH_PORT,)
+    wait_until(
+        lambda: all(listening(address, port) for port in ports),
+        timeout=HEALTHY_TIMEOUT_SECONDS,
+        interval=0.2,
+        what=f"the appliance's listeners on {address}",
+    )
+    return LabAppliance(address)
+
+
+def sidecar_at(address: str, port: int, path: str) -> tuple[int, dict[str, Any]]:
+    """GET a sidecar endpoint with the Host header compose.yaml allows: (status, JSON body)."""
+    url = f"http://{address}:{port}{path}"
+    request = urllib.request.Request(url, headers={"Host": f"{APPLIANCE_HOST_HEADER}:{port}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return int(response.status), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def _lab_processes(container_id: str) -> list[tuple[int, str]]:
+    done = subprocess.run(
+        ["docker", "exec", container_id, "/usr/bin/busybox", "ps", "-o", "pid,args"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rows = []
+    for line in done.stdout.splitlines()[1:]:
+        pid, _, args = line.strip().partition(" ")
+        rows.append((int(pid), args.strip()))
+    return rows
+
+
+@contextlib.contextmanager
+def lab_listener(container_id: str, port: int) -> Iterator[None]:
+    """A second web server inside a lab target container (its busybox httpd on `port`), for as
+    long as the block runs: the lab target's open ports change and nothing else does."""
+    command = ["/usr/bin/busybox", "httpd", "-f", "-p", str(port), "-h", "/srv/www"]
+    subprocess.run(["docker", "exec", "--detach", container_id, *command], timeout=60, check=True)
+    wanted = " ".join(command)
+
+    def pids() -> list[int]:
+        return [pid for pid, args in _lab_processes(container_id) if args == wanted]
+
+    try:
+        wait_until(pids, timeout=30, interval=0.2, what=f"httpd on port {port} in {container_id[:12]}")
+        yield
+    finally:
+        for pid in pids():
+            subprocess.run(
+                ["docker", "exec", container_id, "/usr/bin/busybox", "kill", str(pid)], timeout=60, check=False
+            )
+        wait_until(lambda: not pids(), timeout=30, interval=0.2, what=f"httpd on port {port} gone")

@@ -7,6 +7,7 @@ servers     `appliance serve` child processes and MCP clients for them
 runners     the spy runner that refusal tests hand to ScanService; the gated fake scanner of job tests
 processes   scanner processes as the host sees them
 raw_mcp     raw handshake-era MCP over HTTP (session IDs, SSE bodies)
+inspector   the MCP Inspector CLI (npm, pinned in conformance/) as a subprocess (import support.inspector)
 waiting     one wait_until (and `eventually`, its async form): wait on a condition, never sleep
 """
 
