@@ -357,6 +357,13 @@ class SqliteJobStore:
         }
 
     def close(self) -> None:
+        # Fold the WAL into the database file at a clean stop: the file alone then holds every
+        # job (what a read-only reopen, a backup or a copy of the volume sees).
+        if self._broken is None and self.path is not None:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("job store checkpoint at close failed", extra={"reason": str(exc)})
         self._db.close()
 
 

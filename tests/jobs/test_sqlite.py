@@ -346,7 +346,7 @@ def test_an_unavailable_store_still_serves_the_scans_already_on_the_volume(
     kept = job()
     written = SqliteJobStore(volume)
     written.put(kept)
-    written.close()
+    written.close()  # a clean stop folds the WAL into the file: immutable readers see it all
     # Mounted read-only now (or owned by someone else): the appliance cannot write there.
     monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == volume)
     monkeypatch.setattr(os, "access", lambda path, mode: False)
@@ -359,3 +359,17 @@ def test_an_unavailable_store_still_serves_the_scans_already_on_the_volume(
     with pytest.raises(ExecutionError) as refused:
         store.put(job())
     assert refused.value.rule == "store_unwritable"
+
+
+def test_close_folds_the_wal_into_the_database_file(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "data")
+    kept = job()
+    store.put(kept)
+    wal = tmp_path / "data" / f"{DB_NAME}-wal"
+    assert wal.stat().st_size > 0  # the commit is in the WAL
+
+    store.close()
+
+    assert not wal.exists() or wal.stat().st_size == 0
+    reader = sqlite3.connect(f"file:{tmp_path / 'data' / DB_NAME}?mode=ro&immutable=1", uri=True)
+    assert reader.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
