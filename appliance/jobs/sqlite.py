@@ -110,18 +110,13 @@ class SqliteJobStore:
         )
         store._fault = store._broken
         store.path = directory / DB_NAME
-        try:
-            if store.path.is_file():
-                old = sqlite3.connect(
-                    f"file:{store.path}?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False
-                )
-                if int(old.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION:
-                    store._db.close()
-                    store._db = old
-                else:  # an older schema needs its migration, which needs writes: nothing to read
-                    old.close()
-        except (OSError, sqlite3.Error) as exc:
-            log.error("the stored scans cannot be read either", extra={"path": str(store.path), "reason": str(exc)})
+        if store.path.is_file():
+            old = _read_only(store.path)
+            if old is not None and int(old.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION:
+                store._db.close()
+                store._db = old
+            elif old is not None:  # an older schema needs its migration, which needs writes
+                old.close()
         return store
 
     # --- schema ----------------------------------------------------------------------------
@@ -365,6 +360,26 @@ class SqliteJobStore:
             except sqlite3.Error as exc:
                 log.warning("job store checkpoint at close failed", extra={"reason": str(exc)})
         self._db.close()
+
+
+def _read_only(path: Path) -> sqlite3.Connection | None:
+    """The store file for reading only, WAL included when its -shm and -wal files are there (a
+    volume a crashed appliance left, now mounted read-only); else the file alone (immutable:
+    what a clean stop left, whose close folded the WAL in)."""
+    for query in ("mode=ro", "mode=ro&immutable=1"):
+        db = None
+        try:
+            db = sqlite3.connect(f"file:{path}?{query}", uri=True, isolation_level=None, check_same_thread=False)
+            db.execute("SELECT count(*) FROM jobs").fetchone()
+        except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
+            log.warning(
+                "stored scans not readable this way", extra={"path": str(path), "how": query, "reason": str(exc)}
+            )
+            continue
+        return db
+    return None
 
 
 def open_store(wanted: Path | None, fallback: Path) -> SqliteJobStore:
