@@ -47,6 +47,12 @@ APPLIANCE_ALIAS = "appliance"
 HTTP_HOST_HEADER = f"{APPLIANCE_ALIAS}:{MCP_PORT}"
 TOKEN = "trace-" + secrets.token_hex(16)
 APPLIANCE = "/opt/venv/bin/appliance"
+PYTHON = "/opt/venv/bin/python"
+# The job store's SQLite calls, run by the image's Python (see the file); its data folders: the
+# image's (where compose.yaml mounts a named volume) and the fallback when none is mounted.
+STORE_WORKLOAD = REPO / "scripts" / "seccomp_store_workload.py"
+DATA_DIR = "/var/lib/appliance"
+EPHEMERAL_DATA_DIR = "/tmp/appliance-data"  # noqa: S108 (on the container's tmpfs)
 READY_TIMEOUT_SECONDS = 30  # the HTTP server imports the SDK and starts uvicorn: ~2 s here
 STOP_TIMEOUT_SECONDS = 10  # docker stop's grace period; the appliance drains in ~1 s
 CALL_TIMEOUT_SECONDS = 150  # the slowest call, the demo's full -sV of the busybox target, ~90 s
@@ -416,8 +422,34 @@ def demo_client(setup: Setup) -> list[str]:
     return [] if done.returncode == 0 else [f"demo client exited {done.returncode}: {done.stderr[-400:]}"]
 
 
+def store_phase(mode: str, setup: Setup) -> list[str]:
+    """The job store's SQLite use (seccomp_store_workload.py) in the image's Python, as the server's user.
+
+    Twice on one named volume at the image's data folder (the second run recovers the WAL the
+    first one's simulated crash left), once in the fallback folder on /tmp, which it creates.
+    """
+    volume = f"seccomp-trace-store-{secrets.token_hex(3)}"
+    source = STORE_WORKLOAD.read_text()
+    on_volume = ["-v", f"{volume}:{DATA_DIR}"]
+    runs = [(DATA_DIR, on_volume, "first"), (DATA_DIR, on_volume, "second"), (EPHEMERAL_DATA_DIR, [], "first")]
+    problems = []
+    docker("volume", "create", volume)
+    try:
+        for data_dir, mount, step in runs:
+            name = f"seccomp-trace-store-{secrets.token_hex(3)}"
+            extra = ["--entrypoint", PYTHON, *mount]
+            command = ("-c", source, data_dir, step)
+            done = docker("run", "--rm", *run_args(mode, name, setup, extra, command), check=False)
+            if done.returncode != 0:
+                problems.append(f"store workload {step} in {data_dir} exited {done.returncode}: {done.stderr[-600:]}")
+    finally:
+        docker("volume", "rm", "--force", volume, check=False)
+    return problems
+
+
 PHASES: dict[str, tuple[str, Callable[[str, Setup], list[str]]]] = {
     "connect-cli": ("connect", cli_phase),
+    "connect-store": ("connect", store_phase),
     "connect-stdio": ("connect", stdio_phase),
     "connect-http": ("connect", http_phase),
     "raw-stdio": ("raw", stdio_phase),

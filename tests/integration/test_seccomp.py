@@ -40,6 +40,12 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "seccomp" / "appliance.json"
+# The job store's SQLite use, run by the image's Python (the trace harness's connect-store phase).
+STORE_WORKLOAD = REPO / "scripts" / "seccomp_store_workload.py"
+DATA_DIR = "/var/lib/appliance"  # the image's APPLIANCE_DATA_DIR; compose.yaml mounts a volume there
+EPHEMERAL_DATA_DIR = "/tmp/appliance-data"  # the store's fallback when no volume is mounted
+# What the workload leaves: 40 jobs written, the oldest 20 swept, one more committed before the crash.
+STORE_JOBS, STORE_COMPLETED = 21, 20
 IMAGE = "mcp-scanner-appliance:latest"
 LAB_IMAGE = "mcp-scanner-lab-target:latest"
 LAB_PORT = 8080
@@ -69,6 +75,8 @@ UFFD_USER_MODE_ONLY = 1  # allowed to unprivileged callers whatever vm.unprivile
 PERSONALITY_QUERY = 0xFFFFFFFF
 
 HARDENED = ["--user", "65532:65532", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+# compose.yaml's file system for the appliance: a read-only root and a /tmp tmpfs.
+READ_ONLY_ROOT = ["--read-only", "--tmpfs", "/tmp:rw,noexec,nosuid,nodev,size=16m"]
 # argv[1]: a JSON list of calls, each [number, arg...] (strings are passed as char *).
 # Prints a JSON list with each call's errno (0 when it succeeded).
 SYSCALL_SNIPPET = """
@@ -103,11 +111,11 @@ def seccomp_args(which: str) -> list[str]:
     return [arg for option in SECCOMP_OPTIONS[which] for arg in ("--security-opt", option)]
 
 
-def run_python(code: str, *args: str, seccomp: str) -> str:
+def run_python(code: str, *args: str, seccomp: str, docker_args: tuple[str, ...] = ()) -> str:
     """Run `code` with the image's Python as the appliance's user, no network; return stdout."""
     done = subprocess.run(
         [
-            *("docker", "run", "--rm", "--network", "none", *HARDENED, *seccomp_args(seccomp)),
+            *("docker", "run", "--rm", "--network", "none", *HARDENED, *seccomp_args(seccomp), *docker_args),
             *("--entrypoint", "/opt/venv/bin/python", IMAGE, "-c", code, *args),
         ],
         capture_output=True,
@@ -250,6 +258,58 @@ def test_clone3_answers_enosys_so_threads_start() -> None:
     assert syscall_errnos([[NR_CLONE3, 0, 0]], "profile") == [errno.ENOSYS]
     assert syscall_errnos([[NR_CLONE3, 0, 0]], "unconfined") != [errno.ENOSYS]
     assert run_python(THREAD_SNIPPET, seccomp="profile").strip() == "thread ran"
+
+
+# --- the job store under the profile -----------------------------------------------------------
+
+
+def run_store_workload(data_dir: str, step: str, mounts: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The store workload's STEP in the image under the profile, on compose.yaml's file system."""
+    output = run_python(
+        STORE_WORKLOAD.read_text(), data_dir, step, seccomp="profile", docker_args=(*READ_ONLY_ROOT, *mounts)
+    )
+    summary: dict[str, Any] = json.loads(output)
+    return summary
+
+
+@pytest.fixture
+def data_volume(appliance_images: None) -> Iterator[str]:
+    """A new, empty named volume (as compose's appliance-data is at first start); removed after."""
+    name = f"mcp-it-store-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["docker", "volume", "create", name], capture_output=True, timeout=RUN_TIMEOUT_SECONDS, check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(
+            ["docker", "volume", "rm", "--force", name], capture_output=True, timeout=RUN_TIMEOUT_SECONDS, check=False
+        )
+
+
+def test_job_store_on_data_volume_survives_a_crash_and_a_new_container_under_profile(
+    data_volume: str, record: Callable[[str], None]
+) -> None:
+    """SQLite (WAL, synchronous=NORMAL) in the image's data folder on a named volume: the first
+    container writes, checkpoints, sweeps, vacuums, reopens and dies with its last commit in the
+    WAL; a second container on the same volume recovers it and finds every job."""
+    mount = ("--volume", f"{data_volume}:{DATA_DIR}")
+    started = time.monotonic()
+    first = run_store_workload(DATA_DIR, "first", mount)
+    # The empty volume took the image folder's owner and mode: UID 65532 could write it.
+    assert (first["data_dir_uid"], first["data_dir_mode"]) == (65532, "0o700")
+    assert first["jobs"] == STORE_JOBS
+    assert first["wal_bytes_left"] > 0, "the crash left nothing in the WAL: the recovery below proves nothing"
+    second = run_store_workload(DATA_DIR, "second", mount)
+    took = time.monotonic() - started
+    assert second["wal_bytes_found"] == first["wal_bytes_left"]
+    assert (second["jobs"], second["completed"], second["crash_marker"]) == (STORE_JOBS, STORE_COMPLETED, "queued")
+    record(f"job store workload under the profile, SQLite {first['sqlite_version']}, two containers: {took:.1f} s")
+
+
+def test_job_store_creates_its_fallback_folder_on_tmp_under_profile(appliance_images: None) -> None:
+    """No data volume: the store makes /tmp/appliance-data on the tmpfs and works there."""
+    summary = run_store_workload(EPHEMERAL_DATA_DIR, "first")
+    assert (summary["data_dir_uid"], summary["data_dir_mode"]) == (65532, "0o755")
+    assert summary["jobs"] == STORE_JOBS
 
 
 # --- the appliance under the profile -----------------------------------------------------------
