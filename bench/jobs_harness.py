@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,11 @@ def plan_for(target: str, xml_ports: str) -> ScanPlan:
     argv += ("-p", xml_ports, "-T3", "--max-rate", "1000", target)
     checked = CheckedTarget(requested=target, kind="cidr", scan_arg=target, hostname=None, addresses=(), host_count=16)
     arguments = {"target": target, "ports": xml_ports, "scan_type": "version"}
-    return ScanPlan(tool=nmap.TOOL, target=checked, argv=argv, timeout_seconds=120, arguments=arguments)
+    # With the streaming parsers (findings while running) a plan names its findings stream
+    # factory; without them the field does not exist. The harness runs in either image.
+    has_streams = "findings" in {f.name for f in fields(ScanPlan)}
+    streams = {"findings": nmap.NmapStream} if has_streams else {}
+    return ScanPlan(tool=nmap.TOOL, target=checked, argv=argv, timeout_seconds=120, arguments=arguments, **streams)
 
 
 def report_for(plan: ScanPlan, xml: bytes, request_id: str) -> ScanReport:
