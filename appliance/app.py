@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -63,6 +64,9 @@ RESPONSES_QUIET_SECONDS = 0.25
 TRANSPORT_STOP_SECONDS = 1.5
 # Retention runs at start and this often (policy: retention, limits.concurrency.per_principal.stored_jobs).
 SWEEP_INTERVAL_SECONDS = 60.0
+# How often the store is asked for `appliance jobs cancel` requests (one primary-key read of a
+# table that is empty but for pending requests); the CLI waits a few of these for a pickup.
+CANCEL_POLL_SECONDS = 1.0
 VERSION_ARGS = {"nmap_scan": ("--version",), "masscan_scan": ("--version",), "gobuster_scan": ("version",)}
 
 
@@ -162,6 +166,48 @@ class Appliance:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
             self.sweep_jobs()
+
+    def take_cancel_requests(self) -> list[str]:
+        """Act on the operator CLI's cancel requests for jobs this process runs (each task then
+        ends through the service's one bookkeeping end: state `cancelled`, the audit end line)
+        and drop those of finished or deleted jobs. A request for an unfinished job that no
+        process runs stays, for the CLI to see untaken and withdraw (`scan_not_live`)."""
+        try:
+            wanted = self.job_store.cancel_requests()
+            stale = [scan_id for scan_id in wanted if scan_id not in self.jobs.live and self._over(scan_id)]
+        except (ApplianceError, sqlite3.Error) as exc:
+            log.error("cancel requests could not be read; retried in a second", extra={"reason": str(exc)})
+            return []
+        stopped = []
+        for scan_id, requested_by in wanted.items():
+            live = self.jobs.live.get(scan_id)
+            if live is None or not self.jobs.cancel(live.job):
+                continue
+            stopped.append(scan_id)
+            record = {"event": "cancel_request", "scan_id": scan_id, "requested_by": requested_by}
+            try:
+                self.audit.write({**record, "tool": live.job.tool, "principal": live.job.principal})
+            except ApplianceError:
+                # The scan is already told to stop; its end line (outcome cancelled) follows.
+                log.error("audit line of an operator cancel could not be written", extra=record)
+        if stopped or stale:
+            try:
+                self.job_store.drop_cancel_requests(stopped + stale)
+            except ApplianceError as exc:
+                # Taken again next time: cancelling a task that is already ending changes nothing.
+                log.error("cancel requests could not be cleared", extra={"reason": exc.message})
+        if stopped:
+            log.info("operator cancel requests acted on", extra={"scans": stopped})
+        return stopped
+
+    def _over(self, scan_id: str) -> bool:
+        job = self.job_store.get(scan_id)
+        return job is None or job.finished
+
+    async def _cancel_requests_forever(self) -> None:
+        while True:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            self.take_cancel_requests()
 
     # --- reload -----------------------------------------------------------------------------
     async def reload_policy(self) -> bool:
@@ -271,6 +317,7 @@ class Appliance:
         transport = asyncio.create_task(self._transport())
         watcher = asyncio.create_task(self._watch())
         sweeper = asyncio.create_task(self._sweep_forever())
+        canceller = asyncio.create_task(self._cancel_requests_forever())
         # As PID 1 (no init) orphaned scanner descendants are ours to reap.
         reaper = asyncio.create_task(reap_orphans_forever()) if os.getpid() == 1 else None
         stop = asyncio.create_task(self._shutdown.wait())
@@ -287,6 +334,7 @@ class Appliance:
             stop.cancel()
             watcher.cancel()
             sweeper.cancel()
+            canceller.cancel()
             if reaper is not None:
                 reaper.cancel()
             if sidecar is not None:

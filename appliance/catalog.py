@@ -18,13 +18,16 @@ from typing import Any
 from mcp_types import Tool, ToolAnnotations
 from pydantic import BaseModel
 
+# Hints at their spec defaults are left out (readOnlyHint false, destructiveHint true,
+# idempotentHint false, openWorldHint true; destructiveHint means nothing when read-only): every
+# byte of tools/list is in each agent's context.
 # Scanners read the network (they change nothing), the same call gives the same kind of answer,
 # and what they touch is outside this process (the lab).
-ANNOTATIONS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
+ANNOTATIONS = ToolAnnotations(read_only_hint=True, idempotent_hint=True)
 # get_scan, list_scans, diff_scans read the appliance's own store: nothing outside is touched.
-READ_JOBS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+READ_JOBS = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
 # cancel_scan ends a scan (its findings so far are kept); a second cancel changes nothing.
-CANCEL_JOB = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+CANCEL_JOB = ToolAnnotations(idempotent_hint=True, open_world_hint=False)
 
 
 def _without_titles(node: Any, *, in_properties: bool = False) -> Any:
@@ -83,26 +86,49 @@ def _shallow(node: Mapping[str, Any]) -> dict[str, Any]:
     return shallow
 
 
+# Result fields the output schema leaves out (the results still carry them; README "Results"
+# documents every field): the budget of the whole tools/list (10 KB for seven tools) goes to
+# what an agent decides with. An output schema without additionalProperties: false allows them.
+OUTPUT_SCHEMA_OMITS = frozenset(
+    {
+        "verdict",
+        "exit_code",
+        "duration_seconds",
+        "partial_reason",
+        "result_schema_version",
+        "resource_uri",
+        "argv",
+        "dry_run",  # status says `dry_run`
+        "request_id",
+        "scanned_address",
+    }
+)
+
+
 def output_schema(model: type[BaseModel]) -> dict[str, Any]:
     full = model.model_json_schema(mode="serialization")
-    return {
-        "type": "object",
-        "properties": {name: _shallow(prop) for name, prop in full["properties"].items()},
-        "required": full.get("required", []),
-    }
+    properties = {name: _shallow(prop) for name, prop in full["properties"].items() if name not in OUTPUT_SCHEMA_OMITS}
+    # A status is one of the job states (README: Scan jobs), a mode one of gobuster's: the lists
+    # would cost 120 bytes per tool.
+    for name in ("status", "mode"):
+        if name in properties:
+            properties[name] = {"type": properties[name]["type"]}
+    required = [name for name in full.get("required", []) if name in properties]
+    return {"type": "object", "properties": properties, "required": required}
 
 
 def tool_definition(
     name: str,
     description: str,
     request_model: type[BaseModel],
-    result_model: type[BaseModel],
+    result_model: type[BaseModel] | None,
     annotations: ToolAnnotations = ANNOTATIONS,
 ) -> Tool:
+    """`result_model` None: no output schema (a tool whose result has another tool's shape)."""
     return Tool(
         name=name,
         description=description,
         input_schema=input_schema(request_model),
-        output_schema=output_schema(result_model),
+        output_schema=None if result_model is None else output_schema(result_model),
         annotations=annotations,
     )

@@ -1,22 +1,31 @@
-"""The `appliance` command: serve, check (dry run), policy validate, version, config show."""
+"""The `appliance` command: serve, check (dry run), policy validate, version, config show, jobs."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
+import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from appliance import __version__
 from appliance.audit import AuditSink
 from appliance.config import Settings, load_settings
-from appliance.errors import ApplianceError, ConfigError
+from appliance.errors import ApplianceError, ConfigError, ExecutionError, NotFoundError
+from appliance.jobs import operator
+from appliance.jobs.export import FORMATS, export_json, export_nmap_xml
+from appliance.jobs.model import STATES
+from appliance.jobs.sqlite import SqliteJobStore
+from appliance.jobs.store import JobFilter
+from appliance.jobs.views import summary_of
 from appliance.logs import configure_logging
 from appliance.policy.netinfo import read_network_facts
 from appliance.policy.store import PolicyStore, build_snapshot
@@ -32,6 +41,8 @@ EXIT_PRIVILEGES = 3
 HEALTH_PROBE_TIMEOUT_SECONDS = 3
 # `version` asks each scanner for its version; none takes more than a fraction of a second.
 VERSION_PROBE_TIMEOUT_SECONDS = 5
+# `jobs cancel --wait`: the appliance looks every second; a minute means it is not there.
+MAX_CANCEL_WAIT_SECONDS = 60
 
 
 def _print(data: dict[str, Any]) -> None:
@@ -186,6 +197,186 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+JobsCommand = Callable[[argparse.Namespace, SqliteJobStore, Settings], int]
+
+
+def _on_store(command: JobsCommand) -> Callable[[argparse.Namespace], int]:
+    """Open the appliance's store for a `jobs` command and close it after; a SQLite failure
+    (locked past the busy timeout, a broken file) becomes a refusal that names the store."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        settings = load_settings()
+        store = operator.open_store(args.data_dir, settings.data_dir)
+        try:
+            return command(args, store, settings)
+        except sqlite3.Error as exc:
+            raise ExecutionError(
+                f"the job store {store.path} failed: {exc}",
+                rule="store_unreadable",
+                recovery_suggestion="Retry; if it persists, check the data volume and the appliance's log.",
+            ) from exc
+        finally:
+            store.close()
+
+    return run
+
+
+@_on_store
+def cmd_jobs_list(args: argparse.Namespace, store: SqliteJobStore, settings: Settings) -> int:
+    if args.cursor is not None:
+        operator.checked_scan_id(args.cursor)  # a cursor is the last scan id a page showed
+    where = JobFilter(
+        principal=args.principal,
+        tool=args.tool,
+        target=args.target,
+        states=None if args.status is None else frozenset({args.status}),
+    )
+    page = store.page(where, args.limit, args.cursor)
+    if args.json:
+        scans = [{**summary_of(job), "principal": job.principal} for job in page.jobs]
+        _print({"scans": scans, "next_cursor": page.next_cursor})
+        return EXIT_OK
+    print(operator.table(page.jobs) if page.jobs else "no scans match")
+    if page.next_cursor is not None:
+        print(f"more: appliance jobs list --cursor {page.next_cursor} (with the same filters)")
+    return EXIT_OK
+
+
+@_on_store
+def cmd_jobs_show(args: argparse.Namespace, store: SqliteJobStore, settings: Settings) -> int:
+    job = operator.find(store, args.scan_id)
+    if not args.raw:
+        _print(operator.shown(job))
+        return EXIT_OK
+    raw = store.raw(job.scan_id)
+    if raw is None:
+        raise NotFoundError(
+            f"scan {job.scan_id} ({job.state}) has no stored raw output",
+            rule="raw_output_not_stored",
+            recovery_suggestion=f"A scan that never ran stores none; see `appliance jobs show {job.scan_id}`.",
+        )
+    sys.stdout.buffer.write(raw)
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+@_on_store
+def cmd_jobs_cancel(args: argparse.Namespace, store: SqliteJobStore, settings: Settings) -> int:
+    audit = AuditSink(settings.audit_path)
+    try:
+        _print(operator.cancel(store, audit, args.scan_id, pickup_seconds=args.wait, force=args.force))
+    finally:
+        audit.close()
+    return EXIT_OK
+
+
+@_on_store
+def cmd_jobs_export(args: argparse.Namespace, store: SqliteJobStore, settings: Settings) -> int:
+    job = operator.find(store, args.scan_id)
+    body = export_json(job) if args.format == "json" else export_nmap_xml(job, store.raw(job.scan_id))
+    sys.stdout.buffer.write(body)
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+@_on_store
+def cmd_jobs_purge(args: argparse.Namespace, store: SqliteJobStore, settings: Settings) -> int:
+    doomed = operator.purge_candidates(
+        store,
+        now=time.time(),
+        older_than_days=args.older_than,
+        principal=args.principal,
+        states=args.status,
+    )
+    scope = {"older_than_days": args.older_than, "principal": args.principal, "status": args.status}
+    if not args.yes:
+        message = f"would delete {len(doomed)} finished scan(s); nothing deleted: run again with --yes"
+        _print({"matched": len(doomed), "deleted": 0, **scope, "message": message})
+        return EXIT_OK
+    audit = AuditSink(settings.audit_path)
+    try:
+        # The trail first: a purge the trail does not show does not happen.
+        audit.write({"event": "jobs_purged", "scans": len(doomed), "by": operator.requested_by(), **scope})
+    finally:
+        audit.close()
+    deleted = store.delete(job.scan_id for job in doomed)
+    _print({"matched": len(doomed), "deleted": deleted, **scope, "message": f"deleted {deleted} finished scan(s)"})
+    return EXIT_OK
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number >= 0")
+    return value
+
+
+def _wait(text: str) -> float:
+    value = _non_negative(text)
+    if value > MAX_CANCEL_WAIT_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at most {MAX_CANCEL_WAIT_SECONDS} seconds")
+    return value
+
+
+def _limit(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 to 1000")
+    return value
+
+
+def _jobs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    jobs = sub.add_parser("jobs", help="the operator's view of stored scans (list, show, cancel, export, purge)")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the appliance's data directory (default: APPLIANCE_DATA_DIR, then the ephemeral store)",
+    )
+
+    listing = jobs_sub.add_parser("list", parents=[where], help="stored scans of every principal, newest first")
+    listing.add_argument("--principal", help="only this principal's scans")
+    listing.add_argument("--tool", choices=list(TOOLS))
+    listing.add_argument("--target", help="as the scan named it (case and a trailing dot ignored)")
+    listing.add_argument("--status", choices=list(STATES))
+    listing.add_argument("--limit", type=_limit, default=50, help="scans per page (1-1000, default 50)")
+    listing.add_argument("--cursor", help="continue after this scan id (the 'more:' line of the previous page)")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    listing.set_defaults(func=cmd_jobs_list)
+
+    show = jobs_sub.add_parser("show", parents=[where], help="one scan's record: request, argv, events, result")
+    show.add_argument("scan_id")
+    show.add_argument("--raw", action="store_true", help="print the stored raw scanner output instead")
+    show.set_defaults(func=cmd_jobs_show)
+
+    cancel = jobs_sub.add_parser("cancel", parents=[where], help="ask the running appliance to cancel a scan")
+    cancel.add_argument("scan_id")
+    cancel.add_argument(
+        "--wait",
+        type=_wait,
+        default=operator.CANCEL_PICKUP_SECONDS,
+        help=f"seconds to wait for the appliance to take the request (default {operator.CANCEL_PICKUP_SECONDS:g})",
+    )
+    cancel.add_argument(
+        "--force", action="store_true", help="when no running appliance takes it, mark the scan cancelled here"
+    )
+    cancel.set_defaults(func=cmd_jobs_cancel)
+
+    export = jobs_sub.add_parser("export", parents=[where], help="a scan as JSON or nmap XML, to stdout")
+    export.add_argument("scan_id")
+    export.add_argument("--format", choices=FORMATS, default="json")
+    export.set_defaults(func=cmd_jobs_export)
+
+    purge = jobs_sub.add_parser("purge", parents=[where], help="delete finished scans (dry run without --yes)")
+    purge.add_argument("--older-than", type=_non_negative, metavar="DAYS", help="finished more than DAYS days ago")
+    purge.add_argument("--principal", help="only this principal's scans")
+    purge.add_argument("--status", action="append", choices=sorted(STATES), help="only this state (repeatable)")
+    purge.add_argument("--yes", action="store_true", help="delete; without it, only say how many would go")
+    purge.set_defaults(func=cmd_jobs_purge)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="appliance", description="MCP scanner appliance")
     sub = top.add_subparsers(dest="command", required=True)
@@ -223,6 +414,7 @@ def parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="configuration commands")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_sub.add_parser("show", help="effective settings, secrets redacted").set_defaults(func=cmd_config_show)
+    _jobs_parser(sub)
     return top
 
 

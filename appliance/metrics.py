@@ -13,7 +13,15 @@ from appliance import __version__
 
 OUTCOMES = ("ok", "partial", "refused", "error", "cancelled", "dry_run")
 RELOAD_RESULTS = ("ok", "rejected")
-PROTOCOL_REFUSAL_RULES = ("tool_unknown", "message_too_large")
+# Refusals of no tool: unknown tools, oversized messages, and resources (scan://) not visible or malformed.
+PROTOCOL_REFUSAL_RULES = (
+    "tool_unknown",
+    "message_too_large",
+    "scan_not_found",
+    "resource_unknown",
+    "cursor_invalid",
+    "subscribe_unsupported",
+)
 BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 # Scans run from milliseconds (a refused port) to minutes (a slow sweep).
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -65,7 +73,7 @@ class Metrics:
         )
         self.protocol_refusals = Counter(
             "appliance_protocol_refusals",
-            "Requests refused before any tool was known: unknown tool names, oversized messages.",
+            "Requests refused before any tool was known: unknown tool names, oversized messages, resources.",
             ["rule"],
             registry=registry,
         )

@@ -58,8 +58,6 @@ class ScanReport(BaseModel):
     partial_reason: PartialReason | None = Field(
         default=None, description="Why the result is partial: the time budget, the output cap, or shutdown."
     )
-    raw_output: str = Field(default="", description="The scanner's output, capped.")
-    raw_output_truncated: bool = Field(default=False, description="True when raw_output was cut to the cap.")
 
 
 class NmapScript(BaseModel):
@@ -70,7 +68,7 @@ class NmapScript(BaseModel):
 class NmapPort(BaseModel):
     port: int
     protocol: str
-    state: str = Field(description="open, closed, filtered, ...")
+    state: str = Field(description="open: other states are only counted in port_counts.")
     reason: str | None = None
     service: str | None = Field(default=None, description="Service name nmap guessed or detected.")
     product: str | None = None
@@ -83,7 +81,11 @@ class NmapHost(BaseModel):
     address: str
     status: str = Field(description="up or down, as nmap reported it.")
     hostnames: list[str] = Field(default_factory=list)
-    ports: list[NmapPort] = Field(default_factory=list)
+    ports: list[NmapPort] = Field(default_factory=list, description="Open ports only.")
+    port_counts: dict[str, int] = Field(
+        default_factory=dict,
+        description='Ports seen per state, open included: {"open": 2, "closed": 98}.',
+    )
 
 
 class NmapResult(ScanReport):

@@ -30,6 +30,7 @@ from mcp_types import (
     CallToolResult,
     ListToolsResult,
     PaginatedRequestParams,
+    ResourceLink,
     TextContent,
     Tool,
     ToolAnnotations,
@@ -53,6 +54,7 @@ from appliance.jobs.queries import (
 )
 from appliance.jobs.views import error_of, report_of
 from appliance.logs import new_request_id, request_id_var
+from appliance.resources import ScanResources, resource_link
 from appliance.results import AnyScanResult, ScanReport
 from appliance.service import ScanService
 from appliance.tools import TOOLS, ToolSpec
@@ -72,22 +74,22 @@ class JobTool:
 
     description: str
     request_model: type[BaseModel]
-    result_model: type[BaseModel]
+    result_model: type[BaseModel] | None
     annotations: ToolAnnotations
 
 
 JOB_TOOLS: dict[str, JobTool] = {
     "get_scan": JobTool(
-        "Get a scan by scan_id: its status and findings (so far, while it runs). wait_seconds blocks until "
-        "it finishes or the wait ends; cancelling this call never stops the scan.",
+        "A scan's status and findings (so far, while it runs); wait_seconds waits for it to finish. "
+        "Cancelling this call never stops the scan.",
         GetScanRequest,
         AnyScanResult,
         READ_JOBS,
     ),
     "cancel_scan": JobTool(
-        "Stop a running scan by scan_id; what it found so far is kept and returned.",
+        "Stop a running scan by scan_id; what it found so far is kept and returned (get_scan's shape).",
         CancelScanRequest,
-        AnyScanResult,
+        None,  # get_scan's shape; one copy of that schema in tools/list is enough
         CANCEL_JOB,
     ),
     "list_scans": JobTool(
@@ -97,8 +99,7 @@ JOB_TOOLS: dict[str, JobTool] = {
         READ_JOBS,
     ),
     "diff_scans": JobTool(
-        "What changed between two scans of one tool: hosts appeared/gone, ports opened/closed, service, "
-        "product and version changes. Omit against_scan_id for the previous completed scan of that target.",
+        "What changed between two scans of one tool and target: hosts, open ports, services, products, versions.",
         DiffScansRequest,
         ScanDiff,
         READ_JOBS,
@@ -108,12 +109,15 @@ JOB_TOOLS: dict[str, JobTool] = {
 
 def error_result(error: ApplianceError, tool: str, target: str | None, request_id: str) -> CallToolResult:
     """A refusal or failure as a tool result: one whole JSON object in the text, and structured."""
-    body = error.to_dict(tool=tool, target=target, request_id=request_id)
-    return CallToolResult(
-        content=[TextContent(type="text", text=json.dumps(body))],
-        structured_content=body,
-        is_error=True,
-    )
+    return error_body_result(error.to_dict(tool=tool, target=target, request_id=request_id))
+
+
+def error_body_result(body: dict[str, Any]) -> CallToolResult:
+    """An error object as a tool result; a failed scan's (it has a scan_id) links to its resource."""
+    content: list[TextContent | ResourceLink] = [TextContent(type="text", text=json.dumps(body))]
+    if isinstance(body.get("scan_id"), str):
+        content.append(resource_link(body["scan_id"], f"{body.get('tool')} {body.get('target')}"))
+    return CallToolResult(content=content, structured_content=body, is_error=True)
 
 
 def structured(text: str, body: BaseModel) -> CallToolResult:
@@ -133,9 +137,10 @@ def scan_result(report: ScanReport, spec: ToolSpec) -> CallToolResult:
         )
     else:
         text = spec.summarize(report)
-    return CallToolResult(
-        content=[TextContent(type="text", text=text)], structured_content=report.model_dump(mode="json")
-    )
+    content: list[TextContent | ResourceLink] = [TextContent(type="text", text=text)]
+    if report.scan_id is not None:  # a dry run is no job
+        content.append(resource_link(report.scan_id, f"{report.tool} {report.target}"))
+    return CallToolResult(content=content, structured_content=report.model_dump(mode="json"))
 
 
 def _principal(ctx: ServerRequestContext[Any, Any]) -> str | None:
@@ -191,6 +196,10 @@ class ScannerServer:
         lowlevel.add_request_handler("tools/call", CallToolRequestParams, self._call_tool)
         # The 2026-07-28 HTTP transport checks Mcp-Param headers against the input schema.
         lowlevel.get_tool_input_schema = self._input_schema
+        # scan://{id} resources and their update notices (both protocol eras) at each job state change.
+        self.resources = ScanResources(service, self.bus, _principal)
+        self.resources.register(lowlevel)
+        service.jobs.on_change.append(self.resources.job_changed)
         self.sync_tools()
 
     def _description(self, spec: ToolSpec) -> str:
@@ -309,9 +318,7 @@ class ScannerServer:
         """A job as a tool result: its error object when it failed, else its (partial) report."""
         error = error_of(job)
         if error is not None:
-            return CallToolResult(
-                content=[TextContent(type="text", text=json.dumps(error))], structured_content=error, is_error=True
-            )
+            return error_body_result(error)
         spec = TOOLS[job.tool]
         return scan_result(report_of(job, spec.result_model, time.time()), spec)
 

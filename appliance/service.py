@@ -32,12 +32,15 @@ from appliance.results import ScanReport
 from appliance.runner import RunLimits, RunResult, run
 from appliance.tools import TOOLS, ToolSpec
 from appliance.tools.arguments import parse_arguments
-from appliance.tools.base import PlanContext, ScanPlan
+from appliance.tools.base import FindingStream, PlanContext, ScanPlan, report_fields
 
 log = logging.getLogger(__name__)
 
 # Progress notifications at most this often: scanners report every second or faster.
 PROGRESS_INTERVAL_SECONDS = 1.0
+# Findings so far are written to the store at most this often (masscan and gobuster can report
+# hundreds of lines a second; nmap a host group now and then).
+FINDINGS_SAVE_INTERVAL_SECONDS = 1.0
 
 # A partial report's job state: stopped by its own budget is `partial`, by the appliance `interrupted`.
 JOB_STATE_OF_PARTIAL: dict[str | None, JobState] = {
@@ -334,7 +337,14 @@ class ScanService:
                 live.listeners.discard(listener)
         if not task.done() or task.cancelled():  # still running, or cancel_scan ended it
             return report_of(live.job, spec.result_model, time.time())
-        return task.result()  # the report, or the error the job ended with
+        try:
+            return task.result()  # the report, or the error the job ended with
+        except ApplianceError:
+            raise
+        except Exception as exc:  # a bug (logged in full by _finish_run): the caller gets its job's id
+            error = UnexpectedError(request_id)
+            error.details.update(scan_id=live.job.scan_id, status="failed")
+            raise error from exc
 
     async def _run_job(
         self,
@@ -422,6 +432,7 @@ class ScanService:
         self._audit_end({**record, "state": state}, started, outcome=outcome, rule=rule, run=run_result)
         job = live.job
         raw = None if run_result is None else run_result.stdout[: policy.limits.stored_raw_bytes]
+        job.raw_bytes = None if run_result is None else len(run_result.stdout)  # scan://{id}/raw says if cut
         if error is not None:
             error.details.update(scan_id=job.scan_id, status="failed")
             body = error.to_dict(tool=tool, target=job.target, request_id=job.request_id)
@@ -452,7 +463,26 @@ class ScanService:
 
         # Queue wait counted against the call's budget: the scanner gets what is left.
         limits = RunLimits(timeout_seconds=max(remaining, 0.001), output_cap_bytes=policy.limits.output_cap_bytes)
-        on_line = self._progress_callback(plan, progress)
+        stream = plan.findings()
+        on_progress = self._progress_callback(plan, progress)
+        on_findings, stop_recording = self._findings_callback(spec, plan, live, stream)
+
+        def line_callback(name: str) -> Callable[[bytes], Awaitable[None]] | None:
+            """What one output stream's lines go to: the findings parser, progress, or both (nmap)."""
+            callbacks = [
+                callback
+                for callback, wanted in ((on_findings, plan.findings_stream), (on_progress, plan.progress_stream))
+                if callback is not None and wanted == name
+            ]
+            if len(callbacks) < 2:
+                return callbacks[0] if callbacks else None
+
+            async def both(line: bytes) -> None:
+                for callback in callbacks:
+                    await callback(line)
+
+            return both
+
         if plan.rate:
             self._rates.claim(plan.rate, policy.tools.masscan_scan.max_rate)
         try:
@@ -461,16 +491,58 @@ class ScanService:
                     plan.argv,
                     limits,
                     env=dict(plan.env),
-                    on_stdout_line=on_line if plan.progress_stream == "stdout" else None,
-                    on_stderr_line=on_line if plan.progress_stream == "stderr" else None,
+                    on_stdout_line=line_callback("stdout"),
+                    on_stderr_line=line_callback("stderr"),
                     stop=self.stop_scans,
                 )
             )
         finally:
+            stop_recording()
             if plan.rate:
                 self._rates.release(plan.rate)
         await progress(100.0, 100.0, "finished")
-        return spec.finish(plan, live.job.request_id, run_result), run_result
+        # The stream was fed every line as it came: the result is never parsed a second time.
+        return spec.finish(plan, live.job.request_id, run_result, stream), run_result
+
+    def _findings_callback(
+        self, spec: ToolSpec, plan: ScanPlan, live: LiveJob, stream: FindingStream
+    ) -> tuple[Callable[[bytes], Awaitable[None]], Callable[[], None]]:
+        """Feed the findings stream and record the findings so far, so a crash or a get_scan
+        sees them: at most once a second, and at the latest a second after a finding completed
+        (a quiet scanner must not hold its last finding back). Returns the line callback and
+        the clean-up that cancels a pending write (the job's end records everything anyway)."""
+        base = {**report_fields(plan, live.job.request_id, None), "dry_run": False}
+        # A tool's own request fields its result repeats (gobuster's mode).
+        base.update({k: v for k, v in plan.arguments.items() if k in spec.result_model.model_fields and k not in base})
+        loop = asyncio.get_running_loop()
+        last_saved = 0.0
+        pending: asyncio.TimerHandle | None = None
+
+        def save() -> None:
+            nonlocal last_saved, pending
+            pending, last_saved = None, time.monotonic()
+            try:
+                so_far = spec.result_model(**base, **stream.fields())
+            except Exception:  # a snapshot bug must not end an hour-long scan; logged in full
+                log.exception("findings so far could not be recorded", extra={"scan_id": live.job.scan_id})
+                return
+            self.jobs.findings(live, so_far.model_dump(mode="json"), live.job.progress)
+
+        async def on_line(line: bytes) -> None:
+            nonlocal pending
+            if not stream.feed(line) or pending is not None:
+                return
+            wait = last_saved + FINDINGS_SAVE_INTERVAL_SECONDS - time.monotonic()
+            if wait <= 0:
+                save()
+            else:
+                pending = loop.call_later(wait, save)
+
+        def cancel() -> None:
+            if pending is not None:
+                pending.cancel()
+
+        return on_line, cancel
 
     @staticmethod
     def _progress_callback(plan: ScanPlan, progress: ProgressFn | None) -> Callable[[bytes], Awaitable[None]] | None:

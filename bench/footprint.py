@@ -129,7 +129,6 @@ async def measure_flood(params: FloodParams, log_dir: Path) -> dict[str, Any]:
             "rss_after_bytes": after["VmRSS"],
             "rss_growth_bytes": growth,
             "partial_reason": structured.get("partial_reason"),
-            "raw_output_truncated": structured.get("raw_output_truncated"),
             "unexpected_errors": 0 if not result.is_error and structured.get("partial_reason") == "output_cap" else 1,
         }
     finally:

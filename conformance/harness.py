@@ -156,6 +156,8 @@ def appliance_server(appliance: Path, audit: Path, log: Path, **extra_env: str) 
         APPLIANCE_INSECURE_HTTP_NO_AUTH="true",
         APPLIANCE_POLICY_PATH=str(POLICY),
         APPLIANCE_AUDIT_PATH=str(audit),
+        # The server's job store beside its audit file: never a store another run left behind.
+        APPLIANCE_DATA_DIR=str(audit.parent / "data"),
         APPLIANCE_HEALTH_ENABLED="false",
         APPLIANCE_LOG_LEVEL="WARNING",
     )

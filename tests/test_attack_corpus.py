@@ -19,7 +19,7 @@ import yaml
 from mcp import Client
 from support import LabService
 
-from appliance.errors import ApplianceError, NotFoundError, ValidationError
+from appliance.errors import ApplianceError, NotFoundError, UnexpectedError, ValidationError
 from appliance.server import build_server
 from appliance.tools import TOOLS
 
@@ -142,8 +142,11 @@ async def test_spy_runner_catches_a_call_that_would_run(
 ) -> None:
     h = lab_service(resolves={"web.lab.internal": ["10.20.0.5"]})
 
-    with pytest.raises(AssertionError, match="would have started"):
+    # The scan runs as a job: the spy's AssertionError reaches the caller as the job's failure.
+    with pytest.raises(UnexpectedError) as failed:
         await call(h, tool, arguments)
+    assert isinstance(failed.value.__cause__, AssertionError)
+    assert "would have started" in str(failed.value.__cause__)
 
     [argv] = h.runner.calls
     assert "10.20.0.5" in " ".join(argv) or "10.20.1.0/28" in argv or "lab.internal" in argv

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -12,13 +11,12 @@ from typing import Any
 import anyio
 import pytest
 from support import (
-    APPLIANCE,
     LOOPBACK_POLICY,
     http_client,
     initialize_request,
     scanner_processes,
     served,
-    server_env,
+    stdio_child,
     tcp_listener,
     wait_until,
     write_policy,
@@ -70,45 +68,30 @@ async def test_sigterm_during_two_scans_exits_zero_promptly(tmp_path: Path) -> N
 
 def test_sigterm_on_stdio_with_a_scan_running_exits_zero(tmp_path: Path) -> None:
     policy = write_policy(tmp_path, LOOPBACK_POLICY)
-    proc = subprocess.Popen(
-        [APPLIANCE, "serve"],
-        env=server_env(policy),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdin is not None
-    try:
-        with tcp_listener() as target:
-            marker = f"{target},26000-26300"
-            messages = [
-                initialize_request(),
-                {"jsonrpc": "2.0", "method": "notifications/initialized"},
-                {
-                    "jsonrpc": "2.0",
-                    "id": 2,
-                    "method": "tools/call",
-                    "params": {
-                        "name": "nmap_scan",
-                        "arguments": {"target": "127.0.0.1", "ports": marker, "extra_args": ["--scan-delay", "1s"]},
-                    },
+    with stdio_child(policy) as proc, tcp_listener() as target:
+        assert proc.stdin is not None
+        marker = f"{target},26000-26300"
+        messages = [
+            initialize_request(),
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {
+                    "name": "nmap_scan",
+                    "arguments": {"target": "127.0.0.1", "ports": marker, "extra_args": ["--scan-delay", "1s"]},
                 },
-            ]
-            for message in messages:
-                proc.stdin.write(json.dumps(message).encode() + b"\n")
-            proc.stdin.flush()
-            wait_until(lambda: scanner_processes(marker), timeout=20)
-            started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=KILL_DEADLINE_SECONDS)
-            elapsed = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
+            },
+        ]
+        for message in messages:
+            proc.stdin.write(json.dumps(message).encode() + b"\n")
+        proc.stdin.flush()
+        wait_until(lambda: scanner_processes(marker), timeout=20)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=KILL_DEADLINE_SECONDS)
+        elapsed = time.monotonic() - started
     print(f"stdio shutdown took {elapsed:.2f}s")
     assert code == 0
     assert not scanner_processes(marker)

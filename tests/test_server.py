@@ -15,8 +15,9 @@ from appliance.audit import AuditSink
 from appliance.config import Settings
 from appliance.policy.netinfo import NetworkFacts
 from appliance.policy.store import PolicyStore
-from appliance.server import build_server
+from appliance.server import JOB_TOOLS, build_server
 from appliance.service import ScanService
+from appliance.tools import TOOLS
 
 pytestmark = pytest.mark.anyio
 ERAS = ["legacy", "2026-07-28"]
@@ -33,18 +34,10 @@ def server_for(tmp_path: Path, *overrides: dict[str, Any], runner: SpyRunner | N
 
 
 @pytest.mark.parametrize("mode", ERAS)
-async def test_tools_list_has_three_tools_with_schemas(tmp_path: Path, mode: str) -> None:
+async def test_tools_list_has_the_scan_and_job_tools_with_schemas(tmp_path: Path, mode: str) -> None:
     async with Client(server_for(tmp_path), mode=mode) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert set(tools) == {
-        "nmap_scan",
-        "masscan_scan",
-        "gobuster_scan",
-        "get_scan",
-        "cancel_scan",
-        "list_scans",
-        "diff_scans",
-    }
+    assert set(tools) == set(TOOLS) | set(JOB_TOOLS)  # three scanners, four job tools
     nmap = tools["nmap_scan"]
     assert nmap.input_schema["required"] == ["target"]
     assert "CIDR" in nmap.input_schema["properties"]["target"]["description"]
@@ -62,8 +55,10 @@ async def test_connect_scan_returns_structured_ports(tmp_path: Path, mode: str) 
     assert not result.is_error
     structured = result.structured_content
     assert structured is not None
-    ports = {p["port"]: p["state"] for p in structured["hosts"][0]["ports"]}
-    assert ports == {port: "open", closed: "closed"}
+    [host] = structured["hosts"]
+    # Open ports are listed in full; the closed one is only counted.
+    assert [(p["port"], p["state"]) for p in host["ports"]] == [(port, "open")]
+    assert host["port_counts"] == {"open": 1, "closed": 1}
     assert structured["scanned_address"] == "127.0.0.1"
     assert f"127.0.0.1:{port}" in result.content[0].text  # type: ignore[union-attr]
 

@@ -16,9 +16,9 @@ from typing import Any
 import anyio
 import pytest
 from prometheus_client import CollectorRegistry
-from support import LabService
+from support import LabService, replay_output
 
-from appliance.errors import ApplianceError, CircuitOpenError, ExecutionError
+from appliance.errors import ApplianceError, CircuitOpenError, ExecutionError, UnexpectedError
 from appliance.runner import RunLimits, RunResult
 from appliance.service import ScanService
 from appliance.tools import TOOLS
@@ -49,6 +49,7 @@ class Scripted:
             raise step
         if step == "fail":  # exits non-zero with no output: an execution failure
             return RunResult(tuple(argv), 1, b"", b"nmap: cannot start", False, False, 0.01, pid=0)
+        await replay_output(XML, b"", kwargs)
         return RunResult(tuple(argv), 0, XML, b"", False, False, 0.01, pid=0)
 
 
@@ -84,7 +85,7 @@ async def test_probe_ending_in_a_foreign_exception_does_not_hold_the_breaker_hal
     service, audit, _, clock = make("fail", RuntimeError("bug in a parser"), "ok")
     await open_breaker(service, clock)
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(UnexpectedError):  # the caller's view of the RuntimeError (logged in full)
         await service.call(NMAP, CALL, "r-probe")
     # Before the fix the probe slot stayed taken: every later call got circuit_open for good.
     report = await service.call(NMAP, CALL, "r-next")
@@ -165,6 +166,7 @@ async def test_call_refused_by_a_full_queue_is_a_refusal_line_not_an_end_without
     async def held(argv: Any, limits: RunLimits, **kwargs: Any) -> RunResult:
         running.set()
         await release.wait()
+        await replay_output(XML, b"", kwargs)
         return RunResult(tuple(argv), 0, XML, b"", False, False, 0.01, pid=0)
 
     one_slot = {"limits": {"concurrency": {"per_tool": {"nmap_scan": {"running": 1, "queued": 0}}}}}

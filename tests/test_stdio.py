@@ -74,6 +74,7 @@ def test_stdio_server_answers_an_oversized_line_with_an_error_and_keeps_serving(
     env.update(
         APPLIANCE_POLICY_PATH=str(policy),
         APPLIANCE_AUDIT_PATH=str(audit),
+        APPLIANCE_DATA_DIR=str(tmp_path / "data"),
         APPLIANCE_LOG_LEVEL="WARNING",
         APPLIANCE_HEALTH_ENABLED="false",
     )

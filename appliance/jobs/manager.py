@@ -247,9 +247,3 @@ class JobManager:
         page = self.store.page(where, limit, cursor)
         # A running job's freshest state is in memory (progress is not written on every tick).
         return JobPage([self.live[j.scan_id].job if j.scan_id in self.live else j for j in page.jobs], page.next_cursor)
-
-    async def stop_all(self) -> None:
-        """Wait for running jobs' tasks to end (after the service told the scans to stop)."""
-        tasks = [live.task for live in self.live.values() if live.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=5.0)

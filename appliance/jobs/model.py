@@ -88,6 +88,8 @@ class Job:
     events: list[dict[str, Any]] = field(default_factory=list)
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    # The scanner's output size before the stored copy was cut to `limits.stored_raw_bytes`.
+    raw_bytes: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -122,6 +124,7 @@ class Job:
             "events": self.events,
             "result": self.result,
             "error": self.error,
+            "raw_bytes": self.raw_bytes,
         }
 
     @classmethod

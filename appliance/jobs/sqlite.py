@@ -4,8 +4,8 @@ WAL with `synchronous=NORMAL`: a commit is in the WAL file before the call retur
 survives the process crashing or being killed at any point; a power loss can lose the last
 commits before the next checkpoint (SQLite: "durability is traded for speed"). Readme: "Store".
 One writer: the appliance process. The operator CLI opens the same file for reads, `cancel`
-(a flag the running appliance picks up) and `purge`; SQLite's locking and a busy timeout make
-that safe.
+(a row in `cancel_requests` the running appliance picks up) and `purge`; SQLite's locking and
+a busy timeout make that safe.
 
 Schema versions live in `PRAGMA user_version`; each migration moves one version up inside one
 transaction, so a store is always at a version this code knows, or refused.
@@ -52,7 +52,16 @@ ALTER TABLE jobs ADD COLUMN finished_at REAL;
 UPDATE jobs SET finished_at = json_extract(record, '$.finished_at');
 CREATE INDEX jobs_by_finish ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 """
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)  # MIGRATIONS[n] takes a store from version n to n + 1
+# v3: `appliance jobs cancel` runs in another process than the scan; it leaves a request here
+# that the running appliance polls for (its primary key is the index of that poll).
+_V3 = """
+CREATE TABLE cancel_requests (
+    scan_id TEXT PRIMARY KEY,
+    requested_at REAL NOT NULL,
+    requested_by TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)  # MIGRATIONS[n] takes a store from version n to n + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -160,6 +169,30 @@ class SqliteJobStore:
         if ids:
             self._write("delete scans", statements)
         return removed
+
+    # --- cancel requests (operator CLI -> running appliance) --------------------------------
+    def request_cancel(self, scan_id: str, requested_by: str, now: float) -> None:
+        self._write(
+            f"record a cancel request for {scan_id}",
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO cancel_requests (scan_id, requested_at, requested_by) VALUES (?, ?, ?)",
+                (scan_id, now, requested_by),
+            ),
+        )
+
+    def cancel_requests(self) -> dict[str, str]:
+        try:
+            rows = self._db.execute("SELECT scan_id, requested_by FROM cancel_requests").fetchall()
+        except sqlite3.Error as exc:
+            raise _store_error("read cancel requests", exc) from exc
+        return {scan_id: by for scan_id, by in rows}
+
+    def drop_cancel_requests(self, scan_ids: Iterable[str]) -> None:
+        ids = [(scan_id,) for scan_id in scan_ids]
+        if ids:
+            self._write(
+                "drop cancel requests", lambda db: db.executemany("DELETE FROM cancel_requests WHERE scan_id = ?", ids)
+            )
 
     # --- reads -----------------------------------------------------------------------------
     @staticmethod

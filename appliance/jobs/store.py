@@ -12,6 +12,8 @@ without reading every job:
   KV keys `by-subject.<p>.<tool>.<target>.<state>.<scan_id>`.
 - `sweep(max_age, max_count)`: index `(finished_at)` and a count; KV keys `by-finish.<ms>.<scan_id>`.
 - `unfinished()`: index `(state)`; KV keys `unfinished.<scan_id>`, deleted when the job finishes.
+- `cancel_requests()`: table `cancel_requests` (primary key scan_id, holds only pending requests);
+  KV keys `cancel.<scan_id>`, deleted once the appliance has acted on them.
 
 Scan ids sort by creation time, so "newest first" is a descending key order in both; a cursor
 is the last scan id a page showed. Principal and target parts of a key are hex-encoded.
@@ -88,5 +90,14 @@ class JobStore(Protocol):
     def space_problem(self) -> tuple[str, str] | None:
         """(rule, why) when the data directory is below its free-space reserve (`store_full`);
         checked before each new job (a failing write refuses the job by itself)."""
+
+    def request_cancel(self, scan_id: str, requested_by: str, now: float) -> None:
+        """Ask the appliance that runs `scan_id` to cancel it (the operator CLI is another process)."""
+
+    def cancel_requests(self) -> dict[str, str]:
+        """Pending cancel requests: scan id -> who asked (the appliance polls this about every second)."""
+
+    def drop_cancel_requests(self, scan_ids: Iterable[str]) -> None:
+        """Forget requests that were acted on, or that name no job this appliance runs."""
 
     def close(self) -> None: ...

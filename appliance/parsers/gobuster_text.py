@@ -10,7 +10,9 @@ before matching. Lines seen from real runs:
 
 Not covered: the redirect target in dir mode, CNAMEs (`dns -c`: the bracket holds a name, which
 is dropped because it is not an address), and modes other than dir, vhost and dns (fuzz, s3,
-gcs, tftp). Banner, progress and error lines simply do not match and are skipped.
+gcs, tftp). Banner, progress and error lines simply do not match and are skipped, and so is a
+line longer than the runner's piece size (no result line is that long). `GobusterStream` is fed
+the runner's lines as they arrive; `parse_gobuster` feeds it a whole output.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
+from appliance.parsers.lines import WholeLines, output_lines
 from appliance.results import GobusterFinding
 
 # CSI sequences (colours, erase-line) and the two-byte ESC forms; enough for what gobuster emits.
@@ -81,14 +84,37 @@ _LINE_PARSERS: dict[str, Callable[[str], GobusterFinding | None]] = {
 }
 
 
+class GobusterStream:
+    """gobuster's stdout for one mode, fed line by line (the runner's line callback): one per run."""
+
+    def __init__(self, mode: Literal["dir", "vhost", "dns"]) -> None:
+        self._parse_line = _LINE_PARSERS[mode]
+        self._lines = WholeLines()
+        self._findings: list[GobusterFinding] = []
+
+    def feed(self, line: bytes) -> bool:
+        """One line without its newline. True when it held at least one result."""
+        whole = self._lines.whole(line)
+        if whole is None:
+            return False
+        before = len(self._findings)
+        # splitlines also splits on the bare `\r` that precedes each result and each progress redraw.
+        for raw in _ANSI.sub("", whole.decode("utf-8", errors="replace")).splitlines():
+            finding = self._parse_line(raw.strip())
+            if finding is not None:
+                self._findings.append(finding)
+        return len(self._findings) > before
+
+    def fields(self) -> dict[str, Any]:
+        """`{"findings": [...]}` in output order, for `GobusterResult`."""
+        return {"findings": list(self._findings)}
+
+
 def parse_gobuster(data: bytes, mode: Literal["dir", "vhost", "dns"]) -> list[GobusterFinding]:
-    """Findings from gobuster's stdout for `mode`, in output order. Never raises on bad output:
-    lines that are not results are skipped."""
-    parse_line = _LINE_PARSERS[mode]
-    findings: list[GobusterFinding] = []
-    # splitlines also splits on the bare `\r` that precedes each result and each progress redraw.
-    for raw in _ANSI.sub("", data.decode("utf-8", errors="replace")).splitlines():
-        finding = parse_line(raw.strip())
-        if finding is not None:
-            findings.append(finding)
+    """Findings from a whole gobuster stdout for `mode`, in output order, through `GobusterStream`.
+    Never raises on bad output: lines that are not results are skipped."""
+    stream = GobusterStream(mode)
+    for line in output_lines(data):
+        stream.feed(line)
+    findings: list[GobusterFinding] = stream.fields()["findings"]
     return findings

@@ -3,10 +3,12 @@
 masscan writes one record per line between `[` and `]`, with the separating commas on lines of
 their own (1.3.2) or trailing the record (older releases, which also end with `{finished: 1}`).
 A killed run has no closing `]`. So the document is never parsed as a whole: each line that
-holds a JSON object is decoded on its own (`json.loads`, never eval) and the rest is skipped.
+holds a JSON object is decoded on its own (`json.loads`, never eval) as it arrives
+(`MasscanStream`, fed the runner's lines) and the rest is skipped.
 
 Not covered: banner records (`--banners`, entries with a `service` and no `status`), records
-split across lines (masscan does not write them), and the `timestamp` field.
+split across lines (masscan does not write them; an over-long line is dropped), and the
+`timestamp` field.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import re
 from typing import Any
 
+from appliance.parsers.lines import WholeLines, output_lines
 from appliance.results import MasscanFinding
 
 # "rate:  0.10-kpps, 15.23% done,   0:00:34 remaining, found=0"; the percent is padded with spaces.
@@ -56,20 +59,49 @@ def _findings_of(record: Any) -> list[MasscanFinding]:
     return findings
 
 
+class MasscanStream:
+    """masscan's `-oJ` stdout fed line by line (the runner's line callback): one stream per run.
+
+    Never raises: lines that are not a well-formed record (brackets, commas, `{finished: 1}`, a
+    line cut by a kill) are skipped.
+    """
+
+    def __init__(self) -> None:
+        self._lines = WholeLines()
+        self._findings: list[MasscanFinding] = []
+
+    def feed(self, line: bytes) -> bool:
+        """One line without its newline. True when it held at least one port record."""
+        whole = self._lines.whole(line)
+        if whole is None:
+            return False
+        before = len(self._findings)
+        for text in whole.decode("utf-8", errors="replace").splitlines():
+            self._findings.extend(_findings_of(_record(text)))
+        return len(self._findings) > before
+
+    def fields(self) -> dict[str, Any]:
+        """`{"findings": [...]}` in output order, for `MasscanResult`."""
+        return {"findings": list(self._findings)}
+
+
+def _record(line: str) -> Any:
+    candidate = line.strip().rstrip(",").rstrip()
+    if not candidate.startswith("{"):
+        return None
+    try:
+        return json.loads(candidate)
+    except (ValueError, RecursionError):
+        # RecursionError: the C decoder gives up on deeply nested arrays instead of a JSON error.
+        return None
+
+
 def parse_masscan_json(data: bytes) -> list[MasscanFinding]:
-    """Findings from masscan `-oJ` output, in output order. Never raises: lines that are not a
-    well-formed record (brackets, commas, `{finished: 1}`, a line cut by a kill) are skipped."""
-    findings: list[MasscanFinding] = []
-    for line in data.decode("utf-8", errors="replace").splitlines():
-        candidate = line.strip().rstrip(",").rstrip()
-        if not candidate.startswith("{"):
-            continue
-        try:
-            record = json.loads(candidate)
-        except (ValueError, RecursionError):
-            # RecursionError: the C decoder gives up on deeply nested arrays instead of a JSON error.
-            continue
-        findings.extend(_findings_of(record))
+    """Findings from a whole masscan `-oJ` output, in output order, through `MasscanStream`."""
+    stream = MasscanStream()
+    for line in output_lines(data):
+        stream.feed(line)
+    findings: list[MasscanFinding] = stream.fields()["findings"]
     return findings
 
 

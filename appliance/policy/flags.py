@@ -105,6 +105,11 @@ RESOLVER = Denial(
     "flag_resolver_from_caller", "names a DNS resolver", "The policy names the lab resolver (tools.gobuster_scan)."
 )
 WORDLIST = Denial("flag_use_parameter", "is set by a tool parameter", "Use `wordlist`, `extensions` or `threads`.")
+HOSTGROUP = Denial(
+    "flag_hostgroup_from_caller",
+    "sets nmap's host group size, which decides when findings arrive",
+    "Leave it out: the policy sets --max-hostgroup (tools.nmap_scan.max_hostgroup).",
+)
 
 
 def _deny(names: str, denial: Denial) -> dict[str, Denial]:
@@ -148,6 +153,8 @@ NMAP_DENIED = {
     **_deny("--traceroute", LEAVES_SCOPE),
     **_deny("-R --dns-servers --system-dns --resolve-all", DNS),
     **_deny("--privileged --unprivileged --send-eth --send-ip", PRIVILEGE),
+    # nmap's getopt_long_only also takes the underscore spellings; unlisted names fail the allowlist anyway.
+    **_deny("--max-hostgroup --min-hostgroup --max_hostgroup --min_hostgroup", HOSTGROUP),
 }
 
 MASSCAN_ALLOWED = (

@@ -187,6 +187,13 @@ class NmapRules(_ToolRules):
     max_rate: int = Field(default=1000, ge=1, le=100000, description="Upper bound for --max-rate/--min-rate (pps).")
     min_timing: int = Field(default=1, ge=0, le=5)
     max_timing: int = Field(default=4, ge=0, le=5)
+    max_hostgroup: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="nmap --max-hostgroup: nmap reports a host when its group is done, so this bounds how "
+        "many hosts a running scan's findings so far lag behind. Set by the server, never by callers.",
+    )
 
     @field_validator("allowed_scripts")
     @classmethod

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from appliance.results import GobusterResult, MasscanResult, NmapResult, ScanReport
 from appliance.runner import RunResult
 from appliance.tools import gobuster, masscan, nmap
-from appliance.tools.base import PlanContext, ScanPlan
+from appliance.tools.base import FindingStream, PlanContext, ScanPlan
+
+
+class Finish(Protocol):
+    """A tool's result assembly: `stream` is the findings stream the service fed during the run;
+    without it (a dry run, or only a RunResult at hand) the tool parses `run`'s captured output."""
+
+    def __call__(
+        self, plan: ScanPlan, request_id: str, run: RunResult | None, stream: FindingStream | None = None
+    ) -> ScanReport: ...
 
 
 @dataclass(frozen=True)
@@ -21,7 +30,7 @@ class ToolSpec:
     request_model: type[BaseModel]
     result_model: type[ScanReport]
     plan: Callable[[Any, PlanContext], Awaitable[ScanPlan]]
-    finish: Callable[[ScanPlan, str, RunResult | None], ScanReport]
+    finish: Finish
     summarize: Callable[[Any], str]
 
 

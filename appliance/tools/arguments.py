@@ -118,6 +118,6 @@ WAIT_SECONDS: Any = pydantic.Field(
     default=None,
     ge=0,
     le=3600,
-    description="Seconds to wait for the result (policy default about 20). A longer scan returns at once with "
-    "status 'running' and its scan_id and goes on; ask again with get_scan.",
+    description="Wait this long for the result (default 20); a longer scan returns status 'running' and a "
+    "scan_id for get_scan.",
 )

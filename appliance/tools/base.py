@@ -1,22 +1,21 @@
-"""What every tool shares: the plan a request turns into, and the checks common to all tools."""
+"""What every tool shares: the plan a request turns into, its findings stream, and the common checks."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from appliance.config import Settings
 from appliance.errors import ExecutionError, ValidationError
+from appliance.parsers.lines import output_lines
 from appliance.policy.model import Policy
 from appliance.policy.netinfo import NetworkFacts
 from appliance.policy.targets import CheckedTarget, Resolver, Scope
 from appliance.results import PartialReason, ScanReport
 from appliance.runner import RunResult
 
-# What a result shows of the raw output: enough to read by eye, small enough for an agent's context.
-RAW_OUTPUT_SHOWN_BYTES = 16 * 1024
 # How much of stderr an execution error quotes.
 STDERR_QUOTED_BYTES = 2048
 
@@ -32,6 +31,21 @@ class PlanContext:
     facts: NetworkFacts = field(default_factory=NetworkFacts)
 
 
+class FindingStream(Protocol):
+    """A scanner's findings parsed while it runs: fed each line as the runner reads it."""
+
+    def feed(self, line: bytes) -> bool:
+        """One line of the scanner's findings stream, newline removed (the runner's line callback:
+        lines over 64 KiB arrive in 64 KiB pieces). True when it completed at least one finding
+        (an nmap host, a masscan record, a gobuster line)."""
+        ...
+
+    def fields(self) -> dict[str, Any]:
+        """The tool-specific result fields so far, ready for the result model: {"hosts": [...]},
+        {"findings": [...]}, ... (models, not dicts, as the result model takes them)."""
+        ...
+
+
 @dataclass(frozen=True)
 class ScanPlan:
     """A checked request: the exact argv and budget, ready for the runner (or a dry run)."""
@@ -41,6 +55,8 @@ class ScanPlan:
     argv: tuple[str, ...]
     timeout_seconds: int
     arguments: Mapping[str, Any]
+    findings: Callable[[], FindingStream]  # a fresh stream for each run
+    findings_stream: Literal["stdout", "stderr"] = "stdout"
     env: Mapping[str, str] = field(default_factory=dict)
     progress_stream: Literal["stdout", "stderr"] = "stdout"
     progress: Callable[[bytes], float | None] | None = None
@@ -84,16 +100,25 @@ def report_fields(plan: ScanPlan, request_id: str, run: RunResult | None) -> dic
         reason = "output_cap"
     elif run.stopped:
         reason = "shutdown"
-    shown = run.stdout[:RAW_OUTPUT_SHOWN_BYTES]
+    # The raw output is not part of the result: the job store keeps it (scan://{id}/raw).
     fields.update(
         exit_code=run.exit_code,
         duration_seconds=round(run.duration_seconds, 3),
         partial=reason is not None,
         partial_reason=reason,
-        raw_output=shown.decode("utf-8", errors="replace"),
-        raw_output_truncated=len(run.stdout) > len(shown) or run.stdout_truncated,
     )
     return fields
+
+
+def fed_stream(plan: ScanPlan, run: RunResult, stream: FindingStream | None) -> FindingStream:
+    """The stream the service fed during the run, or, without one (a caller holding only a
+    RunResult), a fresh stream fed the captured output line by line: one parser either way."""
+    if stream is not None:
+        return stream
+    stream = plan.findings()
+    for line in output_lines(run.stdout if plan.findings_stream == "stdout" else run.stderr):
+        stream.feed(line)
+    return stream
 
 
 def scanner_failed(plan: ScanPlan, run: RunResult) -> ExecutionError:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import replace
+from functools import partial
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.errors import NotFoundError, ValidationError
-from appliance.parsers.gobuster_text import parse_gobuster
+from appliance.parsers.gobuster_text import GobusterStream
 from appliance.policy.flags import GOBUSTER_ALLOWED, GOBUSTER_DENIED, check_extra_args
 from appliance.policy.model import RESOLVER
 from appliance.policy.targets import CheckedTarget, check_address, check_hostname, check_target
@@ -19,10 +20,12 @@ from appliance.results import GobusterResult
 from appliance.runner import RunResult
 from appliance.tools.arguments import WAIT_SECONDS
 from appliance.tools.base import (
+    FindingStream,
     PlanContext,
     ScanPlan,
     binary,
     check_timeout,
+    fed_stream,
     report_fields,
     scanner_failed,
     summary_line,
@@ -31,11 +34,10 @@ from appliance.tools.base import (
 TOOL = "gobuster_scan"
 DESCRIPTION = """Brute-force paths (dir), virtual hosts (vhost) or lab subdomains (dns) with gobuster.
 
-Use dir mode on a web service nmap_scan found, to list reachable paths with status and size.
-Cost: one HTTP request per wordlist entry (times extensions); threads are capped by policy.
-Wordlists are named, never paths: 'common' (web paths), 'subdomains' (names for vhost and dns).
-Redirects are never followed (they can leave the scope). dns mode queries only the lab resolver
-the policy names; without one it is refused."""
+Use dir mode on a web service nmap_scan found: reachable paths with status and size. One HTTP
+request per wordlist entry (times extensions); threads are policy-capped. Wordlists are names:
+'common' (web paths), 'subdomains' (vhost, dns). Redirects are never followed. dns mode asks only
+the lab resolver the policy names."""
 
 WORDLIST_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 EXTENSION = re.compile(r"[a-z0-9]{1,8}")
@@ -65,9 +67,9 @@ class GobusterRequest(BaseModel):
         max_length=32,
         description="Allowlisted flags, e.g. ['-k', '--timeout', '5s', '-s', '200,301']. Never -r, -o, --proxy.",
     )
-    timeout_seconds: int | None = Field(default=None, ge=1, le=86400, description="Time budget; policy-capped.")
+    timeout_seconds: int | None = Field(default=None, ge=1, le=86400, description="Time budget (policy-capped).")
     wait_seconds: int | None = WAIT_SECONDS
-    dry_run: bool = Field(default=False, description="Only check and show the argv; start nothing.")
+    dry_run: bool = Field(default=False, description="Check and show the argv only.")
 
 
 def _wordlist(name: str, ctx: PlanContext) -> str:
@@ -161,17 +163,22 @@ async def plan(request: GobusterRequest, ctx: PlanContext) -> ScanPlan:
         argv=tuple(argv),
         timeout_seconds=timeout,
         arguments=request.model_dump(),
+        # Results on stdout; with --no-progress there is no progress to parse.
+        findings=partial(GobusterStream, request.mode),
+        findings_stream="stdout",
     )
 
 
-def finish(plan: ScanPlan, request_id: str, run: RunResult | None) -> GobusterResult:
+def finish(
+    plan: ScanPlan, request_id: str, run: RunResult | None, stream: FindingStream | None = None
+) -> GobusterResult:
     mode: Literal["dir", "vhost", "dns"] = plan.arguments["mode"]
     if run is None:
         return GobusterResult(**report_fields(plan, request_id, None), mode=mode)
-    findings = parse_gobuster(run.stdout, mode)
-    if run.exit_code not in (0, None) and not findings:
+    found = fed_stream(plan, run, stream).fields()
+    if run.exit_code not in (0, None) and not found["findings"]:
         raise scanner_failed(plan, run)
-    return GobusterResult(**report_fields(plan, request_id, run), mode=mode, findings=findings)
+    return GobusterResult(**report_fields(plan, request_id, run), mode=mode, **found)
 
 
 def summarize(result: GobusterResult) -> str:

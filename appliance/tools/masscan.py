@@ -7,7 +7,7 @@ import ipaddress
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.errors import ValidationError
-from appliance.parsers.masscan_json import masscan_progress, parse_masscan_json
+from appliance.parsers.masscan_json import MasscanStream, masscan_progress
 from appliance.policy.flags import MASSCAN_ALLOWED, MASSCAN_DENIED, check_extra_args
 from appliance.policy.ports import check_ports
 from appliance.policy.targets import check_target, parse_target
@@ -15,10 +15,12 @@ from appliance.results import MasscanResult
 from appliance.runner import RunResult
 from appliance.tools.arguments import WAIT_SECONDS, PortsArgument
 from appliance.tools.base import (
+    FindingStream,
     PlanContext,
     ScanPlan,
     binary,
     check_timeout,
+    fed_stream,
     report_fields,
     scanner_failed,
     summary_line,
@@ -27,9 +29,8 @@ from appliance.tools.base import (
 TOOL = "masscan_scan"
 DESCRIPTION = """Fast SYN sweep of one lab CIDR block (or address) for open TCP ports with masscan.
 
-Use it to find open ports across many hosts quickly, then nmap_scan the hits for services. It
-sends raw packets: the appliance must run in raw mode. `rate` is packets per second; the policy
-caps it and all running masscan calls share one budget. Reports open ports only (no services)."""
+Find open ports across many hosts, then nmap_scan the hits for services. Raw packets: raw mode
+only. `rate` is packets per second, policy-capped and shared by all running masscan calls."""
 
 # How long masscan waits for late replies after sending, unless the caller asks otherwise:
 # its own default (10 s) is longer than a lab segment ever needs.
@@ -39,21 +40,17 @@ DEFAULT_WAIT_SECONDS = 2
 class MasscanRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    target: str = Field(
-        max_length=64, description="One IPv4 address or one CIDR block within the host limit, e.g. 10.20.0.0/24."
-    )
-    ports: PortsArgument = Field(
-        description="Required: ports like '22,80,443' or '1-1024' (a number or a list of numbers works too)."
-    )
+    target: str = Field(max_length=64, description="One IPv4 address or CIDR block (host limit applies).")
+    ports: PortsArgument = Field(description="'22,80,443', '1-1024', a number or a list.")
     rate: int | None = Field(
         default=None, ge=1, le=10_000_000, description="Packets per second; omit for the policy's low default."
     )
     extra_args: list[str] = Field(
         default_factory=list, max_length=32, description="Allowlisted flags: --wait N, --retries N."
     )
-    timeout_seconds: int | None = Field(default=None, ge=1, le=86400, description="Time budget; policy-capped.")
+    timeout_seconds: int | None = Field(default=None, ge=1, le=86400, description="Time budget (policy-capped).")
     wait_seconds: int | None = WAIT_SECONDS
-    dry_run: bool = Field(default=False, description="Only check and show the argv; start nothing.")
+    dry_run: bool = Field(default=False, description="Check and show the argv only.")
 
 
 async def plan(request: MasscanRequest, ctx: PlanContext) -> ScanPlan:
@@ -94,6 +91,8 @@ async def plan(request: MasscanRequest, ctx: PlanContext) -> ScanPlan:
         argv=tuple(argv),
         timeout_seconds=timeout,
         arguments=request.model_dump(),
+        findings=MasscanStream,
+        findings_stream="stdout",  # -oJ -: records on stdout, the status line on stderr
         progress_stream="stderr",
         progress=masscan_progress,
         rate=rate,
@@ -122,13 +121,15 @@ def _link_options(scan_arg: str, ctx: PlanContext) -> list[str]:
     return ["--adapter", interface, "--router-ip", str(network.network_address)]
 
 
-def finish(plan: ScanPlan, request_id: str, run: RunResult | None) -> MasscanResult:
+def finish(
+    plan: ScanPlan, request_id: str, run: RunResult | None, stream: FindingStream | None = None
+) -> MasscanResult:
     if run is None:
         return MasscanResult(**report_fields(plan, request_id, None))
-    findings = parse_masscan_json(run.stdout)
-    if run.exit_code not in (0, None) and not findings:
+    found = fed_stream(plan, run, stream).fields()
+    if run.exit_code not in (0, None) and not found["findings"]:
         raise scanner_failed(plan, run)
-    return MasscanResult(**report_fields(plan, request_id, run), findings=findings)
+    return MasscanResult(**report_fields(plan, request_id, run), **found)
 
 
 def summarize(result: MasscanResult) -> str:

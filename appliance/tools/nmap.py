@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.errors import ValidationError
-from appliance.parsers.nmap_xml import nmap_progress, parse_nmap_xml
+from appliance.parsers.nmap_xml import NmapStream, nmap_progress
 from appliance.policy.flags import NMAP_ALLOWED, NMAP_DENIED, check_extra_args
 from appliance.policy.nse import nmap_datadir
 from appliance.policy.ports import check_ports
@@ -16,23 +16,24 @@ from appliance.results import NmapResult
 from appliance.runner import RunResult
 from appliance.tools.arguments import WAIT_SECONDS, PortsArgument
 from appliance.tools.base import (
+    FindingStream,
     PlanContext,
     ScanPlan,
     binary,
     check_timeout,
+    fed_stream,
     report_fields,
     scanner_failed,
     summary_line,
 )
 
 TOOL = "nmap_scan"
-DESCRIPTION = """Scan one lab host or CIDR block with nmap and get hosts -> ports -> services back.
+DESCRIPTION = """Scan one lab host or CIDR block with nmap: hosts -> open ports -> services.
 
-Use it first to see what is listening. Costs: a `connect` scan of the default port set takes
-seconds per host; `version` probes every open port (slower, much more traffic); `ping` only finds
-live hosts (no ports). Targets outside the lab scope are refused before anything runs, with the
-rule they broke; a hostname must be under an allowed lab suffix and is resolved and checked by
-the appliance. Set dry_run to see the exact nmap command without running it."""
+Use it first to see what is listening. `connect` on the default ports takes seconds per host;
+`version` probes each open port (slower, more traffic); `ping` finds live hosts only. Targets
+outside the lab scope are refused before anything runs, naming the rule; hostnames must be under
+a lab suffix and are resolved by the appliance. dry_run shows the exact command."""
 
 
 class NmapRequest(BaseModel):
@@ -40,37 +41,34 @@ class NmapRequest(BaseModel):
 
     target: str = Field(
         max_length=253,
-        description="One IPv4 address (10.20.0.5), one CIDR block within the host limit (10.20.0.0/28), "
-        "or one hostname under a lab suffix (web.lab.internal). No ranges, lists or spaces.",
+        description="One IPv4 address, CIDR block (host limit applies) or lab hostname: 10.20.0.5, 10.20.0.0/28, "
+        "web.lab.internal.",
     )
     ports: PortsArgument | None = Field(
         default=None,
-        description="Ports like '22,80,443' or '8000-8100' (a number or a list of numbers works too). "
-        "Omit for the policy's default top ports. "
-        "More ports cost more time; not allowed with scan_type 'ping'.",
+        description="'22,80,443', '8000-8100', a number or a list. Default: the policy's top ports. Not with ping.",
     )
     scan_type: Literal["connect", "syn", "version", "ping"] = Field(
         default="connect",
-        description="connect: full TCP connect (default, no privileges). syn: half-open (needs raw mode). "
-        "version: connect + service/version detection (slower). ping: host discovery only.",
+        description="connect (default); syn: half-open, raw mode only; version: + service detection (slower); "
+        "ping: hosts only.",
     )
-    timing: int = Field(default=3, ge=0, le=5, description="nmap -T template; 3 is normal, 4 faster. Policy-bounded.")
+    timing: int = Field(default=3, ge=0, le=5, description="nmap -T template; policy-bounded.")
     scripts: list[str] = Field(
         default_factory=list,
         max_length=8,
-        description="Safe NSE scripts from the policy allowlist, e.g. ['http-title', 'ssl-cert']. No arguments.",
+        description="NSE scripts from the policy allowlist, e.g. ['http-title']; no arguments.",
     )
     extra_args: list[str] = Field(
         default_factory=list,
         max_length=32,
-        description="Extra allowlisted flags, e.g. ['-Pn', '--open', '--max-retries', '2']. File output, "
-        "spoofing, extra targets and script arguments are always refused.",
+        description="Allowlisted flags, e.g. ['-Pn', '--open']; file output, spoofing and extra targets are refused.",
     )
     timeout_seconds: int | None = Field(
-        default=None, ge=1, le=86400, description="Time budget; the policy caps it. Partial results on expiry."
+        default=None, ge=1, le=86400, description="Time budget (policy-capped); partial result on expiry."
     )
     wait_seconds: int | None = WAIT_SECONDS
-    dry_run: bool = Field(default=False, description="Only check and show the argv; start nothing.")
+    dry_run: bool = Field(default=False, description="Check and show the argv only.")
 
 
 SCAN_FLAGS: dict[str, tuple[str, ...]] = {
@@ -133,6 +131,9 @@ async def plan(request: NmapRequest, ctx: PlanContext) -> ScanPlan:
     if request.scan_type != "ping":
         argv.extend(["-p", ports.text] if ports else ["--top-ports", str(min(rules.default_top_ports, max_ports))])
     argv.append(f"-T{request.timing}")
+    # nmap writes a host only when its host group is done; a bounded group makes findings arrive
+    # while a sweep runs (the flag table refuses the caller's own hostgroup flags).
+    argv.extend(["--max-hostgroup", str(rules.max_hostgroup)])
     # The policy's rate is a cap on every scan, not only on the rates a caller names.
     if "--max-rate" not in extra:
         argv.extend(["--max-rate", str(rules.max_rate)])
@@ -152,19 +153,21 @@ async def plan(request: NmapRequest, ctx: PlanContext) -> ScanPlan:
         argv=tuple(argv),
         timeout_seconds=timeout,
         arguments=request.model_dump(),
+        findings=NmapStream,
+        findings_stream="stdout",
         env={"NMAP_PRIVILEGED": "1"} if raw else {},
-        progress_stream="stdout",
+        progress_stream="stdout",  # --stats-every lines are inside the XML
         progress=nmap_progress,
     )
 
 
-def finish(plan: ScanPlan, request_id: str, run: RunResult | None) -> NmapResult:
+def finish(plan: ScanPlan, request_id: str, run: RunResult | None, stream: FindingStream | None = None) -> NmapResult:
     if run is None:
         return NmapResult(**report_fields(plan, request_id, None))
-    parsed = parse_nmap_xml(run.stdout)
-    if run.exit_code not in (0, None) and not parsed.hosts:
+    found = fed_stream(plan, run, stream).fields()
+    if run.exit_code not in (0, None) and not found["hosts"]:
         raise scanner_failed(plan, run)
-    return NmapResult(**report_fields(plan, request_id, run), hosts=parsed.hosts)
+    return NmapResult(**report_fields(plan, request_id, run), **found)
 
 
 def summarize(result: NmapResult) -> str:

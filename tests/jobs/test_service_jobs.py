@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import GatedRunner, LabService
+from support import GatedRunner, LabService, eventually
 
 from appliance.errors import ApplianceError, NotFoundError, ValidationError
 from appliance.jobs.queries import CancelScanRequest, DiffScansRequest, GetScanRequest, JobQueries, ListScansRequest
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.anyio
 
 NMAP = TOOLS["nmap_scan"]
 XML = (Path(__file__).resolve().parents[1] / "fixtures" / "nmap" / "connect.xml").read_bytes()
+GOBUSTER_DIR = (Path(__file__).resolve().parents[1] / "fixtures" / "gobuster" / "dir.txt").read_bytes()
 CALL = {"target": "10.20.0.5", "ports": "18081-18083"}
 
 
@@ -261,3 +262,30 @@ async def test_a_rescan_names_its_changes_and_diff_scans_defaults_to_the_previou
     diff = queries.diff_scans(DiffScansRequest(scan_id=second.scan_id or ""), "alice")
     assert diff.against_scan_id == first.scan_id
     assert [(e.kind, e.port) for e in diff.entries] == [("port_opened", 18083)]
+
+
+async def test_a_running_job_shows_the_findings_so_far_and_keeps_them(
+    lab_service: Callable[..., LabService],
+) -> None:
+    # gobuster reports one line per finding: two are out before the "scan" is held at the gate.
+    lines = GOBUSTER_DIR.splitlines()
+    runner = GatedRunner(b"\n".join(lines[4:]) + b"\n", early=b"\n".join(lines[:4]) + b"\n")
+    lab = lab_service(runner=runner, privilege_mode="connect", resolves={"web.lab.internal": ["10.20.0.5"]})
+    arguments = {"mode": "dir", "target": "http://web.lab.internal:8080/", "wait_seconds": 0}
+
+    report = await lab.service.call(TOOLS["gobuster_scan"], arguments, "r1", principal="alice")
+    await asyncio.wait_for(runner.started.wait(), 5)
+    scan_id = report.scan_id or ""
+
+    def recorded() -> list[str]:
+        job = lab.service.jobs.store.get(scan_id)
+        return [] if job is None or job.result is None else [f["value"] for f in job.result["findings"]]
+
+    # The second finding came within a second of the first: it is written about a second later,
+    # although the "scanner" says nothing more (recorded, so a crash now keeps both).
+    await eventually(lambda: recorded() == ["/admin", "/images"], 5)
+    running = lab.service.jobs.visible(scan_id, "alice")
+    assert running.state == "running"
+    assert running.result is not None
+    assert running.result["mode"] == "dir"
+    runner.gate.set()

@@ -223,12 +223,61 @@ def test_migration_from_schema_1_keeps_every_job_and_fills_the_new_column(tmp_pa
 
     store = SqliteJobStore(data)
 
-    assert store.version == 2
+    assert store.version == SCHEMA_VERSION
     assert [store.get(j.scan_id) for j in jobs] == jobs
     # The new column works: an age sweep finds the finished ones by it, never the running one.
     assert sorted(store.sweep(now=1e9, max_age_seconds=1, max_count=100, principal_max=100)) == sorted(
         j.scan_id for j in jobs[:3]
     )
+
+
+def test_migration_from_schema_2_keeps_every_job_and_adds_cancel_requests(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db = sqlite3.connect(data / DB_NAME, isolation_level=None)
+    db.executescript(MIGRATIONS[0] + MIGRATIONS[1])
+    db.execute("PRAGMA user_version = 2")
+    jobs = [job(at=1_000.0 + i) for i in range(3)] + [job("running", at=2_000.0)]
+    for each in jobs:
+        db.execute(
+            "INSERT INTO jobs (scan_id, principal, tool, target_key, state, finished_at, record)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                each.scan_id,
+                each.principal,
+                each.tool,
+                each.target,
+                each.state,
+                each.finished_at,
+                json.dumps(each.to_record()),
+            ),
+        )
+    db.close()
+    with pytest.raises(sqlite3.OperationalError):  # a v2 store has no cancel table yet
+        sqlite3.connect(data / DB_NAME).execute("SELECT * FROM cancel_requests")
+
+    store = SqliteJobStore(data)
+
+    assert store.version == SCHEMA_VERSION == 3
+    assert [store.get(j.scan_id) for j in jobs] == jobs
+    assert store.cancel_requests() == {}
+    store.request_cancel(jobs[3].scan_id, "operator-cli uid=0", 3_000.0)
+    assert store.cancel_requests() == {jobs[3].scan_id: "operator-cli uid=0"}
+
+
+def test_cancel_requests_are_kept_until_dropped_and_a_second_process_sees_them(tmp_path: Path) -> None:
+    appliance = SqliteJobStore(tmp_path / "data")
+    cli = SqliteJobStore(tmp_path / "data")  # the operator CLI: another connection to the same file
+    running = job("running")
+    appliance.put(running)
+
+    cli.request_cancel(running.scan_id, "operator-cli uid=1000", 5.0)
+    cli.request_cancel(running.scan_id, "operator-cli uid=1001", 6.0)  # asking twice is one request
+
+    assert appliance.cancel_requests() == {running.scan_id: "operator-cli uid=1001"}
+    appliance.drop_cancel_requests([running.scan_id])
+    assert cli.cancel_requests() == {}
+    assert appliance.get(running.scan_id) == running  # a request never changes the job itself
 
 
 def test_a_job_committed_before_the_process_is_killed_survives(tmp_path: Path) -> None:

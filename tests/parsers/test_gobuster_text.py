@@ -1,4 +1,4 @@
-"""parse_gobuster against real gobuster 3.5 output (see tests/fixtures/README.md)."""
+"""GobusterStream and parse_gobuster against real gobuster 3.5 output (see tests/fixtures/README.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.parsers.gobuster_text import parse_gobuster
+from appliance.parsers.gobuster_text import GobusterStream, parse_gobuster
+from appliance.parsers.lines import output_lines
+from appliance.runner import MAX_LINE_BYTES
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "gobuster"
 
@@ -149,3 +151,35 @@ def test_garbage_yields_no_findings(data: bytes, mode: Literal["dir", "vhost", "
 @given(st.binary(max_size=300), st.sampled_from(["dir", "vhost", "dns"]))
 def test_arbitrary_bytes_never_raise(data: bytes, mode: Literal["dir", "vhost", "dns"]) -> None:
     assert isinstance(parse_gobuster(data, mode), list)
+
+
+# the stream: fed line by line, as the runner's line callback hands gobuster's stdout over
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [("dir.txt", "dir"), ("dir_tty.txt", "dir"), ("vhost.txt", "vhost"), ("dns_ips.txt", "dns")],
+)
+def test_each_result_line_completes_a_finding_as_it_arrives(name: str, mode: Literal["dir", "vhost", "dns"]) -> None:
+    lines = list(output_lines(fixture(name)))
+    stream = GobusterStream(mode)
+    counts = []
+    for line in lines:
+        stream.feed(line)
+        counts.append(len(stream.fields()["findings"]))
+
+    # One result per line, so the findings so far grow by one at each result line.
+    assert counts == sorted(counts)
+    assert counts[-1] == len(parse_gobuster(fixture(name), mode)) > 0
+    assert all(later - earlier in (0, 1) for earlier, later in zip([0, *counts], counts, strict=False))
+
+
+def test_a_piece_of_an_over_long_line_is_not_read_as_a_result() -> None:
+    # Its first piece alone reads as a path with a status; the whole line is one flood.
+    flood = b"/planted (Status: 200) [Size: 1]" + b"x" * MAX_LINE_BYTES
+    stream = GobusterStream("dir")
+
+    completed = [stream.feed(line) for line in output_lines(flood + b"\n/admin (Status: 301) [Size: 0]\n")]
+
+    assert completed == [False, False, True]
+    assert [f.value for f in stream.fields()["findings"]] == ["/admin"]

@@ -1,4 +1,4 @@
-"""parse_masscan_json and masscan_progress against real masscan 1.3.2 output (tests/fixtures/README.md)."""
+"""MasscanStream, parse_masscan_json and masscan_progress against real masscan 1.3.2 output (fixtures/README.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.parsers.masscan_json import masscan_progress, parse_masscan_json
+from appliance.parsers.lines import output_lines
+from appliance.parsers.masscan_json import MasscanStream, masscan_progress, parse_masscan_json
+from appliance.runner import MAX_LINE_BYTES
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "masscan"
 
@@ -104,6 +106,43 @@ def test_missing_optional_fields_become_none() -> None:
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_never_raise(data: bytes) -> None:
     assert isinstance(parse_masscan_json(data), list)
+
+
+# the stream: fed line by line, as the runner's line callback hands masscan's stdout over
+
+
+def test_each_record_line_completes_a_finding_as_it_arrives() -> None:
+    lines = list(output_lines(fixture("scan.json")))
+    stream = MasscanStream()
+
+    completed = [stream.feed(line) for line in lines]
+
+    assert completed == [False, True, False, True, False]  # `[`, a record, `,`, a record, `]`
+    assert stream.fields()["findings"] == parse_masscan_json(fixture("scan.json"))
+
+
+def test_findings_so_far_grow_with_each_record() -> None:
+    lines = list(output_lines(LEGACY_OUTPUT))
+    stream = MasscanStream()
+    seen = []
+    for line in lines:
+        stream.feed(line)
+        seen.append([f.port for f in stream.fields()["findings"]])
+
+    assert seen == [[], [8080], [8080, 2222], [8080, 2222], [8080, 2222]]
+
+
+def test_a_piece_of_an_over_long_line_is_not_read_as_a_record() -> None:
+    record = b'{"ip": "10.250.0.9", "ports": [{"port": 31337, "proto": "tcp", "status": "open"}]}'
+    # The first piece alone is a record padded with spaces; the whole line is not JSON.
+    flood = record + b" " * (MAX_LINE_BYTES - len(record)) + b"not json"
+    after = b'{"ip": "10.250.0.1", "ports": [{"port": 22, "proto": "tcp", "status": "open"}]}'
+    stream = MasscanStream()
+
+    completed = [stream.feed(line) for line in output_lines(flood + b"\n" + after + b"\n")]
+
+    assert completed == [False, False, True]
+    assert [f.port for f in stream.fields()["findings"]] == [22]
 
 
 # progress

@@ -149,6 +149,12 @@ def test_nmap_flags_accepted_in_canonical_form(args: list[str], fragment: list[s
         pytest.param(["--unprivileged"], "flag_privilege", id="unprivileged"),
         pytest.param(["--send-eth"], "flag_privilege", id="send_eth"),
         pytest.param(["--send-ip"], "flag_privilege", id="send_ip"),
+        # unsafe: the host group size is the policy's (it decides when findings arrive)
+        pytest.param(["--max-hostgroup", "1024"], "flag_hostgroup_from_caller", id="max_hostgroup"),
+        pytest.param(["--max-hostgroup=1"], "flag_hostgroup_from_caller", id="max_hostgroup_inline"),
+        pytest.param(["--min-hostgroup", "4096"], "flag_hostgroup_from_caller", id="min_hostgroup"),
+        pytest.param(["--max_hostgroup", "1024"], "flag_hostgroup_from_caller", id="max_hostgroup_underscore"),
+        pytest.param(["--min_hostgroup=4096"], "flag_hostgroup_from_caller", id="min_hostgroup_underscore"),
         # unsafe: option injection through values
         pytest.param(["--max-rate", "-iL"], "flag_value_invalid", id="option_as_rate_value"),
         pytest.param(["--max-rate=-iL"], "flag_value_invalid", id="option_as_inline_value"),

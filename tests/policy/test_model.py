@@ -118,6 +118,10 @@ def test_shipped_policy_loads_with_secure_switches() -> None:
         pytest.param(("limits", "max_hosts_per_call"), 1 << 24, "limits.max_hosts_per_call", id="hosts_over_bound"),
         pytest.param(("limits", "max_ports_per_call"), 70000, "limits.max_ports_per_call", id="ports_over_bound"),
         pytest.param(("tools", "nmap_scan", "max_rate"), 10**6, "tools.nmap_scan.max_rate", id="nmap_rate_over_bound"),
+        pytest.param(("tools", "nmap_scan", "max_hostgroup"), 0, "tools.nmap_scan.max_hostgroup", id="hostgroup_zero"),
+        pytest.param(
+            ("tools", "nmap_scan", "max_hostgroup"), 1025, "tools.nmap_scan.max_hostgroup", id="hostgroup_over_bound"
+        ),
         # unsafe: the concurrency table (its bounds as before the table)
         pytest.param(
             ("limits", "concurrency"),

@@ -25,7 +25,7 @@ from support.listeners import (
 from support.policies import DEFAULT_POLICY, LOOPBACK_POLICY, REPO, merge, write_policy
 from support.processes import scanner_processes
 from support.raw_mcp import HANDSHAKE_VERSION, initialize_request, mcp_headers, open_session, rpc_messages
-from support.runners import GatedRunner, SpyRunner
+from support.runners import GatedRunner, SpyRunner, replay_output
 from support.servers import (
     APPLIANCE,
     START_SECONDS,
@@ -38,6 +38,7 @@ from support.servers import (
     served,
     server_env,
     sidecar_get,
+    stdio_child,
     stdio_client,
 )
 from support.waiting import eventually, wait_until
@@ -68,12 +69,14 @@ __all__ = [
     "mcp_headers",
     "merge",
     "open_session",
+    "replay_output",
     "rpc_messages",
     "run_cli",
     "scanner_processes",
     "served",
     "server_env",
     "sidecar_get",
+    "stdio_child",
     "stdio_client",
     "tcp_listener",
     "wait_until",

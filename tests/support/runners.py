@@ -11,7 +11,18 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from appliance.parsers.lines import output_lines
 from appliance.runner import RunLimits, RunResult
+
+
+async def replay_output(stdout: bytes, stderr: bytes, callbacks: dict[str, Any]) -> None:
+    """What the real runner does while a scanner writes: each line (in the runner's pieces) goes
+    to the service's line callbacks (findings stream, progress). Fakes that return output call it."""
+    for data, name in ((stdout, "on_stdout_line"), (stderr, "on_stderr_line")):
+        callback = callbacks.get(name)
+        if callback is not None:
+            for line in output_lines(data):
+                await callback(line)
 
 
 class SpyRunner:
@@ -27,14 +38,16 @@ class SpyRunner:
 
 class GatedRunner:
     """A fake scanner that runs until the test opens its gate (or the service stops or cancels
-    it), then exits 0 with `stdout`. Lab addresses only; nothing is sent anywhere.
+    it), then exits `exit_code` (0) with `stdout`. Lab addresses only; nothing is sent anywhere.
 
     `started` is set when a run begins; `cancelled` counts runs ended by a cancel (the real
     runner kills the process group there); a `stop` event ends a run as `stopped`.
     """
 
-    def __init__(self, stdout: bytes = b"") -> None:
+    def __init__(self, stdout: bytes = b"", exit_code: int = 0, *, early: bytes = b"") -> None:
         self.stdout = stdout
+        self.exit_code = exit_code  # what a run the gate ended exits with
+        self.early = early  # written (and fed to the service's callbacks) before the gate is waited on
         self.gate = asyncio.Event()
         self.started = asyncio.Event()
         self.calls: list[list[str]] = []
@@ -42,6 +55,7 @@ class GatedRunner:
 
     async def __call__(self, argv: Sequence[str], limits: RunLimits, **kwargs: Any) -> RunResult:
         self.calls.append(list(argv))
+        await replay_output(self.early, b"", kwargs)
         self.started.set()
         stop: asyncio.Event | None = kwargs.get("stop")
         waits = [asyncio.ensure_future(self.gate.wait())]
@@ -57,10 +71,11 @@ class GatedRunner:
                 wait.cancel()
         stopped = stop is not None and stop.is_set() and not self.gate.is_set()
         timed_out = not self.gate.is_set() and not stopped
+        await replay_output(self.stdout, b"", kwargs)
         return RunResult(
             tuple(argv),
-            None if stopped or timed_out else 0,
-            self.stdout,
+            None if stopped or timed_out else self.exit_code,
+            self.early + self.stdout,
             b"",
             False,
             timed_out,

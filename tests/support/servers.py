@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -23,6 +25,7 @@ from typing import Any
 
 import psutil
 from mcp import Client, StdioServerParameters
+from mcp.client.session import MessageHandlerFnT
 from mcp.client.streamable_http import streamable_http_client
 
 from appliance.compat import create_mcp_http_client
@@ -40,7 +43,7 @@ START_SECONDS = 20
 def run_cli(*args: str, cwd: Path | None = None, **env: str) -> tuple[int, Any, str]:
     """`appliance ARGS` as a process without our APPLIANCE_* variables: (exit code, JSON stdout or
     its text, stderr)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    clean = _clean_env()
     done = subprocess.run(
         [APPLIANCE, *args], env={**clean, **env}, cwd=cwd, capture_output=True, timeout=60, check=False
     )
@@ -51,13 +54,50 @@ def run_cli(*args: str, cwd: Path | None = None, **env: str) -> tuple[int, Any, 
     return done.returncode, body, done.stderr.decode()
 
 
+@functools.cache
+def _session_data_dir() -> str:
+    """A job store for child servers of this test run that no test gave one: never the host's
+    /var/lib/appliance or the shared /tmp/appliance-data another checkout's appliance may own."""
+    return tempfile.mkdtemp(prefix="appliance-test-data-")
+
+
+def _clean_env() -> dict[str, str]:
+    """Our environment without APPLIANCE_* variables, except a data directory: the test's own
+    (conftest's own_data_dir) when set, else one for this run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env["APPLIANCE_DATA_DIR"] = os.environ.get("APPLIANCE_DATA_DIR") or _session_data_dir()
+    return env
+
+
 def server_env(policy: Path, **extra: str) -> dict[str, str]:
     """Our environment without APPLIANCE_* variables, plus the policy and `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env = _clean_env()
     # Health port 0: each test server gets a free sidecar port.
     env.update(APPLIANCE_POLICY_PATH=str(policy), APPLIANCE_LOG_LEVEL="WARNING", APPLIANCE_HEALTH_PORT="0")
     env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def stdio_child(policy: Path, **extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`appliance serve` over stdio with raw pipes, for tests that decide when stdin closes or a
+    signal arrives (an SDK client does both on exit). Killed and its pipes closed afterwards."""
+    proc = subprocess.Popen(
+        [APPLIANCE, "serve"],
+        env=server_env(policy, **extra),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
 
 
 def stdio_client(policy: Path, mode: str) -> Client:
@@ -92,12 +132,15 @@ def http_server(policy: Path, **extra: str) -> Iterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def http_client(url: str, mode: str, token: str = TOKEN) -> AsyncIterator[Client]:
-    """An MCP client over streamable HTTP with a bearer token, in protocol era `mode`."""
+async def http_client(
+    url: str, mode: str, token: str = TOKEN, message_handler: MessageHandlerFnT | None = None
+) -> AsyncIterator[Client]:
+    """An MCP client over streamable HTTP with a bearer token, in protocol era `mode`;
+    `message_handler` sees what the server sends unasked (handshake-era notifications)."""
     # The transport leaves a client it was handed open; closing it is ours to do.
     async with (
         create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http,
-        Client(streamable_http_client(url, http_client=http), mode=mode) as client,
+        Client(streamable_http_client(url, http_client=http), mode=mode, message_handler=message_handler) as client,
     ):
         yield client
 

@@ -1,6 +1,8 @@
-"""nmap_scan's argv: the policy's rate cap and the private data directory that keeps -sV to the allowlist.
+"""nmap_scan's argv: the policy's rate cap, its host group size (findings while nmap runs), and the
+private data directory that keeps -sV to the allowlist.
 
-Dry runs only, except the two real nmap runs against an HTTP listener this test starts on 127.0.0.1.
+Dry runs only, except the real nmap runs against listeners this test starts on 127.0.0.1 (and the
+four addresses of 127.0.0.0/30, all loopback, for the host group runs).
 """
 
 from __future__ import annotations
@@ -8,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import http.server
 import io
+import itertools
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,18 +21,21 @@ from typing import Any
 import anyio
 import pytest
 import yaml
-from support import LOOPBACK_POLICY, write_policy
+from support import LOOPBACK_POLICY, closed_port, tcp_listener, write_policy
 
 from appliance.audit import AuditSink
 from appliance.config import Settings
 from appliance.errors import ValidationError
+from appliance.parsers.nmap_xml import parse_nmap_xml
 from appliance.policy import nse
 from appliance.policy.netinfo import NetworkFacts
 from appliance.policy.nse import SCRIPT_DB, parse_script_db
 from appliance.policy.store import PolicyStore
+from appliance.results import NmapResult
 from appliance.runner import RunLimits, run
 from appliance.service import ScanService
-from appliance.tools import TOOLS
+from appliance.tools import TOOLS, nmap
+from appliance.tools.base import PlanContext
 from appliance.tools.nmap import NmapRequest
 
 pytestmark = pytest.mark.anyio
@@ -85,6 +92,95 @@ async def test_nmap_min_rate_alone_still_gets_the_policy_cap(tmp_path: Path) -> 
 
     assert value_after(argv, "--min-rate") == "50"
     assert value_after(argv, "--max-rate") == "250"
+
+
+# --- the host group size ----------------------------------------------------------------------
+
+
+async def test_nmap_gets_the_policy_default_max_hostgroup(tmp_path: Path) -> None:
+    assert value_after(await dry_argv(tmp_path), "--max-hostgroup") == "16"
+
+
+async def test_nmap_gets_the_policy_max_hostgroup(tmp_path: Path) -> None:
+    argv = await dry_argv(tmp_path, {"tools": {"nmap_scan": {"max_hostgroup": 4}}})
+
+    assert value_after(argv, "--max-hostgroup") == "4"
+    assert argv.index("--max-hostgroup") < argv.index("10.20.0.5")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # unsafe: a caller's own group size, larger (findings late) or smaller, is the policy's to set
+        ["--max-hostgroup", "1024"],
+        ["--max-hostgroup", "1"],
+        ["--min-hostgroup", "256"],
+    ],
+)
+async def test_nmap_caller_hostgroup_flags_are_refused(extra: list[str], tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as refused:
+        await dry_argv(tmp_path, extra_args=extra)
+
+    assert refused.value.rule == "flag_hostgroup_from_caller"
+    assert "max_hostgroup" in refused.value.recovery_suggestion
+
+
+# Each host's second probe waits this long, so a host takes at least this long to finish.
+SCAN_DELAY_SECONDS = 0.3
+
+
+async def host_arrivals(tmp_path: Path, max_hostgroup: int) -> tuple[list[float], NmapResult]:
+    """Seconds after the start at which each host of 127.0.0.0/30 came out of the plan's findings
+    stream, fed the runner's lines while nmap ran; and the tool's result from that same stream."""
+    policy = write_policy(tmp_path, LOOPBACK_POLICY, {"tools": {"nmap_scan": {"max_hostgroup": max_hostgroup}}})
+    snapshot = PolicyStore(policy, facts=NetworkFacts).current
+    ctx = PlanContext(snapshot.policy, snapshot.scope, no_dns, Settings(policy_path=policy, privilege_mode="connect"))
+    with tcp_listener() as port:
+        request = NmapRequest(
+            target="127.0.0.0/30",
+            ports=f"{port},{closed_port()}",
+            extra_args=["-Pn", "--scan-delay", f"{int(SCAN_DELAY_SECONDS * 1000)}ms"],
+        )
+        plan = await nmap.plan(request, ctx)
+        stream = plan.findings()
+        started = time.monotonic()
+        arrivals: list[float] = []
+
+        async def on_line(line: bytes) -> None:
+            if stream.feed(line):
+                arrivals.append(time.monotonic() - started)
+
+        result = await run(
+            plan.argv, RunLimits(timeout_seconds=60, output_cap_bytes=1024 * 1024), on_stdout_line=on_line
+        )
+    assert result.exit_code == 0, result.stderr
+    report = nmap.finish(plan, "rid", result, stream)
+    assert isinstance(report, NmapResult)
+    # The stream fed during the run and a parse of the captured output agree.
+    assert report.hosts == parse_nmap_xml(result.stdout).hosts
+    assert nmap.finish(plan, "rid", result).hosts == report.hosts
+    return arrivals, report
+
+
+async def test_real_nmap_with_a_host_group_of_one_reports_each_host_as_it_finishes(tmp_path: Path) -> None:
+    arrivals, report = await host_arrivals(tmp_path, max_hostgroup=1)
+
+    assert "--max-hostgroup" in report.argv
+    assert [h.address for h in report.hosts] == ["127.0.0.0", "127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    assert len(arrivals) == 4
+    # One host at a time: each arrives at least one scan delay after the one before it.
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert all(gap >= SCAN_DELAY_SECONDS * 0.9 for gap in gaps), arrivals
+    [listening] = [h for h in report.hosts if h.address == "127.0.0.1"]
+    assert (len(listening.ports), listening.port_counts) == (1, {"open": 1, "closed": 1})
+
+
+async def test_real_nmap_with_a_large_host_group_reports_the_hosts_together(tmp_path: Path) -> None:
+    # The control for the test above: one group of four hosts comes out in one write at its end.
+    arrivals, report = await host_arrivals(tmp_path, max_hostgroup=16)
+
+    assert len(report.hosts) == len(arrivals) == 4
+    assert arrivals[-1] - arrivals[0] < SCAN_DELAY_SECONDS * 0.9, arrivals
 
 
 # --- the private data directory -----------------------------------------------------------------
