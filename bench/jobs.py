@@ -27,6 +27,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,7 +206,7 @@ def _start_appliance(lab: Lab, role: str, volume: str, policy: str) -> str:
 
 
 async def _timed_calls(
-    lab: Lab, address: str, calls: list[tuple[str, dict[str, Any]]], check: Any
+    lab: Lab, address: str, calls: list[tuple[str, dict[str, Any]]], check: Callable[[str, dict[str, Any]], bool]
 ) -> tuple[dict[str, list[float]], int]:
     """Each (tool, arguments) once in one MCP session over HTTP; seconds per tool, failed calls."""
     seconds: dict[str, list[float]] = {}

@@ -27,7 +27,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from appliance.jobs.manager import JobManager
 from appliance.jobs.queries import changes_since
 from appliance.jobs.sqlite import SqliteJobStore
 from appliance.jobs.views import job_fields
+from appliance.parsers.nmap_xml import NmapStream
 from appliance.policy.targets import CheckedTarget
 from appliance.results import ScanReport
 from appliance.runner import RunResult
@@ -85,15 +85,13 @@ class Clock:
 
 
 def plan_for(target: str, xml_ports: str) -> ScanPlan:
-    argv = ("/usr/bin/nmap", "-n", "-oX", "-", "--stats-every", "2s", "--unprivileged", "-sT", "-sV")
-    argv += ("-p", xml_ports, "-T3", "--max-rate", "1000", target)
+    argv: tuple[str, ...] = ("/usr/bin/nmap", "-n", "-oX", "-", "--stats-every", "2s", "--unprivileged")
+    argv += ("-sT", "-sV", "-p", xml_ports, "-T3", "--max-rate", "1000", target)
     checked = CheckedTarget(requested=target, kind="cidr", scan_arg=target, hostname=None, addresses=(), host_count=16)
     arguments = {"target": target, "ports": xml_ports, "scan_type": "version"}
-    # With the streaming parsers (findings while running) a plan names its findings stream
-    # factory; without them the field does not exist. The harness runs in either image.
-    has_streams = "findings" in {f.name for f in fields(ScanPlan)}
-    streams = {"findings": nmap.NmapStream} if has_streams else {}
-    return ScanPlan(tool=nmap.TOOL, target=checked, argv=argv, timeout_seconds=120, arguments=arguments, **streams)
+    return ScanPlan(
+        tool=nmap.TOOL, target=checked, argv=argv, timeout_seconds=120, arguments=arguments, findings=NmapStream
+    )
 
 
 def report_for(plan: ScanPlan, xml: bytes, request_id: str) -> ScanReport:
@@ -151,7 +149,7 @@ def _open(request: dict[str, Any], clock: Clock) -> tuple[SqliteJobStore, TimedS
     timed = TimedStore(store)
     audit = AuditSink(Path(request.get("audit_path", AUDIT_PATH)))
     # TimedStore passes every JobStore method through to the real store.
-    manager = JobManager(timed, audit, clock=clock)  # type: ignore[arg-type]
+    manager = JobManager(timed, audit, clock=clock)
     return store, timed, manager
 
 
