@@ -443,11 +443,12 @@ class ScanService:
             return None
         ended = {"status": state, "progress": 100.0, "retry_after_seconds": None}
         final = report.model_copy(update={**job_fields(job, time.time()), **ended})
+        dumped = final.model_dump(mode="json")  # once: the stored result and the diff's input
         if state == "completed":
             # A rescan says what changed since the last completed scan of this tool and target.
-            changes = changes_since(self.jobs, job, final.model_dump(mode="json"))
-            final = final.model_copy(update={"changes_since_previous": changes})
-        self.jobs.finish(live, state, result=final.model_dump(mode="json"), raw=raw)
+            dumped["changes_since_previous"] = changes_since(self.jobs, job, dumped)
+            final = final.model_copy(update={"changes_since_previous": dumped["changes_since_previous"]})
+        self.jobs.finish(live, state, result=dumped, raw=raw)
         return final
 
     async def _execute(

@@ -14,8 +14,8 @@ One JSON request on stdin, one JSON answer on stdout:
 The sequence is the one `ScanService.call` and `_finish_run` make for a scan that completes
 within its wait (appliance/service.py), minus the scanner and its parsing (which ran before the
 job store existed): `admissible` (free space check), `create` (audit line, put), `running`
-(put), the job fields on the report and its JSON dump, `changes_since` (previous_completed and
-a diff), and `finish` (the second dump, put_raw, put).
+(put), the job fields on the report and its one JSON dump, `changes_since` (previous_completed
+and a diff), and `finish` (put of the final record with the raw output, one commit).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from appliance.tools.base import ScanPlan
 # The image's audit default is stderr; the benchmark writes to a file on the container's /tmp
 # tmpfs instead, so the figure includes a real write(2) but not docker's log pipe.
 AUDIT_PATH = Path("/tmp/bench-audit.jsonl")  # noqa: S108 - the container's private tmpfs
-STORE_METHODS = ("space_problem", "put", "put_raw", "previous_completed")
+STORE_METHODS = ("space_problem", "put", "previous_completed")
 STEPS = ("admissible", "create", "running", "result_fields", "changes_since", "finish")
 
 
@@ -136,10 +136,10 @@ def synchronous_call(
         final = report.model_copy(update={**job_fields(job, time.time()), **ended})
         dumped = final.model_dump(mode="json")
     with step(seconds, "changes_since"):
-        changes = changes_since(manager, job, dumped)
-        final = final.model_copy(update={"changes_since_previous": changes})
+        dumped["changes_since_previous"] = changes_since(manager, job, dumped)
+        final = final.model_copy(update={"changes_since_previous": dumped["changes_since_previous"]})
     with step(seconds, "finish"):
-        manager.finish(live, "completed", result=final.model_dump(mode="json"), raw=raw)
+        manager.finish(live, "completed", result=dumped, raw=raw)
     seconds["cpu.total"] = time.thread_time() - cpu_started
     return seconds
 

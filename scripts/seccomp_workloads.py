@@ -48,11 +48,10 @@ HTTP_HOST_HEADER = f"{APPLIANCE_ALIAS}:{MCP_PORT}"
 TOKEN = "trace-" + secrets.token_hex(16)
 APPLIANCE = "/opt/venv/bin/appliance"
 PYTHON = "/opt/venv/bin/python"
-# The job store's SQLite calls, run by the image's Python (see the file); its data folders: the
-# image's (where compose.yaml mounts a named volume) and the fallback when none is mounted.
+# The job store driven by the image's Python (see the file) in the image's data folder, where
+# compose.yaml mounts a named volume (without one the store falls back to /tmp/appliance-data).
 STORE_WORKLOAD = REPO / "scripts" / "seccomp_store_workload.py"
 DATA_DIR = "/var/lib/appliance"
-EPHEMERAL_DATA_DIR = "/tmp/appliance-data"  # noqa: S108 (on the container's tmpfs)
 READY_TIMEOUT_SECONDS = 30  # the HTTP server imports the SDK and starts uvicorn: ~2 s here
 STOP_TIMEOUT_SECONDS = 10  # docker stop's grace period; the appliance drains in ~1 s
 CALL_TIMEOUT_SECONDS = 150  # the slowest call, the demo's full -sV of the busybox target, ~90 s
@@ -275,10 +274,14 @@ def calls_for(mode: str, target: str, bystander: str) -> list[Call]:
     return [*calls, Call("masscan_scan", {"target": target, "ports": "80"}, refused, expect_error=True)]
 
 
+TOOLS = {"nmap_scan", "masscan_scan", "gobuster_scan", "get_scan", "cancel_scan", "list_scans", "diff_scans"}
+JOB_WAIT_SECONDS = 60  # get_scan's wait for a one-port connect scan that takes about a second
+
+
 async def run_calls(client: Client, calls: list[Call]) -> list[str]:
     """Make the calls; return what went wrong (nothing, when every answer is as expected)."""
     tools = {tool.name for tool in (await client.list_tools()).tools}
-    problems = [] if tools == {"nmap_scan", "masscan_scan", "gobuster_scan"} else [f"tools/list gave {tools}"]
+    problems = [] if tools == TOOLS else [f"tools/list gave {tools}"]
     for call in calls:
         result = await client.call_tool(call.tool, call.arguments)
         content = result.structured_content or {}
@@ -289,6 +292,44 @@ async def run_calls(client: Client, calls: list[Call]) -> list[str]:
             ok = False
         if not ok:
             problems.append(f"{call.tool} {call.arguments}: {text[:300]}")
+    return problems
+
+
+async def follow_jobs(client: Client, target: str) -> list[str]:
+    """The job tools over the store: a scan that returns before it ends (wait_seconds 0) followed
+    with get_scan, a rescan and its diff, list_scans, and cancel_scan of a slow scan."""
+    problems: list[str] = []
+
+    async def call(tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        result = await client.call_tool(tool, arguments)
+        if result.is_error or result.structured_content is None:
+            text = getattr(result.content[0], "text", "") if result.content else ""
+            problems.append(f"{tool} {arguments}: {text[:300]}")
+            return {}
+        return result.structured_content
+
+    quick = {"target": target, "ports": str(LAB_PORT), "wait_seconds": 0}
+    started = await call("nmap_scan", quick)
+    if started and started["status"] not in ("queued", "running", "completed"):
+        problems.append(f"nmap_scan with wait_seconds 0: status {started['status']}")
+    if started.get("scan_id"):
+        done = await call("get_scan", {"scan_id": started["scan_id"], "wait_seconds": JOB_WAIT_SECONDS})
+        if done and not (done["status"] == "completed" and open_port_found(done)):
+            problems.append(f"get_scan: {done.get('status')}, hosts {done.get('hosts')}")
+    rescan = await call("nmap_scan", {**quick, "wait_seconds": JOB_WAIT_SECONDS})
+    if rescan.get("scan_id"):
+        diff = await call("diff_scans", {"scan_id": rescan["scan_id"]})
+        if diff and diff["summary"] != "no changes":
+            problems.append(f"diff_scans of an unchanged target: {diff['summary']}")
+    listed = await call("list_scans", {"tool": "nmap_scan"})
+    if listed and len(listed["scans"]) < 2:
+        problems.append(f"list_scans: {listed['scans']}")
+    slow = {"target": target, "ports": "1-40", "extra_args": ["--scan-delay", "1s"], "wait_seconds": 0}
+    running = await call("nmap_scan", slow)
+    if running.get("scan_id"):
+        cancelled = await call("cancel_scan", {"scan_id": running["scan_id"]})
+        if cancelled and cancelled["status"] != "cancelled":
+            problems.append(f"cancel_scan: status {cancelled['status']}")
     return problems
 
 
@@ -316,7 +357,8 @@ async def _stdio_calls(mode: str, name: str, setup: Setup) -> list[str]:
     params = StdioServerParameters(command=executable("docker"), args=args)
     async with Client(params, mode="legacy", read_timeout_seconds=CALL_TIMEOUT_SECONDS) as client:
         await asyncio.to_thread(setup.tracer.attach, name)
-        return await run_calls(client, calls_for(mode, setup.lab.target_ip, setup.lab.bystander_ip))
+        problems = await run_calls(client, calls_for(mode, setup.lab.target_ip, setup.lab.bystander_ip))
+        return problems + await follow_jobs(client, setup.lab.target_ip)
 
 
 def stdio_phase(mode: str, setup: Setup) -> list[str]:
@@ -340,13 +382,15 @@ async def http_client(url: str) -> AsyncIterator[Client]:
         yield client
 
 
-async def _http_calls(url: str, calls: list[Call]) -> list[str]:
+async def _http_calls(url: str, calls: list[Call], target: str) -> list[str]:
     async with http_client(url) as client:
-        return await run_calls(client, calls)
+        return await run_calls(client, calls) + await follow_jobs(client, target)
 
 
 def http_get(url: str) -> int:
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (http:// to a container we started)
+    # The sidecar answers listed Host headers only (DNS-rebinding protection), as the MCP port does.
+    request = urllib.request.Request(url, headers={"Host": f"{APPLIANCE_ALIAS}:{HEALTH_PORT}"})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (http:// to a container we started)
         response.read()
         return int(response.status)
 
@@ -356,33 +400,64 @@ def exec_in(name: str, mode: str, command: list[str]) -> subprocess.CompletedPro
     return docker("exec", name, *(RAW_EXEC_PREFIX if mode == "raw" else []), *command, check=False)
 
 
-def http_phase(mode: str, setup: Setup) -> list[str]:
-    """HTTP transport, the sidecar, health checks, the demo client, a reload (SIGHUP), `docker stop`.
+def operator_cli(name: str, mode: str) -> list[str]:
+    """`appliance jobs` through `docker exec` on the running appliance's store, as the README shows:
+    list, show (with the raw output), export as JSON and nmap XML, a purge that only counts."""
+    done = exec_in(name, mode, [APPLIANCE, "jobs", "list", "--json"])
+    if done.returncode != 0:
+        return [f"jobs list exited {done.returncode}: {done.stderr[-300:]}"]
+    scans = json.loads(done.stdout)["scans"]
+    nmap = [scan["scan_id"] for scan in scans if scan["tool"] == "nmap_scan" and scan["status"] == "completed"]
+    if not nmap:
+        return [f"jobs list shows no completed nmap scan: {scans}"]
+    problems = []
+    for command in (
+        ["show", nmap[0]],
+        ["show", nmap[0], "--raw"],
+        ["export", nmap[0], "--format", "json"],
+        ["export", nmap[0], "--format", "nmap-xml"],
+        ["purge", "--older-than", "1"],  # without --yes: counts, deletes nothing
+    ):
+        if (done := exec_in(name, mode, [APPLIANCE, "jobs", *command])).returncode != 0:
+            problems.append(f"jobs {' '.join(command)} exited {done.returncode}: {done.stderr[-300:]}")
+    return problems
 
-    Deployed as compose.yaml does it: the policy folder bind-mounted (as in every phase), the sidecar
-    on 0.0.0.0, the audit trail in a file on the tmpfs.
+
+def http_phase(mode: str, setup: Setup) -> list[str]:
+    """HTTP transport, the sidecar, health checks, the operator CLI, the demo client, a reload (SIGHUP),
+    `docker stop`.
+
+    Deployed as compose.yaml does it: the policy folder bind-mounted (as in every phase), the job
+    store on a new named volume at the image's data folder, the sidecar on 0.0.0.0, the audit trail
+    in a file on the tmpfs. (The stdio phases run as a plain `docker run -i --rm`: no volume, so the
+    store takes its fallback folder on /tmp.)
     """
     name = f"seccomp-trace-{mode}-http-{secrets.token_hex(3)}"
+    volume = f"{name}-data"
     extra = [
+        *("-v", f"{volume}:{DATA_DIR}"),
         *("-e", "APPLIANCE_TRANSPORT=http", "-e", "APPLIANCE_HOST=0.0.0.0", "-e", f"APPLIANCE_PORT={MCP_PORT}"),
         *("-e", "APPLIANCE_HEALTH_HOST=0.0.0.0", "-e", f"APPLIANCE_AUTH_TOKEN={TOKEN}"),
         *("-e", f'APPLIANCE_ALLOWED_HOSTS=["{HTTP_HOST_HEADER}"]', "-e", "APPLIANCE_AUDIT_PATH=/tmp/audit.jsonl"),
+        *("-e", f'APPLIANCE_HEALTH_ALLOWED_HOSTS=["127.0.0.1:*","{APPLIANCE_ALIAS}:*"]'),
         *("--network-alias", APPLIANCE_ALIAS),
     ]
     problems: list[str] = []
+    docker("volume", "create", volume)
     try:
         docker("run", "-d", *run_args(mode, name, setup, extra))
         ip = container_ip(name, setup.lab.network)
         wait_until(lambda: port_open(ip, MCP_PORT), f"the appliance's HTTP port on {ip}")
         setup.tracer.attach(name)
         calls = calls_for(mode, setup.lab.target_ip, setup.lab.bystander_ip)[:2]
-        problems += asyncio.run(_http_calls(f"http://{ip}:{MCP_PORT}/mcp", calls))
+        problems += asyncio.run(_http_calls(f"http://{ip}:{MCP_PORT}/mcp", calls, setup.lab.target_ip))
         for path in ("livez", "readyz", "healthz", "metrics"):
             if (status := http_get(f"http://{ip}:{HEALTH_PORT}/{path}")) != 200:
                 problems.append(f"sidecar /{path} answered {status}")
         for command in ([APPLIANCE, "health", "--probe"], [APPLIANCE, "health"]):
             if (done := exec_in(name, mode, command)).returncode != 0:
                 problems.append(f"{' '.join(command[1:])} exited {done.returncode}: {done.stderr[-300:]}")
+        problems += operator_cli(name, mode)
         if mode == "connect":
             problems += demo_client(setup)
         docker("kill", "-s", "HUP", name)
@@ -398,6 +473,7 @@ def http_phase(mode: str, setup: Setup) -> list[str]:
             problems.append("server log has a traceback: " + logs[logs.index("Traceback") :][:600])
     finally:
         docker("rm", "-f", name, check=False)
+        docker("volume", "rm", "--force", volume, check=False)
     return problems
 
 
@@ -423,25 +499,26 @@ def demo_client(setup: Setup) -> list[str]:
 
 
 def store_phase(mode: str, setup: Setup) -> list[str]:
-    """The job store's SQLite use (seccomp_store_workload.py) in the image's Python, as the server's user.
+    """The job store (seccomp_store_workload.py) in the image's Python, as the server's user.
 
     Twice on one named volume at the image's data folder (the second run recovers the WAL the
-    first one's simulated crash left), once in the fallback folder on /tmp, which it creates.
+    first one's simulated crash left), once without a volume: the store then creates its
+    fallback folder on /tmp.
     """
     volume = f"seccomp-trace-store-{secrets.token_hex(3)}"
     source = STORE_WORKLOAD.read_text()
     on_volume = ["-v", f"{volume}:{DATA_DIR}"]
-    runs = [(DATA_DIR, on_volume, "first"), (DATA_DIR, on_volume, "second"), (EPHEMERAL_DATA_DIR, [], "first")]
+    runs = [(on_volume, "first"), (on_volume, "second"), ([], "first")]
     problems = []
     docker("volume", "create", volume)
     try:
-        for data_dir, mount, step in runs:
+        for mount, step in runs:
             name = f"seccomp-trace-store-{secrets.token_hex(3)}"
             extra = ["--entrypoint", PYTHON, *mount]
-            command = ("-c", source, data_dir, step)
+            command = ("-c", source, DATA_DIR, step)
             done = docker("run", "--rm", *run_args(mode, name, setup, extra, command), check=False)
             if done.returncode != 0:
-                problems.append(f"store workload {step} in {data_dir} exited {done.returncode}: {done.stderr[-600:]}")
+                problems.append(f"store workload {step} {mount} exited {done.returncode}: {done.stderr[-600:]}")
     finally:
         docker("volume", "rm", "--force", volume, check=False)
     return problems

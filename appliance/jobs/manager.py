@@ -130,9 +130,18 @@ class JobManager:
             self.store.delete([live.job.scan_id])
 
     # --- changes ---------------------------------------------------------------------------
-    def _move(self, job: Job, state: JobState, note: str | None, *, strict: bool = False, audit: bool = False) -> None:
+    def _move(
+        self,
+        job: Job,
+        state: JobState,
+        note: str | None,
+        *,
+        strict: bool = False,
+        audit: bool = False,
+        raw: bytes | None = None,
+    ) -> None:
         job.move(state, self._clock(), note)
-        self._save(job, strict=strict)
+        self._save(job, strict=strict, raw=raw)
         if audit:
             self.audit_state(job, state, note)
         for notify in self.on_change:
@@ -161,9 +170,9 @@ class JobManager:
             # written is the sink's failure (readiness shows it), not a reason to lose the scan.
             log.error("audit line of a job state change could not be written", extra={"scan_id": job.scan_id})
 
-    def _save(self, job: Job, *, strict: bool = False) -> None:
+    def _save(self, job: Job, *, strict: bool = False, raw: bytes | None = None) -> None:
         try:
-            self.store.put(job)
+            self.store.put(job, raw)
         except ApplianceError:
             if strict:
                 raise
@@ -196,12 +205,8 @@ class JobManager:
         job.error = error
         if state in ("completed", "partial"):
             job.progress = 100.0
-        if raw is not None:
-            try:
-                self.store.put_raw(job.scan_id, raw)
-            except ApplianceError:
-                log.error("raw output could not be stored", extra={"scan_id": job.scan_id})
-        self._move(job, state, note)
+        # The final record and the raw output in one commit.
+        self._move(job, state, note, raw=raw)
         live.listeners.clear()
         self.live.pop(job.scan_id, None)
         live.done.set()

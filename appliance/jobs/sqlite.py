@@ -85,6 +85,7 @@ class SqliteJobStore:
         self.ephemeral = ephemeral or directory is None
         self.min_free_bytes = min_free_bytes
         self._fault: tuple[str, str] | None = None
+        self._broken: tuple[str, str] | None = None  # see `unavailable`
         if directory is not None:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Autocommit: each statement is its own transaction unless `_write` opens one.
@@ -95,6 +96,19 @@ class SqliteJobStore:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
         self.migrate()
+
+    @classmethod
+    def unavailable(cls, directory: Path, reason: str) -> SqliteJobStore:
+        """A store that keeps nothing and says why: every write-side check reports `reason`."""
+        store = cls(None)
+        store.ephemeral = False
+        store._broken = (
+            "store_unwritable",
+            f"the data directory {directory} cannot hold the job store ({reason}); fix the volume and restart",
+        )
+        store._fault = store._broken
+        store.path = directory / DB_NAME
+        return store
 
     # --- schema ----------------------------------------------------------------------------
     @property
@@ -138,18 +152,21 @@ class SqliteJobStore:
             error = _store_error(action, exc)
             self._fault = (error.rule, error.message)
             raise error from exc
-        self._fault = None
+        self._fault = self._broken
 
-    def put(self, job: Job) -> None:
+    def put(self, job: Job, raw: bytes | None = None) -> None:
         record = json.dumps(job.to_record(), separators=(",", ":"))
-        self._write(
-            f"record scan {job.scan_id}",
-            lambda db: db.execute(
+
+        def statements(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT OR REPLACE INTO jobs (scan_id, principal, tool, target_key, state, finished_at, record)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (job.scan_id, job.principal, job.tool, target_key(job.target), job.state, job.finished_at, record),
-            ),
-        )
+            )
+            if raw is not None:
+                db.execute("INSERT OR REPLACE INTO raw (scan_id, output) VALUES (?, ?)", (job.scan_id, raw))
+
+        self._write(f"record scan {job.scan_id}", statements)
 
     def put_raw(self, scan_id: str, output: bytes) -> None:
         self._write(
@@ -297,6 +314,8 @@ class SqliteJobStore:
         return self._fault or self.space_problem()
 
     def space_problem(self) -> tuple[str, str] | None:
+        if self._broken is not None:
+            return self._broken
         if self.directory is None:
             return None
         try:
@@ -315,7 +334,7 @@ class SqliteJobStore:
         """For /healthz: where the store is, whether it outlives the container, and its state."""
         problem = self.writable()
         return {
-            "kind": "ephemeral" if self.ephemeral else "durable",
+            "kind": "unavailable" if self._broken else "ephemeral" if self.ephemeral else "durable",
             "path": None if self.path is None else str(self.path),
             "schema_version": self.version,
             "jobs": self.count(),
@@ -328,9 +347,14 @@ class SqliteJobStore:
 
 
 def open_store(wanted: Path | None, fallback: Path) -> SqliteJobStore:
-    """The store in `wanted` when it can be written there; else an ephemeral one in `fallback`
-    (a container without a data volume: its root file system is read-only)."""
+    """The store in `wanted` when it can be written there; else, when nothing was mounted there
+    (the image's own folder on its read-only root: a plain `docker run --rm`), an ephemeral one
+    in `fallback`. A data dir the operator mounted that cannot be used is not replaced by a
+    temporary store that would lose every scan: the store is `unavailable` (new scans refused
+    with `store_unwritable`, readiness 503) until the mount is fixed and the appliance restarted.
+    A store written by a newer version is refused at start (`store_schema_newer`)."""
     if wanted is not None:
+        mounted = os.path.ismount(wanted)
         try:
             wanted.mkdir(mode=0o700, parents=True, exist_ok=True)
             if os.access(wanted, os.W_OK | os.X_OK):
@@ -338,6 +362,12 @@ def open_store(wanted: Path | None, fallback: Path) -> SqliteJobStore:
             reason = "not writable by this user"
         except (OSError, sqlite3.Error) as exc:
             reason = str(exc)
+        if mounted:
+            log.error(
+                "the mounted data directory cannot hold the job store; new scans are refused",
+                extra={"data_dir": str(wanted), "reason": reason},
+            )
+            return SqliteJobStore.unavailable(wanted, reason)
         log.warning(
             "data directory unusable; scans are kept in an ephemeral store lost with the container",
             extra={"data_dir": str(wanted), "reason": reason, "ephemeral_dir": str(fallback)},

@@ -50,8 +50,9 @@ class JobStore(Protocol):
 
     ephemeral: bool  # True when the store lives on a temporary directory (lost with the container)
 
-    def put(self, job: Job) -> None:
-        """Insert or replace the whole job."""
+    def put(self, job: Job, raw: bytes | None = None) -> None:
+        """Insert or replace the whole job; with `raw`, its raw output too, in the same
+        transaction (a job's end is one commit)."""
 
     def get(self, scan_id: str) -> Job | None: ...
 

@@ -40,11 +40,11 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "seccomp" / "appliance.json"
-# The job store's SQLite use, run by the image's Python (the trace harness's connect-store phase).
+# The job store (SqliteJobStore) driven by the image's Python: the trace harness's connect-store phase.
 STORE_WORKLOAD = REPO / "scripts" / "seccomp_store_workload.py"
 DATA_DIR = "/var/lib/appliance"  # the image's APPLIANCE_DATA_DIR; compose.yaml mounts a volume there
-EPHEMERAL_DATA_DIR = "/tmp/appliance-data"  # the store's fallback when no volume is mounted
-# What the workload leaves: 40 jobs written, the oldest 20 swept, one more committed before the crash.
+EPHEMERAL_DB = "/tmp/appliance-data/jobs.sqlite3"  # the store's fallback when no volume is mounted
+# What the workload leaves: 40 jobs completed, the oldest 20 swept, one left running by the crash.
 STORE_JOBS, STORE_COMPLETED = 21, 20
 IMAGE = "mcp-scanner-appliance:latest"
 LAB_IMAGE = "mcp-scanner-lab-target:latest"
@@ -288,28 +288,32 @@ def data_volume(appliance_images: None) -> Iterator[str]:
 def test_job_store_on_data_volume_survives_a_crash_and_a_new_container_under_profile(
     data_volume: str, record: Callable[[str], None]
 ) -> None:
-    """SQLite (WAL, synchronous=NORMAL) in the image's data folder on a named volume: the first
-    container writes, checkpoints, sweeps, vacuums, reopens and dies with its last commit in the
-    WAL; a second container on the same volume recovers it and finds every job."""
+    """The job store (SQLite, WAL, synchronous=NORMAL) in the image's data folder on a named
+    volume: the first container writes jobs, pages, sweeps, checkpoints, vacuums, reopens and dies
+    with a running job only in the WAL; a second container on the same volume recovers it."""
     mount = ("--volume", f"{data_volume}:{DATA_DIR}")
     started = time.monotonic()
     first = run_store_workload(DATA_DIR, "first", mount)
-    # The empty volume took the image folder's owner and mode: UID 65532 could write it.
+    # The empty volume took the image folder's owner and mode, so the store used it (durable).
     assert (first["data_dir_uid"], first["data_dir_mode"]) == (65532, "0o700")
-    assert first["jobs"] == STORE_JOBS
+    assert (first["store"]["kind"], first["store"]["path"]) == ("durable", f"{DATA_DIR}/jobs.sqlite3")
+    assert first["store"]["jobs"] == STORE_JOBS
     assert first["wal_bytes_left"] > 0, "the crash left nothing in the WAL: the recovery below proves nothing"
     second = run_store_workload(DATA_DIR, "second", mount)
     took = time.monotonic() - started
     assert second["wal_bytes_found"] == first["wal_bytes_left"]
-    assert (second["jobs"], second["completed"], second["crash_marker"]) == (STORE_JOBS, STORE_COMPLETED, "queued")
+    assert second["interrupted"] == first["running"]
+    assert second["counts"] == {"completed": STORE_COMPLETED, "interrupted": 1}
     record(f"job store workload under the profile, SQLite {first['sqlite_version']}, two containers: {took:.1f} s")
 
 
-def test_job_store_creates_its_fallback_folder_on_tmp_under_profile(appliance_images: None) -> None:
-    """No data volume: the store makes /tmp/appliance-data on the tmpfs and works there."""
-    summary = run_store_workload(EPHEMERAL_DATA_DIR, "first")
-    assert (summary["data_dir_uid"], summary["data_dir_mode"]) == (65532, "0o755")
-    assert summary["jobs"] == STORE_JOBS
+def test_job_store_without_data_volume_falls_back_to_tmp_under_profile(appliance_images: None) -> None:
+    """No volume: /var/lib/appliance is on the read-only root, so the store makes its ephemeral
+    folder on the /tmp tmpfs (mkdir) and works there."""
+    summary = run_store_workload(DATA_DIR, "first")
+    assert (summary["store"]["kind"], summary["store"]["path"]) == ("ephemeral", EPHEMERAL_DB)
+    assert (summary["data_dir_uid"], summary["data_dir_mode"]) == (65532, "0o700")
+    assert summary["store"]["jobs"] == STORE_JOBS
 
 
 # --- the appliance under the profile -----------------------------------------------------------

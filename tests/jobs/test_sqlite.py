@@ -319,3 +319,21 @@ def test_open_store_uses_a_writable_data_dir_durably(tmp_path: Path) -> None:
     assert not store.ephemeral
     assert store.describe()["kind"] == "durable"
     assert os.path.exists(tmp_path / "data" / DB_NAME)
+
+
+def test_a_mounted_data_dir_that_cannot_hold_the_store_refuses_scans_instead_of_going_ephemeral(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A volume the operator mounted (a mount point) but the store cannot use: here a file where
+    # the folder should be. Scans must not silently go to a temporary store and be lost.
+    blocked = tmp_path / "volume"
+    blocked.write_text("x")
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == blocked)
+
+    store = open_store(blocked, tmp_path / "ephemeral")
+
+    assert store.describe()["kind"] == "unavailable"
+    for problem in (store.space_problem(), store.writable()):
+        assert problem is not None
+        assert problem[0] == "store_unwritable"
+    assert not (tmp_path / "ephemeral").exists()
