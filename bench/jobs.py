@@ -5,8 +5,8 @@ a. The store's part of a synchronous call, in-process, on the compose volume: a 
    `appliance-data`) runs bench/jobs_harness.py with the appliance's own JobManager, AuditSink
    (a file on the container's /tmp tmpfs) and SqliteJobStore: `calls` times the bookkeeping of one
    completed synchronous call (admissible, create, running, result fields, changes_since,
-   finish with put_raw of an nmap XML), each step and each store method timed with
-   time.perf_counter inside the container.
+   finish: the record and an nmap XML in one commit), each step and each store method timed
+   with time.perf_counter inside the container (and the whole with time.thread_time).
 b. Reads with many stored jobs: the same harness stores `stored_jobs` jobs through that same
    call path (two principals, several targets, realistic compact nmap results and raw XML, one
    minute apart), then the appliance (HTTP, compose's flags, on that volume) answers `get_scan`
