@@ -3,5 +3,6 @@
 Every scan goes to one lab target container that the benchmark starts on an `internal` Docker
 network it creates, by that container's exact IP; the scope policy allows that one address and
 nothing else. The host-mode flood figure runs a fake scanner that sends no traffic, in an empty
-network namespace. Every container and network is removed in `finally` blocks.
+network namespace. The job store figure scans nothing (its results come from an XML it writes).
+Every container, network and volume is removed in `finally` blocks.
 """

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from bench import coldstart, concurrency, footprint, overhead, shutdown
+from bench import coldstart, concurrency, footprint, jobs, overhead, shutdown
 from bench.docker import BenchError, log
 from bench.lab import REPO, Lab, lab
 from bench.report import goals, machine, markdown
@@ -38,11 +38,15 @@ class Sizes:
     concurrency: int
     flood_bytes: int
     output_cap_bytes: int
+    job_store_calls: int
+    job_store_warmup: int
+    stored_jobs: int
+    job_reads: int
 
 
-FULL = Sizes(400, 3, 10, 200, 100_000_000, 8 * MIB)
+FULL = Sizes(400, 3, 10, 200, 100_000_000, 8 * MIB, 1000, 20, 10_000, 200)
 # For CI: proves the command and every figure still work, in well under two minutes.
-QUICK = Sizes(5, 1, 1, 20, 10_000_000, 8 * MIB)
+QUICK = Sizes(5, 1, 1, 20, 10_000_000, 8 * MIB, 50, 5, 200, 5)
 
 
 async def _figure(results: dict[str, Any], key: str, measure: Callable[[], Awaitable[dict[str, Any]]]) -> None:
@@ -89,6 +93,14 @@ async def run(sizes: Sizes) -> dict[str, Any]:
             "flood",
             lambda: footprint.measure_flood(
                 footprint.FloodParams(sizes.flood_bytes, sizes.output_cap_bytes), the_lab.log_dir
+            ),
+        )
+        await _figure(
+            figures,
+            "jobs",
+            lambda: jobs.measure(
+                the_lab,
+                jobs.JobsParams(sizes.job_store_calls, sizes.job_store_warmup, sizes.stored_jobs, sizes.job_reads),
             ),
         )
         if "id" in figures["image"]:

@@ -101,6 +101,9 @@ async def measure_flood(params: FloodParams, log_dir: Path) -> dict[str, Any]:
             "APPLIANCE_POLICY_PATH": str(policy_path),
             "APPLIANCE_NMAP_PATH": str(fake),
             "APPLIANCE_HEALTH_ENABLED": "false",
+            # Its own job store: the default fallback, /tmp/appliance-data, is shared by every
+            # host-mode appliance on the machine (another version's store there refuses to open).
+            "APPLIANCE_DATA_DIR": str(folder / "data"),
         }
         command = [unshare, "--net", "--", str(appliance), "serve"]
         async with stdio_session(command, log_dir / "host-flood.log", env=env) as client:

@@ -48,6 +48,18 @@ FIGURES = {
     ],
     "shutdown": ["stop_seconds", "exit_code", "orphans", "results_before_exit"],
     "flood": ["rss_growth_bytes", "peak_rss_during_bytes", "output_cap_bytes", "flood_bytes_written"],
+    "jobs": [
+        "store_calls.total_ms.median",
+        "store_calls.total_ms.p95",
+        "store_calls.steps_ms.create.median",
+        "store_calls.store_methods_ms.put.median",
+        "get_scan_ms.median",
+        "get_scan_ms.p95",
+        "list_scans_first_page_ms.median",
+        "list_scans_cursor_page_ms.median",
+        "get_scan_one_job_store_ms.median",
+        "bytes_per_job",
+    ],
 }
 
 
@@ -98,6 +110,8 @@ def test_quick_bench_measures_every_figure_and_cleans_up(tmp_path: Path) -> None
     assert figures["concurrency"]["unexpected_by_kind"] == {}
     assert figures["shutdown"]["call_outcomes"] == ["partial:shutdown"] * 4
     assert figures["flood"]["partial_reason"] == "output_cap"
+    # Every stored job was still there when the appliance answered the reads (no sweep ate them).
+    assert figures["jobs"]["jobs_seen_by_appliance"] == results["parameters"]["stored_jobs"]
     # The README table and the description of the machine it ran on.
     assert stdout.startswith("| # | figure |")
     assert f"on {results['machine']['nproc']} CPUs" in stdout
@@ -106,3 +120,5 @@ def test_quick_bench_measures_every_figure_and_cleans_up(tmp_path: Path) -> None
     left = _docker("ps", "--all", "--quiet", "--filter", f"label=mcp-scanner-appliance.bench={run_id}")
     assert left.stdout.strip() == ""
     assert _docker("network", "inspect", figures["lab"]["network_name"]).returncode != 0
+    volumes = _docker("volume", "ls", "--quiet", "--filter", f"label=mcp-scanner-appliance.bench={run_id}")
+    assert volumes.stdout.strip() == ""
