@@ -510,8 +510,9 @@ class ScanService:
     ) -> tuple[Callable[[bytes], Awaitable[None]], Callable[[], None]]:
         """Feed the findings stream and record the findings so far, so a crash or a get_scan
         sees them: at most once a second (the first time a second after the start), and at the
-        latest a second after a finding completed (a quiet scanner must not hold its last one back). Returns the line callback and
-        the clean-up that cancels a pending write (the job's end records everything anyway)."""
+        latest a second after a finding completed (a quiet scanner must not hold its last one
+        back). Returns the line callback and the clean-up that cancels a pending write (the
+        job's end records everything anyway)."""
         base = {**report_fields(plan, live.job.request_id, None), "dry_run": False}
         # A tool's own request fields its result repeats (gobuster's mode).
         base.update({k: v for k, v in plan.arguments.items() if k in spec.result_model.model_fields and k not in base})
