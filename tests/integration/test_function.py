@@ -26,6 +26,9 @@ from dockerlab import (
     unique_name,
 )
 
+from appliance.server import JOB_TOOLS
+from appliance.tools import TOOLS
+
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 COMPOSE_LAB = ipaddress.ip_network("10.77.0.0/24")
@@ -53,7 +56,7 @@ async def test_stdio_scans_lab_target_by_ip(lab: Lab, services: dict[str, Servic
             )
     finally:
         remove_container(name)
-    assert tools == {"nmap_scan", "masscan_scan", "gobuster_scan"}
+    assert tools == set(TOOLS) | set(JOB_TOOLS)  # three scanners, four job tools
     assert not nmap.is_error, nmap.content
     assert nmap.structured_content is not None
     assert nmap.structured_content["scanned_address"] == lab.target_ip
