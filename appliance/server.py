@@ -186,11 +186,7 @@ class ScannerServer:
             auth=None if token_verifier is None else STATIC_TOKENS_AUTH,
         )
         self.tools: dict[str, Tool] = {}  # what tools/list shows now, by name
-        self.queries = JobQueries(
-            service.jobs,
-            {name: spec.result_model for name, spec in TOOLS.items()},
-            lambda: service.store.current.policy,
-        )
+        self.queries = JobQueries(service.jobs, lambda: service.store.current.policy)
         lowlevel = lowlevel_server(self.mcp)
         lowlevel.add_request_handler("tools/list", PaginatedRequestParams, self._list_tools)
         lowlevel.add_request_handler("tools/call", CallToolRequestParams, self._call_tool)

@@ -110,6 +110,13 @@ class RateBudget:
         self.in_use -= rate
 
 
+def job_error(error: ApplianceError, live: LiveJob, state: JobState) -> dict[str, Any]:
+    """The error object of a job that ended without a result: what the caller gets (the error
+    names its scan_id and status) and what the job keeps for get_scan and its resource."""
+    error.details.update(scan_id=live.job.scan_id, status=state)
+    return error.to_dict(tool=live.job.tool, target=live.job.target, request_id=live.job.request_id)
+
+
 def check_wait(requested: int | None, policy: Policy) -> float:
     """How long a scan call waits for its result before it returns the running job."""
     limits = policy.limits
@@ -375,9 +382,9 @@ class ScanService:
                 breaker.record_neutral()
                 # Stopped while it waited for a slot: the appliance's stop, not the scan's failure.
                 state: JobState = "interrupted" if exc.rule == "shutting_down" else "failed"
-                exc.details.update(scan_id=live.job.scan_id, status=state)
+                body = job_error(exc, live, state)
                 self.refuse(exc, {**record, "state": state}, tool=spec.name)
-                self.jobs.finish(live, state, error=exc.to_dict(tool=spec.name, target=plan.target.requested))
+                self.jobs.finish(live, state, error=body)
             else:
                 self._finish_run(spec, breaker, record, started, live, policy, None, None, exc)
             raise
@@ -434,9 +441,7 @@ class ScanService:
         raw = None if run_result is None else run_result.stdout[: policy.limits.stored_raw_bytes]
         job.raw_bytes = None if run_result is None else len(run_result.stdout)  # scan://{id}/raw says if cut
         if error is not None:
-            error.details.update(scan_id=job.scan_id, status="failed")
-            body = error.to_dict(tool=tool, target=job.target, request_id=job.request_id)
-            self.jobs.finish(live, state, error=body, raw=raw)
+            self.jobs.finish(live, state, error=job_error(error, live, state), raw=raw)
             return None
         if report is None:
             self.jobs.finish(live, state, raw=raw, note="cancelled")

@@ -7,8 +7,7 @@ as an id that never existed.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,9 +17,8 @@ from appliance.jobs.diff import ScanDiff, diff_results
 from appliance.jobs.manager import JobManager, ProgressFn
 from appliance.jobs.model import STATES, Job
 from appliance.jobs.store import JobFilter
-from appliance.jobs.views import report_of, summary_of
+from appliance.jobs.views import summary_of
 from appliance.policy.model import Policy
-from appliance.results import ScanReport
 
 # No pattern in the schema (tools/list budget): an id of any other form is simply not found.
 SCAN_ID = Field(max_length=64)
@@ -81,18 +79,9 @@ class ScanList(BaseModel):
 
 
 class JobQueries:
-    def __init__(
-        self,
-        jobs: JobManager,
-        result_models: Mapping[str, type[ScanReport]],
-        policy: Callable[[], Policy],
-    ) -> None:
+    def __init__(self, jobs: JobManager, policy: Callable[[], Policy]) -> None:
         self.jobs = jobs
-        self._models = result_models
         self._policy = policy
-
-    def _report(self, job: Job) -> ScanReport:
-        return report_of(job, self._models[job.tool], time.time())
 
     async def get_scan(self, request: GetScanRequest, owner: str, progress: ProgressFn | None = None) -> Job:
         limit = self._policy().limits.max_wait_seconds

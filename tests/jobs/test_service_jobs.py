@@ -32,9 +32,7 @@ def gated(lab_service: Callable[..., LabService]) -> tuple[LabService, GatedRunn
     runner = GatedRunner(XML)
     lab = lab_service(runner=runner, privilege_mode="connect")
     service = lab.service
-    queries = JobQueries(
-        service.jobs, {n: s.result_model for n, s in TOOLS.items()}, lambda: service.store.current.policy
-    )
+    queries = JobQueries(service.jobs, lambda: service.store.current.policy)
     return lab, runner, queries
 
 
