@@ -535,7 +535,7 @@ class ScanService:
             except Exception:  # a snapshot bug must not end an hour-long scan; logged in full
                 log.exception("findings so far could not be recorded", extra={"scan_id": live.job.scan_id})
                 return
-            self.jobs.findings(live, so_far.model_dump(mode="json"), live.job.progress)
+            self.jobs.findings(live, so_far.model_dump(mode="json"))
 
         async def on_line(line: bytes) -> None:
             nonlocal pending

@@ -23,8 +23,9 @@ from support import (
     wait_until,
     write_policy,
 )
+from support.jobs import stored_job
 
-from appliance.jobs.model import Job, new_scan_id
+from appliance.jobs.model import Job, JobState
 from appliance.jobs.sqlite import DB_NAME, SqliteJobStore
 from appliance.jobs.store import JobFilter
 from appliance.parsers.nmap_xml import parse_nmap_xml
@@ -53,33 +54,8 @@ def refusal(done: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
     return body
 
 
-def make_job(
-    state: str = "completed",
-    *,
-    tool: str = "nmap_scan",
-    target: str = "127.0.0.1",
-    principal: str = "alice",
-    at: float = NOW - 3600,
-    result: dict[str, Any] | None = None,
-) -> Job:
-    job = Job(
-        scan_id=new_scan_id(at),
-        tool=tool,
-        target=target,
-        scanned_address=target,
-        principal=principal,
-        request={"target": target},
-        argv=["/usr/bin/nmap", "-oX", "-", target],
-        state="queued",
-        created_at=at,
-        updated_at=at,
-        request_id=f"rid-{at}",
-    )
-    job.move("queued", at)
-    if state != "queued":
-        job.move(state, at + 2)  # type: ignore[arg-type]
-    job.result = result
-    return job
+def make_job(state: JobState = "completed", *, at: float = NOW - 3600, **fields: Any) -> Job:
+    return stored_job(state, at=at, **fields)
 
 
 @pytest.fixture

@@ -123,12 +123,6 @@ class JobManager:
             notify(job)
         return live
 
-    def forget(self, live: LiveJob) -> None:
-        """A call refused before it ran, whose scan id nobody saw: a refusal, not a job."""
-        self.live.pop(live.job.scan_id, None)
-        with contextlib.suppress(ApplianceError):
-            self.store.delete([live.job.scan_id])
-
     # --- changes ---------------------------------------------------------------------------
     def _move(
         self,
@@ -182,10 +176,10 @@ class JobManager:
     def running(self, live: LiveJob) -> None:
         self._move(live.job, "running", None)
 
-    def findings(self, live: LiveJob, result: dict[str, Any], progress: float | None) -> None:
-        """Findings so far (finished host groups, lines): stored, so a crash keeps them."""
+    def findings(self, live: LiveJob, result: dict[str, Any]) -> None:
+        """Findings so far (finished host groups, lines): stored with the progress the job has
+        reached, so a crash keeps them."""
         live.job.result = result
-        live.job.progress = progress
         live.job.updated_at = self._clock()
         self._save(live.job)
 
@@ -236,7 +230,8 @@ class JobManager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(live.done.wait(), seconds)
         finally:
-            live.listeners.discard(progress) if progress is not None else None
+            if progress is not None:
+                live.listeners.discard(progress)
         return live.job
 
     def cancel(self, job: Job) -> bool:

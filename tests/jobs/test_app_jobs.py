@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from support import LOOPBACK_POLICY, write_policy
+from support.jobs import stored_job
 
 from appliance.app import Appliance
 from appliance.config import Settings
 from appliance.errors import ExecutionError
 from appliance.health import Health
-from appliance.jobs.model import Job, new_scan_id
+from appliance.jobs.model import Job, JobState
 
 
 def appliance_for(tmp_path: Path, *overrides: dict[str, Any]) -> Appliance:
@@ -23,22 +24,8 @@ def appliance_for(tmp_path: Path, *overrides: dict[str, Any]) -> Appliance:
     return Appliance(Settings(policy_path=policy, health_port=0), CollectorRegistry())
 
 
-def finished(at: float, principal: str = "alice", state: str = "completed") -> Job:
-    job = Job(
-        scan_id=new_scan_id(at),
-        tool="nmap_scan",
-        target="127.0.0.1",
-        scanned_address="127.0.0.1",
-        principal=principal,
-        request={},
-        argv=[],
-        state="queued",
-        created_at=at,
-        updated_at=at,
-        request_id="r",
-    )
-    job.move(state, at + 1)  # type: ignore[arg-type]
-    return job
+def finished(at: float, principal: str = "alice", state: JobState = "completed") -> Job:
+    return stored_job(state, at=at, principal=principal)
 
 
 def test_the_store_lives_in_the_configured_data_dir_durably(tmp_path: Path, own_data_dir: Path) -> None:

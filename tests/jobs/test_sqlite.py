@@ -9,41 +9,21 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from support.jobs import stored_job
 
 from appliance.errors import ExecutionError
-from appliance.jobs.model import Job, new_scan_id
+from appliance.jobs.model import Job, JobState
 from appliance.jobs.sqlite import DB_NAME, MIGRATIONS, SCHEMA_VERSION, SqliteJobStore, open_store
 from appliance.jobs.store import JobFilter
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def job(
-    state: str = "completed",
-    *,
-    tool: str = "nmap_scan",
-    target: str = "10.20.0.5",
-    principal: str = "alice",
-    at: float = 1_000_000.0,
-) -> Job:
-    created = Job(
-        scan_id=new_scan_id(at),
-        tool=tool,
-        target=target,
-        scanned_address=target,
-        principal=principal,
-        request={"target": target},
-        argv=["/usr/bin/nmap", target],
-        state="queued",
-        created_at=at,
-        updated_at=at,
-        request_id="r",
-    )
-    if state != "queued":
-        created.move(state, at + 1)  # type: ignore[arg-type]
-    return created
+def job(state: JobState = "completed", *, target: str = "10.20.0.5", **fields: Any) -> Job:
+    return stored_job(state, target=target, **fields)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ policies    the shipped default policy with overrides, written to a tmp dir
 lab         a ScanService on the lab policy (conftest's lab_service) and its dict resolver
 listeners   loopback targets the tests start (the only things a host test scans)
 servers     `appliance serve` child processes and MCP clients for them
+jobs        jobs as the store holds them (stored_job), for tests that fill a store
 runners     the spy runner that refusal tests hand to ScanService; the gated fake scanner of job tests
 processes   scanner processes as the host sees them
 raw_mcp     raw handshake-era MCP over HTTP (session IDs, SSE bodies)
