@@ -288,31 +288,17 @@ class SqliteJobStore:
     def sweep(self, now: float, max_age_seconds: float, max_count: int, principal_max: int) -> list[str]:
         db = self._db
         doomed = [r[0] for r in db.execute("SELECT scan_id FROM jobs WHERE finished_at < ?", (now - max_age_seconds,))]
+        gone = set(doomed)
+        oldest_finished = "SELECT scan_id FROM jobs WHERE finished_at IS NOT NULL{} ORDER BY scan_id"
         over = self.count() - len(doomed) - max_count
         if over > 0:
-            kept = set(doomed)
-            for (scan_id,) in db.execute("SELECT scan_id FROM jobs WHERE finished_at IS NOT NULL ORDER BY scan_id"):
-                if over <= 0:
-                    break
-                if scan_id not in kept:
-                    doomed.append(scan_id)
-                    over -= 1
-        gone = set(doomed)
+            _take_oldest(db.execute(oldest_finished.format("")).fetchall(), over, doomed, gone)
         for principal, total in db.execute(
             "SELECT principal, count(*) FROM jobs GROUP BY principal HAVING count(*) > ?", (principal_max,)
         ).fetchall():
-            finished = db.execute(
-                "SELECT scan_id FROM jobs WHERE principal = ? AND finished_at IS NOT NULL ORDER BY scan_id",
-                (principal,),
-            ).fetchall()
-            over = total - principal_max - sum(1 for (s,) in finished if s in gone)
-            for (scan_id,) in finished:
-                if over <= 0:
-                    break
-                if scan_id not in gone:
-                    doomed.append(scan_id)
-                    gone.add(scan_id)
-                    over -= 1
+            finished = db.execute(oldest_finished.format(" AND principal = ?"), (principal,)).fetchall()
+            over = total - principal_max - sum(1 for (scan_id,) in finished if scan_id in gone)
+            _take_oldest(finished, over, doomed, gone)
         self.delete(doomed)
         return doomed
 
@@ -360,6 +346,17 @@ class SqliteJobStore:
             except sqlite3.Error as exc:
                 log.warning("job store checkpoint at close failed", extra={"reason": str(exc)})
         self._db.close()
+
+
+def _take_oldest(rows: Iterable[tuple[str]], over: int, doomed: list[str], gone: set[str]) -> None:
+    """Doom the first `over` of `rows` (finished scan ids, oldest first) not doomed already."""
+    for (scan_id,) in rows:
+        if over <= 0:
+            return
+        if scan_id not in gone:
+            doomed.append(scan_id)
+            gone.add(scan_id)
+            over -= 1
 
 
 def _read_only(path: Path) -> sqlite3.Connection | None:
