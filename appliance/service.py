@@ -20,7 +20,7 @@ from appliance.jobs.manager import JobManager, LiveJob
 from appliance.jobs.model import STDIO_PRINCIPAL, JobState
 from appliance.jobs.queries import changes_since
 from appliance.jobs.sqlite import SqliteJobStore
-from appliance.jobs.views import job_fields, report_of
+from appliance.jobs.views import job_fields, report_of, result_base
 from appliance.metrics import Metrics
 from appliance.policy.model import Policy
 from appliance.policy.resolve import system_resolve
@@ -32,7 +32,7 @@ from appliance.results import ScanReport
 from appliance.runner import RunLimits, RunResult, run
 from appliance.tools import TOOLS, ToolSpec
 from appliance.tools.arguments import parse_arguments
-from appliance.tools.base import FindingStream, PlanContext, ScanPlan, report_fields
+from appliance.tools.base import FindingStream, PlanContext, ScanPlan
 
 log = logging.getLogger(__name__)
 
@@ -518,9 +518,7 @@ class ScanService:
         latest a second after a finding completed (a quiet scanner must not hold its last one
         back). Returns the line callback and the clean-up that cancels a pending write (the
         job's end records everything anyway)."""
-        base = {**report_fields(plan, live.job.request_id, None), "dry_run": False}
-        # A tool's own request fields its result repeats (gobuster's mode).
-        base.update({k: v for k, v in plan.arguments.items() if k in spec.result_model.model_fields and k not in base})
+        base = result_base(live.job, spec.result_model)
         loop = asyncio.get_running_loop()
         # As if saved at the start: a scan that ends within its first second writes its findings
         # once, at its end, not twice (the first host would otherwise cost a commit of its own).

@@ -41,20 +41,24 @@ def job_fields(job: Job, now: float) -> dict[str, Any]:
     }
 
 
+def result_base(job: Job, result_model: type[ScanReport]) -> dict[str, Any]:
+    """The result fields a job has before its scanner reported anything: what every result
+    carries, and the tool's own fields its request named (gobuster's mode)."""
+    base: dict[str, Any] = {name: job.request[name] for name in result_model.model_fields if name in job.request}
+    base.update(
+        tool=job.tool,
+        request_id=job.request_id,
+        target=job.target,
+        scanned_address=job.scanned_address,
+        argv=job.argv,
+        dry_run=False,
+    )
+    return base
+
+
 def report_of(job: Job, result_model: type[ScanReport], now: float) -> ScanReport:
     """The job's result as its tool's result model: findings so far while it runs."""
-    base: dict[str, Any] = job.result or {
-        "tool": job.tool,
-        "request_id": job.request_id,
-        "target": job.target,
-        "scanned_address": job.scanned_address,
-        "argv": job.argv,
-        "dry_run": False,
-    }
-    if job.result is None:
-        # A tool's own required fields (gobuster's mode) come from what the caller asked for.
-        base.update({name: job.request[name] for name in result_model.model_fields if name in job.request})
-        base["target"] = job.target
+    base = job.result if job.result is not None else result_base(job, result_model)
     return result_model.model_validate({**base, **job_fields(job, now)})
 
 
