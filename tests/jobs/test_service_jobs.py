@@ -36,6 +36,14 @@ def gated(lab_service: Callable[..., LabService]) -> tuple[LabService, GatedRunn
     return lab, runner, queries
 
 
+async def started_scan(lab: LabService, runner: GatedRunner) -> str:
+    """A scan call that returns at once (wait 0) while the gated "scanner" runs: its scan_id."""
+    report = await lab.service.call(NMAP, {**CALL, "wait_seconds": 0}, "r1", principal="alice")
+    assert report.scan_id is not None
+    await asyncio.wait_for(runner.started.wait(), 5)
+    return report.scan_id
+
+
 async def test_a_scan_longer_than_its_wait_returns_running_with_a_scan_id_and_goes_on(
     gated: tuple[LabService, GatedRunner, JobQueries],
 ) -> None:
@@ -110,16 +118,14 @@ async def test_cancel_scan_stops_the_scanner_and_keeps_the_job_as_cancelled(
     gated: tuple[LabService, GatedRunner, JobQueries],
 ) -> None:
     lab, runner, queries = gated
-    report = await lab.service.call(NMAP, {**CALL, "wait_seconds": 0}, "r1", principal="alice")
-    assert report.scan_id is not None
-    await asyncio.wait_for(runner.started.wait(), 5)
+    scan_id = await started_scan(lab, runner)
 
-    job, stopped = await queries.cancel_scan(CancelScanRequest(scan_id=report.scan_id), "alice")
+    job, stopped = await queries.cancel_scan(CancelScanRequest(scan_id=scan_id), "alice")
 
     assert stopped
     assert job.state == "cancelled"
     assert runner.cancelled == 1
-    again, stopped_again = await queries.cancel_scan(CancelScanRequest(scan_id=report.scan_id), "alice")
+    again, stopped_again = await queries.cancel_scan(CancelScanRequest(scan_id=scan_id), "alice")
     assert not stopped_again
     assert again.state == "cancelled"
     end = [line for line in lab.audit_lines() if line.get("event") == "end"]
@@ -214,12 +220,10 @@ async def test_a_stop_of_the_appliance_ends_a_running_job_interrupted(
     gated: tuple[LabService, GatedRunner, JobQueries],
 ) -> None:
     lab, runner, queries = gated
-    report = await lab.service.call(NMAP, {**CALL, "wait_seconds": 0}, "r1", principal="alice")
-    assert report.scan_id is not None
-    await asyncio.wait_for(runner.started.wait(), 5)
+    scan_id = await started_scan(lab, runner)
 
     lab.service.stop_scans.set()
-    job = await queries.get_scan(GetScanRequest(scan_id=report.scan_id, wait_seconds=10), "alice")
+    job = await queries.get_scan(GetScanRequest(scan_id=scan_id, wait_seconds=10), "alice")
 
     assert job.state == "interrupted"
     assert job.result is not None  # what the scanner had written is kept
