@@ -199,6 +199,11 @@ async def measure(lab: Lab, params: OverheadParams, run_index: int = 0) -> dict[
             "dry_run_call": summary_ms(dry_seconds)["median"],
         },
         "stages": {**breakdown, "sdk": sdk},
+        # Every call's time (ms), in call order: the pairs are (mcp[i], direct[i]).
+        "samples_ms": {
+            "mcp": [round(x * 1000, 3) for x in mcp_seconds],
+            "direct": [round(x * 1000, 3) for x in direct_seconds],
+        },
         "added_ms_median": round(mcp["median"] - direct["median"], 3),
         "added_ms_p99": round(mcp["p99"] - direct["p99"], 3),
         "ratio_p99": round(percentile(mcp_seconds, 99) / percentile(direct_seconds, 99), 3),
