@@ -16,10 +16,10 @@ def measurement_notes(results: dict[str, Any]) -> list[str]:
     return [
         "What each figure measures (sizes in MB = 10^6 bytes; percentiles are nearest-rank):",
         "How a figure counts: the timing figures (1, 2, 2b) are measured in "
-        f"{runs} run{'s' if runs != 1 else ''}, interleaved (run 1 of 1 then of 2, then run 2 of each, ...), each "
-        "run with its own containers and its sides alternating; a run's figure is its median, the table shows "
-        "the median of the runs' figures with their min-max, and a goal is met only if every run meets it. The "
-        "JSON keeps every run's figures.",
+        f"{runs} run{'s' if runs != 1 else ''}, interleaved (run 1 of figure 1 and of figure 2, then run 2 "
+        "of each, ...), each run with its own containers and its sides alternating; a run's figure is its "
+        "median, the table shows the median of the runs' figures with their min-max, and a goal is met "
+        "only if every run meets it. The JSON keeps every run's figures.",
         f"1. Client side: `time.perf_counter()` in the benchmark process around `Client.call_tool('nmap_scan', "
         f"target=<lab IP>, ports='8080')`, one stdio session to `docker run -i` of the image with compose.yaml's "
         f"flags on the internal lab network, {p['overhead_calls']} calls per run after {p['overhead_warmup']} "
@@ -36,7 +36,8 @@ def measurement_notes(results: dict[str, Any]) -> list[str]:
         "client's version check and model parse) and client validation (`ClientSession.validate_tool_result`, "
         "the 2.x client's output-schema check) are timed in the benchmark process on 10 of the run's real "
         "results (median of 50 each); dispatch = client time - server stages - those three, per call "
-        "(JSON-RPC framing and JSON text on both sides, the SDK's dispatch, docker's attach stream both ways).",
+        "(JSON-RPC framing and JSON text on both sides, the SDK's dispatch, the appliance's MCP boundary "
+        "around the service call, docker's attach stream both ways).",
         "2. `time.perf_counter()` in the benchmark process from spawning `docker run -i ... serve` (stdio, "
         "compose's flags, lab network): `initialize` written at once, `notifications/initialized` and "
         "`tools/list` as soon as its answer is read; the clock stops when the `tools/list` response line is "

@@ -153,8 +153,9 @@ def call_breakdown(
     """Medians over a run's calls of each server stage, of their sum, and of `dispatch`: the
     client's time minus the server's stages and the SDK steps measured in-process (`sdk`:
     serialise, client parse, client validation, from bench/sdkcost.py). What is left is the
-    JSON-RPC framing and JSON text on both sides, the SDK's dispatch and docker's attach stream
-    both ways.
+    JSON-RPC framing and JSON text on both sides, the SDK's dispatch, the appliance's MCP
+    boundary around the service call (request model, the result's text) and docker's attach
+    stream both ways.
 
     `client_ms` and `timings` are keyed by request id; calls missing from either are left out.
     An SDK step that was not measured (None) stays inside dispatch.
