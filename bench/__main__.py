@@ -24,7 +24,7 @@ import anyio
 from bench import coldstart, concurrency, footprint, jobs, overhead, shutdown
 from bench.docker import BenchError, log
 from bench.lab import REPO, Lab, lab
-from bench.report import goals, machine, markdown
+from bench.report import Goal, goals, machine, markdown
 
 DEFAULT_JSON = REPO / "bench-results" / "latest.json"
 MIB = 1024 * 1024
@@ -32,6 +32,7 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Sizes:
+    timing_runs: int  # runs of each timing figure (per-call overhead, cold start and exit)
     overhead_calls: int
     overhead_warmup: int
     cold_start_runs: int
@@ -44,72 +45,112 @@ class Sizes:
     job_reads: int
 
 
-FULL = Sizes(400, 3, 10, 200, 100_000_000, 8 * MIB, 1000, 20, 10_000, 200)
+# Issue 10: a figure is the median of 3 interleaved runs of at least 400 calls and 10 starts each.
+FULL = Sizes(3, 400, 3, 10, 200, 100_000_000, 8 * MIB, 1000, 20, 10_000, 200)
 # For CI: proves the command and every figure still work, in well under two minutes.
-QUICK = Sizes(5, 1, 1, 20, 10_000_000, 8 * MIB, 50, 5, 200, 5)
+QUICK = Sizes(1, 5, 1, 1, 20, 10_000_000, 8 * MIB, 50, 5, 200, 5)
 
 
-async def _figure(results: dict[str, Any], key: str, measure: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+@dataclass(frozen=True)
+class Provider:
+    """A figure beyond the built-in ones (host-side runs, peers, another client): `measure` is
+    called with the lab, the sizes and the run index; a `timed` figure is measured in every
+    timing run, interleaved with overhead and cold start (kept as {"runs": [...]}), the others
+    once after the built-in figures. Its goals join report.goals(), its row the table."""
+
+    key: str
+    measure: Callable[[Lab, Sizes, int], Awaitable[dict[str, Any]]]
+    timed: bool = True
+    goals: tuple[Goal, ...] = ()
+    row: Callable[[dict[str, Any]], str] | None = None
+
+
+# Added figure providers (bench/host.py, bench/mcp1.py, ...) are listed here.
+EXTRA_FIGURES: list[Provider] = []
+
+
+async def _measure(key: str, measure: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """One figure (or one run of it); a failure becomes {"error": ...} and costs no other figure."""
     log(f"measuring {key}")
     started = time.monotonic()
     try:
-        results[key] = await measure()
+        data = await measure()
     except BenchError as exc:
         log(f"{key}: not measured: {exc}")
-        results[key] = {"error": str(exc)}
+        data = {"error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one broken figure must not cost the others; traceback logged
         log(f"{key}: not measured:\n{''.join(traceback.format_exception(exc))}")
-        results[key] = {"error": f"{type(exc).__name__}: {exc}"}
-    results[key]["wall_seconds"] = round(time.monotonic() - started, 1)
+        data = {"error": f"{type(exc).__name__}: {exc}"}
+    data["wall_seconds"] = round(time.monotonic() - started, 1)
+    return data
+
+
+def _timing_figures(the_lab: Lab, sizes: Sizes) -> dict[str, Callable[[int], Awaitable[dict[str, Any]]]]:
+    """The figures measured in every timing run, in the order each run measures them."""
+    figures: dict[str, Callable[[int], Awaitable[dict[str, Any]]]] = {
+        "overhead": lambda run: overhead.measure(
+            the_lab, overhead.OverheadParams(sizes.overhead_calls, sizes.overhead_warmup), run
+        ),
+        "cold_start": lambda run: anyio.to_thread.run_sync(
+            coldstart.measure, the_lab, coldstart.ColdStartParams(sizes.cold_start_runs), run
+        ),
+    }
+    for provider in EXTRA_FIGURES:
+        if provider.timed:
+            figures[provider.key] = lambda run, p=provider: p.measure(the_lab, sizes, run)
+    return figures
 
 
 async def run(sizes: Sizes) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     with lab() as the_lab:
-        await _figure(figures, "image", lambda: anyio.to_thread.run_sync(footprint.image_facts))
-        await _figure(
-            figures,
-            "overhead",
-            lambda: overhead.measure(
-                the_lab,
-                overhead.OverheadParams(sizes.overhead_calls, sizes.overhead_warmup),
-            ),
-        )
-        await _figure(
-            figures,
-            "cold_start",
-            lambda: anyio.to_thread.run_sync(
-                coldstart.measure, the_lab, coldstart.ColdStartParams(sizes.cold_start_runs)
-            ),
-        )
-        await _figure(
-            figures,
+        figures["image"] = await _measure("image", lambda: anyio.to_thread.run_sync(footprint.image_facts))
+        # Interleaved: run 1 of every timing figure, then run 2 of each, ... so that a slow
+        # stretch of the shared machine lands in one run of each rather than in one figure.
+        timing = _timing_figures(the_lab, sizes)
+        for key in timing:
+            figures[key] = {"runs": []}
+        for index in range(sizes.timing_runs):
+            for key, measure in timing.items():
+                data = await _measure(f"{key} (run {index + 1}/{sizes.timing_runs})", lambda m=measure, i=index: m(i))
+                figures[key]["runs"].append(data)
+        figures["concurrency"] = await _measure(
             "concurrency",
             lambda: concurrency.measure(the_lab, concurrency.ConcurrencyParams(sizes.concurrency)),
         )
-        await _figure(figures, "shutdown", lambda: shutdown.measure(the_lab))
-        await _figure(
-            figures,
+        figures["shutdown"] = await _measure("shutdown", lambda: shutdown.measure(the_lab))
+        figures["flood"] = await _measure(
             "flood",
             lambda: footprint.measure_flood(
                 footprint.FloodParams(sizes.flood_bytes, sizes.output_cap_bytes), the_lab.log_dir
             ),
         )
-        await _figure(
-            figures,
+        figures["jobs"] = await _measure(
             "jobs",
             lambda: jobs.measure(
                 the_lab,
                 jobs.JobsParams(sizes.job_store_calls, sizes.job_store_warmup, sizes.stored_jobs, sizes.job_reads),
             ),
         )
+        for provider in EXTRA_FIGURES:
+            if not provider.timed:
+                figures[provider.key] = await _measure(provider.key, lambda p=provider: p.measure(the_lab, sizes, 0))
         if "id" in figures["image"]:
             # Another build may retag the image meanwhile; later figures would then measure it.
             figures["image"]["retagged_during_run"] = footprint.image_facts()["id"] != figures["image"]["id"]
-        if any("error" in data for data in figures.values()):
+        if any(_failed(data) for data in figures.values()):
             the_lab.keep_workdir = True
         _describe_lab(figures, the_lab)
     return figures
+
+
+def _failed(data: dict[str, Any]) -> bool:
+    """The figure, or one of its runs, could not be measured."""
+    return "error" in data or any("error" in run for run in data.get("runs", []))
+
+
+def _unexpected(data: dict[str, Any]) -> int:
+    return sum(int(run.get("unexpected_errors", 0)) for run in data.get("runs", [data]))
 
 
 def _describe_lab(figures: dict[str, Any], the_lab: Lab) -> None:
@@ -130,7 +171,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for CI (under two minutes)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and one timing run, for CI (under two minutes)"
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default: {DEFAULT_JSON})")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -154,17 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": sizes.__dict__,
         "figures": figures,
     }
-    results["goals"] = goals(figures)
-    results["unexpected_errors"] = sum(
-        int(data.get("unexpected_errors", 0)) for data in figures.values() if isinstance(data, dict)
-    )
+    results["goals"] = goals(figures, [goal for provider in EXTRA_FIGURES for goal in provider.goals])
+    results["unexpected_errors"] = sum(_unexpected(data) for data in figures.values() if isinstance(data, dict))
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["wall_seconds"] = round(time.monotonic() - started, 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
+    print(markdown(results, [p.row for p in EXTRA_FIGURES if p.row is not None]))
     log(f"wrote {args.json} in {results['wall_seconds']} s")
-    return 1 if any("error" in data for data in figures.values()) else 0
+    return 1 if any(_failed(data) for data in figures.values() if isinstance(data, dict)) else 0
 
 
 if __name__ == "__main__":

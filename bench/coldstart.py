@@ -1,147 +1,237 @@
-"""Figure 2: cold start, from `docker run -i` to the answer to MCP `initialize`.
+"""Figure 2: cold start, from `docker run -i` to the first `tools/list` answer, and the exit
+after stdin EOF.
 
-Every run uses compose's flags on the lab network and is timed with time.perf_counter in this
+Every start uses compose's flags on the lab network and is timed with time.perf_counter in this
 process from just before the `docker run` process is spawned:
 
-- mcp: `docker run -i ... serve` (stdio); the `initialize` request is written at once and the
-  clock stops when its response line arrives on stdout (the goal's figure);
+- mcp: `docker run -i ... serve` (stdio); `initialize` is written at once, `notifications/
+  initialized` and `tools/list` as soon as its answer is in; the clock stops when the
+  `tools/list` response line is complete (the goal's figure; the `initialize` answer is kept
+  as a secondary figure). Then stdin is closed and a second clock runs until `docker run -i`
+  exits (the exit goal); the server's stderr gives its "ready" stages and its own shutdown
+  figure ("shutdown complete", `seconds`);
 - bare: `docker run ... --entrypoint /opt/venv/bin/python IMG -c pass`, until `docker run`
   exits (the floor of any process in this image, container exit included);
-- first output: `python -c "print('up')"`, until that line arrives: the same floor measured
-  to the same kind of end point as mcp (a line on stdout, not the exit);
+- floor: `python -c` that prints a line and then reads stdin to EOF: its first line is the
+  floor of "first output", and closing stdin then timing the exit is the floor of the exit
+  figure (a bare python in the same image that exits on EOF);
 - imports: `python -c` code that imports what `serve` imports (`appliance.cli`, `appliance.app`)
-  and then prints, until that line arrives; it also prints the import time it measured itself.
+  and prints the import time it measured itself.
 
-Breakdown of the mcp median (differences of medians of separate runs: approximate, and noisy
-on a loaded machine): first output = engine, network attach, interpreter start; + imports (in-
-container figure); + the rest = the server's own start-up (settings, self-check, policy, scanner
-version probes, sidecar) and the handshake. No run uses --rm: each container is removed after
-its clock stops.
+One `measure()` is one run: `starts` rounds, each starting every kind once (interleaved, so load
+on the machine falls on all alike). No start uses --rm: each container is removed after its
+clocks stop.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import select
 import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from bench import stages
 from bench.docker import DOCKER, BenchError, docker, log
 from bench.lab import Lab
 from bench.stats import summary_s
 
+PROTOCOL_VERSION = "2025-11-25"
 INITIALIZE = {
     "jsonrpc": "2.0",
     "id": 1,
     "method": "initialize",
     "params": {
-        "protocolVersion": "2025-11-25",
+        "protocolVersion": PROTOCOL_VERSION,
         "capabilities": {},
         "clientInfo": {"name": "mcp-scanner-appliance-bench", "version": "1"},
     },
 }
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+TOOLS_LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
 # A start-up that takes this long is broken, not slow.
 START_TIMEOUT_SECONDS = 60
 # stdin EOF ends a stdio server within its shutdown bounds (a second or two).
 EXIT_TIMEOUT_SECONDS = 30
-FIRST_OUTPUT = "print('up', flush=True)"
+READ_CHUNK_BYTES = 65536
+FLOOR = "import sys; print('up', flush=True); sys.stdin.read()"
 IMPORTS = (
     "import time; started = time.perf_counter(); import appliance.cli, appliance.app; "
     "print(time.perf_counter() - started, flush=True)"
 )
-KINDS = ("bare", "first_output", "imports", "mcp")
+KINDS = ("bare", "floor", "imports", "mcp")
 
 
 @dataclass(frozen=True)
 class ColdStartParams:
-    runs: int
+    runs: int  # starts of each kind in one run
 
 
-def _first_line(lab: Lab, name: str, args: list[str], send: bytes | None) -> tuple[float, bytes, int | None]:
-    """Seconds from spawning `docker ARGS` to its first stdout line, the line, and the exit status
-    once stdin is closed (None if it did not exit in time)."""
-    with (lab.log_dir / f"{name}.log").open("w") as errlog:
+def _line(message: dict[str, Any]) -> bytes:
+    return (json.dumps(message) + "\n").encode()
+
+
+class _Started:
+    """`docker ARGS` with pipes, its clock started just before the spawn; reads whole lines
+    straight from the pipe (no buffered reader, so select() never misses data it holds)."""
+
+    def __init__(self, args: list[str], errlog: Any) -> None:
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen([DOCKER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog)
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self._stdin = self.proc.stdin
+        self._fd = self.proc.stdout.fileno()
+        self._buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self._stdin.write(data)
+        self._stdin.flush()
+
+    def line(self, what: str) -> tuple[float, bytes]:
+        """The next stdout line and the seconds from the spawn to its last byte."""
+        deadline = self.started + START_TIMEOUT_SECONDS
+        while b"\n" not in self._buffer:
+            ready, _, _ = select.select([self._fd], [], [], max(deadline - time.perf_counter(), 0))
+            chunk = os.read(self._fd, READ_CHUNK_BYTES) if ready else b""
+            if not chunk:
+                raise BenchError(f"no {what} within {START_TIMEOUT_SECONDS} s of the start")
+            self._buffer += chunk
+        elapsed = time.perf_counter() - self.started
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return elapsed, line
+
+    def answer(self, request_id: int, what: str) -> tuple[float, dict[str, Any]]:
+        """The response to `request_id` (notifications before it are skipped)."""
+        while True:
+            elapsed, line = self.line(what)
+            message = json.loads(line)
+            if isinstance(message, dict) and message.get("id") == request_id:
+                if "result" not in message:
+                    raise BenchError(f"{what} failed: {line[:300]!r}")
+                return elapsed, message
+
+    def close_stdin(self) -> tuple[float, int | None]:
+        """Close stdin; seconds until the process exited, and its status (None: it did not).
+        `closed_at` and `exited_at` keep the wall-clock moments (to place the server's log lines)."""
+        self.closed_at = time.time()
         started = time.perf_counter()
-        proc = subprocess.Popen([DOCKER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog)
-        assert proc.stdin is not None
-        assert proc.stdout is not None
+        self._stdin.close()
         try:
-            if send is not None:
-                proc.stdin.write(send)
-                proc.stdin.flush()
-            ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT_SECONDS)
-            line = proc.stdout.readline() if ready else b""
-            elapsed = time.perf_counter() - started
-            if not line:
-                raise BenchError(f"no output from {name} within {START_TIMEOUT_SECONDS} s (see {errlog.name})")
-            proc.stdin.close()
-            try:
-                code: int | None = proc.wait(timeout=EXIT_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                code = None
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return elapsed, line, code
+            code: int | None = self.proc.wait(timeout=EXIT_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            code = None
+        elapsed = time.perf_counter() - started
+        self.exited_at = time.time()
+        return elapsed, code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _python(lab: Lab, name: str, code: str) -> list[str]:
     return lab.appliance_run(name, {}, interactive=True, entrypoint="/opt/venv/bin/python", command=["-c", code])
 
 
-def _one(lab: Lab, kind: str, name: str) -> tuple[float, int | None]:
-    """One timed run of `kind`: its seconds (for imports: the in-container import time)."""
+def _bare(lab: Lab, name: str) -> dict[str, Any]:
+    args = lab.appliance_run(name, {}, entrypoint="/opt/venv/bin/python", command=["-c", "pass"])
+    started = time.perf_counter()
+    done = subprocess.run([DOCKER, *args], capture_output=True, timeout=START_TIMEOUT_SECONDS, check=False)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise BenchError(f"{name} failed ({done.returncode}): {done.stderr.decode(errors='replace')[-500:]}")
+    return {"exit_s": elapsed, "code": done.returncode}
+
+
+def _one(lab: Lab, kind: str, name: str) -> dict[str, Any]:
+    """One timed start of `kind`: its figures in seconds and the container's exit status."""
     if kind == "bare":
-        args = lab.appliance_run(name, {}, entrypoint="/opt/venv/bin/python", command=["-c", "pass"])
-        started = time.perf_counter()
-        done = subprocess.run([DOCKER, *args], capture_output=True, timeout=START_TIMEOUT_SECONDS, check=False)
-        elapsed = time.perf_counter() - started
-        if done.returncode != 0:
-            raise BenchError(f"{name} failed ({done.returncode}): {done.stderr.decode(errors='replace')[-500:]}")
-        return elapsed, done.returncode
-    if kind == "first_output":
-        elapsed, _, code = _first_line(lab, name, _python(lab, name, FIRST_OUTPUT), None)
-        return elapsed, code
-    if kind == "imports":
-        _, line, code = _first_line(lab, name, _python(lab, name, IMPORTS), None)
-        return float(line), code
-    args = lab.appliance_run(name, {"APPLIANCE_TRANSPORT": "stdio"}, interactive=True)
-    elapsed, line, code = _first_line(lab, name, args, (json.dumps(INITIALIZE) + "\n").encode())
-    answer = json.loads(line)
-    if answer.get("id") != 1 or "result" not in answer:
-        raise BenchError(f"no initialize result from {name}: {line[:200]!r}")
-    return elapsed, code
+        return _bare(lab, name)
+    errlog_path = lab.log_dir / f"{name}.log"
+    with errlog_path.open("w") as errlog:
+        if kind == "mcp":
+            args = lab.appliance_run(name, {"APPLIANCE_TRANSPORT": "stdio"}, interactive=True)
+        else:
+            args = _python(lab, name, FLOOR if kind == "floor" else IMPORTS)
+        started = _Started(args, errlog)
+        try:
+            if kind == "floor":
+                first, _ = started.line("first output")
+                exit_s, code = started.close_stdin()
+                return {"first_output_s": first, "exit_s": exit_s, "code": code}
+            if kind == "imports":
+                _, line = started.line("import time")
+                _, code = started.close_stdin()
+                return {"imports_s": float(line), "code": code}
+            started.send(_line(INITIALIZE))
+            initialize, _ = started.answer(1, "initialize answer")
+            started.send(_line(INITIALIZED) + _line(TOOLS_LIST))
+            tools_list, listing = started.answer(2, "tools/list answer")
+            if not listing["result"].get("tools"):
+                raise BenchError(f"{name} listed no tools")
+            exit_s, code = started.close_stdin()
+        finally:
+            started.stop()
+    text = errlog_path.read_text(errors="replace")
+    return {
+        "initialize_s": initialize,
+        "tools_list_s": tools_list,
+        "exit_s": exit_s,
+        "code": code,
+        "ready": stages.ready_stages(text),
+        "server_shutdown_s": stages.shutdown_seconds(text),
+        "exit_split": stages.exit_breakdown(started.closed_at, started.exited_at, stages.shutdown_logged_at(text)),
+    }
 
 
-def measure(lab: Lab, params: ColdStartParams) -> dict[str, Any]:
-    samples: dict[str, list[float]] = {kind: [] for kind in KINDS}
-    exit_codes: list[int | None] = []
-    for run in range(params.runs):
+def _summary(values: list[float | None]) -> dict[str, float | int] | None:
+    measured = [v for v in values if v is not None]
+    return summary_s(measured) if measured and len(measured) == len(values) else None
+
+
+def measure(lab: Lab, params: ColdStartParams, run_index: int = 0) -> dict[str, Any]:
+    """One run: `params.runs` rounds of every kind."""
+    starts: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+    for start in range(params.runs):
         for kind in KINDS:
-            name = lab.name(f"cold-{kind.replace('_', '-')}-{run}")
+            name = lab.name(f"cold-{kind}-{run_index}-{start}")
             try:
-                seconds, code = _one(lab, kind, name)
+                starts[kind].append(_one(lab, kind, name))
             finally:
                 docker("rm", "--force", name, check=False)
-            samples[kind].append(seconds)
-            exit_codes.append(code)
-        log(f"cold start: run {run + 1}/{params.runs}: initialize after {samples['mcp'][-1]:.2f} s")
-    mcp, bare, first, imports = (summary_s(samples[k]) for k in ("mcp", "bare", "first_output", "imports"))
+        last = starts["mcp"][-1]
+        log(
+            f"cold start run {run_index + 1}, start {start + 1}/{params.runs}: tools/list after "
+            f"{last['tools_list_s']:.2f} s, exit {last['exit_s']:.2f} s"
+        )
+
+    def column(kind: str, key: str) -> list[float | None]:
+        return [s.get(key) for s in starts[kind]]
+
+    mcp = starts["mcp"]
+    exit_codes = [s["code"] for kind in KINDS for s in starts[kind]]
     return {
-        "runs": params.runs,
-        "initialize_s": mcp,
-        "bare_python_s": bare,
-        "bare_python_first_output_s": first,
-        "python_imports_s": imports,
-        "breakdown_median_s": {
-            "docker_and_interpreter": first["median"],
-            "imports": imports["median"],
-            "server_start_and_handshake": round(mcp["median"] - first["median"] - imports["median"], 3),
+        "starts": params.runs,
+        "tools_list_s": _summary(column("mcp", "tools_list_s")),
+        "initialize_s": _summary(column("mcp", "initialize_s")),
+        "exit_s": _summary(column("mcp", "exit_s")),
+        # None when this build writes no "shutdown complete" line.
+        "server_shutdown_s": _summary(column("mcp", "server_shutdown_s")),
+        "bare_python_s": _summary(column("bare", "exit_s")),
+        "bare_python_first_output_s": _summary(column("floor", "first_output_s")),
+        "bare_python_exit_after_eof_s": _summary(column("floor", "exit_s")),
+        "python_imports_s": _summary(column("imports", "imports_s")),
+        "exit_stages": {
+            key: _summary([(s["exit_split"] or {}).get(key) for s in mcp])
+            for key in ("until_shutdown_complete_s", "after_shutdown_complete_s")
         },
-        # Every run's container, the stdio server's after stdin EOF included, must exit 0.
+        "stages": stages.startup_breakdown([s["tools_list_s"] * 1000 for s in mcp], [s["ready"] for s in mcp]),
+        "raw": starts,
+        # Every container, the stdio server's after stdin EOF included, must exit 0.
         "exit_codes": exit_codes,
         "unexpected_errors": sum(1 for code in exit_codes if code != 0),
     }

@@ -14,8 +14,6 @@ on the lab network only. The benchmark talks to it from the host over the lab br
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -23,35 +21,31 @@ from typing import Any
 import anyio
 
 from bench.clients import error_type, http_session, port_open
-from bench.docker import BenchError, container_ip, docker, init_pid, log, memory_bytes, server_process, wait_until
+from bench.docker import (
+    HTTP_PORT,
+    BenchError,
+    docker,
+    init_pid,
+    log,
+    memory_bytes,
+    server_process,
+    wait_ready,
+    wait_until,
+)
 from bench.lab import TARGET_PORT, Lab
 from bench.stats import summary_ms
 
-HTTP_PORT = 8080
-HEALTH_PORT = 9090
-# Start-up (self-check, policy, scanner probes, uvicorn) takes a second or two; a loaded machine more.
-READY_TIMEOUT_SECONDS = 60
 # Start-up tasks (scanner version probes, the reload poller's first pass) settle within seconds.
 SETTLE_TIMEOUT_SECONDS = 15
 SETTLE_INTERVAL_SECONDS = 0.5
 SETTLED_RSS_DELTA_BYTES = 256 * 1024
 # The whole burst: at most a few queued scans of ~0.1 s each after the refusals.
 BURST_TIMEOUT_SECONDS = 300
-# No proxy from the environment between the benchmark and the lab.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
 class ConcurrencyParams:
     concurrency: int
-
-
-def _ready(address: str) -> bool:
-    try:
-        with _OPENER.open(f"http://{address}:{HEALTH_PORT}/readyz", timeout=2) as response:
-            return bool(response.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
 
 
 def settled_rss(pid: int) -> int:
@@ -72,8 +66,7 @@ def settled_rss(pid: int) -> int:
 def start_http_appliance(lab: Lab, name: str, policy: str = "scope.yaml") -> tuple[str, int]:
     """Start the HTTP appliance detached; wait for /readyz; return its address and server PID."""
     docker(*lab.appliance_run(name, {}, policy=policy, detach=True))
-    address = container_ip(name, lab.network)
-    wait_until(lambda: _ready(address), READY_TIMEOUT_SECONDS, 0.2, f"{name} to be ready")
+    address = wait_ready(name, lab.network)
     return address, server_process(init_pid(name)).pid
 
 

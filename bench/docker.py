@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,12 @@ DOCKER_CALL_TIMEOUT_SECONDS = 120
 PAGE_FIELDS = ("VmRSS", "VmHWM")
 # Resolved once: every Docker call goes through this one binary.
 DOCKER = shutil.which("docker") or "/usr/bin/docker"
+HTTP_PORT = 8080  # the image's MCP port (streamable HTTP)
+HEALTH_PORT = 9090  # the image's health sidecar (/readyz, /healthz)
+# Start-up (self-check, policy, scanner probes, uvicorn) takes a second or two; a loaded machine more.
+READY_TIMEOUT_SECONDS = 60
+# No proxy from the environment may sit between the benchmark and the lab.
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class BenchError(Exception):
@@ -68,6 +76,22 @@ def remove_labelled(run_id: str) -> list[str]:
     if ids:
         docker("rm", "--force", *ids, check=False)
     return ids
+
+
+def ready(address: str) -> bool:
+    """True when the appliance at `address` answers /readyz with 200 (one attempt)."""
+    try:
+        with OPENER.open(f"http://{address}:{HEALTH_PORT}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def wait_ready(name: str, network: str) -> str:
+    """The address on `network` of the appliance container `name`, once it is ready."""
+    address = container_ip(name, network)
+    wait_until(lambda: ready(address), READY_TIMEOUT_SECONDS, 0.2, f"{name} to be ready")
+    return address
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, interval: float, what: str) -> Any:

@@ -36,14 +36,12 @@ import anyio
 import yaml
 
 from bench.clients import error_type, http_session
-from bench.docker import BENCH_LABEL, DOCKER, BenchError, container_ip, docker, log, wait_until
+from bench.docker import BENCH_LABEL, DOCKER, HEALTH_PORT, HTTP_PORT, OPENER, BenchError, docker, log, wait_ready
 from bench.lab import Lab
 from bench.stats import percentile, summary_ms
 
 HARNESS = Path(__file__).with_name("jobs_harness.py")
 DATA_DIR = "/var/lib/appliance"  # compose.yaml mounts the `appliance-data` volume here
-HTTP_PORT = 8080
-HEALTH_PORT = 9090
 # The benchmark's bearer token is the appliance's single token: principal "default".
 PRINCIPALS = ("default", "other")
 TARGETS = ("10.77.0.0/28", "10.77.0.16/28", "10.77.0.32/28", "10.77.0.48/28", "web.lab.internal")
@@ -52,8 +50,6 @@ LIST_LIMIT = 20
 ROLES = ("jobs-calls", "jobs-one", "jobs-http-one", "jobs-fill", "jobs-http")
 # 10,000 calls' bookkeeping with 10 KB of raw output each: tens of seconds on a loaded machine.
 HARNESS_TIMEOUT_SECONDS = 900
-READY_TIMEOUT_SECONDS = 60
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 # A version scan's services (what Debian 12 lab hosts answer); hosts rotate through them.
 SERVICES = (
@@ -176,21 +172,13 @@ def _write_policy(lab: Lab, stored_jobs: int) -> str:
     return path.name
 
 
-def _ready(address: str) -> bool:
-    try:
-        with _OPENER.open(f"http://{address}:{HEALTH_PORT}/readyz", timeout=2) as response:
-            return bool(response.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
-
-
 def stored_jobs_seen(address: str) -> int:
     """The jobs the appliance's store holds, from its /healthz (after its retention sweep ran)."""
     request = urllib.request.Request(
         f"http://{address}:{HEALTH_PORT}/healthz", headers={"Host": f"appliance:{HEALTH_PORT}"}
     )
     try:
-        with _OPENER.open(request, timeout=10) as response:
+        with OPENER.open(request, timeout=10) as response:
             body = json.loads(response.read())
     except (OSError, urllib.error.URLError, ValueError) as exc:
         raise BenchError(f"/healthz of the appliance did not answer: {exc}") from exc
@@ -200,9 +188,7 @@ def stored_jobs_seen(address: str) -> int:
 def _start_appliance(lab: Lab, role: str, volume: str, policy: str) -> str:
     name = lab.name(role)
     docker(*_with_volume(lab.appliance_run(name, {}, policy=policy, detach=True), volume))
-    address = container_ip(name, lab.network)
-    wait_until(lambda: _ready(address), READY_TIMEOUT_SECONDS, 0.2, f"{name} to be ready")
-    return address
+    return wait_ready(name, lab.network)
 
 
 async def _timed_calls(

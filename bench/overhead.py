@@ -12,7 +12,13 @@ Two long-lived containers of the appliance image, both with compose's flags, on 
 Neither figure includes `docker run` start-up. The two sides strictly alternate (one direct
 run, one MCP call, ...) so that background load on the machine falls on both alike; besides the
 difference of the medians, the median of the per-pair differences is kept (less sensitive to
-load that drifts during the run).
+load that drifts during the run). One `measure()` is one run, with its own two containers; the
+benchmark makes several runs, interleaved with the other timing figures' runs.
+
+Breakdown: the server's "call timings" log lines (its stderr, matched to the client's calls by
+the result's `request_id`) give the server-side stages; bench/sdkcost.py times the SDK's
+serialisation, the client's parse and its output-schema check on a sample of the run's real
+results; dispatch is what is left of the client's time (bench/stages.py).
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from mcp_types import CallToolResult
 
+from bench import sdkcost, stages
 from bench.clients import error_type, port_open, stdio_session
 from bench.docker import DOCKER, BenchError, log
 from bench.lab import TARGET_PORT, Lab
@@ -51,8 +59,10 @@ for line in sys.stdin:
 HARNESS_BATCH_TIMEOUT_SECONDS = 120
 # stdin closed: the harness loop ends and the container exits at once.
 HARNESS_EXIT_TIMEOUT_SECONDS = 30
-PROGRESS_EVERY = 50
+PROGRESS_EVERY = 100
 ECHO_ROUND_TRIPS = 50
+# Real results the SDK steps are timed on (spread over the run); each is timed REPEATS times.
+SDK_SAMPLE = 10
 
 
 @dataclass(frozen=True)
@@ -64,8 +74,8 @@ class OverheadParams:
 class Harness:
     """The direct-execution side: a python process in an appliance container, fed batch sizes."""
 
-    def __init__(self, lab: Lab, argv: list[str]) -> None:
-        self.name = lab.name("direct")
+    def __init__(self, lab: Lab, argv: list[str], run: int) -> None:
+        self.name = lab.name(f"direct-{run}")
         args = lab.appliance_run(
             self.name,
             {},
@@ -101,23 +111,33 @@ class Harness:
         self._log.close()
 
 
-async def measure(lab: Lab, params: OverheadParams) -> dict[str, Any]:
+def _request_id(result: CallToolResult) -> str | None:
+    value = (result.structured_content or {}).get("request_id")
+    return value if isinstance(value, str) else None
+
+
+async def measure(lab: Lab, params: OverheadParams, run_index: int = 0) -> dict[str, Any]:
+    """One run: `params.calls` alternating pairs, then the echo and dry-run sub-figures."""
     arguments = {"target": lab.target_ip, "ports": str(TARGET_PORT)}
-    name = lab.name("stdio")
+    name = lab.name(f"stdio-{run_index}")
+    errlog = lab.log_dir / f"{name}.log"
     run = lab.appliance_run(name, {"APPLIANCE_TRANSPORT": "stdio"}, interactive=True)
+    client_ms: dict[str, float] = {}
+    kept: list[CallToolResult] = []
+    sample_every = max(params.calls // SDK_SAMPLE, 1)
     mcp_seconds: list[float] = []
     server_seconds: list[float] = []
     direct_seconds: list[float] = []
     echo_seconds: list[float] = []
     dry_seconds: list[float] = []
     failures = {"mcp": 0, "direct": 0}
-    async with stdio_session([DOCKER, *run], lab.log_dir / f"{name}.log") as client:
+    async with stdio_session([DOCKER, *run], errlog) as client:
         dry = await client.call_tool("nmap_scan", {**arguments, "dry_run": True})
         if dry.is_error or not dry.structured_content:
             raise BenchError(f"the dry run was refused: {dry.content}")
         argv = [str(a) for a in dry.structured_content["argv"]]
         protocol = client.protocol_version
-        harness = Harness(lab, argv)
+        harness = Harness(lab, argv, run_index)
         try:
             _, warm_failures = await anyio.to_thread.run_sync(harness.batch, params.warmup)
             for _ in range(params.warmup):
@@ -135,8 +155,12 @@ async def measure(lab: Lab, params: OverheadParams) -> dict[str, Any]:
                     failures["mcp"] += 1
                 else:
                     server_seconds.append(float((result.structured_content or {})["duration_seconds"]))
+                    if (rid := _request_id(result)) is not None:
+                        client_ms[rid] = mcp_seconds[-1] * 1000
+                    if call % sample_every == 0 and len(kept) < SDK_SAMPLE:
+                        kept.append(result)
                 if (call + 1) % PROGRESS_EVERY == 0:
-                    log(f"overhead: {call + 1}/{params.calls} pairs")
+                    log(f"overhead run {run_index + 1}: {call + 1}/{params.calls} pairs")
             # What the docker attach path alone costs: a line to the harness and its answer back,
             # with no scan in between (the same hop every MCP message over stdio takes).
             for _ in range(ECHO_ROUND_TRIPS):
@@ -149,8 +173,11 @@ async def measure(lab: Lab, params: OverheadParams) -> dict[str, Any]:
                 started = time.perf_counter()
                 await client.call_tool("nmap_scan", {**arguments, "dry_run": True})
                 dry_seconds.append(time.perf_counter() - started)
+            sdk = await sdkcost.measure(client, "nmap_scan", kept)
         finally:
             await anyio.to_thread.run_sync(harness.close)
+    # The session has ended: the server has exited and its stderr is complete.
+    breakdown = stages.call_breakdown(client_ms, stages.call_timings(errlog.read_text()), sdk)
     mcp = summary_ms(mcp_seconds)
     direct = summary_ms(direct_seconds)
     server = summary_ms(server_seconds) if server_seconds else None
@@ -171,8 +198,15 @@ async def measure(lab: Lab, params: OverheadParams) -> dict[str, Any]:
             "docker_stdio_round_trip": summary_ms(echo_seconds)["median"],
             "dry_run_call": summary_ms(dry_seconds)["median"],
         },
+        "stages": {**breakdown, "sdk": sdk},
+        # Every call's time (ms), in call order: the pairs are (mcp[i], direct[i]).
+        "samples_ms": {
+            "mcp": [round(x * 1000, 3) for x in mcp_seconds],
+            "direct": [round(x * 1000, 3) for x in direct_seconds],
+        },
         "added_ms_median": round(mcp["median"] - direct["median"], 3),
         "added_ms_p99": round(mcp["p99"] - direct["p99"], 3),
+        "ratio_p99": round(percentile(mcp_seconds, 99) / percentile(direct_seconds, 99), 3),
         "paired_added_ms_median": round(percentile(paired, 50) * 1000, 3),
         "ratio_median": round(percentile(mcp_seconds, 50) / percentile(direct_seconds, 50), 3),
         "protocol_version": protocol,

@@ -7,12 +7,28 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.breakdown import (
+    call_made_of,
+    cold_text,
+    exit_made_of,
+    exit_text,
+    get_path,
+    overhead_text,
+    p99_made_of,
+    run_values,
+    stage_tables,
+    startup_made_of,
+)
 from bench.docker import docker
+from bench.notes import measurement_notes
+from bench.stats import MB, across_runs
+from bench.stats import mb as _mb
 
-MB = 1_000_000  # every size in the report is in decimal megabytes, as `docker images` prints them
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -58,44 +74,85 @@ def _git() -> str | None:
     return head.stdout.strip() + (" (work tree modified)" if dirty.stdout.strip() else "")
 
 
-def _signed(value: float | None) -> str:
-    return "?" if value is None else f"{value:+.1f}"
+@dataclass(frozen=True)
+class Goal:
+    """One goal: the value at `path` in every run of `figure` must be <= `limit`.
+
+    `samples` is the path to a run's sample count (calls, starts), shown as n; `made_of` says
+    what the figure is made of (shown when the goal is not met).
+    """
+
+    name: str
+    figure: str
+    path: tuple[str, ...]
+    limit: float
+    unit: str
+    samples: tuple[str, ...] | None = None
+    sample_unit: str = ""
+    absolute: bool = False
+    made_of: Callable[[dict[str, Any]], str] | None = None
 
 
-def _mb(value: float) -> str:
-    return f"{value / MB:.1f} MB"
+# Every goal of the benchmark (issue 10's and the ones it keeps), in the report's order.
+GOALS: tuple[Goal, ...] = (
+    Goal("added ms per call at the median", "overhead", ("added_ms_median",), 5.0, "ms",
+         ("calls_per_side",), "calls", made_of=call_made_of),
+    Goal("p99(MCP) / p99(direct)", "overhead", ("ratio_p99",), 1.3, "x",
+         ("calls_per_side",), "calls", made_of=p99_made_of),
+    Goal("cold start to the first tools/list answer (median)", "cold_start", ("tools_list_s", "median"), 1.0, "s",
+         ("starts",), "starts", made_of=startup_made_of),
+    Goal("exit after stdin EOF, no scan running (median)", "cold_start", ("exit_s", "median"), 0.3, "s",
+         ("starts",), "starts", made_of=exit_made_of),
+    Goal("unexpected errors under a burst", "concurrency", ("unexpected_errors",), 0, "calls",
+         ("concurrency",), "calls"),
+    Goal("peak RSS under a burst", "concurrency", ("server_peak_rss_bytes",), 150 * MB, "bytes"),
+    Goal("docker stop with 4 scans running", "shutdown", ("stop_seconds",), 2.0, "s"),
+    Goal("exit code after docker stop", "shutdown", ("exit_code",), 0, "", absolute=True),
+    Goal("orphaned scanner processes", "shutdown", ("orphans",), 0, "processes"),
+    Goal("image size", "image", ("size_bytes",), 130 * MB, "bytes"),
+    Goal("idle RSS", "concurrency", ("server_idle_rss_bytes",), 100 * MB, "bytes"),
+    Goal("job store time per synchronous call (median)", "jobs", ("store_calls", "total_ms", "median"), 1.0, "ms",
+         ("store_calls", "calls"), "calls"),
+)  # fmt: skip
 
 
-def goals(figures: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each goal with the measured value, or None when the figure could not be measured."""
-    out: list[dict[str, Any]] = []
+def _flood_goal(figures: dict[str, Any]) -> Goal:
+    cap = get_path(figures.get("flood"), ("output_cap_bytes",))
+    return Goal("RSS growth under an output flood", "flood", ("rss_growth_bytes",), (cap or 0) + 20 * MB, "bytes")
 
-    def add(name: str, value: float | None, limit: float, unit: str, figure: str) -> None:
-        met = None if value is None else value <= limit
-        out.append({"goal": name, "figure": figure, "value": value, "limit": limit, "unit": unit, "met": met})
 
-    def get(figure: str, *path: str) -> Any:
-        data = figures.get(figure) or {}
-        for key in path:
-            data = data.get(key) if isinstance(data, dict) else None
-        return data
+def evaluate(goal: Goal, figures: dict[str, Any]) -> dict[str, Any]:
+    """The goal's value in every run, their median (min-max), and met: True only if every run
+    meets it; None when some run could not measure it."""
+    agg = run_values(figures, goal.figure, *goal.path)
+    runs: list[float | None] = agg["runs"]
+    if goal.absolute:
+        agg = across_runs([None if v is None else abs(v) for v in runs])
+        runs = agg["runs"]
+    met = None if agg["median"] is None else all(v is not None and v <= goal.limit for v in runs)
+    samples = run_values(figures, goal.figure, *goal.samples)["runs"] if goal.samples else []
+    return {
+        "goal": goal.name,
+        "figure": goal.figure,
+        "value": agg["median"],
+        "min": agg["min"],
+        "max": agg["max"],
+        "runs": runs,
+        "n_runs": agg["n"],
+        "samples_per_run": [None if s is None else int(s) for s in samples],
+        "sample_unit": goal.sample_unit,
+        "limit": goal.limit,
+        "unit": goal.unit,
+        "met": met,
+        # Always in the JSON; the table shows it for a goal not met.
+        "made_of": goal.made_of(figures) if goal.made_of is not None else None,
+    }
 
-    add("added ms per call at the median", get("overhead", "added_ms_median"), 5.0, "ms", "overhead")
-    add("cold start to initialize (median)", get("cold_start", "initialize_s", "median"), 1.0, "s", "cold_start")
-    add("unexpected errors under a burst", get("concurrency", "unexpected_errors"), 0, "calls", "concurrency")
-    peak = get("concurrency", "server_peak_rss_bytes")
-    add("peak RSS under a burst", peak, 150 * MB, "bytes", "concurrency")
-    add("docker stop with 4 scans running", get("shutdown", "stop_seconds"), 2.0, "s", "shutdown")
-    code = get("shutdown", "exit_code")
-    add("exit code after docker stop", None if code is None else abs(code), 0, "", "shutdown")
-    add("orphaned scanner processes", get("shutdown", "orphans"), 0, "processes", "shutdown")
-    add("image size", get("image", "size_bytes"), 130 * MB, "bytes", "image")
-    add("idle RSS", get("concurrency", "server_idle_rss_bytes"), 100 * MB, "bytes", "concurrency")
-    cap = get("flood", "output_cap_bytes")
-    add("RSS growth under an output flood", get("flood", "rss_growth_bytes"), (cap or 0) + 20 * MB, "bytes", "flood")
-    store_ms = get("jobs", "store_calls", "total_ms", "median")
-    add("job store time per synchronous call (median)", store_ms, 1.0, "ms", "jobs")
-    return out
+
+def goals(figures: dict[str, Any], extra: Sequence[Goal] = ()) -> list[dict[str, Any]]:
+    """Each goal (GOALS, the flood's, then `extra` from added figure providers) evaluated."""
+    order = [*GOALS[:10], _flood_goal(figures), *GOALS[10:], *extra]
+    return [evaluate(goal, figures) for goal in order]
 
 
 def _met(goal_list: list[dict[str, Any]], name: str) -> str:
@@ -130,47 +187,98 @@ def _jobs_text(d: dict[str, Any]) -> str:
     )
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """The table, the machine line, the command line and what each figure measures."""
+def _value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "?"
+    if unit == "bytes":
+        return _mb(value)
+    if unit == "s":
+        return f"{value:.2f} s"
+    if unit == "ms":
+        return f"{value:.1f} ms"
+    if unit == "x":
+        return f"x{value:.2f}"
+    return f"{value:g}{' ' + unit if unit else ''}"
+
+
+def _n(goal: dict[str, Any]) -> str:
+    runs = f"{goal['n_runs']} run{'s' if goal['n_runs'] != 1 else ''}"
+    samples = {s for s in goal["samples_per_run"] if s is not None}
+    if not samples:
+        return runs
+    each = str(samples.pop()) if len(samples) == 1 else f"{min(goal['samples_per_run'])}-{max(goal['samples_per_run'])}"
+    return f"{runs} x {each} {goal['sample_unit']}"
+
+
+def goals_table(goal_list: list[dict[str, Any]]) -> list[str]:
+    """One line per goal: median of the runs (min-max), n, the limit, met, and for a goal not
+    met what the figure is made of."""
+    rows = [
+        "| goal | median of runs (min-max) | n | limit | met | made of (goals not met) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for goal in goal_list:
+        value = _value(goal["value"], goal["unit"])
+        if goal["n_runs"] > 1 and goal["value"] is not None:
+            value += f" ({_value(goal['min'], goal['unit'])} - {_value(goal['max'], goal['unit'])})"
+        met = {True: "yes", False: "**no**", None: "n/a"}[goal["met"]]
+        made_of = goal["made_of"] if goal["met"] is False and goal["made_of"] else ""
+        rows.append(
+            f"| {goal['goal']} | {value} | {_n(goal)} | <= {_value(goal['limit'], goal['unit'])} | {met} | {made_of} |"
+        )
+    return rows
+
+
+def _not_measured(data: Any) -> str | None:
+    """Why a figure (or one of its runs) has no result, or None when it has one."""
+    if not data:
+        return "skipped"
+    for index, run in enumerate(data.get("runs", [data]) if isinstance(data, dict) else [data]):
+        if not isinstance(run, dict):
+            return "skipped"
+        if "error" in run:
+            return run["error"] if "runs" not in data else f"run {index + 1}: {run['error']}"
+    return None
+
+
+def markdown(results: dict[str, Any], extra_rows: Sequence[Callable[[dict[str, Any]], str]] = ()) -> str:
+    """The goals, the figures, where the time goes, the machine, the command and what each
+    figure measures. `extra_rows` render the rows of added figure providers."""
     f = results["figures"]
     g = results["goals"]
     p = results["parameters"]
+    runs = p.get("timing_runs", 1)
     rows = ["| # | figure | result | goal | met |", "|---|---|---|---|---|"]
 
     def row(number: str, figure: str, render: Any, goal: str, met: str, key: str) -> None:
         data = f.get(key)
-        measured = data and "error" not in data
-        text = render(data) if measured else f"not measured: {(data or {}).get('error', 'skipped')}"
+        why = _not_measured(data)
+        text = render(data) if why is None else f"not measured: {why}"
         rows.append(f"| {number} | {figure} | {text} | {goal} | {met} |")
 
+    timed = f"medians of {runs} runs (min-max)" if runs > 1 else "1 run"
     row(
         "1",
-        "per-call overhead, one-port nmap -sT (stdio)",
-        lambda d: (
-            f"MCP {d['mcp_call_ms']['median']:.1f} ms median / {d['mcp_call_ms']['p99']:.1f} ms p99; "
-            f"direct {d['direct_run_ms']['median']:.1f} / {d['direct_run_ms']['p99']:.1f} ms; "
-            f"**+{d['added_ms_median']:.1f} ms** (x{d['ratio_median']:.2f}) at the median, n={d['calls_per_side']} "
-            f"(runner {_signed(d['breakdown_median_ms']['runner'])} ms, MCP request path "
-            f"{_signed(d['breakdown_median_ms']['protocol_transport_and_validation'])} ms; a `dry_run` call "
-            f"takes {d['breakdown_median_ms']['dry_run_call']:.1f} ms, a bare `docker run -i` stdio round trip "
-            f"{d['breakdown_median_ms']['docker_stdio_round_trip']:.1f} ms)"
-        ),
-        "<= 5 ms added (median)",
-        _met(g, "added ms per call at the median"),
+        f"per-call overhead, one-port nmap -sT (stdio), {timed} of {p['overhead_calls']} calls",
+        lambda d: overhead_text(f),
+        "<= 5 ms added (median); p99 ratio <= 1.3",
+        _all_met(g, "added ms per call at the median", "p99(MCP) / p99(direct)"),
         "overhead",
     )
     row(
         "2",
-        "cold start: `docker run -i` to `initialize` answer",
-        lambda d: (
-            f"**{d['initialize_s']['median']:.2f} s** median of {d['runs']} = python's first output "
-            f"{d['breakdown_median_s']['docker_and_interpreter']:.2f} s + imports "
-            f"{d['breakdown_median_s']['imports']:.2f} s + server start-up and handshake "
-            f"{d['breakdown_median_s']['server_start_and_handshake']:.2f} s; bare `python -c pass` to exit "
-            f"{d['bare_python_s']['median']:.2f} s"
-        ),
+        f"cold start: `docker run -i` to the first `tools/list` answer, {timed} of {p['cold_start_runs']} starts",
+        lambda d: cold_text(f),
         "<= 1.0 s",
-        _met(g, "cold start to initialize (median)"),
+        _met(g, "cold start to the first tools/list answer (median)"),
+        "cold_start",
+    )
+    row(
+        "2b",
+        "exit: stdin closed after the `tools/list` answer to `docker run -i` exiting (no scan running)",
+        lambda d: exit_text(f),
+        "<= 0.3 s",
+        _met(g, "exit after stdin EOF, no scan running (median)"),
         "cold_start",
     )
     row(
@@ -224,66 +332,28 @@ def markdown(results: dict[str, Any]) -> str:
         _met(g, "job store time per synchronous call (median)"),
         "jobs",
     )
+    rows += [extra(results) for extra in extra_rows]
     m = results["machine"]
-    not_applied = f.get("lab", {}).get("compose_keys_not_applied", [])
     machine_line = (
         f"Measured {m['date']} ({results['mode']} mode) on {m['nproc']} CPUs ({m['cpu_model']}), "
         f"{m['memory_bytes'] / 2**30:.0f} GiB, Linux {m['kernel']}, Docker {m['docker_server']}; "
         f"load average {m['load_average_at_start'][0]} at start; image {f.get('image', {}).get('id', '?')[:19]}, "
         f"git {m['git']}."
     )
-    notes = [
-        "What each figure measures (sizes in MB = 10^6 bytes; percentiles are nearest-rank):",
-        f"1. Client side: `time.perf_counter()` in the benchmark process around `Client.call_tool('nmap_scan', "
-        f"target=<lab IP>, ports='8080')`, one stdio session to `docker run -i` of the image with compose.yaml's "
-        f"flags on the internal lab network, {p['overhead_calls']} calls after {p['overhead_warmup']} warm-up. "
-        f"Direct: the argv of a `dry_run` call, run {p['overhead_calls']} times with `subprocess.run` (the "
-        f"runner's environment, new session) by Python inside a second container of the image (same flags, "
-        "same network), `time.perf_counter()` there. Neither includes container start; the sides alternate "
-        "call by call. Runner = the server's own timing of the scanner run (the result's "
-        "`duration_seconds`, monotonic clock, ms resolution) minus direct; MCP request path = client time minus "
-        "that (the client SDK, JSON-RPC through docker's attach stream, validation, scope checks, audit lines, "
-        "result parsing); the stdio round trip = host `time.perf_counter()` around one line sent to the harness "
-        "container and its answer, no scan; a `dry_run` call = the same `call_tool` with `dry_run: true` (no "
-        "process); medians of 50 each.",
-        "2. `time.perf_counter()` in the benchmark process from spawning `docker run -i ... serve` (stdio, "
-        "compose's flags, lab network) to reading the `initialize` response line. Same clock and flags: "
-        "`docker run ... --entrypoint /opt/venv/bin/python IMG -c pass` to its exit; python's first output = "
-        "`-c \"print('up')\"` to that line; imports = `import appliance.cli, appliance.app` timed inside such a "
-        "container; server start-up = initialize - first output - imports (differences of medians, "
-        f"approximate); median of {p['cold_start_runs']} runs each, no `--rm` (removal after the clock stops).",
-        "3. The image as compose.yaml runs it (HTTP, bearer token, compose's policy pinned to the lab target, "
-        "default limits), one MCP session from the host; every call released at once, each timed with "
-        "`time.perf_counter()` in the benchmark process. Peak RSS = VmHWM of the server's Python process "
-        "(host /proc/<pid>/status; lifetime peak, start-up included).",
-        "4. Same deployment, a policy allowing 4 nmap scans at once; 4 calls scanning ports 1-1000 with "
-        "`--scan-delay 1s`; once 4 nmap processes run, `docker stop -t 10` timed with `time.perf_counter()` "
-        "(the CLI returns when the container has exited); orphans = nmap processes seen before the stop and "
-        "still alive after it.",
-        "5. Image: `docker image inspect` Size. Idle RSS: VmRSS of the server process after /readyz answers and "
-        "its RSS has settled, before any MCP request. Flood (host mode, not the container): `.venv/bin/appliance "
-        "serve` under `unshare --net` with APPLIANCE_NMAP_PATH set to a fake nmap that writes "
-        f"{_mb(p['flood_bytes'])} of XML to stdout and ignores SIGTERM; growth = VmHWM after the call (reset "
-        "before it via clear_refs) minus the settled VmRSS before it.",
-        "6. Bookkeeping: a container of the image (compose's flags) with a new named volume at /var/lib/appliance "
-        "runs bench/jobs_harness.py: the appliance's JobManager, AuditSink (a file on the container's /tmp "
-        "tmpfs) and SqliteJobStore on the volume, the sequence a completed synchronous call makes "
-        "(admissible: free-space check; create: audit line + put; running: put; result fields: the job's "
-        "fields and the result's one JSON dump; changes_since: previous_completed + diff against the previous rescan; "
-        "finish: put of the record with the nmap XML, one commit), each step timed with `time.perf_counter()` in the "
-        "container (and the whole with `time.thread_time()`: CPU time, which a busy machine does not inflate), "
-        f"{p['job_store_calls']} calls after {p['job_store_warmup']} warm-up; the result is "
-        "nmap_scan's own assembly of a version-scan XML (two variants alternating, so every rescan has a "
-        "diff); the scanner and its parsing are not in the figure. Reads: the same harness stores "
-        f"{p['stored_jobs']:,} jobs through the same path (2 principals, 5 targets, one minute apart), then "
-        "the appliance (HTTP, compose's flags, on that volume, retention raised to keep them all) answers "
-        f"{p['job_reads']} `get_scan` of random own scans and as many `list_scans` (limit 20) first pages "
-        "and pages from a random cursor, one MCP session, `time.perf_counter()` in the benchmark process; "
-        "the one-job figure: `get_scan` on the same volume when it held only that job. Bytes per job: "
-        "(SQLite file + WAL, with the writer's connection open) / jobs.",
-        "The benchmark leaves out compose's health check (its `docker exec` would land in the measurements) "
-        "and restart policy" + (f"; compose keys it does not apply: {', '.join(not_applied)}." if not_applied else "."),
-    ]
     if f.get("image", {}).get("retagged_during_run"):
         machine_line += f" **Warning: {f['image']['image']} was rebuilt during the run; measure again.**"
-    return "\n".join([*rows, "", machine_line, "", f"Command: `{results['command']}`", "", *notes])
+    return "\n".join(
+        [
+            *goals_table(g),
+            "",
+            f"Command: `{results['command']}`",
+            "",
+            *rows,
+            "",
+            *stage_tables(f),
+            "",
+            machine_line,
+            "",
+            *measurement_notes(results),
+        ]
+    )

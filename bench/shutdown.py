@@ -19,8 +19,8 @@ import httpx2
 import psutil
 
 from bench.clients import http_session
-from bench.concurrency import HTTP_PORT, start_http_appliance
-from bench.docker import docker, init_pid, inspect, log, nmap_processes, wait_until
+from bench.concurrency import start_http_appliance
+from bench.docker import HTTP_PORT, docker, init_pid, inspect, log, nmap_processes, wait_until
 from bench.lab import Lab
 
 SCANS = 4

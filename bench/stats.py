@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
+
+MB = 1_000_000  # every size in the report is in decimal megabytes, as `docker images` prints them
+
+
+def mb(value: float) -> str:
+    return f"{value / MB:.1f} MB"
 
 
 def percentile(samples: Sequence[float], p: float) -> float:
@@ -38,3 +45,17 @@ def summary_s(seconds: Sequence[float]) -> dict[str, float | int]:
         "min": round(min(seconds), 3),
         "max": round(max(seconds), 3),
     }
+
+
+def across_runs(values: Sequence[float | None]) -> dict[str, Any]:
+    """One figure measured in several runs: every run's value, their median, min and max.
+
+    A run that could not measure it (None) makes the median None too: a figure counts only
+    when every run has it. With an even count the median is the lower middle (an observed run).
+    """
+    runs = list(values)
+    measured = [v for v in runs if v is not None]
+    if not runs or len(measured) != len(runs):
+        return {"runs": runs, "n": len(runs), "median": None, "min": None, "max": None}
+    median = percentile(measured, 50)
+    return {"runs": runs, "n": len(runs), "median": median, "min": min(measured), "max": max(measured)}
