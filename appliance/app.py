@@ -22,8 +22,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
-
 from appliance import __version__
 from appliance.audit import AuditSink
 from appliance.auth import BearerTokenVerifier, TokenSource
@@ -33,7 +31,7 @@ from appliance.health import Health, ScannerStatus, probe_scanner
 from appliance.jobs.manager import JobManager
 from appliance.jobs.model import STATES, Job
 from appliance.jobs.sqlite import open_store
-from appliance.metrics import JobCounts, Metrics
+from appliance.metrics import Metrics
 from appliance.policy.store import PolicyStore
 from appliance.privileges import (
     excess_privileges,
@@ -50,6 +48,7 @@ from appliance.tools import TOOLS
 
 if TYPE_CHECKING:  # imported when used: the stdio start-up needs neither uvicorn nor aiohttp
     from aiohttp import web
+    from prometheus_client import CollectorRegistry
 
     from appliance.http import ActiveRequests, QuietUvicorn
 
@@ -78,7 +77,7 @@ DEFERRED_START_SECONDS = 1.0
 # The first answer is written within a millisecond of being handed to the SDK's writer.
 ANSWER_WRITE_SECONDS = 0.01
 # What waits for the first answer, by name (the "ready" line's `deferred`).
-DEFERRED_WORK = ("sidecar", "retention_sweep", "policy_watch", "cancel_poll")
+DEFERRED_WORK = ("metrics", "sidecar", "retention_sweep", "policy_watch", "cancel_poll")
 
 
 def privilege_verdict(settings: Settings) -> dict[str, Any]:
@@ -127,18 +126,22 @@ class Appliance:
         self.verdict = check_or_refuse(settings)
         self.store = PolicyStore(settings.policy_path)
         self.audit = AuditSink(settings.audit_path)
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = Metrics(self.registry, TOOLS)
         self.job_store = open_store(settings.data_dir, EPHEMERAL_DATA_DIR)
+        # Built at first use (appliance.metrics) unless `registry` is given.
+        self.metrics = Metrics(
+            registry,
+            TOOLS,
+            job_counts=self.job_store.counts,
+            job_states=STATES,
+            oldest_running=self._oldest_running_age,
+        )
         self.jobs = JobManager(self.job_store, self.audit, on_change=self._job_changed)
-        self.registry.register(JobCounts(self.job_store.counts, STATES))
-        self.metrics.oldest_running.set_function(self._oldest_running_age)
         self.service = ScanService(settings, self.store, self.audit, metrics=self.metrics, jobs=self.jobs)
         self.tokens: TokenSource | None = None
         verifier: BearerTokenVerifier | None = None
         if settings.transport == "http":
             secret = settings.auth_token.get_secret_value() if settings.auth_token else None
-            self.tokens = TokenSource(secret, settings.auth_tokens_file, self.registry)
+            self.tokens = TokenSource(secret, settings.auth_tokens_file, self.metrics.registry)
             # No token at start: no verifier, and build_http_app refuses unless it is the loopback test mode.
             verifier = BearerTokenVerifier(self.tokens) if len(self.tokens.table) else None
         self.server = ScannerServer(self.service, token_verifier=verifier)
@@ -151,6 +154,10 @@ class Appliance:
         self._scanners: dict[str, ScannerStatus] = {}
         self._uvicorn: QuietUvicorn | None = None
         self._requests: ActiveRequests | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.metrics.registry
 
     # --- jobs -------------------------------------------------------------------------------
     def _job_changed(self, job: Job) -> None:
@@ -365,7 +372,8 @@ class Appliance:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._shutdown.set)
         loop.add_signal_handler(signal.SIGHUP, self._wake.set)
-        self.clock.deferred = [name for name in DEFERRED_WORK if name != "sidecar" or self.settings.health_enabled]
+        built = {"metrics": self.metrics.built, "sidecar": not self.settings.health_enabled}
+        self.clock.deferred = [name for name in DEFERRED_WORK if not built.get(name, False)]
         self.clock.mark("settings_policy")
         transport = asyncio.create_task(self._transport())
         stop = asyncio.create_task(self._shutdown.wait())

@@ -7,12 +7,13 @@ Every server here is a real `appliance serve` child on the loopback policy; noth
 from __future__ import annotations
 
 import json
+import os
 import select
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,21 +53,41 @@ def answer(stdout: IO[bytes], request_id: int) -> dict[str, Any]:
             return message
 
 
-def stderr_json(proc: subprocess.Popen[bytes], wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    """The first JSON line on the child's stderr that `wanted` accepts (within START_SECONDS)."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + START_SECONDS
-    while (left := deadline - time.monotonic()) > 0:
-        readable, _, _ = select.select([proc.stderr], [], [], left)
-        if not readable:
-            break
-        line = proc.stderr.readline()
-        assert line, f"the server exited (code {proc.poll()}) before the line was written"
-        if line.startswith(b"{"):
-            record: dict[str, Any] = json.loads(line)
-            if wanted(record):
-                return record
-    raise AssertionError(f"no such line on stderr within {START_SECONDS} s")
+class StderrRecords:
+    """The JSON lines of a child's stderr, read from its descriptor: select() then sees every
+    line not yet taken (a buffered reader would hold some where select cannot see them)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        self._proc = proc
+        self._fd = proc.stderr.fileno()
+        self._pending = b""
+
+    def _lines(self, deadline: float) -> Iterator[bytes]:
+        while True:
+            while b"\n" in self._pending:
+                line, self._pending = self._pending.split(b"\n", 1)
+                yield line
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._fd], [], [], left)[0]:
+                return
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                return
+            self._pending += chunk
+
+    def first(self, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first record `wanted` accepts, within START_SECONDS."""
+        for line in self._lines(time.monotonic() + START_SECONDS):
+            if line.startswith(b"{"):
+                record: dict[str, Any] = json.loads(line)
+                if wanted(record):
+                    return record
+        raise AssertionError(f"no such line on stderr within {START_SECONDS} s (exit code {self._proc.poll()})")
+
+    def rest(self) -> list[dict[str, Any]]:
+        """The records left once the child has exited."""
+        return [json.loads(line) for line in self._lines(time.monotonic() + STOP_SECONDS) if line.startswith(b"{")]
 
 
 def is_ready(record: dict[str, Any]) -> bool:
@@ -94,15 +115,15 @@ def test_stdio_writes_one_ready_line_before_any_message_then_answers(tmp_path: P
     with stdio_child(policy, APPLIANCE_LOG_LEVEL="INFO") as proc:
         assert proc.stdin is not None
         assert proc.stdout is not None
-        ready = stderr_json(proc, is_ready)  # nothing was sent yet: the line says the transport reads
+        records = StderrRecords(proc)
+        ready = records.first(is_ready)  # nothing was sent yet: the line says the transport reads
         assert_stages(ready, "stdio")
-        assert ready["deferred"] == ["sidecar", "retention_sweep", "policy_watch", "cancel_poll"]
+        assert ready["deferred"] == ["metrics", "sidecar", "retention_sweep", "policy_watch", "cancel_poll"]
         send(proc.stdin, initialize_request(), INITIALIZED, TOOLS_LIST)
         assert "nmap_scan" in {tool["name"] for tool in answer(proc.stdout, 2)["result"]["tools"]}
         proc.stdin.close()
         assert proc.wait(timeout=STOP_SECONDS) == 0
-        assert proc.stderr is not None
-        rest = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith(b"{")]
+        rest = records.rest()
     assert not [record for record in rest if is_ready(record)]  # one ready line per start
 
 
@@ -140,9 +161,9 @@ def test_the_sidecar_starts_when_the_client_asks_nothing(tmp_path: Path) -> None
         wait_until(lambda: sidecar_get(health, "/livez")[0] == 200, timeout=START_SECONDS)
 
 
-def test_stdio_start_path_loads_neither_the_sidecar_nor_the_http_stack(tmp_path: Path) -> None:
+def test_stdio_start_path_loads_neither_metrics_nor_the_sidecar_nor_the_http_stack(tmp_path: Path) -> None:
     policy = write_policy(tmp_path, LOOPBACK_POLICY)
-    deferred = ["aiohttp", "appliance.sidecar", "appliance.http"]
+    deferred = ["aiohttp", "prometheus_client", "appliance.sidecar", "appliance.http"]
     control = ["appliance.stdio", "mcp.server.stdio"]  # loaded by then: the check sees modules
     proc = subprocess.Popen(
         [sys.executable, str(FAKES / "serve_at_ready.py"), *deferred, *control],
@@ -152,7 +173,7 @@ def test_stdio_start_path_loads_neither_the_sidecar_nor_the_http_stack(tmp_path:
         stderr=subprocess.PIPE,
     )
     try:
-        loaded = stderr_json(proc, lambda record: "loaded_at_ready" in record)["loaded_at_ready"]
+        loaded = StderrRecords(proc).first(lambda record: "loaded_at_ready" in record)["loaded_at_ready"]
     finally:
         proc.kill()
         proc.wait()
