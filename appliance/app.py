@@ -71,7 +71,7 @@ SWEEP_INTERVAL_SECONDS = 60.0
 CANCEL_POLL_SECONDS = 1.0
 VERSION_ARGS = {"nmap_scan": ("--version",), "masscan_scan": ("--version",), "gobuster_scan": ("version",)}
 # Work the first answer does not need waits for it (on one CPU it would only delay it), but no
-# longer than this after the transport is ready: a client that initializes and then idles still
+# longer than this after the transport starts: a client that initializes and then idles still
 # gets its sidecar, sweep and watches.
 DEFERRED_START_SECONDS = 1.0
 # The first answer is written within a millisecond of being handed to the SDK's writer.

@@ -1,5 +1,5 @@
 """Start-up stages: where the way from the kernel starting the process to a transport that can
-read its first message went, written once as the "ready" log line (README: Benchmark).
+read its first message went, written once as the "ready" log line (README: Start-up).
 
 Stages, each from the end of the one before:
 - `interpreter`: the kernel starting the process (/proc/self/stat starttime, 10 ms steps) to
