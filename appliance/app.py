@@ -1,7 +1,9 @@
 """The running appliance: wires the parts together and owns start-up, reload and shutdown.
 
-Start: self-check, policy, scanners probed once, sidecar, transport. Reload (SIGHUP or a file
-change): policy and tokens, each swapped whole or not at all. Shutdown (SIGTERM, SIGINT, stdin
+Start: self-check, policy, scanners probed once, job recovery, transport; then, once the
+first answer is out (stdio) or the port listens (HTTP), what that answer does not need: the
+sidecar, the retention sweep, the file watch and the cancel-request poll (README: Start-up).
+Reload (SIGHUP or a file change): policy and tokens, each swapped whole or not at all. Shutdown (SIGTERM, SIGINT, stdin
 EOF): not ready at once, queued calls refused, running scans get the drain window and are then
 stopped (they return partial results), streams closed, audit flushed, exit 0.
 """
@@ -20,8 +22,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
-
 from appliance import __version__
 from appliance.audit import AuditSink
 from appliance.auth import BearerTokenVerifier, TokenSource
@@ -31,7 +31,7 @@ from appliance.health import Health, ScannerStatus, probe_scanner
 from appliance.jobs.manager import JobManager
 from appliance.jobs.model import STATES, Job
 from appliance.jobs.sqlite import open_store
-from appliance.metrics import JobCounts, Metrics
+from appliance.metrics import Metrics
 from appliance.policy.store import PolicyStore
 from appliance.privileges import (
     excess_privileges,
@@ -42,11 +42,13 @@ from appliance.privileges import (
 from appliance.reaper import reap_orphans_forever
 from appliance.server import ScannerServer
 from appliance.service import ScanService
+from appliance.startup import StartupClock
 from appliance.stdio import run_stdio
 from appliance.tools import TOOLS
 
 if TYPE_CHECKING:  # imported when used: the stdio start-up needs neither uvicorn nor aiohttp
     from aiohttp import web
+    from prometheus_client import CollectorRegistry
 
     from appliance.http import ActiveRequests, QuietUvicorn
 
@@ -68,6 +70,14 @@ SWEEP_INTERVAL_SECONDS = 60.0
 # table that is empty but for pending requests); the CLI waits a few of these for a pickup.
 CANCEL_POLL_SECONDS = 1.0
 VERSION_ARGS = {"nmap_scan": ("--version",), "masscan_scan": ("--version",), "gobuster_scan": ("version",)}
+# Work the first answer does not need waits for it (on one CPU it would only delay it), but no
+# longer than this after the transport starts: a client that initializes and then idles still
+# gets its sidecar, sweep and watches.
+DEFERRED_START_SECONDS = 1.0
+# The first answer is written within a millisecond of being handed to the SDK's writer.
+ANSWER_WRITE_SECONDS = 0.01
+# What waits for the first answer, by name (the "ready" line's `deferred`).
+DEFERRED_WORK = ("metrics", "sidecar", "retention_sweep", "policy_watch", "cancel_poll")
 
 
 def privilege_verdict(settings: Settings) -> dict[str, Any]:
@@ -108,23 +118,30 @@ class FileWatch:
 
 
 class Appliance:
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, registry: CollectorRegistry | None = None, clock: StartupClock | None = None
+    ) -> None:
         self.settings = settings
+        self.clock = clock if clock is not None else StartupClock()
         self.verdict = check_or_refuse(settings)
         self.store = PolicyStore(settings.policy_path)
         self.audit = AuditSink(settings.audit_path)
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = Metrics(self.registry, TOOLS)
         self.job_store = open_store(settings.data_dir, EPHEMERAL_DATA_DIR)
+        # Built at first use (appliance.metrics) unless `registry` is given.
+        self.metrics = Metrics(
+            registry,
+            TOOLS,
+            job_counts=self.job_store.counts,
+            job_states=STATES,
+            oldest_running=self._oldest_running_age,
+        )
         self.jobs = JobManager(self.job_store, self.audit, on_change=self._job_changed)
-        self.registry.register(JobCounts(self.job_store.counts, STATES))
-        self.metrics.oldest_running.set_function(self._oldest_running_age)
         self.service = ScanService(settings, self.store, self.audit, metrics=self.metrics, jobs=self.jobs)
         self.tokens: TokenSource | None = None
         verifier: BearerTokenVerifier | None = None
         if settings.transport == "http":
             secret = settings.auth_token.get_secret_value() if settings.auth_token else None
-            self.tokens = TokenSource(secret, settings.auth_tokens_file, self.registry)
+            self.tokens = TokenSource(secret, settings.auth_tokens_file, self.metrics.registry)
             # No token at start: no verifier, and build_http_app refuses unless it is the loopback test mode.
             verifier = BearerTokenVerifier(self.tokens) if len(self.tokens.table) else None
         self.server = ScannerServer(self.service, token_verifier=verifier)
@@ -133,8 +150,14 @@ class Appliance:
         self.http_port: int | None = None
         self._shutdown = asyncio.Event()
         self._wake = asyncio.Event()
+        self._answered = asyncio.Event()  # the first answer after the handshake is out
+        self._scanners: dict[str, ScannerStatus] = {}
         self._uvicorn: QuietUvicorn | None = None
         self._requests: ActiveRequests | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.metrics.registry
 
     # --- jobs -------------------------------------------------------------------------------
     def _job_changed(self, job: Job) -> None:
@@ -266,9 +289,19 @@ class Appliance:
         results = await asyncio.gather(*(probe_scanner(paths[t], VERSION_ARGS[t]) for t in TOOLS))
         return dict(zip(TOOLS, results, strict=True))
 
+    def _transport_ready(self) -> None:
+        self.clock.report(self.settings.transport)
+        if self.settings.transport == "http":
+            self._answered.set()  # many clients, no first one: the sidecar follows the port
+
     async def _transport(self) -> None:
         if self.settings.transport == "stdio":
-            await run_stdio(self.server.mcp, lambda error, record: self.service.refuse(error, record, tool=None))
+            await run_stdio(
+                self.server.mcp,
+                lambda error, record: self.service.refuse(error, record, tool=None),
+                on_ready=self._transport_ready,
+                on_answer=self._answered.set,
+            )
             log.info("stdin closed: shutting down")
             return
         from appliance.http import QuietUvicorn, build_http_app, uvicorn_config
@@ -276,67 +309,91 @@ class Appliance:
         assert self.tokens is not None
         app = build_http_app(self.server, self.settings, self.tokens)
         self._requests = app
-        self._uvicorn = QuietUvicorn(uvicorn_config(app, self.settings))
+        self._uvicorn = QuietUvicorn(uvicorn_config(app, self.settings), on_started=self._transport_ready)
         await self._uvicorn.serve()
 
-    async def _start_sidecar(self, health: Health) -> web.AppRunner:
-        """Start the sidecar once the transport runs: aiohttp's import (~0.2 s) happens in a worker
-        thread, so a client's `initialize` is not kept waiting for it."""
-        sidecar = await asyncio.to_thread(importlib.import_module, "appliance.sidecar")
-        token = self.settings.health_token.get_secret_value() if self.settings.health_token else None
-        app = sidecar.build_sidecar(health, self.registry, token, self.settings.health_allowed_hosts)
-        runner, self.health_port = await sidecar.start_sidecar(
-            app, self.settings.health_host, self.settings.health_port
-        )
-        return runner  # type: ignore[no-any-return]
-
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        scanners = await self._probe_scanners()
-        self.service.unavailable = {t: f"scanner unavailable: {s.reason}" for t, s in scanners.items() if not s.present}
-        self.server.sync_tools()
-        self._audit_event("appliance_start")
-        interrupted = self.jobs.recover()
-        if interrupted:
-            log.warning("scans left unfinished by the last stop are interrupted", extra={"scans": len(interrupted)})
-        self.sweep_jobs()
-        health = Health(
+    def _health(self) -> Health:
+        return Health(
             self.settings,
             self.store,
             self.audit,
-            scanners,
+            self._scanners,
             breakers=lambda: {name: b.snapshot() for name, b in self.service.breakers.items()},
             draining=lambda: self.draining,
             privilege_check=lambda: self.verdict,
             tokens=None if self.tokens is None else self.tokens.status,
             jobs=self.job_store.describe,
         )
+
+    async def _start_sidecar(self) -> web.AppRunner:
+        """Start the sidecar; aiohttp's import (~0.2 s) happens in a worker thread, so calls
+        that arrive meanwhile are still answered."""
+        sidecar = await asyncio.to_thread(importlib.import_module, "appliance.sidecar")
+        token = self.settings.health_token.get_secret_value() if self.settings.health_token else None
+        app = sidecar.build_sidecar(self._health(), self.registry, token, self.settings.health_allowed_hosts)
+        runner, self.health_port = await sidecar.start_sidecar(
+            app, self.settings.health_host, self.settings.health_port
+        )
+        return runner  # type: ignore[no-any-return]
+
+    def _start_background(self) -> list[asyncio.Task[None]]:
+        """The loops that run beside the transport (the sweep's first run included)."""
+        self.sweep_jobs()
+        tasks = [
+            asyncio.create_task(self._watch()),
+            asyncio.create_task(self._sweep_forever()),
+            asyncio.create_task(self._cancel_requests_forever()),
+        ]
+        # As PID 1 (no init) orphaned scanner descendants are ours to reap.
+        if os.getpid() == 1:
+            tasks.append(asyncio.create_task(reap_orphans_forever()))
+        return tasks
+
+    @staticmethod
+    async def _first_answer(answered: asyncio.Task[Any], *ends: asyncio.Task[Any]) -> None:
+        """Until the first answer is written (or DEFERRED_START_SECONDS, or the end)."""
+        await asyncio.wait({answered, *ends}, timeout=DEFERRED_START_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        if answered.done():
+            # The SDK hands the answer to its writer, which writes from a worker thread: a thread
+            # importing aiohttp at once would hold the GIL against that write.
+            await asyncio.sleep(ANSWER_WRITE_SECONDS)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._scanners = await self._probe_scanners()
+        unavailable = {t: s for t, s in self._scanners.items() if not s.present}
+        self.service.unavailable = {t: f"scanner unavailable: {s.reason}" for t, s in unavailable.items()}
+        self.server.sync_tools()
+        self._audit_event("appliance_start")
+        # Before the transport opens: no job query may see a scan a stop left `running`.
+        interrupted = self.jobs.recover()
+        if interrupted:
+            log.warning("scans left unfinished by the last stop are interrupted", extra={"scans": len(interrupted)})
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._shutdown.set)
         loop.add_signal_handler(signal.SIGHUP, self._wake.set)
+        built = {"metrics": self.metrics.built, "sidecar": not self.settings.health_enabled}
+        self.clock.deferred = [name for name in DEFERRED_WORK if not built.get(name, False)]
+        self.clock.mark("settings_policy")
         transport = asyncio.create_task(self._transport())
-        watcher = asyncio.create_task(self._watch())
-        sweeper = asyncio.create_task(self._sweep_forever())
-        canceller = asyncio.create_task(self._cancel_requests_forever())
-        # As PID 1 (no init) orphaned scanner descendants are ours to reap.
-        reaper = asyncio.create_task(reap_orphans_forever()) if os.getpid() == 1 else None
         stop = asyncio.create_task(self._shutdown.wait())
+        answered = asyncio.create_task(self._answered.wait())
+        background: list[asyncio.Task[None]] = []
         sidecar = None
         try:
-            if self.settings.health_enabled:
-                sidecar = await self._start_sidecar(health)
+            await self._first_answer(answered, transport, stop)
+            if not (transport.done() or stop.done()):
+                background = self._start_background()
+                if self.settings.health_enabled:
+                    sidecar = await self._start_sidecar()
             await asyncio.wait({transport, stop}, return_when=asyncio.FIRST_COMPLETED)
             # stdin closed: the one client that could follow these scans is gone.
             await self._stop(transport, client_gone=transport.done() and self.settings.transport == "stdio")
         finally:
             if not transport.done():
                 transport.cancel()  # the sidecar could not start: nothing else stops it
-            stop.cancel()
-            watcher.cancel()
-            sweeper.cancel()
-            canceller.cancel()
-            if reaper is not None:
-                reaper.cancel()
+            for task in (stop, answered, *background):
+                task.cancel()
             if sidecar is not None:
                 await sidecar.cleanup()
             self._audit_event("appliance_stop")

@@ -17,13 +17,15 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
-from prometheus_client import CollectorRegistry, Gauge
 
 from appliance.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,8 @@ class TokenSource:
         self._single = None if single is None else TokenEntry("default", single.encode())
         self._path = path
         self.file_problem: str | None = None
+        from prometheus_client import Gauge  # HTTP only: stdio starts without prometheus_client
+
         self._bad_lines = Gauge(
             "appliance_auth_token_lines_rejected",
             "Malformed lines of the tokens file dropped at its last load.",

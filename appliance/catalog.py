@@ -12,6 +12,7 @@ what a client needs:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,6 +57,9 @@ def _nullable_as_type(prop: dict[str, Any]) -> dict[str, Any]:
     return {**reduced, "anyOf": rest}
 
 
+# Both schemas are built once per model (pydantic's schema generation is most of a tool list's
+# cost, and the list is rebuilt at start and on each reload); callers must not change them.
+@functools.cache
 def input_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema: dict[str, Any] = _without_titles(model.model_json_schema())
     schema["properties"] = {name: _nullable_as_type(prop) for name, prop in schema["properties"].items()}
@@ -105,6 +109,7 @@ OUTPUT_SCHEMA_OMITS = frozenset(
 )
 
 
+@functools.cache
 def output_schema(model: type[BaseModel]) -> dict[str, Any]:
     full = model.model_json_schema(mode="serialization")
     properties = {name: _shallow(prop) for name, prop in full["properties"].items() if name not in OUTPUT_SCHEMA_OMITS}

@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -194,11 +195,21 @@ def build_http_app(scanner: ScannerServer, settings: Settings, tokens: TokenSour
 
 
 class QuietUvicorn(uvicorn.Server):
-    """uvicorn without its own signal handlers: the appliance decides when to stop."""
+    """uvicorn without its own signal handlers: the appliance decides when to stop. `on_started`
+    is called once the sockets listen (the start-up clock's `transport_ready`)."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None] | None = None) -> None:
+        super().__init__(config)
+        self._on_started = on_started
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:

@@ -1,15 +1,21 @@
-"""Prometheus metrics on an injected registry (a fresh one per test), children created up front."""
+"""Prometheus metrics on an injected registry (a fresh one per test), children created up front.
+
+Without a registry of its caller's, the families (appliance.metric_families) are built at their
+first use, and only then is prometheus_client imported, with its exposition stack (http.server,
+wsgiref, urllib: ~15 ms): `serve` on stdio answers its first `tools/list` before a call is
+counted or the sidecar asks for the registry. A caller that passes a registry (tests, to read
+it) gets them built at once.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.registry import Collector
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from appliance import __version__
+    from appliance.metric_families import Families
 
 OUTCOMES = ("ok", "partial", "refused", "error", "cancelled", "dry_run")
 RELOAD_RESULTS = ("ok", "rejected")
@@ -25,88 +31,101 @@ PROTOCOL_REFUSAL_RULES = (
 BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 # Scans run from milliseconds (a refused port) to minutes (a slow sweep).
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-
-
 # Scan jobs last from a second to hours.
 JOB_DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 
 
-class JobCounts(Collector):
-    """`appliance_jobs{state}`: stored jobs by state, counted by the store when scraped (so a
-    restart, a retention sweep or a CLI purge never leaves the gauge wrong)."""
-
-    def __init__(self, counts: Callable[[], Mapping[str, int]], states: Iterable[str]) -> None:
-        self._counts = counts
-        self._states = tuple(states)
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily("appliance_jobs", "Stored scan jobs by state.", labels=["state"])
-        counts = self._counts()
-        for state in self._states:
-            family.add_metric([state], counts.get(state, 0))
-        yield family
-
-
 class Metrics:
-    def __init__(self, registry: CollectorRegistry, tools: Iterable[str], *, process: bool = True) -> None:
-        self.registry = registry
-        self.calls = Counter("appliance_tool_calls", "Tool calls by outcome.", ["tool", "outcome"], registry=registry)
-        self.duration = Histogram(
-            "appliance_tool_duration_seconds",
-            "Wall-clock time of tool calls that ran a scanner.",
-            ["tool"],
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.in_flight = Gauge("appliance_tool_in_flight", "Scanner runs in progress.", ["tool"], registry=registry)
-        self.queue_depth = Gauge(
-            "appliance_tool_queue_depth", "Calls waiting for a concurrency slot.", ["tool"], registry=registry
-        )
-        self.circuit_state = Gauge(
-            "appliance_circuit_state",
-            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
-            ["tool"],
-            registry=registry,
-        )
-        self.scope_refusals = Counter(
-            "appliance_scope_refusals", "Calls refused by a policy rule.", ["tool", "rule"], registry=registry
-        )
-        self.protocol_refusals = Counter(
-            "appliance_protocol_refusals",
-            "Requests refused before any tool was known: unknown tool names, oversized messages, resources.",
-            ["rule"],
-            registry=registry,
-        )
-        self.policy_reloads = Counter(
-            "appliance_policy_reloads", "Policy reload attempts by result.", ["result"], registry=registry
-        )
-        self.job_duration = Histogram(
-            "appliance_job_duration_seconds",
-            "Time from a job's creation to its end, by tool and final state.",
-            ["tool", "state"],
-            buckets=JOB_DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.oldest_running = Gauge(
-            "appliance_job_oldest_running_age_seconds",
-            "Age of the oldest queued or running job; 0 when none runs.",
-            registry=registry,
-        )
-        self.build_info = Info("appliance_build", "Version of the appliance.", registry=registry)
-        self.build_info.info({"version": __version__})
-        if process:
-            ProcessCollector(registry=registry)
-        for tool in tools:
-            for outcome in OUTCOMES:
-                self.calls.labels(tool, outcome)
-            self.duration.labels(tool)
-            self.in_flight.labels(tool)
-            self.queue_depth.labels(tool)
-            self.circuit_state.labels(tool)
-        for rule in PROTOCOL_REFUSAL_RULES:
-            self.protocol_refusals.labels(rule)
-        for result in RELOAD_RESULTS:
-            self.policy_reloads.labels(result)
+    """The appliance's metric families. `job_counts` (read at scrape time, with `job_states`)
+    and `oldest_running` feed the job gauges."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None,
+        tools: Iterable[str],
+        *,
+        process: bool = True,
+        job_counts: Callable[[], Mapping[str, int]] | None = None,
+        job_states: Iterable[str] = (),
+        oldest_running: Callable[[], float] | None = None,
+    ) -> None:
+        self._registry = registry
+        self._tools = tuple(tools)
+        self._process = process
+        self._job_counts = job_counts
+        self._job_states = tuple(job_states)
+        self._oldest_running = oldest_running
+        self._families: Families | None = None
+        if registry is not None:
+            self._built()
+
+    @property
+    def built(self) -> bool:
+        return self._families is not None
+
+    def _built(self) -> Families:
+        if self._families is None:
+            from prometheus_client import CollectorRegistry
+
+            from appliance.metric_families import Families, JobCounts
+
+            counts = None if self._job_counts is None else JobCounts(self._job_counts, self._job_states)
+            self._families = Families(
+                self._registry if self._registry is not None else CollectorRegistry(),
+                self._tools,
+                process=self._process,
+                job_counts=counts,
+                oldest_running=self._oldest_running,
+            )
+        return self._families
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self._built().registry
+
+    @property
+    def calls(self) -> Counter:
+        return self._built().calls
+
+    @property
+    def duration(self) -> Histogram:
+        return self._built().duration
+
+    @property
+    def in_flight(self) -> Gauge:
+        return self._built().in_flight
+
+    @property
+    def queue_depth(self) -> Gauge:
+        return self._built().queue_depth
+
+    @property
+    def circuit_state(self) -> Gauge:
+        return self._built().circuit_state
+
+    @property
+    def scope_refusals(self) -> Counter:
+        return self._built().scope_refusals
+
+    @property
+    def protocol_refusals(self) -> Counter:
+        return self._built().protocol_refusals
+
+    @property
+    def policy_reloads(self) -> Counter:
+        return self._built().policy_reloads
+
+    @property
+    def job_duration(self) -> Histogram:
+        return self._built().job_duration
+
+    @property
+    def oldest_running(self) -> Gauge:
+        return self._built().oldest_running
+
+    @property
+    def build_info(self) -> Info:
+        return self._built().build_info
 
     def set_circuit(self, tool: str, state: str) -> None:
         self.circuit_state.labels(tool).set(BREAKER_STATE_VALUE[state])

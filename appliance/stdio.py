@@ -4,6 +4,10 @@ The SDK reads stdin in a worker thread; a thread blocked in read() cannot be can
 SIGTERM while the client is idle would wait for the client's next byte. A pipe registered with
 the loop has no such wait. Anything that is not a pipe (a file, a tty) falls back to the SDK.
 
+Two start-up signals (appliance.startup): `on_ready` once the pipe is registered (the transport
+can read its first message), `on_answer` once the first answer to anything but the handshake is
+handed to the writer (the client has what it starts with; deferred work may now run).
+
 A line over MAX_LINE_BYTES is not buffered: it is skipped to its newline and answered with a
 JSON-RPC error (the request id read from its first bytes, when there is one), audited and
 counted. The server lives on.
@@ -23,7 +27,7 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
-from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
+from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError, JSONRPCResponse
 
 from appliance.compat import lowlevel_server
 from appliance.errors import ApplianceError, ResourceExhaustedError
@@ -38,6 +42,7 @@ ID_SEARCH_BYTES = 4096
 REQUEST_ID = re.compile(rb'"id"\s*:\s*(-?[0-9]{1,18}|"(?:[^"\\]|\\.){0,256}")')
 
 OversizeHook = Callable[[str | int | None], Awaitable[None]]
+Signal = Callable[[], None]
 
 
 def request_id_of(head: bytes) -> str | int | None:
@@ -57,8 +62,9 @@ def request_id_of(head: bytes) -> str | int | None:
 class PipeLines:
     """Async iteration over the lines of a pipe, as the SDK's stdio transport consumes stdin."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, on_ready: Signal | None = None) -> None:
         self._fd = fd
+        self._on_ready = on_ready
         self.on_oversize: OversizeHook | None = None
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -73,6 +79,8 @@ class PipeLines:
         reader = asyncio.StreamReader(limit=READ_CHUNK_BYTES)
         pipe = os.fdopen(os.dup(self._fd), "rb", buffering=0)
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        if self._on_ready is not None:
+            self._on_ready()
         pending = bytearray()
         discarding: bytes | None = None  # the head of an oversized line being skipped
         try:
@@ -104,6 +112,39 @@ class PipeLines:
             transport.close()
 
 
+def is_handshake_answer(message: SessionMessage) -> bool:
+    """The answer to `initialize` (or 2026-07-28's `server/discover`): the only results that
+    carry the server's `capabilities` at the top."""
+    answer = message.message
+    return isinstance(answer, JSONRPCResponse) and "capabilities" in answer.result
+
+
+class AnswerWatch:
+    """The SDK's write stream, telling `on_answer` once, when the first answer that is not the
+    handshake's has been handed to the stdout writer. Everything else passes through as it is."""
+
+    def __init__(self, inner: Any, on_answer: Signal) -> None:
+        self._inner = inner
+        self._on_answer: Signal | None = on_answer
+
+    async def send(self, item: SessionMessage, /) -> None:
+        await self._inner.send(item)
+        if self._on_answer is None or not isinstance(item.message, JSONRPCResponse | JSONRPCError):
+            return  # told already, or a request or notification of the server's own
+        if not is_handshake_answer(item):
+            on_answer, self._on_answer = self._on_answer, None
+            on_answer()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> AnswerWatch:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
 def _is_pipe(fd: int) -> bool:
     try:
         mode = os.fstat(fd).st_mode
@@ -121,17 +162,25 @@ def oversize_error() -> ResourceExhaustedError:
 
 
 async def run_stdio(
-    server: MCPServer[Any], refused: Callable[[ApplianceError, dict[str, Any]], None] | None = None
+    server: MCPServer[Any],
+    refused: Callable[[ApplianceError, dict[str, Any]], None] | None = None,
+    *,
+    on_ready: Signal | None = None,
+    on_answer: Signal | None = None,
 ) -> None:
     """Serve `server` over stdin/stdout until stdin closes (or the task is cancelled).
 
     `refused` records a refusal made here, before any tool is known (audit line and metric).
+    `on_ready` and `on_answer`: the start-up signals (module docstring); a stdin that is not a
+    pipe (the SDK reads it) gives only `on_ready`, just before the SDK starts reading.
     """
     if not _is_pipe(0):
+        if on_ready is not None:
+            on_ready()
         await server.run_stdio_async()
         return
     lowlevel = lowlevel_server(server)  # run_stdio_async takes no stdin of ours
-    lines = PipeLines(0)
+    lines = PipeLines(0, on_ready)
     async with stdio_server(stdin=lines) as (read_stream, write_stream):  # type: ignore[arg-type]
 
         async def answer_oversize(request_id: str | int | None) -> None:
@@ -147,4 +196,5 @@ async def run_stdio(
             await write_stream.send(SessionMessage(reply))
 
         lines.on_oversize = answer_oversize
-        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+        answers = write_stream if on_answer is None else AnswerWatch(write_stream, on_answer)
+        await lowlevel.run(read_stream, answers, lowlevel.create_initialization_options())

@@ -1,0 +1,109 @@
+"""The Prometheus families of appliance.metrics, built on one registry with their children."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from appliance import __version__
+from appliance.metrics import (
+    DURATION_BUCKETS,
+    JOB_DURATION_BUCKETS,
+    OUTCOMES,
+    PROTOCOL_REFUSAL_RULES,
+    RELOAD_RESULTS,
+)
+
+
+class JobCounts(Collector):
+    """`appliance_jobs{state}`: stored jobs by state, counted by the store when scraped (so a
+    restart, a retention sweep or a CLI purge never leaves the gauge wrong)."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]], states: Iterable[str]) -> None:
+        self._counts = counts
+        self._states = tuple(states)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("appliance_jobs", "Stored scan jobs by state.", labels=["state"])
+        counts = self._counts()
+        for state in self._states:
+            family.add_metric([state], counts.get(state, 0))
+        yield family
+
+
+class Families:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        tools: Iterable[str],
+        *,
+        process: bool = True,
+        job_counts: JobCounts | None = None,
+        oldest_running: Callable[[], float] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.calls = Counter("appliance_tool_calls", "Tool calls by outcome.", ["tool", "outcome"], registry=registry)
+        self.duration = Histogram(
+            "appliance_tool_duration_seconds",
+            "Wall-clock time of tool calls that ran a scanner.",
+            ["tool"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge("appliance_tool_in_flight", "Scanner runs in progress.", ["tool"], registry=registry)
+        self.queue_depth = Gauge(
+            "appliance_tool_queue_depth", "Calls waiting for a concurrency slot.", ["tool"], registry=registry
+        )
+        self.circuit_state = Gauge(
+            "appliance_circuit_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            ["tool"],
+            registry=registry,
+        )
+        self.scope_refusals = Counter(
+            "appliance_scope_refusals", "Calls refused by a policy rule.", ["tool", "rule"], registry=registry
+        )
+        self.protocol_refusals = Counter(
+            "appliance_protocol_refusals",
+            "Requests refused before any tool was known: unknown tool names, oversized messages, resources.",
+            ["rule"],
+            registry=registry,
+        )
+        self.policy_reloads = Counter(
+            "appliance_policy_reloads", "Policy reload attempts by result.", ["result"], registry=registry
+        )
+        self.job_duration = Histogram(
+            "appliance_job_duration_seconds",
+            "Time from a job's creation to its end, by tool and final state.",
+            ["tool", "state"],
+            buckets=JOB_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.oldest_running = Gauge(
+            "appliance_job_oldest_running_age_seconds",
+            "Age of the oldest queued or running job; 0 when none runs.",
+            registry=registry,
+        )
+        self.build_info = Info("appliance_build", "Version of the appliance.", registry=registry)
+        self.build_info.info({"version": __version__})
+        if process:
+            ProcessCollector(registry=registry)
+        for tool in tools:
+            for outcome in OUTCOMES:
+                self.calls.labels(tool, outcome)
+            self.duration.labels(tool)
+            self.in_flight.labels(tool)
+            self.queue_depth.labels(tool)
+            self.circuit_state.labels(tool)
+        for rule in PROTOCOL_REFUSAL_RULES:
+            self.protocol_refusals.labels(rule)
+        for result in RELOAD_RESULTS:
+            self.policy_reloads.labels(result)
+        if job_counts is not None:
+            registry.register(job_counts)
+        if oldest_running is not None:
+            self.oldest_running.set_function(oldest_running)
