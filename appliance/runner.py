@@ -64,6 +64,7 @@ class RunResult:
     duration_seconds: float
     pid: int
     stopped: bool = False  # the caller's stop event fired (appliance shutdown)
+    spawn_seconds: float = 0.0  # of duration_seconds: from asking for the process to having it running
 
 
 class _Capture:
@@ -258,6 +259,7 @@ async def run(
     started = time.monotonic()
     # Cancelled mid-spawn, asyncio would SIGKILL the child only, not grandchildren it already made.
     proc, cancelled = await _finish_despite_cancel(_spawn(args, {**BASE_ENV, **(env or {})}))
+    spawned = time.monotonic()
     LIVE_CHILDREN.add(proc.pid)
     # Both are PIPE above; the asserts only narrow the type.
     assert proc.stdout is not None
@@ -313,4 +315,5 @@ async def run(
         stopped=reason == "stopped",
         duration_seconds=time.monotonic() - started,
         pid=proc.pid,
+        spawn_seconds=spawned - started,
     )

@@ -35,6 +35,8 @@ class LiveJob:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     # Progress listeners: the waiting scan call, then any get_scan that waits; each best effort.
     listeners: set[ProgressFn] = field(default_factory=set)
+    # Seconds its store writes took so far (the `store` stage of the call timings line).
+    store_seconds: float = 0.0
 
 
 def scan_not_found(scan_id: str) -> NotFoundError:
@@ -116,8 +118,7 @@ class JobManager:
         # The trail first, then the store, both fail closed: a job the trail does not show never
         # exists, and a scan the store cannot keep is refused before it starts.
         self.audit_state(job, "queued", strict=True)
-        self._save(job, strict=True)
-        live = LiveJob(job)
+        live = LiveJob(job, store_seconds=self._save(job, strict=True))
         self.live[job.scan_id] = live
         for notify in self.on_change:
             notify(job)
@@ -133,13 +134,15 @@ class JobManager:
         strict: bool = False,
         audit: bool = False,
         raw: bytes | None = None,
-    ) -> None:
+    ) -> float:
+        """Returns the seconds the store write took."""
         job.move(state, self._clock(), note)
-        self._save(job, strict=strict, raw=raw)
+        seconds = self._save(job, strict=strict, raw=raw)
         if audit:
             self.audit_state(job, state, note)
         for notify in self.on_change:
             notify(job)
+        return seconds
 
     def audit_state(self, job: Job, state: JobState, note: str | None = None, *, strict: bool = False) -> None:
         """An audit line for a state change no call line shows (the service's start and end lines
@@ -164,7 +167,9 @@ class JobManager:
             # written is the sink's failure (readiness shows it), not a reason to lose the scan.
             log.error("audit line of a job state change could not be written", extra={"scan_id": job.scan_id})
 
-    def _save(self, job: Job, *, strict: bool = False, raw: bytes | None = None) -> None:
+    def _save(self, job: Job, *, strict: bool = False, raw: bytes | None = None) -> float:
+        """Write the whole job; returns the seconds it took."""
+        started = time.perf_counter()
         try:
             self.store.put(job, raw)
         except ApplianceError:
@@ -172,16 +177,17 @@ class JobManager:
                 raise
             # Kept in memory (get_scan still answers); the next change writes the whole job again.
             log.error("job store write failed; the job is kept in memory", extra={"scan_id": job.scan_id})
+        return time.perf_counter() - started
 
     def running(self, live: LiveJob) -> None:
-        self._move(live.job, "running", None)
+        live.store_seconds += self._move(live.job, "running", None)
 
     def findings(self, live: LiveJob, result: dict[str, Any]) -> None:
         """Findings so far (finished host groups, lines): stored with the progress the job has
         reached, so a crash keeps them."""
         live.job.result = result
         live.job.updated_at = self._clock()
-        self._save(live.job)
+        live.store_seconds += self._save(live.job)
 
     def finish(
         self,
@@ -200,7 +206,7 @@ class JobManager:
         if state in ("completed", "partial"):
             job.progress = 100.0
         # The final record and the raw output in one commit.
-        self._move(job, state, note, raw=raw)
+        live.store_seconds += self._move(job, state, note, raw=raw)
         live.listeners.clear()
         self.live.pop(job.scan_id, None)
         live.done.set()
