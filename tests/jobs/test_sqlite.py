@@ -93,6 +93,32 @@ def test_previous_completed_is_the_newest_completed_scan_of_tool_target_and_prin
     assert store.previous_completed("nmap_scan", "10.20.0.5", "alice", old.scan_id) is None
 
 
+def test_previous_completed_after_a_restart_reads_the_record_the_last_process_stored(tmp_path: Path) -> None:
+    first = SqliteJobStore(tmp_path / "data")
+    old = job(at=1_000_000.0, result={"hosts": [{"address": "10.20.0.5", "status": "up"}]})
+    first.put(old)
+    first.close()
+    # A new process: nothing in memory, the store file alone answers.
+    again = SqliteJobStore(tmp_path / "data")
+    previous = again.previous_completed("nmap_scan", "10.20.0.5", "alice", job("running", at=1_000_050.0).scan_id)
+    assert previous == old
+
+
+def test_previous_completed_never_answers_with_a_scan_another_process_purged(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "data")
+    kept, purged = job(at=1_000_000.0), job(at=1_000_010.0)
+    store.put(kept)
+    store.put(purged)  # this process stored it last: the one it keeps in memory
+    current = job("running", at=1_000_050.0)
+    before = store.previous_completed("nmap_scan", "10.20.0.5", "alice", current.scan_id)
+    assert before is not None and before.scan_id == purged.scan_id
+    # `appliance jobs purge` is another process with its own connection to the same file.
+    operator = SqliteJobStore(tmp_path / "data")
+    assert operator.delete([purged.scan_id]) == 1
+    after = store.previous_completed("nmap_scan", "10.20.0.5", "alice", current.scan_id)
+    assert after is not None and after.scan_id == kept.scan_id
+
+
 def test_raw_output_is_stored_apart_and_deleted_with_its_job(store: SqliteJobStore) -> None:
     stored = job()
     store.put(stored)
