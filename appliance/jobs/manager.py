@@ -134,10 +134,11 @@ class JobManager:
         strict: bool = False,
         audit: bool = False,
         raw: bytes | None = None,
+        state_only: bool = False,
     ) -> float:
         """Returns the seconds the store write took."""
         job.move(state, self._clock(), note)
-        seconds = self._save(job, strict=strict, raw=raw)
+        seconds = self._save(job, strict=strict, raw=raw, state_only=state_only)
         if audit:
             self.audit_state(job, state, note)
         for notify in self.on_change:
@@ -167,11 +168,14 @@ class JobManager:
             # written is the sink's failure (readiness shows it), not a reason to lose the scan.
             log.error("audit line of a job state change could not be written", extra={"scan_id": job.scan_id})
 
-    def _save(self, job: Job, *, strict: bool = False, raw: bytes | None = None) -> float:
-        """Write the whole job; returns the seconds it took."""
+    def _save(self, job: Job, *, strict: bool = False, raw: bytes | None = None, state_only: bool = False) -> float:
+        """Write the whole job (`state_only`: its state change alone); returns the seconds it took."""
         started = time.perf_counter()
         try:
-            self.store.put(job, raw)
+            if state_only:
+                self.store.put_state(job)
+            else:
+                self.store.put(job, raw)
         except ApplianceError:
             if strict:
                 raise
@@ -180,7 +184,8 @@ class JobManager:
         return time.perf_counter() - started
 
     def running(self, live: LiveJob) -> None:
-        live.store_seconds += self._move(live.job, "running", None)
+        # Nothing but the state changed since `create` wrote the whole job.
+        live.store_seconds += self._move(live.job, "running", None, state_only=True)
 
     def findings(self, live: LiveJob, result: dict[str, Any]) -> None:
         """Findings so far (finished host groups, lines): stored with the progress the job has

@@ -189,6 +189,33 @@ class SqliteJobStore:
         if job.state == "completed":
             self._remember_completed(job, len(record))
 
+    def put_state(self, job: Job) -> None:
+        # The request, argv and findings so far are not encoded and written again for a state
+        # change (SQLite patches the record in place).
+        updated = 0
+
+        def statements(db: sqlite3.Connection) -> None:
+            nonlocal updated
+            # Values go in as JSON text: a bound REAL would come out of json_set with 15 digits.
+            values = [json.dumps(v, separators=(",", ":")) for v in (job.updated_at, job.finished_at, job.progress)]
+            updated = db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, record = json_set(record, '$.state', ?,"
+                " '$.updated_at', json(?), '$.finished_at', json(?), '$.progress', json(?), '$.events', json(?))"
+                " WHERE scan_id = ?",
+                (
+                    job.state,
+                    job.finished_at,
+                    job.state,
+                    *values,
+                    json.dumps(job.events, separators=(",", ":")),
+                    job.scan_id,
+                ),
+            ).rowcount
+
+        self._write(f"record the state of scan {job.scan_id}", statements)
+        if not updated:
+            self.put(job)
+
     def _remember_completed(self, job: Job, size: int) -> None:
         if job.scan_id in self._completed:
             self._completed_bytes -= self._completed.pop(job.scan_id)[1]
