@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from appliance.childwatch import use_pidfd_watcher
 from appliance.errors import ExecutionError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -224,6 +225,7 @@ async def _finish_despite_cancel(coro: Coroutine[Any, Any, _T]) -> tuple[_T, boo
 
 
 async def _spawn(args: tuple[str, ...], env: Mapping[str, str]) -> asyncio.subprocess.Process:
+    use_pidfd_watcher()
     try:
         return await asyncio.create_subprocess_exec(
             *args,
