@@ -11,16 +11,21 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.audit import AuditSink
 from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError
+from appliance.jobs.diff import ResultView
 from appliance.jobs.model import Job, JobState, new_scan_id
 from appliance.jobs.store import JobFilter, JobPage, JobStore
 
 log = logging.getLogger(__name__)
+
+# Diff views kept for rescans (ResultViews): the last results of this many scans.
+RESULT_VIEWS_KEPT = 64
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 ChangeFn = Callable[[Job], None]
@@ -37,6 +42,26 @@ class LiveJob:
     listeners: set[ProgressFn] = field(default_factory=set)
     # Seconds its store writes took so far (the `store` stage of the call timings line).
     store_seconds: float = 0.0
+
+
+class ResultViews:
+    """The diff views (`result_view`) of the last completed results, by scan id: a rescan's
+    `changes_since_previous` compares with the previous scan without reading its result again.
+    A completed job's result never changes, so a view is right for as long as its scan exists
+    (and a deleted scan is never the previous one: the store's index says which one is)."""
+
+    def __init__(self, size: int = RESULT_VIEWS_KEPT) -> None:
+        self.size = size
+        self._views: OrderedDict[str, ResultView] = OrderedDict()
+
+    def keep(self, scan_id: str, view: ResultView) -> None:
+        self._views[scan_id] = view
+        self._views.move_to_end(scan_id)
+        while len(self._views) > self.size:
+            self._views.popitem(last=False)
+
+    def get(self, scan_id: str) -> ResultView | None:
+        return self._views.get(scan_id)
 
 
 def scan_not_found(scan_id: str) -> NotFoundError:
@@ -62,6 +87,7 @@ class JobManager:
         self.audit = audit
         self._clock = clock
         self.live: dict[str, LiveJob] = {}
+        self.result_views = ResultViews()
         # Called after each state change is stored: metrics, resource update notifications.
         self.on_change: list[ChangeFn] = [on_change] if on_change else []
 
