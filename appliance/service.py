@@ -393,6 +393,7 @@ class ScanService:
                 body = job_error(exc, live, state)
                 self.refuse(exc, {**record, "state": state}, tool=spec.name)
                 self.jobs.finish(live, state, error=body)
+                timings.add("queue", time.perf_counter() - queued)  # the wait that ended in the refusal
                 self._write_timings(timings, live, exc.error_type)
             else:
                 self._finish_run(spec, breaker, record, started, live, policy, None, None, exc, timings)

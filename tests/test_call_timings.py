@@ -13,7 +13,7 @@ from support import LOOPBACK_POLICY, GatedRunner, SpyRunner, tcp_listener, write
 
 from appliance.audit import AuditSink
 from appliance.config import Settings
-from appliance.errors import ValidationError
+from appliance.errors import ApplianceError, ValidationError
 from appliance.jobs.manager import JobManager
 from appliance.jobs.sqlite import SqliteJobStore
 from appliance.policy.netinfo import NetworkFacts
@@ -124,3 +124,31 @@ async def test_cancelled_call_writes_its_timings_line_with_the_cancel(
     [(line, state_when_written)] = timing_lines.lines
     assert (line["outcome"], state_when_written) == ("cancelled", "cancelled")
     assert line["timings_ms"]["store"] > 0.0  # create and running were written
+
+
+async def test_a_call_refused_while_queued_writes_its_timings_line_with_the_wait(
+    tmp_path: Path, store: SqliteJobStore, timing_lines: TimingLines
+) -> None:
+    runner = GatedRunner()
+    one_slot = {"limits": {"concurrency": {"per_tool": {"nmap_scan": {"running": 1, "queued": 1}}}}}
+    policy = write_policy(tmp_path, LOOPBACK_POLICY, one_slot)
+    audit = AuditSink(tmp_path / "audit.jsonl")
+    service = ScanService(
+        Settings(policy_path=policy, privilege_mode="connect"),  # type: ignore[arg-type]
+        PolicyStore(policy, facts=NetworkFacts),
+        audit,
+        jobs=JobManager(store, audit),
+        runner=runner,
+    )
+    first = asyncio.create_task(service.call(TOOLS["nmap_scan"], NmapRequest(target="127.0.0.1"), "rid-first"))
+    await runner.started.wait()
+    # Its budget runs out while it waits for the slot the first call holds.
+    with pytest.raises(ApplianceError) as refused:
+        await service.call(TOOLS["nmap_scan"], NmapRequest(target="127.0.0.1", timeout_seconds=1), "rid-queued")
+    assert refused.value.rule == "queue_wait_timeout"
+    [(line, state_when_written)] = [entry for entry in timing_lines.lines if entry[0]["request_id"] == "rid-queued"]
+    assert (line["outcome"], state_when_written) == ("resource_exhausted", "failed")
+    assert line["timings_ms"]["queue"] > 0.0  # the wait that ended in the refusal is counted
+    assert line["timings_ms"]["spawn"] == line["timings_ms"]["scanner"] == 0.0  # nothing ran
+    runner.gate.set()
+    await first
