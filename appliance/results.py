@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 PartialReason = Literal["timeout", "output_cap", "shutdown"]
 # The job states (appliance.jobs.model.JobState) plus `dry_run`, which starts no job.
@@ -58,6 +59,23 @@ class ScanReport(BaseModel):
     partial_reason: PartialReason | None = Field(
         default=None, description="Why the result is partial: the time budget, the output cap, or shutdown."
     )
+    # This report as JSON when the job's end already built it (the stored result): the answer
+    # reuses it instead of dumping the same report again. Not a field: never in the schema.
+    _json: dict[str, Any] | None = PrivateAttr(default=None)
+
+    def keep_json(self, dumped: dict[str, Any]) -> None:
+        """Remember `dumped`, which must be `self.model_dump(mode="json")`, for `as_json`."""
+        self._json = dumped
+
+    def as_json(self) -> dict[str, Any]:
+        """`model_dump(mode="json")`, built once: a copy of a report (`model_copy`) dumps afresh."""
+        return self._json if self._json is not None else self.model_dump(mode="json")
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        # pydantic copies private attributes too: a changed copy must not answer with the old JSON.
+        copy = super().model_copy(update=update, deep=deep)
+        copy._json = None
+        return copy
 
 
 class NmapScript(BaseModel):

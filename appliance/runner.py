@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from appliance.childwatch import use_pidfd_watcher
 from appliance.errors import ExecutionError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class RunResult:
     duration_seconds: float
     pid: int
     stopped: bool = False  # the caller's stop event fired (appliance shutdown)
+    spawn_seconds: float = 0.0  # of duration_seconds: from asking for the process to having it running
 
 
 class _Capture:
@@ -223,6 +225,7 @@ async def _finish_despite_cancel(coro: Coroutine[Any, Any, _T]) -> tuple[_T, boo
 
 
 async def _spawn(args: tuple[str, ...], env: Mapping[str, str]) -> asyncio.subprocess.Process:
+    use_pidfd_watcher()
     try:
         return await asyncio.create_subprocess_exec(
             *args,
@@ -258,6 +261,7 @@ async def run(
     started = time.monotonic()
     # Cancelled mid-spawn, asyncio would SIGKILL the child only, not grandchildren it already made.
     proc, cancelled = await _finish_despite_cancel(_spawn(args, {**BASE_ENV, **(env or {})}))
+    spawned = time.monotonic()
     LIVE_CHILDREN.add(proc.pid)
     # Both are PIPE above; the asserts only narrow the type.
     assert proc.stdout is not None
@@ -313,4 +317,5 @@ async def run(
         stopped=reason == "stopped",
         duration_seconds=time.monotonic() - started,
         pid=proc.pid,
+        spawn_seconds=spawned - started,
     )

@@ -140,7 +140,7 @@ def scan_result(report: ScanReport, spec: ToolSpec) -> CallToolResult:
     content: list[TextContent | ResourceLink] = [TextContent(type="text", text=text)]
     if report.scan_id is not None:  # a dry run is no job
         content.append(resource_link(report.scan_id, f"{report.tool} {report.target}"))
-    return CallToolResult(content=content, structured_content=report.model_dump(mode="json"))
+    return CallToolResult(content=content, structured_content=report.as_json())
 
 
 def _principal(ctx: ServerRequestContext[Any, Any]) -> str | None:

@@ -30,6 +30,7 @@ from appliance.resilience.limits import ConcurrencyLimiter, PrincipalLimit, Tool
 from appliance.resilience.retry import retry_transient
 from appliance.results import ScanReport
 from appliance.runner import RunLimits, RunResult, run
+from appliance.timings import CallTimings
 from appliance.tools import TOOLS, ToolSpec
 from appliance.tools.arguments import parse_arguments
 from appliance.tools.base import FindingStream, PlanContext, ScanPlan
@@ -268,6 +269,7 @@ class ScanService:
         of this call before it returned ends the job too: nobody else knows its scan_id.
         """
         started = self._clock()
+        marked = time.perf_counter()
         record: dict[str, Any] = {
             "request_id": request_id,
             "principal": principal,
@@ -324,12 +326,15 @@ class ScanService:
             breaker.record_neutral()
             self.refuse(exc, record, tool=spec.name)
             raise
+        timings = CallTimings()
+        # The store write that created the job is the `store` stage's (live.store_seconds).
+        timings.add("checks", time.perf_counter() - marked - live.store_seconds)
         record["scan_id"] = live.job.scan_id
         listener = _best_effort(progress)
         if listener is not None:
             live.listeners.add(listener)
         task = asyncio.create_task(
-            self._run_job(spec, plan, snapshot.policy, live, record, started, breaker, principal)
+            self._run_job(spec, plan, snapshot.policy, live, record, started, breaker, principal, timings)
         )
         live.task = task
         try:
@@ -363,18 +368,21 @@ class ScanService:
         started: float,
         breaker: CircuitBreaker,
         principal: str | None,
+        timings: CallTimings,
     ) -> ScanReport:
         """The job's task: wait for a slot, run, and end through `_finish_run` whatever happens."""
         report: ScanReport | None = None
         run_result: RunResult | None = None
         started_run = False
+        queued = time.perf_counter()
         try:
             async with self.limiter.slot(spec.name, started + plan.timeout_seconds, principal) as remaining:
+                timings.add("queue", time.perf_counter() - queued)
                 # Audit before starting: a scan the trail does not show must not run (fails closed).
                 self.audit.write({**record, "event": "start", "state": "running"})
                 started_run = True
                 self.jobs.running(live)
-                report, run_result = await self._execute(spec, plan, policy, live, remaining)
+                report, run_result = await self._execute(spec, plan, policy, live, remaining, timings)
         except BaseException as exc:
             if not started_run and isinstance(exc, ApplianceError):
                 # Refused while queued (the queue wait ran out, shutting down, the audit sink
@@ -385,10 +393,12 @@ class ScanService:
                 body = job_error(exc, live, state)
                 self.refuse(exc, {**record, "state": state}, tool=spec.name)
                 self.jobs.finish(live, state, error=body)
+                timings.add("queue", time.perf_counter() - queued)  # the wait that ended in the refusal
+                self._write_timings(timings, live, exc.error_type)
             else:
-                self._finish_run(spec, breaker, record, started, live, policy, None, None, exc)
+                self._finish_run(spec, breaker, record, started, live, policy, None, None, exc, timings)
             raise
-        final = self._finish_run(spec, breaker, record, started, live, policy, report, run_result, None)
+        final = self._finish_run(spec, breaker, record, started, live, policy, report, run_result, None, timings)
         assert final is not None  # a report and no failure: the job completed, partial or interrupted
         return final
 
@@ -403,6 +413,7 @@ class ScanService:
         report: ScanReport | None,
         run_result: RunResult | None,
         failure: BaseException | None,
+        timings: CallTimings,
     ) -> ScanReport | None:
         """The one end of every admitted call: breaker, metric, the audit end line and the job's
         final state.
@@ -440,21 +451,31 @@ class ScanService:
         job = live.job
         raw = None if run_result is None else run_result.stdout[: policy.limits.stored_raw_bytes]
         job.raw_bytes = None if run_result is None else len(run_result.stdout)  # scan://{id}/raw says if cut
+        final: ScanReport | None = None
         if error is not None:
             self.jobs.finish(live, state, error=job_error(error, live, state), raw=raw)
-            return None
-        if report is None:
+        elif report is None:
             self.jobs.finish(live, state, raw=raw, note="cancelled")
-            return None
-        ended = {"status": state, "progress": 100.0, "retry_after_seconds": None}
-        final = report.model_copy(update={**job_fields(job, time.time()), **ended})
-        dumped = final.model_dump(mode="json")  # once: the stored result and the diff's input
-        if state == "completed":
-            # A rescan says what changed since the last completed scan of this tool and target.
-            dumped["changes_since_previous"] = changes_since(self.jobs, job, dumped)
-            final = final.model_copy(update={"changes_since_previous": dumped["changes_since_previous"]})
-        self.jobs.finish(live, state, result=dumped, raw=raw)
+        else:
+            marked = time.perf_counter()
+            ended = {"status": state, "progress": 100.0, "retry_after_seconds": None}
+            final = report.model_copy(update={**job_fields(job, time.time()), **ended})
+            dumped = final.model_dump(mode="json")  # once: the stored result, the diff's input, the answer
+            if state == "completed":
+                # A rescan says what changed since the last completed scan of this tool and target.
+                dumped["changes_since_previous"] = changes_since(self.jobs, job, dumped)
+                final = final.model_copy(update={"changes_since_previous": dumped["changes_since_previous"]})
+            final.keep_json(dumped)
+            timings.add("result", time.perf_counter() - marked)
+            self.jobs.finish(live, state, result=dumped, raw=raw)
+        self._write_timings(timings, live, outcome)
         return final
+
+    @staticmethod
+    def _write_timings(timings: CallTimings, live: LiveJob, outcome: str) -> None:
+        timings.seconds["store"] = live.store_seconds
+        job = live.job
+        timings.write(request_id=job.request_id, scan_id=job.scan_id, tool=job.tool, outcome=outcome)
 
     async def _execute(
         self,
@@ -463,6 +484,7 @@ class ScanService:
         policy: Policy,
         live: LiveJob,
         remaining: float,
+        timings: CallTimings,
     ) -> tuple[ScanReport, RunResult]:
         async def progress(done: float, total: float | None, message: str | None) -> None:
             await self.jobs.progress(live, done, total, message)
@@ -470,8 +492,8 @@ class ScanService:
         # Queue wait counted against the call's budget: the scanner gets what is left.
         limits = RunLimits(timeout_seconds=max(remaining, 0.001), output_cap_bytes=policy.limits.output_cap_bytes)
         stream = plan.findings()
-        on_progress = self._progress_callback(plan, progress)
-        on_findings, stop_recording = self._findings_callback(spec, plan, live, stream)
+        on_progress = self._progress_callback(plan, progress, timings)
+        on_findings, stop_recording = self._findings_callback(spec, plan, live, stream, timings)
 
         def line_callback(name: str) -> Callable[[bytes], Awaitable[None]] | None:
             """What one output stream's lines go to: the findings parser, progress, or both (nmap)."""
@@ -506,12 +528,19 @@ class ScanService:
             stop_recording()
             if plan.rate:
                 self._rates.release(plan.rate)
+        # Parsing done while the scanner ran is its own stage, not the scanner's.
+        scanner = run_result.duration_seconds - run_result.spawn_seconds - timings.seconds["parse"]
+        timings.add("spawn", run_result.spawn_seconds)
+        timings.add("scanner", max(scanner, 0.0))
         await progress(100.0, 100.0, "finished")
+        marked = time.perf_counter()
         # The stream was fed every line as it came: the result is never parsed a second time.
-        return spec.finish(plan, live.job.request_id, run_result, stream), run_result
+        report = spec.finish(plan, live.job.request_id, run_result, stream)
+        timings.add("parse", time.perf_counter() - marked)
+        return report, run_result
 
     def _findings_callback(
-        self, spec: ToolSpec, plan: ScanPlan, live: LiveJob, stream: FindingStream
+        self, spec: ToolSpec, plan: ScanPlan, live: LiveJob, stream: FindingStream, timings: CallTimings
     ) -> tuple[Callable[[bytes], Awaitable[None]], Callable[[], None]]:
         """Feed the findings stream and record the findings so far, so a crash or a get_scan
         sees them: at most once a second (the first time a second after the start), and at the
@@ -537,7 +566,10 @@ class ScanService:
 
         async def on_line(line: bytes) -> None:
             nonlocal pending
-            if not stream.feed(line) or pending is not None:
+            marked = time.perf_counter()
+            completed = stream.feed(line)
+            timings.add("parse", time.perf_counter() - marked)
+            if not completed or pending is not None:
                 return
             wait = last_saved + FINDINGS_SAVE_INTERVAL_SECONDS - time.monotonic()
             if wait <= 0:
@@ -552,7 +584,9 @@ class ScanService:
         return on_line, cancel
 
     @staticmethod
-    def _progress_callback(plan: ScanPlan, progress: ProgressFn | None) -> Callable[[bytes], Awaitable[None]] | None:
+    def _progress_callback(
+        plan: ScanPlan, progress: ProgressFn | None, timings: CallTimings
+    ) -> Callable[[bytes], Awaitable[None]] | None:
         if progress is None or plan.progress is None:
             return None
         parse = plan.progress
@@ -560,7 +594,9 @@ class ScanService:
 
         async def on_line(line: bytes) -> None:
             nonlocal last_sent
+            marked = time.perf_counter()
             percent = parse(line)
+            timings.add("parse", time.perf_counter() - marked)
             now = time.monotonic()
             if percent is None or now - last_sent < PROGRESS_INTERVAL_SECONDS:
                 return

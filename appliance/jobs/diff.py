@@ -31,8 +31,11 @@ opened/closed and each change's before/after; a scan diffed against itself has n
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -113,6 +116,30 @@ class ScanDiff(BaseModel):
 # A port's identity and its compared fields (service, product, version for nmap).
 _PortKey = tuple[str, int, str]
 _Ports = dict[_PortKey, dict[str, str | None]]
+_PortsView = Mapping[_PortKey, Mapping[str, str | None]]
+
+
+@dataclass(frozen=True)
+class ResultView:
+    """What a diff reads from one result (`result_view`): a result diffed twice is read once
+    (a rescan's `changes_since_previous` reads the previous scan's view again)."""
+
+    named: Any  # the result's own `tool` key, when it has one
+    mode: Any  # gobuster's mode
+    up: frozenset[str] = frozenset()
+    ports: _PortsView = dataclasses.field(default_factory=dict)
+    findings: Mapping[tuple[str, str], Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+def result_view(tool: str, result: Mapping[str, Any]) -> ResultView:
+    """The parts of `result` (a `tool` result) that `diff_views` compares."""
+    named, mode = result.get("tool", tool), result.get("mode")
+    if tool == "gobuster_scan":
+        return ResultView(named, mode, findings=_gobuster_findings(result))
+    if tool in ("nmap_scan", "masscan_scan"):
+        up, ports = (_nmap_view if tool == "nmap_scan" else _masscan_view)(result)
+        return ResultView(named, mode, frozenset(up), ports)
+    return ResultView(named, mode)
 
 
 def diff_results(
@@ -124,26 +151,31 @@ def diff_results(
     tool than `tool` (a result without a `tool` key is taken as the named tool), and for two
     gobuster scans of different modes (a result without a `mode` is compared).
     """
+    return diff_views(
+        tool, result_view(tool, before), result_view(tool, after), scan_id=scan_id, against_scan_id=against_scan_id
+    )
+
+
+def diff_views(tool: str, before: ResultView, after: ResultView, *, scan_id: str, against_scan_id: str) -> ScanDiff:
+    """`diff_results` of two results already read with `result_view`."""
     if tool not in TOOL_KINDS:
         raise ValidationError(
             f"scans of {tool!r} cannot be diffed",
             rule="diff_tool_unknown",
             recovery_suggestion="Diff scans of nmap_scan, masscan_scan or gobuster_scan.",
         )
-    for scan, result in ((against_scan_id, before), (scan_id, after)):
-        named = result.get("tool", tool)
-        if named != tool:
+    for scan, view in ((against_scan_id, before), (scan_id, after)):
+        if view.named != tool:
             raise ValidationError(
-                f"scan {scan} is a {named} scan, not {tool}",
+                f"scan {scan} is a {view.named} scan, not {tool}",
                 rule="diff_tool_mismatch",
                 recovery_suggestion=f"Diff against an earlier {tool} scan (list_scans with tool={tool}).",
             )
     if tool == "gobuster_scan":
-        _check_same_mode(before, after, scan_id=scan_id, against_scan_id=against_scan_id)
-        entries = list(_finding_entries(_gobuster_findings(before), _gobuster_findings(after)))
+        _check_same_mode(before.mode, after.mode, scan_id=scan_id, against_scan_id=against_scan_id)
+        entries = list(_finding_entries(before.findings, after.findings))
     else:
-        read = _nmap_view if tool == "nmap_scan" else _masscan_view
-        entries = list(_host_entries(*read(before), *read(after)))
+        entries = list(_host_entries(before.up, before.ports, after.up, after.ports))
     entries.sort(key=_order)
     counts = dict.fromkeys(TOOL_KINDS[tool], 0)
     for entry in entries:
@@ -158,12 +190,9 @@ def diff_results(
     )
 
 
-def _check_same_mode(
-    before: Mapping[str, Any], after: Mapping[str, Any], *, scan_id: str, against_scan_id: str
-) -> None:
+def _check_same_mode(old: Any, new: Any, *, scan_id: str, against_scan_id: str) -> None:
     # A dir scan's paths and a vhost scan's hosts share no key: every finding would read as gone
     # and every other as appeared, which says nothing about the target.
-    old, new = before.get("mode"), after.get("mode")
     if old is not None and new is not None and old != new:
         raise ValidationError(
             f"scan {scan_id} is a gobuster {new} scan and scan {against_scan_id} a {old} scan",
@@ -215,7 +244,7 @@ def _describe(entry: DiffEntry) -> str:
 
 
 def _host_entries(
-    up_before: set[str], ports_before: _Ports, up_after: set[str], ports_after: _Ports
+    up_before: AbstractSet[str], ports_before: _PortsView, up_after: AbstractSet[str], ports_after: _PortsView
 ) -> Iterator[DiffEntry]:
     for host in sorted(up_after - up_before):
         yield DiffEntry(kind="host_appeared", host=host)
@@ -239,7 +268,7 @@ def _port_entry(kind: DiffKind, key: _PortKey, *, before: str | None = None, aft
 
 
 def _finding_entries(
-    before: dict[tuple[str, str], dict[str, Any]], after: dict[tuple[str, str], dict[str, Any]]
+    before: Mapping[tuple[str, str], Mapping[str, Any]], after: Mapping[tuple[str, str], Mapping[str, Any]]
 ) -> Iterator[DiffEntry]:
     for key in sorted(after.keys() - before.keys()):
         yield DiffEntry(kind="finding_appeared", item=key[1], after=_status(after[key]))

@@ -11,16 +11,21 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.audit import AuditSink
 from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError
+from appliance.jobs.diff import ResultView
 from appliance.jobs.model import Job, JobState, new_scan_id
 from appliance.jobs.store import JobFilter, JobPage, JobStore
 
 log = logging.getLogger(__name__)
+
+# Diff views kept for rescans (ResultViews): the last results of this many scans.
+RESULT_VIEWS_KEPT = 64
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 ChangeFn = Callable[[Job], None]
@@ -35,6 +40,28 @@ class LiveJob:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     # Progress listeners: the waiting scan call, then any get_scan that waits; each best effort.
     listeners: set[ProgressFn] = field(default_factory=set)
+    # Seconds its store writes took so far (the `store` stage of the call timings line).
+    store_seconds: float = 0.0
+
+
+class ResultViews:
+    """The diff views (`result_view`) of the last completed results, by scan id: a rescan's
+    `changes_since_previous` compares with the previous scan without reading its result again.
+    A completed job's result never changes, so a view is right for as long as its scan exists
+    (and a deleted scan is never the previous one: the store's index says which one is)."""
+
+    def __init__(self, size: int = RESULT_VIEWS_KEPT) -> None:
+        self.size = size
+        self._views: OrderedDict[str, ResultView] = OrderedDict()
+
+    def keep(self, scan_id: str, view: ResultView) -> None:
+        self._views[scan_id] = view
+        self._views.move_to_end(scan_id)
+        while len(self._views) > self.size:
+            self._views.popitem(last=False)
+
+    def get(self, scan_id: str) -> ResultView | None:
+        return self._views.get(scan_id)
 
 
 def scan_not_found(scan_id: str) -> NotFoundError:
@@ -60,6 +87,7 @@ class JobManager:
         self.audit = audit
         self._clock = clock
         self.live: dict[str, LiveJob] = {}
+        self.result_views = ResultViews()
         # Called after each state change is stored: metrics, resource update notifications.
         self.on_change: list[ChangeFn] = [on_change] if on_change else []
 
@@ -116,8 +144,7 @@ class JobManager:
         # The trail first, then the store, both fail closed: a job the trail does not show never
         # exists, and a scan the store cannot keep is refused before it starts.
         self.audit_state(job, "queued", strict=True)
-        self._save(job, strict=True)
-        live = LiveJob(job)
+        live = LiveJob(job, store_seconds=self._save(job, strict=True))
         self.live[job.scan_id] = live
         for notify in self.on_change:
             notify(job)
@@ -133,13 +160,16 @@ class JobManager:
         strict: bool = False,
         audit: bool = False,
         raw: bytes | None = None,
-    ) -> None:
+        state_only: bool = False,
+    ) -> float:
+        """Returns the seconds the store write took."""
         job.move(state, self._clock(), note)
-        self._save(job, strict=strict, raw=raw)
+        seconds = self._save(job, strict=strict, raw=raw, state_only=state_only)
         if audit:
             self.audit_state(job, state, note)
         for notify in self.on_change:
             notify(job)
+        return seconds
 
     def audit_state(self, job: Job, state: JobState, note: str | None = None, *, strict: bool = False) -> None:
         """An audit line for a state change no call line shows (the service's start and end lines
@@ -164,24 +194,31 @@ class JobManager:
             # written is the sink's failure (readiness shows it), not a reason to lose the scan.
             log.error("audit line of a job state change could not be written", extra={"scan_id": job.scan_id})
 
-    def _save(self, job: Job, *, strict: bool = False, raw: bytes | None = None) -> None:
+    def _save(self, job: Job, *, strict: bool = False, raw: bytes | None = None, state_only: bool = False) -> float:
+        """Write the whole job (`state_only`: its state change alone); returns the seconds it took."""
+        started = time.perf_counter()
         try:
-            self.store.put(job, raw)
+            if state_only:
+                self.store.put_state(job)
+            else:
+                self.store.put(job, raw)
         except ApplianceError:
             if strict:
                 raise
             # Kept in memory (get_scan still answers); the next change writes the whole job again.
             log.error("job store write failed; the job is kept in memory", extra={"scan_id": job.scan_id})
+        return time.perf_counter() - started
 
     def running(self, live: LiveJob) -> None:
-        self._move(live.job, "running", None)
+        # Nothing but the state changed since `create` wrote the whole job.
+        live.store_seconds += self._move(live.job, "running", None, state_only=True)
 
     def findings(self, live: LiveJob, result: dict[str, Any]) -> None:
         """Findings so far (finished host groups, lines): stored with the progress the job has
         reached, so a crash keeps them."""
         live.job.result = result
         live.job.updated_at = self._clock()
-        self._save(live.job)
+        live.store_seconds += self._save(live.job)
 
     def finish(
         self,
@@ -200,7 +237,7 @@ class JobManager:
         if state in ("completed", "partial"):
             job.progress = 100.0
         # The final record and the raw output in one commit.
-        self._move(job, state, note, raw=raw)
+        live.store_seconds += self._move(job, state, note, raw=raw)
         live.listeners.clear()
         self.live.pop(job.scan_id, None)
         live.done.set()

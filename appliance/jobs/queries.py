@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.errors import NotFoundError, ValidationError
-from appliance.jobs.diff import ScanDiff, diff_results
+from appliance.jobs.diff import ScanDiff, diff_results, diff_views, result_view
 from appliance.jobs.manager import JobManager, ProgressFn
 from appliance.jobs.model import STATES, Job
 from appliance.jobs.store import JobFilter
@@ -160,12 +160,24 @@ CANCEL_WAIT_SECONDS = 5.0
 
 
 def changes_since(jobs: JobManager, job: Job, result: dict[str, Any], shown: int = 20) -> dict[str, Any] | None:
-    """What a finished rescan changed since the previous completed scan of its tool and target."""
+    """What a finished rescan changed since the previous completed scan of its tool and target.
+
+    `result` is the job's completed result: its view is kept (`jobs.result_views`) for the next
+    rescan of the same target, which then reads only its own result.
+    """
+    after = result_view(job.tool, result)
+    jobs.result_views.keep(job.scan_id, after)
     before = jobs.store.previous_completed(job.tool, job.target, job.principal, job.scan_id)
     if before is None or before.result is None:
         return None
     try:
-        diff = diff_results(job.tool, before.result, result, scan_id=job.scan_id, against_scan_id=before.scan_id)
+        diff = diff_views(
+            job.tool,
+            jobs.result_views.get(before.scan_id) or result_view(job.tool, before.result),
+            after,
+            scan_id=job.scan_id,
+            against_scan_id=before.scan_id,
+        )
     except ValidationError:
         return None  # not comparable (two gobuster modes): diff_scans says why when asked
     entries = [entry.model_dump(mode="json", exclude_none=True) for entry in diff.entries]

@@ -54,6 +54,11 @@ class JobStore(Protocol):
         """Insert or replace the whole job; with `raw`, its raw output too, in the same
         transaction (a job's end is one commit)."""
 
+    def put_state(self, job: Job) -> None:
+        """A state change of a stored job, written alone: its state and the record's state,
+        updated_at, finished_at, progress and events (the rest is as the last `put` wrote it).
+        A job the store does not hold yet is put whole."""
+
     def get(self, scan_id: str) -> Job | None: ...
 
     def delete(self, scan_ids: Iterable[str]) -> int: ...

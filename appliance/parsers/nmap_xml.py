@@ -29,6 +29,12 @@ from appliance.results import NmapHost, NmapPort, NmapScript
 
 # nmap writes these inside the XML on stdout when run with `--stats-every`; one per line.
 _TASKPROGRESS = re.compile(rb'<taskprogress\b[^>]*?\bpercent="(\d{1,3}(?:\.\d+)?)"')
+# Whole lines wait until one may close a host, then go to expat together: one parser call per
+# host instead of one per line, and each host is still reported at its own `</host>` line. Any
+# line holding this is taken as a possible end (`</hostnames>` too: an early parse costs nothing).
+_HOST_END = b"</host"
+# ... or until this much waits (a document without hosts, a flood): what is held stays small.
+PARSE_BATCH_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,8 @@ class NmapStream:
         self._refused = False
         self._closed = False
         self._long_line: list[bytes] = []  # the pieces so far of a line longer than the runner's piece size
+        self._waiting: list[bytes] = []  # whole lines not yet parsed (see _HOST_END)
+        self._waiting_bytes = 0
 
     def feed(self, line: bytes) -> bool:
         """One line without its newline, or one piece of a longer line. True when a host closed."""
@@ -176,9 +184,23 @@ class NmapStream:
             # name or a character reference such as `&#xa;`.
             self._long_line.append(line)
             return False
+        if self._long_line:
+            line = b"".join([*self._long_line, line])
+            self._long_line.clear()
+        self._waiting.append(line)
+        self._waiting_bytes += len(line) + 1
+        if _HOST_END not in line and self._waiting_bytes < PARSE_BATCH_BYTES:
+            return False
+        return self._parse_waiting()
+
+    def _parse_waiting(self) -> bool:
+        """Parse the lines that wait; True when a host closed among them."""
         before = len(self._collector.hosts)
-        self._parse(b"".join([*self._long_line, line, b"\n"]))
-        self._long_line.clear()
+        self._waiting.append(b"")  # each line ends with its newline, as nmap wrote it
+        data = b"\n".join(self._waiting)
+        self._waiting.clear()
+        self._waiting_bytes = 0
+        self._parse(data)
         if self._error is None:
             # expat >= 2.6 may hold a token back until more data arrives ("reparse deferral");
             # Python's flush() (3.11.9+) parses what it has, so a host is reported at its own line.
@@ -194,6 +216,8 @@ class NmapStream:
 
     def close(self) -> NmapParse:
         """End of the document: what it yielded, and whether it was complete. Feeds after it are ignored."""
+        if self._waiting and self._error is None and not self._closed:
+            self._parse_waiting()
         if self._long_line and self._error is None and not self._closed:
             self._parse(b"".join(self._long_line))  # output cut inside a long line
             self._long_line.clear()

@@ -15,7 +15,9 @@ import pytest
 from support import GatedRunner, LabService, eventually
 
 from appliance.errors import ApplianceError, NotFoundError, ValidationError
+from appliance.jobs.manager import JobManager
 from appliance.jobs.queries import CancelScanRequest, DiffScansRequest, GetScanRequest, JobQueries, ListScansRequest
+from appliance.jobs.sqlite import SqliteJobStore
 from appliance.jobs.store import JobFilter
 from appliance.tools import TOOLS
 
@@ -264,6 +266,26 @@ async def test_a_rescan_names_its_changes_and_diff_scans_defaults_to_the_previou
     diff = queries.diff_scans(DiffScansRequest(scan_id=second.scan_id or ""), "alice")
     assert diff.against_scan_id == first.scan_id
     assert [(e.kind, e.port) for e in diff.entries] == [("port_opened", 18083)]
+
+
+async def test_a_rescan_after_a_restart_still_names_its_changes_since_the_scan_before(
+    gated: tuple[LabService, GatedRunner, JobQueries], tmp_path: Path
+) -> None:
+    lab, runner, _ = gated
+    runner.gate.set()
+    lab.service.jobs = JobManager(SqliteJobStore(tmp_path / "data"), lab.service.audit)
+    first = await lab.service.call(NMAP, {**CALL, "wait_seconds": 10}, "r1", principal="alice")
+    lab.service.jobs.store.close()
+    # The appliance restarted on the same data directory: only the store file knows the first scan.
+    lab.service.jobs = JobManager(SqliteJobStore(tmp_path / "data"), lab.service.audit)
+    runner.stdout = XML.replace(b'portid="18083"><state state="closed"', b'portid="18083"><state state="open"')
+
+    second = await lab.service.call(NMAP, {**CALL, "wait_seconds": 10}, "r2", principal="alice")
+
+    changes = second.changes_since_previous
+    assert changes is not None
+    assert changes["previous_scan_id"] == first.scan_id
+    assert [(e["kind"], e["port"]) for e in changes["entries"]] == [("port_opened", 18083)]
 
 
 async def test_a_running_job_shows_the_findings_so_far_and_keeps_them(

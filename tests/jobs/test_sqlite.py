@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from support.jobs import stored_job
 
+from appliance.audit import AuditSink
 from appliance.errors import ExecutionError
+from appliance.jobs.manager import JobManager
 from appliance.jobs.model import Job, JobState
 from appliance.jobs.sqlite import DB_NAME, MIGRATIONS, SCHEMA_VERSION, SqliteJobStore, open_store
 from appliance.jobs.store import JobFilter
@@ -91,6 +93,84 @@ def test_previous_completed_is_the_newest_completed_scan_of_tool_target_and_prin
     assert previous is not None
     assert previous.scan_id == newer.scan_id
     assert store.previous_completed("nmap_scan", "10.20.0.5", "alice", old.scan_id) is None
+
+
+def test_previous_completed_after_a_restart_reads_the_record_the_last_process_stored(tmp_path: Path) -> None:
+    first = SqliteJobStore(tmp_path / "data")
+    old = job(at=1_000_000.0, result={"hosts": [{"address": "10.20.0.5", "status": "up"}]})
+    first.put(old)
+    first.close()
+    # A new process: nothing in memory, the store file alone answers.
+    again = SqliteJobStore(tmp_path / "data")
+    previous = again.previous_completed("nmap_scan", "10.20.0.5", "alice", job("running", at=1_000_050.0).scan_id)
+    assert previous == old
+
+
+def test_previous_completed_never_answers_with_a_scan_another_process_purged(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "data")
+    kept, purged = job(at=1_000_000.0), job(at=1_000_010.0)
+    store.put(kept)
+    store.put(purged)  # this process stored it last: the one it keeps in memory
+    current = job("running", at=1_000_050.0)
+    before = store.previous_completed("nmap_scan", "10.20.0.5", "alice", current.scan_id)
+    assert before is not None and before.scan_id == purged.scan_id
+    # `appliance jobs purge` is another process with its own connection to the same file.
+    operator = SqliteJobStore(tmp_path / "data")
+    assert operator.delete([purged.scan_id]) == 1
+    after = store.previous_completed("nmap_scan", "10.20.0.5", "alice", current.scan_id)
+    assert after is not None and after.scan_id == kept.scan_id
+
+
+def test_a_state_written_alone_reads_back_as_the_whole_job(store: SqliteJobStore) -> None:
+    stored = job("queued")
+    stored.request = {"target": "10.20.0.5", "ports": "22,80"}
+    store.put(stored)
+    stored.move("running", 1_000_003.0)
+    stored.progress = 12.5
+    store.put_state(stored)
+    assert store.get(stored.scan_id) == stored
+    assert [j.scan_id for j in store.page(JobFilter(states=frozenset({"running"})), 10).jobs] == [stored.scan_id]
+    # The state column (the indexes) and the record agree: a finished state sets finished_at too.
+    stored.move("interrupted", 1_000_004.0, "the appliance stopped")
+    store.put_state(stored)
+    assert store.get(stored.scan_id) == stored
+    assert store.unfinished() == []
+
+
+def test_a_state_written_alone_for_a_job_the_store_lacks_writes_it_whole(store: SqliteJobStore) -> None:
+    stored = job("running")
+    store.put_state(stored)
+    assert store.get(stored.scan_id) == stored
+
+
+def test_a_running_job_is_stored_by_its_state_alone(tmp_path: Path) -> None:
+    written: list[str] = []
+
+    class Recording(SqliteJobStore):
+        def put(self, job: Job, raw: bytes | None = None) -> None:
+            written.append(f"put {job.state}")
+            super().put(job, raw)
+
+        def put_state(self, job: Job) -> None:
+            written.append(f"put_state {job.state}")
+            super().put_state(job)
+
+    store = Recording(tmp_path / "data")
+    jobs = JobManager(store, AuditSink(tmp_path / "audit.jsonl"))
+    live = jobs.create(
+        tool="nmap_scan",
+        target="10.20.0.5",
+        scanned_address="10.20.0.5",
+        owner="alice",
+        request={"target": "10.20.0.5"},
+        argv=["/usr/bin/nmap", "10.20.0.5"],
+        request_id="rid",
+    )
+    jobs.running(live)
+    assert store.get(live.job.scan_id) == live.job
+    jobs.finish(live, "completed", result={"hosts": []})
+    assert written == ["put queued", "put_state running", "put completed"]
+    assert store.get(live.job.scan_id) == live.job
 
 
 def test_raw_output_is_stored_apart_and_deleted_with_its_job(store: SqliteJobStore) -> None:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.parsers.lines import output_lines
-from appliance.parsers.nmap_xml import NmapStream, nmap_progress, parse_nmap_xml
+from appliance.parsers.nmap_xml import PARSE_BATCH_BYTES, NmapStream, nmap_progress, parse_nmap_xml
 from appliance.results import NmapHost
 from appliance.runner import MAX_LINE_BYTES
 
@@ -193,21 +193,53 @@ def test_a_long_line_goes_to_expat_once_when_it_ends() -> None:
     # quadratic in the line's length. The pieces wait for the end of their line instead.
     document = long_script_document("x" * (5 * MAX_LINE_BYTES))
     lines = list(output_lines(document))
-    stream = NmapStream()
-    handed: list[int] = []
-    feed = stream._parser.feed
-
-    def counting_feed(data: bytes) -> None:
-        handed.append(len(data))
-        feed(data)
-
-    stream._parser.feed = counting_feed  # type: ignore[method-assign]
+    stream, handed = counted(NmapStream())
     for line in lines:
         stream.feed(line)
 
-    assert len(handed) == len(lines) - sum(len(line) == MAX_LINE_BYTES for line in lines)
-    assert max(handed) > 5 * MAX_LINE_BYTES
+    # Every parser call ends at the end of a line, and one call holds the whole long line.
+    assert all(data.endswith(b"\n") for data in handed)
+    assert sum(b"x" * MAX_LINE_BYTES in data for data in handed) == 1
+    assert max(len(data) for data in handed) > 5 * MAX_LINE_BYTES
     assert hosts_of(stream)[0].ports[0].scripts[0].output == "x" * (5 * MAX_LINE_BYTES)
+
+
+def counted(stream: NmapStream) -> tuple[NmapStream, list[bytes]]:
+    """`stream` with each piece of data it hands its XML parser recorded."""
+    handed: list[bytes] = []
+    feed = stream._parser.feed
+
+    def counting_feed(data: bytes) -> None:
+        handed.append(data)
+        feed(data)
+
+    stream._parser.feed = counting_feed  # type: ignore[method-assign]
+    return stream, handed
+
+
+def test_lines_go_to_expat_together_up_to_each_line_that_may_close_a_host() -> None:
+    # One parser call per host rather than one per line; test_each_host_arrives_at_the_line_that_
+    # closes_it shows that no host waits for it.
+    lines = list(output_lines(fixture("two_hosts.xml")))
+    stream, handed = counted(NmapStream())
+    for line in lines:
+        stream.feed(line)
+    ends = [number for number, line in enumerate(lines) if b"</host" in line]
+    assert len(handed) == len(ends)
+    assert handed[0] == b"".join(line + b"\n" for line in lines[: ends[0] + 1])
+    stream.close()
+    assert len(handed) == len(ends) + (ends[-1] < len(lines) - 1)  # the rest at the end
+    assert b"".join(handed) == b"".join(line + b"\n" for line in lines)
+
+
+def test_lines_without_a_host_end_wait_no_longer_than_a_batch() -> None:
+    # A document without hosts (or a flood) is parsed as it grows, never held whole.
+    lines = [b"<nmaprun>"] + [b"<!-- " + b"y" * 1000 + b" -->"] * 200
+    stream, handed = counted(NmapStream())
+    for line in lines:
+        stream.feed(line)
+    assert len(handed) >= 200 * 1000 // PARSE_BATCH_BYTES
+    assert all(len(data) <= PARSE_BATCH_BYTES + 1100 for data in handed)
 
 
 def test_output_cut_inside_a_long_line_keeps_the_hosts_before_it() -> None:
