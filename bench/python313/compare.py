@@ -14,7 +14,9 @@ load on the machine falls on both alike. Per image and round:
   tools/list are written at once; the clocks stop at the initialize and the tools/list answers;
   then the server's CPU time so far (user + system: the figure least moved by other load; its
   reaped children's, the scanner version probes, apart), its settled VmRSS (host /proc,
-  bench.concurrency.settled_rss) as the idle RSS after the first tools/list; then stdin is
+  bench.concurrency.settled_rss) as the idle RSS after the first tools/list; then the server's
+  CPU time per `nmap_scan` call (a one-port connect scan of the lab target, then the same with
+  `dry_run`: the request path without a scanner), one at a time; then stdin is
   closed and the exit timed.
 
 Prints one JSON document (medians with min-max, and every sample) on stdout.
@@ -31,10 +33,12 @@ import sys
 import time
 from typing import Any
 
+import psutil
+
 import bench.lab
 from bench.concurrency import settled_rss
 from bench.docker import DOCKER, BenchError, docker, log, server_process
-from bench.lab import Deployment, Lab, lab
+from bench.lab import TARGET_PORT, Deployment, Lab, lab
 from bench.stats import summary_s
 
 MARKER = "py313-compare: imports start"
@@ -59,6 +63,11 @@ MESSAGES = [
 ]
 # A start-up or exit that takes this long is broken, not slow.
 TIMEOUT_SECONDS = 60
+# Calls per session for the per-call CPU figures (whose clock ticks are 10 ms), after a few that
+# warm up first-call paths.
+SCAN_CALLS = 60
+DRY_RUN_CALLS = 200
+WARMUP_CALLS = 3
 
 
 def _importtime_us(stderr: str) -> tuple[int, int, dict[str, int]]:
@@ -129,6 +138,33 @@ def _answer(proc: subprocess.Popen[bytes], wanted: int) -> dict[str, Any]:
             return message
 
 
+def _server_cpu(server: psutil.Process) -> tuple[float, float]:
+    """CPU seconds (user + system) of SERVER itself and of its reaped children (the scanners)."""
+    times = server.cpu_times()
+    return times.user + times.system, times.children_user + times.children_system
+
+
+def _calls(proc: subprocess.Popen[bytes], server: psutil.Process, arguments: dict[str, Any], calls: int) -> float:
+    """Server CPU seconds per `nmap_scan` call with ARGUMENTS (CALLS of them, after WARMUP_CALLS)."""
+    assert proc.stdin is not None
+    started = 0.0
+    first_id = 100 if not arguments.get("dry_run") else 100 + WARMUP_CALLS + SCAN_CALLS
+    for index in range(WARMUP_CALLS + calls):
+        if index == WARMUP_CALLS:
+            started = _server_cpu(server)[0]
+        request = {
+            "jsonrpc": "2.0",
+            "id": first_id + index,
+            "method": "tools/call",
+            "params": {"name": "nmap_scan", "arguments": arguments},
+        }
+        proc.stdin.write(json.dumps(request).encode() + b"\n")
+        proc.stdin.flush()
+        if _answer(proc, first_id + index)["result"].get("isError"):
+            raise BenchError(f"nmap_scan {arguments} failed")
+    return (_server_cpu(server)[0] - started) / calls
+
+
 def cold_start(the_lab: Lab, name: str) -> dict[str, float]:
     args = the_lab.appliance_run(name, {"APPLIANCE_TRANSPORT": "stdio"}, interactive=True)
     with (the_lab.log_dir / f"{name}.log").open("w") as errlog:
@@ -144,10 +180,11 @@ def cold_start(the_lab: Lab, name: str) -> dict[str, float]:
             tools_list = time.perf_counter() - started
             pid = int(docker("inspect", "--format", "{{.State.Pid}}", name))
             server = server_process(pid)
-            times = server.cpu_times()  # its start-up, scanner version probes included once reaped
-            cpu = times.user + times.system
-            children_cpu = times.children_user + times.children_system
+            cpu, children_cpu = _server_cpu(server)
             rss = settled_rss(server.pid)
+            scan = {"target": the_lab.target_ip, "ports": str(TARGET_PORT)}
+            per_scan = _calls(proc, server, scan, SCAN_CALLS)
+            per_dry_run = _calls(proc, server, {**scan, "dry_run": True}, DRY_RUN_CALLS)
             closed = time.perf_counter()
             proc.stdin.close()
             code = proc.wait(timeout=TIMEOUT_SECONDS)
@@ -165,6 +202,8 @@ def cold_start(the_lab: Lab, name: str) -> dict[str, float]:
         "server_cpu_s": cpu,
         "reaped_children_cpu_s": children_cpu,
         "idle_rss_mib": rss / 2**20,
+        "cpu_ms_per_scan_call": per_scan * 1000,
+        "cpu_ms_per_dry_run_call": per_dry_run * 1000,
         "exit_after_eof_s": exit_s,
     }
 
