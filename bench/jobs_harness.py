@@ -14,7 +14,7 @@ One JSON request on stdin, one JSON answer on stdout:
 The sequence is the one `ScanService.call` and `_finish_run` make for a scan that completes
 within its wait (appliance/service.py), minus the scanner and its parsing (which ran before the
 job store existed): `admissible` (free space check), `create` (audit line, put), `running`
-(put), the job fields on the report and its one JSON dump, `changes_since` (previous_completed
+(put), the job fields on the report and its one JSON dump, `changes_since` (previous_completed_id
 and a diff), and `finish` (put of the final record with the raw output, one commit).
 """
 
@@ -45,7 +45,7 @@ from appliance.tools.base import ScanPlan
 # The image's audit default is stderr; the benchmark writes to a file on the container's /tmp
 # tmpfs instead, so the figure includes a real write(2) but not docker's log pipe.
 AUDIT_PATH = Path("/tmp/bench-audit.jsonl")  # noqa: S108 - the container's private tmpfs
-STORE_METHODS = ("space_problem", "put", "previous_completed")
+STORE_METHODS = ("space_problem", "put", "previous_completed_id")
 STEPS = ("admissible", "create", "running", "result_fields", "changes_since", "finish")
 
 

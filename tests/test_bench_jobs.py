@@ -63,7 +63,7 @@ def test_harness_calls_time_every_step_and_store_each_call_as_a_job(tmp_path: Pa
     assert len(answer["per_call"]) == 5
     expected = {*jobs_harness.STEPS, "cpu.total", *(f"store.{m}" for m in jobs_harness.STORE_METHODS)}
     assert all(set(call) == expected for call in answer["per_call"])
-    assert all(call["store.previous_completed"] > 0 and call["store.put"] > 0 for call in answer["per_call"])
+    assert all(call["store.previous_completed_id"] > 0 and call["store.put"] > 0 for call in answer["per_call"])
     assert answer["jobs_in_store"] == 6
     store = SqliteJobStore(tmp_path / "data")
     try:

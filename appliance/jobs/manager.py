@@ -24,8 +24,11 @@ from appliance.jobs.store import JobFilter, JobPage, JobStore
 
 log = logging.getLogger(__name__)
 
-# Diff views kept for rescans (ResultViews): the last results of this many scans.
+# Diff views kept for rescans (ResultViews): the last results of this many scans, and no more
+# than this many hosts, ports and findings in all (a few hundred bytes each: a sweep of a /16
+# must not keep 64 copies of itself in memory).
 RESULT_VIEWS_KEPT = 64
+RESULT_VIEW_ENTRIES_KEPT = 50_000
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 ChangeFn = Callable[[Job], None]
@@ -50,18 +53,25 @@ class ResultViews:
     A completed job's result never changes, so a view is right for as long as its scan exists
     (and a deleted scan is never the previous one: the store's index says which one is)."""
 
-    def __init__(self, size: int = RESULT_VIEWS_KEPT) -> None:
+    def __init__(self, size: int = RESULT_VIEWS_KEPT, entries: int = RESULT_VIEW_ENTRIES_KEPT) -> None:
         self.size = size
-        self._views: OrderedDict[str, ResultView] = OrderedDict()
+        self.entries = entries
+        self._views: OrderedDict[str, tuple[ResultView, int]] = OrderedDict()
+        self._entries = 0
 
     def keep(self, scan_id: str, view: ResultView) -> None:
-        self._views[scan_id] = view
-        self._views.move_to_end(scan_id)
-        while len(self._views) > self.size:
-            self._views.popitem(last=False)
+        weight = 1 + len(view.up) + len(view.ports) + len(view.findings)
+        dropped = self._views.pop(scan_id, None)
+        if dropped is not None:
+            self._entries -= dropped[1]
+        self._views[scan_id] = (view, weight)
+        self._entries += weight
+        while self._views and (len(self._views) > self.size or self._entries > self.entries):
+            self._entries -= self._views.popitem(last=False)[1][1]
 
     def get(self, scan_id: str) -> ResultView | None:
-        return self._views.get(scan_id)
+        kept = self._views.get(scan_id)
+        return None if kept is None else kept[0]
 
 
 def scan_not_found(scan_id: str) -> NotFoundError:

@@ -167,22 +167,23 @@ def changes_since(jobs: JobManager, job: Job, result: dict[str, Any], shown: int
     """
     after = result_view(job.tool, result)
     jobs.result_views.keep(job.scan_id, after)
-    before = jobs.store.previous_completed(job.tool, job.target, job.principal, job.scan_id)
-    if before is None or before.result is None:
+    previous = jobs.store.previous_completed_id(job.tool, job.target, job.principal, job.scan_id)
+    if previous is None:
         return None
+    # The view this process kept when that scan completed, else its stored result (a restart).
+    before = jobs.result_views.get(previous)
+    if before is None:
+        stored = jobs.store.get(previous)
+        if stored is None or stored.result is None:
+            return None
+        before = result_view(job.tool, stored.result)
     try:
-        diff = diff_views(
-            job.tool,
-            jobs.result_views.get(before.scan_id) or result_view(job.tool, before.result),
-            after,
-            scan_id=job.scan_id,
-            against_scan_id=before.scan_id,
-        )
+        diff = diff_views(job.tool, before, after, scan_id=job.scan_id, against_scan_id=previous)
     except ValidationError:
         return None  # not comparable (two gobuster modes): diff_scans says why when asked
     entries = [entry.model_dump(mode="json", exclude_none=True) for entry in diff.entries]
     return {
-        "previous_scan_id": before.scan_id,
+        "previous_scan_id": previous,
         "summary": diff.summary,
         "counts": diff.counts,
         "entries": entries[:shown],

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -32,9 +31,6 @@ DB_NAME = "jobs.sqlite3"
 MIN_FREE_BYTES = 8 * 1024 * 1024
 # A CLI transaction holding the lock makes a write wait this long before it fails.
 BUSY_TIMEOUT_MS = 2000
-# Completed jobs kept decoded in memory for `previous_completed` (each rescan diffs against the
-# last one), up to this many record bytes: a rescan then skips reading and decoding the record.
-COMPLETED_CACHE_BYTES = 4 * 1024 * 1024
 
 _V1 = """
 CREATE TABLE jobs (
@@ -90,12 +86,6 @@ class SqliteJobStore:
         self.min_free_bytes = min_free_bytes
         self._fault: tuple[str, str] | None = None
         self._broken: tuple[str, str] | None = None  # see `unavailable`
-        # scan_id -> (job, its record's size) of recently stored completed jobs, oldest first. A
-        # finished job's record never changes, so an entry is the record; one that was deleted
-        # (retention, `appliance jobs purge` from another process) is never asked for: the
-        # index says which scan is the previous one.
-        self._completed: OrderedDict[str, tuple[Job, int]] = OrderedDict()
-        self._completed_bytes = 0
         if directory is not None:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Autocommit: each statement is its own transaction unless `_write` opens one.
@@ -186,8 +176,6 @@ class SqliteJobStore:
                 db.execute("INSERT OR REPLACE INTO raw (scan_id, output) VALUES (?, ?)", (job.scan_id, raw))
 
         self._write(f"record scan {job.scan_id}", statements)
-        if job.state == "completed":
-            self._remember_completed(job, len(record))
 
     def put_state(self, job: Job) -> None:
         # The request, argv and findings so far are not encoded and written again for a state
@@ -216,14 +204,6 @@ class SqliteJobStore:
         if not updated:
             self.put(job)
 
-    def _remember_completed(self, job: Job, size: int) -> None:
-        if job.scan_id in self._completed:
-            self._completed_bytes -= self._completed.pop(job.scan_id)[1]
-        self._completed[job.scan_id] = (job, size)
-        self._completed_bytes += size
-        while self._completed_bytes > COMPLETED_CACHE_BYTES and self._completed:
-            self._completed_bytes -= self._completed.popitem(last=False)[1][1]
-
     def put_raw(self, scan_id: str, output: bytes) -> None:
         self._write(
             f"record the raw output of {scan_id}",
@@ -241,10 +221,6 @@ class SqliteJobStore:
 
         if ids:
             self._write("delete scans", statements)
-        for (scan_id,) in ids:
-            dropped = self._completed.pop(scan_id, None)
-            if dropped is not None:
-                self._completed_bytes -= dropped[1]
         return removed
 
     # --- cancel requests (operator CLI -> running appliance) --------------------------------
@@ -310,18 +286,18 @@ class SqliteJobStore:
         jobs = self._jobs(rows[:limit])
         return JobPage(jobs, jobs[-1].scan_id if len(rows) > limit else None)
 
-    def previous_completed(self, tool: str, target: str, principal: str, before: str) -> Job | None:
-        # The index alone names the scan (jobs_by_subject holds scan_id); its record is read and
-        # decoded only when this process did not store it recently (after a restart, say).
+    def previous_completed_id(self, tool: str, target: str, principal: str, before: str) -> str | None:
+        # The index alone answers (jobs_by_subject holds scan_id): no record is read or decoded.
         row = self._db.execute(
             "SELECT scan_id FROM jobs WHERE principal = ? AND tool = ? AND target_key = ? AND state = 'completed'"
             " AND scan_id < ? ORDER BY scan_id DESC LIMIT 1",
             (principal, tool, target_key(target), before),
         ).fetchone()
-        if row is None:
-            return None
-        cached = self._completed.get(row[0])
-        return cached[0] if cached is not None else self.get(row[0])
+        return None if row is None else str(row[0])
+
+    def previous_completed(self, tool: str, target: str, principal: str, before: str) -> Job | None:
+        scan_id = self.previous_completed_id(tool, target, principal, before)
+        return None if scan_id is None else self.get(scan_id)
 
     def count(self, principal: str | None = None) -> int:
         if principal is None:

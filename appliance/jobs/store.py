@@ -8,7 +8,7 @@ without reading every job:
 - `raw(scan_id)`: SQLite table `raw`; KV `raw.<scan_id>` (object store when large).
 - `page(filter, limit, cursor)`: index `(principal, scan_id)`; KV keys `by-principal.<p>.<scan_id>`
   listed with a subject filter, in descending order (tool/target/state filters use the next index).
-- `previous_completed(tool, target, principal)`: index `(principal, tool, target_key, state, scan_id)`;
+- `previous_completed(_id)(tool, target, principal)`: index `(principal, tool, target_key, state, scan_id)`;
   KV keys `by-subject.<p>.<tool>.<target>.<state>.<scan_id>`.
 - `sweep(max_age, max_count)`: index `(finished_at)` and a count; KV keys `by-finish.<ms>.<scan_id>`.
 - `unfinished()`: index `(state)`; KV keys `unfinished.<scan_id>`, deleted when the job finishes.
@@ -70,6 +70,10 @@ class JobStore(Protocol):
 
     def page(self, where: JobFilter, limit: int, cursor: str | None = None) -> JobPage:
         """Newest first; `cursor` continues after the scan id a previous page ended with."""
+
+    def previous_completed_id(self, tool: str, target: str, principal: str, before: str) -> str | None:
+        """The scan id of the newest `completed` job of this tool, target and principal older
+        than `before`, from the index alone (a rescan's diff may already hold that scan's view)."""
 
     def previous_completed(self, tool: str, target: str, principal: str, before: str) -> Job | None:
         """The newest `completed` job of this tool, target and principal older than `before`."""
