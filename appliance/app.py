@@ -44,6 +44,7 @@ from appliance.server import ScannerServer
 from appliance.service import ScanService
 from appliance.startup import StartupClock
 from appliance.stdio import run_stdio
+from appliance.tls import server_tls
 from appliance.tools import TOOLS
 
 if TYPE_CHECKING:  # imported when used: the stdio start-up needs neither uvicorn nor aiohttp
@@ -138,6 +139,9 @@ class Appliance:
         self.jobs = JobManager(self.job_store, self.audit, on_change=self._job_changed)
         self.service = ScanService(settings, self.store, self.audit, metrics=self.metrics, jobs=self.jobs)
         self.tokens: TokenSource | None = None
+        # Both listeners' TLS (HTTP transport only: stdio has no listener but the sidecar, which
+        # gets it too); built before anything listens, so a bad certificate refuses the start.
+        self.tls = server_tls(settings.tls_cert_file, settings.tls_key_file)
         verifier: BearerTokenVerifier | None = None
         if settings.transport == "http":
             secret = settings.auth_token.get_secret_value() if settings.auth_token else None
@@ -251,6 +255,15 @@ class Appliance:
                 return tokens.reload()
 
             watches[tokens.path] = reload_tokens
+        tls = self.tls
+        if tls is not None:
+
+            async def reload_tls() -> bool:
+                return tls.reload()
+
+            # A renewal writes two files: whichever changes, both are loaded again together.
+            for path in tls.watched:
+                watches[path] = reload_tls
         files = {path: FileWatch(path) for path in watches}
         while True:
             with contextlib.suppress(TimeoutError):
@@ -309,7 +322,8 @@ class Appliance:
         assert self.tokens is not None
         app = build_http_app(self.server, self.settings, self.tokens)
         self._requests = app
-        self._uvicorn = QuietUvicorn(uvicorn_config(app, self.settings), on_started=self._transport_ready)
+        config = uvicorn_config(app, self.settings, None if self.tls is None else self.tls.context)
+        self._uvicorn = QuietUvicorn(config, on_started=self._transport_ready)
         await self._uvicorn.serve()
 
     def _health(self) -> Health:
@@ -323,6 +337,7 @@ class Appliance:
             privilege_check=lambda: self.verdict,
             tokens=None if self.tokens is None else self.tokens.status,
             jobs=self.job_store.describe,
+            tls=None if self.tls is None else self.tls.status,
         )
 
     async def _start_sidecar(self) -> web.AppRunner:
@@ -332,7 +347,7 @@ class Appliance:
         token = self.settings.health_token.get_secret_value() if self.settings.health_token else None
         app = sidecar.build_sidecar(self._health(), self.registry, token, self.settings.health_allowed_hosts)
         runner, self.health_port = await sidecar.start_sidecar(
-            app, self.settings.health_host, self.settings.health_port
+            app, self.settings.health_host, self.settings.health_port, None if self.tls is None else self.tls.context
         )
         return runner  # type: ignore[no-any-return]
 

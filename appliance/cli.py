@@ -88,17 +88,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     """The container HEALTHCHECK: is the sidecar's /livez answering? (No curl in the image.)"""
+    import ssl
     import urllib.error  # urllib.request and its email parser: only this command needs them
     import urllib.request
 
     settings = load_settings()
     host = "127.0.0.1" if settings.health_host in ("0.0.0.0", "::") else settings.health_host  # noqa: S104
-    url = f"http://{host}:{settings.health_port}/{'livez' if args.probe else 'healthz'}"
-    request = urllib.request.Request(url)
+    scheme = "http" if settings.tls_cert_file is None else "https"
+    url = f"{scheme}://{host}:{settings.health_port}/{'livez' if args.probe else 'healthz'}"
+    request = urllib.request.Request(url)  # noqa: S310 (http or https, built above)
+    # Over TLS the probe trusts exactly the appliance's own certificate (appliance.tls).
+    context: ssl.SSLContext | None = None
+    if settings.tls_cert_file is not None:
+        from appliance.tls import pinned_context
+
+        try:
+            context = pinned_context(settings.tls_cert_file)
+        except (OSError, ssl.SSLError) as exc:
+            print(json.dumps({"ok": False, "url": url, "reason": f"certificate: {exc}"}), file=sys.stderr)
+            return EXIT_REFUSED
     if settings.health_token is not None:
         request.add_header("Authorization", f"Bearer {settings.health_token.get_secret_value()}")
     try:
-        with urllib.request.urlopen(request, timeout=HEALTH_PROBE_TIMEOUT_SECONDS) as response:  # noqa: S310
+        with urllib.request.urlopen(  # noqa: S310
+            request, timeout=HEALTH_PROBE_TIMEOUT_SECONDS, context=context
+        ) as response:
             body = response.read().decode()
     except (OSError, urllib.error.URLError) as exc:
         print(json.dumps({"ok": False, "url": url, "reason": str(exc)}), file=sys.stderr)
@@ -112,7 +126,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from appliance.demo import run_demo  # a client; the server side never imports it
 
     token = Path(args.token_file).read_text(encoding="utf-8").strip()
-    return asyncio.run(run_demo(args.url, token, args.target, args.ports, args.wait))
+    ca_file = None if args.ca_file is None else Path(args.ca_file)
+    return asyncio.run(run_demo(args.url, token, args.target, args.ports, args.wait, ca_file))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -419,6 +434,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--target", default="web.lab.internal")
     demo.add_argument("--ports", default="8080")
     demo.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the appliance to answer")
+    demo.add_argument("--ca-file", help="PEM CA certificate that signed the appliance's (https URLs)")
     demo.set_defaults(func=cmd_demo)
 
     health = sub.add_parser("health", help="query the running appliance's sidecar")

@@ -6,15 +6,33 @@ these, so an upgrade is a deliberate change here and nowhere else.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
+import httpx2
 from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import MCPServer
-from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT, create_mcp_http_client
 
 SDK_VERSION = "2.3.0"
 
-__all__ = ["SDK_VERSION", "create_mcp_http_client", "lowlevel_server", "session_connection", "session_owners"]
+__all__ = [
+    "SDK_VERSION",
+    "create_mcp_http_client",
+    "lowlevel_server",
+    "mcp_http_client",
+    "session_connection",
+    "session_owners",
+]
+
+
+def mcp_http_client(headers: dict[str, str] | None = None, verify: ssl.SSLContext | None = None) -> httpx2.AsyncClient:
+    """The SDK's MCP HTTP client, with a trust store for https (the SDK's factory takes none):
+    its timeouts, `verify` as the only trust anchors when given."""
+    if verify is None:
+        return create_mcp_http_client(headers=headers)
+    timeout = httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT)
+    return httpx2.AsyncClient(headers=headers, timeout=timeout, verify=verify)
 
 
 def lowlevel_server(server: MCPServer[Any]) -> Server[Any]:

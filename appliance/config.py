@@ -22,11 +22,19 @@ from appliance.errors import ConfigError
 DEFAULT_POLICY_PATH = Path(__file__).resolve().parent / "data" / "policies" / "scope.yaml"
 DEFAULT_CAPABILITY_POLICY_PATH = DEFAULT_POLICY_PATH.with_name("capabilities.yaml")
 SECRETS_DIR = Path("/run/secrets")
+# The image's Debian `ca-certificates` bundle (Containerfile); also where Debian hosts keep it.
+DEFAULT_CA_FILE = Path("/etc/ssl/certs/ca-certificates.crt")
 # An origin as browsers send it (RFC 6454: scheme, host, optional port; no path, no userinfo),
 # with `*` allowed only as the whole port. The host is a DNS name or a bracketed IPv6 literal.
 ORIGIN = re.compile(r"https?://(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::(?:[0-9]{1,5}|\*))?")
 # The sidecar token: the same rule as the HTTP bearer tokens (appliance.auth.TOKEN).
 HEALTH_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")
+
+
+def _secret_file(name: str) -> Path | None:
+    """A secret's path when it is mounted (compose secrets), else None (the setting is off)."""
+    path = SECRETS_DIR / name
+    return path if path.is_file() else None
 
 
 # The job store's home when no writable data directory is mounted (a plain `docker run --rm`).
@@ -125,6 +133,20 @@ class Settings(BaseSettings):
     )
     auth_token: SecretStr | None = Field(
         default=None, description="Bearer token for the HTTP transport (or the file /run/secrets/appliance_auth_token)."
+    )
+
+    tls_cert_file: Path | None = Field(
+        default=_secret_file("appliance_tls_cert"),
+        description="PEM certificate chain (leaf first) for HTTPS on the MCP port and the sidecar (or the secret "
+        "/run/secrets/appliance_tls_cert); reloaded on change. Needs tls_key_file.",
+    )
+    tls_key_file: Path | None = Field(
+        default=_secret_file("appliance_tls_key"),
+        description="PEM private key of tls_cert_file (or the secret /run/secrets/appliance_tls_key).",
+    )
+    ca_file: Path = Field(
+        default=DEFAULT_CA_FILE,
+        description="Trust anchors (PEM) for outgoing https: the identity provider's JWKS, an OTLP exporter.",
     )
 
     @field_validator("allowed_origins")

@@ -9,21 +9,24 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from appliance.compat import create_mcp_http_client
+from appliance.compat import mcp_http_client
+from appliance.tls import client_context
 
 # Compose starts the demo beside the appliance; the appliance needs a moment to listen.
 CONNECT_RETRY_SECONDS = 0.5
 
 
-async def _connect_and_scan(url: str, token: str, target: str, ports: str) -> dict[str, Any]:
+async def _connect_and_scan(url: str, token: str, target: str, ports: str, ca_file: Path | None) -> dict[str, Any]:
+    verify = None if ca_file is None else client_context(ca_file)
     async with (
-        create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http,
+        mcp_http_client(headers={"Authorization": f"Bearer {token}"}, verify=verify) as http,
         Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
     ):
         tools = [tool.name for tool in (await client.list_tools()).tools]
@@ -40,11 +43,13 @@ async def _connect_and_scan(url: str, token: str, target: str, ports: str) -> di
         }
 
 
-async def run_demo(url: str, token: str, target: str, ports: str, wait_seconds: float) -> int:
+async def run_demo(
+    url: str, token: str, target: str, ports: str, wait_seconds: float, ca_file: Path | None = None
+) -> int:
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
-            outcome = await _connect_and_scan(url, token, target, ports)
+            outcome = await _connect_and_scan(url, token, target, ports, ca_file)
             break
         except (httpx2.HTTPError, OSError) as exc:
             if time.monotonic() > deadline:

@@ -86,6 +86,7 @@ class Health:
         privilege_check: Callable[[], Mapping[str, Any]],
         tokens: Callable[[], Mapping[str, Any]] | None = None,
         jobs: Callable[[], Mapping[str, Any]] | None = None,
+        tls: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -96,6 +97,7 @@ class Health:
         self._privilege_check = privilege_check
         self._tokens = tokens
         self._jobs = jobs
+        self._tls = tls
         psutil.cpu_percent(interval=None)  # primes the counter: later calls measure since the last one
 
     def unavailable_tools(self) -> dict[str, str]:
@@ -171,6 +173,7 @@ class Health:
             checks["auth"] = dict(self._tokens())
         if self._jobs is not None:
             checks["store"] = dict(self._jobs())
+        checks["tls"] = {"enabled": False} if self._tls is None else dict(self._tls())
         status: Status = "healthy"
         overloaded = (
             cpu > self.settings.health_cpu_percent

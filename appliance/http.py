@@ -7,6 +7,7 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 
@@ -212,7 +213,9 @@ class QuietUvicorn(uvicorn.Server):
             self._on_started()
 
 
-def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+def uvicorn_config(app: ASGIApp, settings: Settings, tls: ssl.SSLContext | None = None) -> uvicorn.Config:
+    """uvicorn's settings; with `tls`, it serves that context (the appliance's reloadable one,
+    appliance.tls) instead of building its own from file names."""
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -221,4 +224,5 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         lifespan="on",
+        ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
@@ -93,12 +94,15 @@ def build_sidecar(
     return app
 
 
-async def start_sidecar(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve `app`; returns the runner (for cleanup) and the bound port (port 0 picks one)."""
+async def start_sidecar(
+    app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
+    """Serve `app` (over TLS with `tls`); returns the runner (for cleanup) and the bound port
+    (port 0 picks one)."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     await site.start()
     bound = int(runner.addresses[0][1])
-    log.info("health sidecar listening", extra={"host": host, "port": bound})
+    log.info("health sidecar listening", extra={"host": host, "port": bound, "tls": tls is not None})
     return runner, bound

@@ -30,6 +30,7 @@ from dockerlab import (
     wait_healthy,
     write_pinned_policy,
 )
+from support.certs import Certs, create_certs
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
@@ -93,19 +94,32 @@ def images(docker_client: docker.DockerClient, record: Any) -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A token file as scripts/create-token makes it (0444 in a 0700 folder), for the tests only."""
+    """A token file as scripts/create-token makes it (0444 in a 0700 folder), and the TLS files
+    of scripts/create-cert, for the tests only."""
     folder = tmp_path_factory.mktemp("secrets")
     folder.chmod(0o700)
     token_file = folder / "appliance_auth_token"
     token_file.write_text(TEST_TOKEN)
     token_file.chmod(0o444)
+    create_certs(folder)
     return folder
+
+
+def secrets_env(secrets_dir: Path) -> dict[str, str]:
+    """compose.yaml's secret files, moved to the test's folder."""
+    certs = Certs(secrets_dir)
+    return {
+        "APPLIANCE_TOKEN_FILE": str(secrets_dir / "appliance_auth_token"),
+        "APPLIANCE_TLS_CERT": str(certs.cert),
+        "APPLIANCE_TLS_KEY": str(certs.key),
+        "APPLIANCE_TLS_CA": str(certs.ca),
+    }
 
 
 @pytest.fixture(scope="session")
 def services(secrets_dir: Path) -> dict[str, ServiceSpec]:
     """compose.yaml's services as ServiceSpecs (appliance, appliance-raw, web, demo)."""
-    env = compose_env(APPLIANCE_TOKEN_FILE=str(secrets_dir / "appliance_auth_token"))
+    env = compose_env(**secrets_env(secrets_dir))
     return {name: ServiceSpec.from_compose(name, data) for name, data in compose_services(env).items()}
 
 
@@ -191,7 +205,7 @@ def compose_stack(
     stack = ComposeStack(
         project=f"mcp-it-{uuid.uuid4().hex[:8]}",
         env=compose_env(
-            APPLIANCE_TOKEN_FILE=str(secrets_dir / "appliance_auth_token"),
+            **secrets_env(secrets_dir),
             APPLIANCE_PUBLISH_PORT=str(http_port),
             APPLIANCE_HEALTH_PUBLISH_PORT=str(health_port),
             RAW_APPLIANCE_PUBLISH_PORT=str(free_port()),
@@ -200,6 +214,7 @@ def compose_stack(
         http_port=http_port,
         health_port=health_port,
         token=TEST_TOKEN,
+        ca_file=Certs(secrets_dir).ca,
     )
     try:
         started = time.monotonic()

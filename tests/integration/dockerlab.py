@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -32,7 +33,7 @@ from mcp.client.streamable_http import streamable_http_client
 from support import wait_until
 from testcontainers.core.container import DockerContainer
 
-from appliance.compat import create_mcp_http_client
+from appliance.compat import mcp_http_client
 from bench.compose import COMPOSE_FILE, REPO, ServiceSpec
 
 IMAGE = "mcp-scanner-appliance:latest"
@@ -172,14 +173,17 @@ def stdio_client(spec: ServiceSpec, lab: Lab, name: str, **env: str) -> Client:
 
 
 @contextlib.asynccontextmanager
-async def http_client(url: str, token: str, host_header: str | None = None) -> AsyncIterator[Client]:
-    """An MCP client over streamable HTTP with the bearer token (and a Host header, if given)."""
+async def http_client(
+    url: str, token: str, host_header: str | None = None, verify: ssl.SSLContext | None = None
+) -> AsyncIterator[Client]:
+    """An MCP client over streamable HTTP with the bearer token (and a Host header, if given;
+    `verify`: the trust anchors of an https URL)."""
     headers = {"Authorization": f"Bearer {token}"}
     if host_header is not None:
         headers["Host"] = host_header
     # The transport leaves a client it was handed open; closing it is ours to do.
     async with (
-        create_mcp_http_client(headers=headers) as http,
+        mcp_http_client(headers=headers, verify=verify) as http,
         Client(streamable_http_client(url, http_client=http)) as client,
     ):
         yield client
@@ -211,10 +215,21 @@ class ComposeStack:
     http_port: int
     health_port: int
     token: str
+    # compose serves both ports over TLS with scripts/create-cert's files; the CA signed them.
+    ca_file: Path
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}/mcp"
+        # A name the certificate carries (the published port is on the host's loopback).
+        return f"https://localhost:{self.http_port}/mcp"
+
+    @property
+    def health_url(self) -> str:
+        return f"https://localhost:{self.health_port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     def compose(self, *args: str, timeout: float = COMPOSE_UP_TIMEOUT_SECONDS) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

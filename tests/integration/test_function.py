@@ -89,7 +89,7 @@ async def test_raw_mode_scans_with_net_raw_only(lab: Lab, services: dict[str, Se
 
 
 async def test_http_scan_through_compose(compose_stack: ComposeStack) -> None:
-    async with http_client(compose_stack.url, compose_stack.token) as client:
+    async with http_client(compose_stack.url, compose_stack.token, verify=compose_stack.verify) as client:
         result = await client.call_tool("nmap_scan", {"target": LAB_ALIAS, "ports": str(LAB_PORT)})
     assert not result.is_error, result.content
     assert result.structured_content is not None
@@ -99,7 +99,7 @@ async def test_http_scan_through_compose(compose_stack: ComposeStack) -> None:
 
 async def test_http_without_valid_token_gets_401(compose_stack: ComposeStack) -> None:
     ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
-    async with httpx2.AsyncClient() as http:
+    async with httpx2.AsyncClient(verify=compose_stack.verify) as http:
         missing = await http.post(compose_stack.url, json=ping)
         wrong = await http.post(compose_stack.url, json=ping, headers={"Authorization": "Bearer not-the-token"})
     for response in (missing, wrong):
@@ -107,9 +107,21 @@ async def test_http_without_valid_token_gets_401(compose_stack: ComposeStack) ->
         assert response.headers["www-authenticate"].startswith("Bearer")
 
 
-async def test_sidecar_published_on_loopback(compose_stack: ComposeStack) -> None:
-    base = f"http://127.0.0.1:{compose_stack.health_port}"
+async def test_compose_serves_both_ports_over_tls_only(compose_stack: ComposeStack) -> None:
     async with httpx2.AsyncClient() as http:
+        for port in (compose_stack.http_port, compose_stack.health_port):
+            # Cleartext to a TLS port: the connection closes without an HTTP answer.
+            with pytest.raises(httpx2.HTTPError):
+                await http.get(f"http://127.0.0.1:{port}/livez")
+    async with httpx2.AsyncClient() as http:
+        # And a client that does not trust the deployment's CA refuses the handshake.
+        with pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await http.get(f"{compose_stack.health_url}/livez")
+
+
+async def test_sidecar_published_on_loopback(compose_stack: ComposeStack) -> None:
+    base = compose_stack.health_url
+    async with httpx2.AsyncClient(verify=compose_stack.verify) as http:
         live = await http.get(f"{base}/livez")
         ready = await http.get(f"{base}/readyz")
         health = await http.get(f"{base}/healthz")
@@ -153,11 +165,11 @@ def raw_profile_url(compose_stack: ComposeStack) -> str:
     """compose.yaml's `raw` profile (appliance-raw) up and healthy beside the stack's appliance."""
     up = compose_stack.compose("--profile", "raw", "up", "--detach", "--wait", "--wait-timeout", "150", "appliance-raw")
     assert up.returncode == 0, up.stderr + compose_stack.compose("logs", "--no-color", "appliance-raw").stdout
-    return f"http://127.0.0.1:{compose_stack.env['RAW_APPLIANCE_PUBLISH_PORT']}/mcp"
+    return f"https://localhost:{compose_stack.env['RAW_APPLIANCE_PUBLISH_PORT']}/mcp"
 
 
 async def test_raw_profile_syn_scan_over_http(compose_stack: ComposeStack, raw_profile_url: str) -> None:
-    async with http_client(raw_profile_url, compose_stack.token) as client:
+    async with http_client(raw_profile_url, compose_stack.token, verify=compose_stack.verify) as client:
         result = await client.call_tool("nmap_scan", {"target": LAB_ALIAS, "ports": str(LAB_PORT), "scan_type": "syn"})
     assert not result.is_error, result.content
     assert open_ports(result.structured_content) == {LAB_PORT}
@@ -168,7 +180,7 @@ async def test_raw_profile_masscan_over_http(
 ) -> None:
     """masscan from a container whose default route is the front network's, not the lab's."""
     web_ip = lab_address(compose_stack, docker_client)
-    async with http_client(raw_profile_url, compose_stack.token) as client:
+    async with http_client(raw_profile_url, compose_stack.token, verify=compose_stack.verify) as client:
         result = await client.call_tool("masscan_scan", {"target": web_ip, "ports": str(LAB_PORT)})
     found = {(f["ip"], f["port"], f["status"]) for f in findings(result)}
     assert found == {(web_ip, LAB_PORT, "open")}

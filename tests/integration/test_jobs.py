@@ -100,7 +100,7 @@ async def assert_outlives_wait_then_completes(client: Any, target: str) -> None:
 
 
 async def test_http_scan_longer_than_its_wait_is_followed_by_get_scan(compose_stack: ComposeStack) -> None:
-    async with http_client(compose_stack.url, compose_stack.token) as client:
+    async with http_client(compose_stack.url, compose_stack.token, verify=compose_stack.verify) as client:
         await assert_outlives_wait_then_completes(client, LAB_ALIAS)
 
 
@@ -144,7 +144,7 @@ def inspector(compose_stack: ComposeStack, tmp_path: Path) -> InspectorCli:
     missing = inspector_missing()
     if missing is not None:
         pytest.fail(missing)
-    return InspectorCli(compose_stack.url, compose_stack.token, tmp_path)
+    return InspectorCli(compose_stack.url, compose_stack.token, tmp_path, ca_file=compose_stack.ca_file)
 
 
 def test_inspector_cli_follows_a_version_scan_through_its_scan_id(inspector: InspectorCli, record: Any) -> None:
@@ -194,7 +194,7 @@ def wait_ready(compose_stack: ComposeStack) -> None:
 
     def ready() -> bool:
         try:
-            return sidecar_get(compose_stack.health_port, "/readyz")[0] == 200
+            return sidecar_get(compose_stack.health_port, "/readyz", compose_stack.verify)[0] == 200
         except OSError:  # the published port resets connections while the container restarts
             return False
 
@@ -231,7 +231,7 @@ async def findings_so_far(client: Any, scan_id: str) -> list[dict[str, Any]]:
 async def test_restart_mid_scan_interrupts_the_job_and_keeps_finished_jobs(
     compose_stack: ComposeStack, record: Any
 ) -> None:
-    async with http_client(compose_stack.url, compose_stack.token) as client:
+    async with http_client(compose_stack.url, compose_stack.token, verify=compose_stack.verify) as client:
         done = body(await client.call_tool("nmap_scan", {"target": LAB_ALIAS, "ports": str(LAB_PORT)}))
         assert done["status"] == "completed", done
         # Ten ports 5 s apart: at least 45 s, so the restart surely lands while it runs.
@@ -249,7 +249,7 @@ async def test_restart_mid_scan_interrupts_the_job_and_keeps_finished_jobs(
     assert restart.returncode == 0, restart.stderr
     wait_ready(compose_stack)
     record(f"docker compose restart appliance -> ready: {time.monotonic() - started:.1f} s")
-    async with http_client(compose_stack.url, compose_stack.token) as client:
+    async with http_client(compose_stack.url, compose_stack.token, verify=compose_stack.verify) as client:
         nmap_after = body(await client.call_tool("get_scan", {"scan_id": nmap["scan_id"]}))
         gobuster_after = body(await client.call_tool("get_scan", {"scan_id": gobuster["scan_id"]}))
         kept = body(await client.call_tool("get_scan", {"scan_id": done["scan_id"]}))
@@ -279,7 +279,7 @@ async def test_restart_mid_scan_interrupts_the_job_and_keeps_finished_jobs(
 async def test_diff_scans_names_the_port_a_second_listener_opened_and_closed(compose_stack: ComposeStack) -> None:
     web = compose_stack.container_id("web")
     scan = {"target": LAB_ALIAS, "ports": f"{LAB_PORT},{EXTRA_PORT}", "wait_seconds": GET_WAIT_SECONDS}
-    async with http_client(compose_stack.url, compose_stack.token) as client:
+    async with http_client(compose_stack.url, compose_stack.token, verify=compose_stack.verify) as client:
         before = body(await client.call_tool("nmap_scan", scan))
         with lab_listener(web, EXTRA_PORT):
             opened = body(await client.call_tool("nmap_scan", scan))

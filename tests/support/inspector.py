@@ -41,6 +41,8 @@ class InspectorCli:
     url: str
     token: str
     home: Path
+    # The CA of an https endpoint (Node's NODE_EXTRA_CA_CERTS), None for http.
+    ca_file: Path | None = None
 
     def argv(self, *request: str) -> list[str]:
         """The command line, as a user types it (with `node` in front: ours is the pinned Node 22)."""
@@ -66,6 +68,8 @@ class InspectorCli:
             "MCP_CATALOG_PATH": str(self.home / "mcp.json"),
             "MCP_CLIENT_CONFIG_PATH": str(self.home / "client.json"),
         }
+        if self.ca_file is not None:
+            env["NODE_EXTRA_CA_CERTS"] = str(self.ca_file)
         done = subprocess.run(
             self.argv(*request), capture_output=True, text=True, env=env, timeout=timeout, check=False
         )

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.session import MessageHandlerFnT
 from mcp.client.streamable_http import streamable_http_client
 
-from appliance.compat import create_mcp_http_client
+from appliance.compat import mcp_http_client
 from support.listeners import closed_port, loopback_listening
 from support.waiting import wait_until
 
@@ -133,22 +134,29 @@ def http_server(policy: Path, **extra: str) -> Iterator[str]:
 
 @contextlib.asynccontextmanager
 async def http_client(
-    url: str, mode: str, token: str = TOKEN, message_handler: MessageHandlerFnT | None = None
+    url: str,
+    mode: str,
+    token: str = TOKEN,
+    message_handler: MessageHandlerFnT | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Client]:
     """An MCP client over streamable HTTP with a bearer token, in protocol era `mode`;
-    `message_handler` sees what the server sends unasked (handshake-era notifications)."""
+    `message_handler` sees what the server sends unasked (handshake-era notifications);
+    `verify`: the trust anchors of an https URL."""
     # The transport leaves a client it was handed open; closing it is ours to do.
     async with (
-        create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http,
+        mcp_http_client(headers={"Authorization": f"Bearer {token}"}, verify=verify) as http,
         Client(streamable_http_client(url, http_client=http), mode=mode, message_handler=message_handler) as client,
     ):
         yield client
 
 
-def sidecar_get(port: int, path: str) -> tuple[int, dict[str, Any]]:
-    """GET a sidecar endpoint on 127.0.0.1: (status, JSON body); status 0 when nothing answers."""
+def sidecar_get(port: int, path: str, tls: ssl.SSLContext | None = None) -> tuple[int, dict[str, Any]]:
+    """GET a sidecar endpoint on 127.0.0.1 (https with `tls`, as `localhost`): (status, JSON body);
+    status 0 when nothing answers."""
+    url = f"http://127.0.0.1:{port}{path}" if tls is None else f"https://localhost:{port}{path}"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=5, context=tls) as response:  # noqa: S310 (http or https)
             return int(response.status), json.loads(response.read())
     except urllib.error.HTTPError as exc:
         with exc:
