@@ -124,3 +124,12 @@ def test_rule_series_regex_sees_the_metrics_in_expressions() -> None:
     names = series_named_by_rules()
     assert {"up", "appliance_ready", "appliance_tool_calls_total", "appliance_tool_queue_capacity"} <= names
     assert {"appliance_job_max_seconds", "appliance_sink_writable", "appliance_circuit_state"} <= names
+
+
+def test_breaker_forced_open_by_the_policy_shows_as_open_in_the_gauge(tmp_path: Path) -> None:
+    # What the compose test forces to fire ApplianceBreakerOpen: the gauge must say what callers meet.
+    policy = write_policy(tmp_path, LOOPBACK_POLICY, {"tools": {"gobuster_scan": {"breaker_force": "open"}}})
+    with served(policy) as server:
+        found = wait_until(lambda: samples(scrape(server.health_port)), timeout=20, what="a scrape")
+    assert found[("appliance_circuit_state", (("tool", "gobuster_scan"),))] == 2
+    assert found[("appliance_circuit_state", (("tool", "nmap_scan"),))] == 0
