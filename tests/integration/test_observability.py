@@ -14,10 +14,11 @@ from typing import Any
 import docker
 import pytest
 import yaml
-from dockerlab import ComposeStack
+from dockerlab import ComposeStack, http_client
+from support.policies import REPO
 from support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 PROMETHEUS_IMAGE = "mcp-scanner-prometheus:latest"
 # Scrape and evaluation every 5 s; ApplianceBreakerOpen has `for: 1m`: firing within ~75 s.
@@ -100,3 +101,39 @@ def test_breaker_forced_open_by_the_policy_fires_its_alert(prometheus: ComposeSt
         assert alert["annotations"]["runbook"] == "README.md#appliancebreakeropen"
     finally:
         policy_file.write_text(original)
+
+
+DASHBOARD = REPO / "observability" / "grafana" / "appliance-dashboard.json"
+# Grafana's variables as the dashboard's "All" instance and a scrape-friendly rate window.
+GRAFANA_VARIABLES = {"$instance": ".+", "$__rate_interval": "1m"}
+PANEL_SERIES_SECONDS = 90
+
+
+def panel_queries() -> list[tuple[str, str]]:
+    queries = []
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for name, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(name, value)
+            queries.append((panel["title"], expr))
+    return queries
+
+
+async def test_every_dashboard_panel_query_returns_series(prometheus: ComposeStack) -> None:
+    # One refusal first: the refusal counters have no series until a rule refuses something.
+    async with http_client(prometheus.url, prometheus.token, verify=prometheus.verify) as client:
+        refused = await client.call_tool("nmap_scan", {"target": "169.254.169.254"})
+    assert refused.is_error
+    pending = dict.fromkeys(panel_queries())
+
+    def all_answered() -> bool:
+        for title, expr in list(pending):
+            if instant(prometheus, expr):
+                del pending[(title, expr)]
+        return not pending
+
+    try:
+        wait_until(all_answered, timeout=PANEL_SERIES_SECONDS, interval=2, what="a series for every panel query")
+    except AssertionError as exc:
+        raise AssertionError(f"panel queries without a series: {sorted(pending)}") from exc
