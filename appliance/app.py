@@ -31,7 +31,7 @@ from appliance.health import Health, ScannerStatus, probe_scanner
 from appliance.jobs.manager import JobManager
 from appliance.jobs.model import STATES, Job
 from appliance.jobs.sqlite import open_store
-from appliance.metrics import Metrics
+from appliance.metrics import Metrics, ServingState
 from appliance.policy.store import PolicyStore
 from appliance.privileges import (
     excess_privileges,
@@ -135,6 +135,7 @@ class Appliance:
             job_counts=self.job_store.counts,
             job_states=STATES,
             oldest_running=self._oldest_running_age,
+            serving=self._serving_state(),
         )
         self.jobs = JobManager(self.job_store, self.audit, on_change=self._job_changed)
         self.service = ScanService(settings, self.store, self.audit, metrics=self.metrics, jobs=self.jobs)
@@ -156,6 +157,7 @@ class Appliance:
         self._wake = asyncio.Event()
         self._answered = asyncio.Event()  # the first answer after the handshake is out
         self._scanners: dict[str, ScannerStatus] = {}
+        self._health_model: Health | None = None
         self._uvicorn: QuietUvicorn | None = None
         self._requests: ActiveRequests | None = None
 
@@ -167,6 +169,15 @@ class Appliance:
     def _job_changed(self, job: Job) -> None:
         if job.finished and job.finished_at is not None:
             self.metrics.job_duration.labels(job.tool, job.state).observe(job.finished_at - job.created_at)
+
+    def _serving_state(self) -> ServingState:
+        """The alert rules' gauges (appliance.metric_families.ServingState), read at scrape time."""
+        return ServingState(
+            ready=lambda: self._health().readiness()[0],
+            sinks_writable=lambda: {"audit": self.audit.writable(), "job_store": self.job_store.writable() is None},
+            queue_capacity=lambda: {tool: self.service.limiter.capacity(tool) for tool in TOOLS},
+            max_job_seconds=lambda: float(self.store.current.policy.limits.max_timeout_seconds),
+        )
 
     def _oldest_running_age(self) -> float:
         started = [live.job.created_at for live in self.jobs.live.values()]
@@ -327,6 +338,12 @@ class Appliance:
         await self._uvicorn.serve()
 
     def _health(self) -> Health:
+        """One health model for the sidecar and the metrics (built at first use)."""
+        if self._health_model is None:
+            self._health_model = self._build_health()
+        return self._health_model
+
+    def _build_health(self) -> Health:
         return Health(
             self.settings,
             self.store,
@@ -375,7 +392,7 @@ class Appliance:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self._scanners = await self._probe_scanners()
+        self._scanners.update(await self._probe_scanners())  # in place: the health model holds it
         unavailable = {t: s for t, s in self._scanners.items() if not s.present}
         self.service.unavailable = {t: f"scanner unavailable: {s.reason}" for t, s in unavailable.items()}
         self.server.sync_tools()

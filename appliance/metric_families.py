@@ -16,6 +16,7 @@ from appliance.metrics import (
     OUTCOMES,
     PROTOCOL_REFUSAL_RULES,
     RELOAD_RESULTS,
+    ServingState,
 )
 
 
@@ -35,6 +36,33 @@ class JobCounts(Collector):
         yield family
 
 
+class ServingStateCollector(Collector):
+    def __init__(self, state: ServingState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "appliance_ready", "1 when /readyz answers 200 (ready for calls), else 0.", value=float(self._state.ready())
+        )
+        writable = GaugeMetricFamily(
+            "appliance_sink_writable", "1 when the sink accepts writes, else 0.", labels=["sink"]
+        )
+        for sink, ok in sorted(self._state.sinks_writable().items()):
+            writable.add_metric([sink], float(ok))
+        yield writable
+        capacity = GaugeMetricFamily(
+            "appliance_tool_queue_capacity", "Calls a tool's queue holds before refusing (queue_full).", labels=["tool"]
+        )
+        for tool, size in sorted(self._state.queue_capacity().items()):
+            capacity.add_metric([tool], float(size))
+        yield capacity
+        yield GaugeMetricFamily(
+            "appliance_job_max_seconds",
+            "The longest a scan may run by the policy (max_timeout_seconds); a job older than that is stuck.",
+            value=self._state.max_job_seconds(),
+        )
+
+
 class Families:
     def __init__(
         self,
@@ -44,6 +72,7 @@ class Families:
         process: bool = True,
         job_counts: JobCounts | None = None,
         oldest_running: Callable[[], float] | None = None,
+        serving: ServingState | None = None,
     ) -> None:
         self.registry = registry
         self.calls = Counter("appliance_tool_calls", "Tool calls by outcome.", ["tool", "outcome"], registry=registry)
@@ -107,3 +136,5 @@ class Families:
             registry.register(job_counts)
         if oldest_running is not None:
             self.oldest_running.set_function(oldest_running)
+        if serving is not None:
+            registry.register(ServingStateCollector(serving))

@@ -10,6 +10,7 @@ it) gets them built at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -35,6 +36,18 @@ DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 12
 JOB_DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 
 
+@dataclass(frozen=True)
+class ServingState:
+    """What the alert rules ask of a running appliance, read when scraped (never stale):
+    readiness as /readyz says it, each sink's writability, each tool's queue capacity beside its
+    depth, and the longest time a job may run (the policy's max_timeout_seconds)."""
+
+    ready: Callable[[], bool]
+    sinks_writable: Callable[[], Mapping[str, bool]]
+    queue_capacity: Callable[[], Mapping[str, int]]
+    max_job_seconds: Callable[[], float]
+
+
 class Metrics:
     """The appliance's metric families. `job_counts` (read at scrape time, with `job_states`)
     and `oldest_running` feed the job gauges."""
@@ -48,6 +61,7 @@ class Metrics:
         job_counts: Callable[[], Mapping[str, int]] | None = None,
         job_states: Iterable[str] = (),
         oldest_running: Callable[[], float] | None = None,
+        serving: ServingState | None = None,
     ) -> None:
         self._registry = registry
         self._tools = tuple(tools)
@@ -55,6 +69,7 @@ class Metrics:
         self._job_counts = job_counts
         self._job_states = tuple(job_states)
         self._oldest_running = oldest_running
+        self._serving = serving
         self._families: Families | None = None
         if registry is not None:
             self._built()
@@ -76,6 +91,7 @@ class Metrics:
                 process=self._process,
                 job_counts=counts,
                 oldest_running=self._oldest_running,
+                serving=self._serving,
             )
         return self._families
 

@@ -192,17 +192,22 @@ class ScanService:
             on_change=self._slots_changed,
             per_principal=principal_limit(policy),
         )
+        for name, breaker in self.breakers.items():
+            if breaker.settings.force is not None:  # others are closed, as the gauge starts (metrics stay lazy)
+                self._breaker_moved(name, breaker.state, breaker.state)
 
     def apply_policy(self) -> None:
         """Push the current policy's limits and breaker settings to the running appliance."""
         policy = self.store.current.policy
         for name, breaker in self.breakers.items():
             breaker.update_settings(breaker_settings(policy, name))
+            self._breaker_moved(name, breaker.state, breaker.state)  # a forced state shows at once
         self.limiter.update(tool_limits(policy), policy.limits.concurrency.global_.running, principal_limit(policy))
 
     def _breaker_moved(self, tool: str, old: BreakerState, new: BreakerState) -> None:
+        # The gauge shows what callers meet (appliance_circuit_state): an override included.
         if self.metrics is not None:
-            self.metrics.set_circuit(tool, new.value)
+            self.metrics.set_circuit(tool, self.breakers[tool].effective_state.value)
 
     def _slots_changed(self, tool: str) -> None:
         if self.metrics is not None:

@@ -74,6 +74,16 @@ class CircuitBreaker:
         return self._state
 
     @property
+    def effective_state(self) -> BreakerState:
+        """What callers meet: an operator's override wins over the failure-driven state."""
+        force = self._settings.force
+        if force == "open":
+            return BreakerState.OPEN
+        if force == "closed":
+            return BreakerState.CLOSED
+        return self._state
+
+    @property
     def consecutive_failures(self) -> int:
         return self._failures
 

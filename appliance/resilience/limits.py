@@ -122,6 +122,10 @@ class ConcurrencyLimiter:
     def in_flight(self, tool: str) -> int:
         return self._running.get(tool, 0)
 
+    def capacity(self, tool: str) -> int:
+        """How many calls `tool`'s queue holds before it refuses (`queue_full`)."""
+        return self._per_tool.get(tool, ToolLimit()).max_queued
+
     def queued(self, tool: str) -> int:
         return len(self._queues.get(tool, ()))
 

@@ -9,6 +9,7 @@ container, network and compose project is removed in `finally` blocks.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +44,8 @@ COMPOSE_DOWN_TIMEOUT_SECONDS = 120
 COMPOSE_LAB_SUBNET = "10.77.0.0/24"
 # This run's bearer token: 16+ URL-safe characters, as the appliance requires.
 TEST_TOKEN = "integration-" + uuid.uuid4().hex
+# The sidecar's token for /healthz and /metrics in the compose deployment (Prometheus sends it).
+TEST_HEALTH_TOKEN = "integration-health-" + uuid.uuid4().hex
 
 MEASUREMENTS: list[str] = []
 
@@ -101,6 +104,9 @@ def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     token_file = folder / "appliance_auth_token"
     token_file.write_text(TEST_TOKEN)
     token_file.chmod(0o444)
+    health_token = folder / "appliance_health_token"
+    health_token.write_text(TEST_HEALTH_TOKEN)
+    health_token.chmod(0o444)
     create_certs(folder)
     return folder
 
@@ -110,6 +116,7 @@ def secrets_env(secrets_dir: Path) -> dict[str, str]:
     certs = Certs(secrets_dir)
     return {
         "APPLIANCE_TOKEN_FILE": str(secrets_dir / "appliance_auth_token"),
+        "APPLIANCE_HEALTH_TOKEN_FILE": str(secrets_dir / "appliance_health_token"),
         "APPLIANCE_TLS_CERT": str(certs.cert),
         "APPLIANCE_TLS_KEY": str(certs.key),
         "APPLIANCE_TLS_CA": str(certs.ca),
@@ -191,7 +198,11 @@ def compose_lab_subnet_in_use(docker_client: docker.DockerClient) -> str | None:
 
 @pytest.fixture(scope="session")
 def compose_stack(
-    docker_client: docker.DockerClient, images: tuple[str, str], secrets_dir: Path, record: Any
+    docker_client: docker.DockerClient,
+    images: tuple[str, str],
+    secrets_dir: Path,
+    record: Any,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ComposeStack]:
     """compose.yaml's appliance and web services, up and healthy, on free loopback ports."""
     holder = compose_lab_subnet_in_use(docker_client)
@@ -202,10 +213,16 @@ def compose_stack(
     if overlaps:
         pytest.fail(f"{COMPOSE_LAB_SUBNET} overlaps routes of this host: {overlaps}; the compose lab cannot use it")
     http_port, health_port = free_port(), free_port()
+    # A copy of the repository's policies: tests edit it (hot reload), never the repository's.
+    policy_dir = tmp_path_factory.mktemp("compose-policies")
+    shutil.copytree(REPO / "policies", policy_dir, dirs_exist_ok=True)
+    policy_dir.chmod(0o755)  # the appliance (UID 65532) reads the mounted folder
     stack = ComposeStack(
         project=f"mcp-it-{uuid.uuid4().hex[:8]}",
         env=compose_env(
             **secrets_env(secrets_dir),
+            APPLIANCE_POLICY_DIR=str(policy_dir),
+            PROMETHEUS_PUBLISH_PORT=str(free_port()),
             APPLIANCE_PUBLISH_PORT=str(http_port),
             APPLIANCE_HEALTH_PUBLISH_PORT=str(health_port),
             RAW_APPLIANCE_PUBLISH_PORT=str(free_port()),
@@ -215,6 +232,8 @@ def compose_stack(
         health_port=health_port,
         token=TEST_TOKEN,
         ca_file=Certs(secrets_dir).ca,
+        health_token=TEST_HEALTH_TOKEN,
+        policy_dir=policy_dir,
     )
     try:
         started = time.monotonic()
@@ -230,6 +249,8 @@ def compose_stack(
             "raw",
             "--profile",
             "demo",
+            "--profile",
+            "observability",
             "down",
             "--volumes",
             "--remove-orphans",

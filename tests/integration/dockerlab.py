@@ -217,6 +217,9 @@ class ComposeStack:
     token: str
     # compose serves both ports over TLS with scripts/create-cert's files; the CA signed them.
     ca_file: Path
+    health_token: str
+    # The policies folder the deployment mounts (a copy the tests may edit).
+    policy_dir: Path
 
     @property
     def url(self) -> str:

@@ -121,12 +121,15 @@ async def test_compose_serves_both_ports_over_tls_only(compose_stack: ComposeSta
 
 async def test_sidecar_published_on_loopback(compose_stack: ComposeStack) -> None:
     base = compose_stack.health_url
+    guard = {"Authorization": f"Bearer {compose_stack.health_token}"}
     async with httpx2.AsyncClient(verify=compose_stack.verify) as http:
         live = await http.get(f"{base}/livez")
         ready = await http.get(f"{base}/readyz")
-        health = await http.get(f"{base}/healthz")
-        metrics = await http.get(f"{base}/metrics")
+        health = await http.get(f"{base}/healthz", headers=guard)
+        metrics = await http.get(f"{base}/metrics", headers=guard)
+        unguarded = await http.get(f"{base}/metrics")
     assert (live.status_code, ready.status_code, metrics.status_code) == (200, 200, 200)
+    assert unguarded.status_code == 401  # compose sets the health token
     report = health.json()
     # masscan is unavailable by design in connect mode: that alone no longer degrades health.
     assert report["checks"]["tools_unexpectedly_unavailable"] == {}, report

@@ -1,0 +1,252 @@
+"""The Kubernetes manifests (deploy/kubernetes): rendered with kubectl's built-in kustomize,
+validated offline against the v1.32 schemas (kubernetes-validate --strict), held to the Pod
+Security level their namespace claims, and the NetworkPolicy generated from the scope."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support import REPO, run_cli
+from support.pod_security import LEVELS, baseline, restricted
+
+KUBERNETES = REPO / "deploy" / "kubernetes"
+OVERLAYS = ("connect", "raw", "seccomp-localhost")
+KUBERNETES_VERSION = "1.32.0"
+VALIDATE = Path(sys.executable).with_name("kubernetes-validate")
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is missing (the machine image ships kubectl 1.32 with kustomize 5.5)")
+    done = subprocess.run(
+        [kubectl, "kustomize", str(KUBERNETES / "overlays" / overlay)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    [deployment] = of_kind(docs, "Deployment")
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_validates_strictly_against_the_schemas(overlay: str, tmp_path: Path) -> None:
+    rendered = tmp_path / f"{overlay}.yaml"
+    rendered.write_text(yaml.safe_dump_all(render(overlay)))
+    done = subprocess.run(
+        [str(VALIDATE), "--strict", "--kubernetes-version", KUBERNETES_VERSION, str(rendered)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "passed for resource deployment/appliance" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_meet_the_level_their_namespace_enforces(overlay: str) -> None:
+    docs = render(overlay)
+    [namespace] = of_kind(docs, "Namespace")
+    level = namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+    [deployment] = of_kind(docs, "Deployment")
+    assert deployment["metadata"]["namespace"] == namespace["metadata"]["name"]
+    assert LEVELS[level](pod_spec(docs)) == set()
+
+
+def test_connect_mode_is_restricted_with_the_job_store_on_one_writer() -> None:
+    docs = render("connect")
+    [namespace] = of_kind(docs, "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    [deployment] = of_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    spec = pod_spec(docs)
+    assert spec["securityContext"]["runAsUser"] == 65532
+    assert spec["securityContext"]["fsGroup"] == 65532
+    [container] = spec["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    [pvc] = of_kind(docs, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert {v["name"]: v for v in spec["volumes"]}["secrets"]["secret"]["secretName"] == "appliance-secrets"
+
+
+def test_raw_mode_deviates_from_baseline_by_net_raw_alone_and_drops_to_65532() -> None:
+    docs = render("raw")
+    spec = pod_spec(docs)
+    # What the privileged namespace allows that baseline would not: exactly NET_RAW.
+    assert baseline(spec) == {"capabilities"}
+    [container] = spec["containers"]
+    added = set(container["securityContext"]["capabilities"]["add"])
+    assert added == {"NET_RAW", "SETUID", "SETGID", "SETPCAP"}
+    assert added - {"NET_RAW"} <= {"SETUID", "SETGID", "SETPCAP"}
+    assert container["command"][:4] == ["/usr/bin/setpriv", "--reuid=65532", "--regid=65532", "--clear-groups"]
+    assert "--bounding-set=-all,+net_raw" in container["command"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["APPLIANCE_PRIVILEGE_MODE"] == "raw"
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_seccomp_localhost_overlay_names_the_appliance_profile() -> None:
+    profile = pod_spec(render("seccomp-localhost"))["securityContext"]["seccompProfile"]
+    assert profile == {"type": "Localhost", "localhostProfile": "mcp-scanner-appliance.json"}
+
+
+# --- the Pod Security checks themselves: one failing fixture per rule -------------------------
+def _mutate(path: str, value: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(pod_spec(render("connect")))
+    target: Any = spec
+    keys = path.split(".")
+    for key in keys[:-1]:
+        target = target[int(key)] if key.isdigit() else target.setdefault(key, {})
+    target[keys[-1]] = value
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "rule"),
+    [
+        # baseline
+        ("hostNetwork", True, "host_namespaces"),
+        ("hostPID", True, "host_namespaces"),
+        ("volumes.0.hostPath", {"path": "/"}, "host_path_volumes"),
+        ("containers.0.securityContext.privileged", True, "privileged"),
+        ("containers.0.securityContext.capabilities.add", ["SYS_ADMIN"], "capabilities"),
+        ("containers.0.ports.0.hostPort", 8080, "host_ports"),
+        ("containers.0.securityContext.procMount", "Unmasked", "proc_mount"),
+        ("securityContext.seccompProfile", {"type": "Unconfined"}, "seccomp"),
+        ("containers.0.securityContext.appArmorProfile", {"type": "Unconfined"}, "apparmor"),
+        ("securityContext.seLinuxOptions", {"type": "spc_t"}, "selinux"),
+        ("securityContext.sysctls", [{"name": "kernel.msgmax", "value": "1"}], "sysctls"),
+        ("securityContext.windowsOptions", {"hostProcess": True}, "host_process"),
+        # restricted
+        ("containers.0.securityContext.allowPrivilegeEscalation", True, "privilege_escalation"),
+        ("containers.0.securityContext.runAsNonRoot", False, "run_as_non_root"),
+        ("containers.0.securityContext.runAsUser", 0, "run_as_user"),
+        ("containers.0.securityContext.capabilities.drop", [], "capabilities_drop_all"),
+        ("containers.0.securityContext.capabilities.add", ["NET_RAW"], "capabilities"),
+        ("volumes.0.nfs", {"server": "192.0.2.1", "path": "/"}, "volume_types"),
+    ],
+)
+def test_pod_security_check_catches_each_rule(path: str, value: Any, rule: str) -> None:
+    assert restricted(_mutate("containers.0.name", "appliance")) == set()  # the fixture's base passes
+    assert rule in restricted(_mutate(path, value))
+
+
+def test_restricted_needs_a_seccomp_profile_set() -> None:
+    spec = copy.deepcopy(pod_spec(render("connect")))
+    del spec["securityContext"]["seccompProfile"]
+    assert "seccomp" in restricted(spec)
+    assert "seccomp" not in baseline(spec)
+
+
+# --- the NetworkPolicy generator --------------------------------------------------------------
+CLUSTER = ("--pod-cidr", "10.244.0.0/16", "--service-cidr", "10.96.0.0/12")
+
+
+def test_committed_networkpolicy_is_what_the_generator_prints_for_the_example_scope() -> None:
+    code, out, err = run_cli(
+        "policy", "networkpolicy", "deploy/kubernetes/base/scope.yaml", *CLUSTER, "--namespace", "mcp-scanner", cwd=REPO
+    )
+    assert code == 0, err
+    committed = (KUBERNETES / "overlays" / "connect" / "networkpolicy.yaml").read_text()
+    assert yaml.safe_load(committed) == yaml.safe_load(out)
+
+
+def test_networkpolicy_denies_by_default_and_allows_the_scope_minus_its_denials(tmp_path: Path) -> None:
+    policy = tmp_path / "scope.yaml"
+    policy.write_text(
+        "version: 2\nscope:\n  allow_networks: [192.0.2.0/24, 2001:db8::/64]\n"
+        "  deny_networks: [192.0.2.1/32, 192.0.2.128/25, 198.51.100.0/24]\n"
+    )
+    code, out, err = run_cli(
+        "policy",
+        "networkpolicy",
+        str(policy),
+        *CLUSTER,
+        "--egress",
+        "203.0.113.10/32:443",
+        "--egress",
+        "[2001:db8:1::5/128]:4222",
+    )
+    assert code == 0, err
+    document = yaml.safe_load(out)
+    spec = document["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "mcp-scanner-appliance"}}
+    assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 9090}]}]
+    dns, scope, issuer, nats = spec["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert "ports" not in scope  # the policy decides ports inside the scope
+    assert [to["ipBlock"] for to in scope["to"]] == [
+        {"cidr": "192.0.2.0/24", "except": ["192.0.2.1/32", "192.0.2.128/25"]},
+        {"cidr": "2001:db8::/64"},
+    ]
+    assert issuer == {"to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}], "ports": [{"protocol": "TCP", "port": 443}]}
+    assert nats["to"][0]["ipBlock"]["cidr"] == "2001:db8:1::5/128"
+    validated = tmp_path / "np.yaml"
+    validated.write_text(out)
+    done = subprocess.run(
+        [str(VALIDATE), "--strict", "--kubernetes-version", KUBERNETES_VERSION, str(validated)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("allow", "deny", "cluster", "refused"),
+    [
+        # safe
+        (["192.0.2.0/24"], [], CLUSTER, False),
+        (["10.0.0.0/8"], ["10.244.0.0/16", "10.96.0.0/12"], CLUSTER, False),  # the cluster's part denied
+        # unsafe
+        (["10.0.0.0/8"], [], CLUSTER, True),  # holds both cluster ranges
+        (["10.244.3.0/24"], [], CLUSTER, True),  # inside the pod range
+        (["10.96.0.0/16"], [], CLUSTER, True),  # inside the service range
+        (["10.0.0.0/8"], ["10.244.0.0/16"], CLUSTER, True),  # service range still in scope
+    ],
+)
+def test_networkpolicy_refuses_a_scope_overlapping_the_cluster(
+    tmp_path: Path, allow: list[str], deny: list[str], cluster: tuple[str, ...], refused: bool
+) -> None:
+    policy = tmp_path / "scope.yaml"
+    policy.write_text(yaml.safe_dump({"version": 2, "scope": {"allow_networks": allow, "deny_networks": deny}}))
+    code, _out, err = run_cli("policy", "networkpolicy", str(policy), *cluster)
+    if refused:
+        assert code == 1
+        assert "networkpolicy_scope_overlaps_cluster" in err
+        assert "deny_networks" in err
+    else:
+        assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "rule"),
+    [
+        (("--pod-cidr", "10.244.0.0/16"), "networkpolicy_cluster_cidr_missing"),
+        (("--pod-cidr", "banana", "--service-cidr", "10.96.0.0/12"), "networkpolicy_cluster_cidr_invalid"),
+        ((*CLUSTER, "--egress", "203.0.113.10/32"), "networkpolicy_endpoint_invalid"),
+        ((*CLUSTER, "--egress", "203.0.113.10/32:99999"), "networkpolicy_endpoint_invalid"),
+    ],
+)
+def test_networkpolicy_bad_arguments_name_their_rule(tmp_path: Path, args: tuple[str, ...], rule: str) -> None:
+    code, _out, err = run_cli("policy", "networkpolicy", str(KUBERNETES / "base" / "scope.yaml"), *args)
+    assert code == 1
+    assert rule in err
