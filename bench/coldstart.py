@@ -139,9 +139,13 @@ class Started:
         return elapsed, code
 
     def stop(self) -> None:
+        """Kill the process if it still runs, and close our ends of its pipes."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def mcp_start(started: Started, name: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import peers
-from bench.breakdown import run_values, spread
+from bench.breakdown import run_values, signed, spread
 from bench.docker import BenchError, log
 from bench.host_servers import APPLIANCE, BARE, ServerSpec, appliance, bare
 from bench.lab import REPO
@@ -111,7 +111,7 @@ def _server_text(figures: dict[str, Any], name: str) -> str:
     return (
         f"{name}: `initialize` {v('cold_start', 'initialize_s', 'median')} s, `tools/list` "
         f"{v('cold_start', 'tools_list_s', 'median')} s, exit {v('cold_start', 'exit_s', 'median')} s, "
-        f"+{v('per_call', 'added_ms_median', digits=1)} ms per call "
+        f"{signed(run_values(figures, FIGURE, 'servers', name, 'per_call', 'added_ms_median'))} ms per call "
         f"(p99 MCP {v('per_call', 'mcp_call_ms', 'p99', digits=1)} / "
         f"direct {v('per_call', 'direct_run_ms', 'p99', digits=1)} ms)"
     )
@@ -131,8 +131,8 @@ def row(results: dict[str, Any]) -> str:
     if why is not None:
         text = f"not measured: {why}"
     else:
-        minus = spread(run_values(f, FIGURE, "tools_list_minus_bare_s"), 2)
-        parts = [f"appliance minus bare server to `tools/list`: **+{minus} s**"]
+        minus = signed(run_values(f, FIGURE, "tools_list_minus_bare_s"), 2)
+        parts = [f"appliance minus bare server to `tools/list`: **{minus} s**"]
         parts += [_server_text(f, name) for name in _names(f)]
         skipped = sorted({s for run in f[FIGURE]["runs"] for s in run.get("skipped", [])})
         parts += [f"skipped {s}" for s in skipped]

@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from bench.breakdown import run_values, spread
+from bench.breakdown import run_values, signed, spread
 from bench.docker import DOCKER, BenchError, log
 from bench.host_compare import direct_run, listener
 from bench.host_servers import PORT, appliance
@@ -178,7 +178,7 @@ def row(results: dict[str, Any]) -> str:
         text = "; ".join(
             f"{where}: MCP {v(where, 'mcp_call_ms', 'median')} ms median / {v(where, 'mcp_call_ms', 'p99')} ms p99, "
             f"direct {v(where, 'direct_run_ms', 'median')} / {v(where, 'direct_run_ms', 'p99')} ms, "
-            f"**+{v(where, 'added_ms_median')} ms** at the median"
+            f"**{signed(run_values(f, FIGURE, where, 'added_ms_median'))} ms** at the median"
             for where in ("host", "container")
         )
     return f"| 8 | {figure} | {text} | none yet (reported) | n/a |"
