@@ -23,7 +23,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,9 +151,9 @@ def cold_starts(servers: list[ServerSpec], argv: tuple[str, ...], starts: int, l
 class _Side:
     """One server's session and samples in the per-call loop."""
 
-    def __init__(self, spec: ServerSpec, client: Client, argv: tuple[str, ...]) -> None:
+    def __init__(self, spec: ServerSpec, argv: tuple[str, ...]) -> None:
         self.spec = spec
-        self.client = client
+        self.client: Client | None = None
         self.argv = spec.direct_argv or argv
         self.mcp: list[float] = []
         self.direct: list[float] = []
@@ -161,7 +161,20 @@ class _Side:
         self.error: str | None = None
 
     async def call(self) -> CallToolResult:
+        assert self.client is not None
         return await self.client.call_tool(self.spec.tool, dict(self.spec.arguments))
+
+    async def guarded(self, step: Callable[[], Awaitable[object]]) -> None:
+        """Run `step` unless this side broke already; a peer that breaks costs only its own
+        figure (the cause is kept), while the appliance or the bare server breaking fails the run."""
+        if self.error is not None:
+            return
+        try:
+            await step()
+        except Exception as exc:  # kept as the peer's error; ours re-raise
+            if self.spec.name in (APPLIANCE, BARE):
+                raise
+            self.error = f"{type(exc).__name__}: {exc}"
 
     async def pair(self) -> None:
         seconds, ok = await anyio.to_thread.run_sync(direct_run, self.argv)
@@ -199,26 +212,25 @@ async def per_call(
         sides: list[_Side] = []
         argv: tuple[str, ...] = ()
         for spec in servers:
-            errlog = log_dir / f"host-calls-{spec.name}.log"
-            client = await stack.enter_async_context(
-                stdio_session(spec.command, errlog, env=_env(spec, argv), cwd=spec.cwd)
+            side = _Side(spec, argv)
+            session = stdio_session(
+                spec.command, log_dir / f"host-calls-{spec.name}.log", env=_env(spec, argv), cwd=spec.cwd
             )
+
+            async def open_session(side: _Side = side, session: Any = session) -> None:
+                side.client = await stack.enter_async_context(session)
+
+            await side.guarded(open_session)
             if not sides:
-                argv = await _dry_run_argv(spec, client)
-            sides.append(_Side(spec, client, argv))
+                assert side.client is not None
+                argv = side.argv = await _dry_run_argv(spec, side.client)
+            sides.append(side)
         for side in sides:
             for _ in range(warmup):
-                await side.call()
+                await side.guarded(side.call)
         for index in range(calls):
             for side in sides:
-                if side.error is not None:
-                    continue
-                try:
-                    await side.pair()
-                except Exception as exc:  # a peer that breaks costs only its own figure (the cause is kept)
-                    if side.spec.name in (APPLIANCE, BARE):
-                        raise
-                    side.error = f"{type(exc).__name__}: {exc}"
+                await side.guarded(side.pair)
             if (index + 1) % 100 == 0:
                 log(f"host calls: {index + 1}/{calls} rounds")
         return {side.spec.name: side.summary() for side in sides}, argv

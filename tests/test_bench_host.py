@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from mcp_types import CallToolResult, TextContent
 from support.bench_results import bench_results
 
 import bench.__main__ as main
-from bench import host, host_compare, peers
+from bench import host, host_compare, notes, peers
 from bench.host_servers import APPLIANCE, BARE, PORT, ServerSpec, appliance, bare
 from bench.lab import REPO
 
@@ -126,15 +127,17 @@ def _loopback_only() -> bool:
     reason="needs nmap and .venv/bin/appliance",
 )
 def test_the_appliance_and_the_bare_server_are_compared_in_this_namespace(tmp_path: Path) -> None:
+    # A peer that exits at once: it costs only its own figure.
+    broken = ServerSpec("broken-peer", (sys.executable, "-c", "pass"), {}, "t", {}, open_pattern="open")
     params = {
-        "servers": [appliance(tmp_path).to_json(), bare().to_json()],
+        "servers": [appliance(tmp_path).to_json(), bare().to_json(), broken.to_json()],
         "starts": 1,
         "calls": 2,
         "warmup": 0,
         "log_dir": str(tmp_path),
     }
     data = anyio.run(host_compare.run, params)
-    assert data["order"] == [APPLIANCE, BARE]
+    assert data["order"] == [APPLIANCE, BARE, "broken-peer"]
     assert data["argv"][0].endswith("nmap") and data["argv"][-1] == "127.0.0.1"
     for name in (APPLIANCE, BARE):
         server = data["servers"][name]
@@ -144,7 +147,9 @@ def test_the_appliance_and_the_bare_server_are_compared_in_this_namespace(tmp_pa
         assert server["cold_start"]["exit_codes"] == [0], name
         assert isinstance(server["cold_start"]["tools_list_s"]["median"], float)
     assert isinstance(data["tools_list_minus_bare_s"], float)
-    assert data["unexpected_errors"] == 0
+    assert "no initialize answer" in data["servers"]["broken-peer"]["cold_start"]["error"]
+    assert "error" in data["servers"]["broken-peer"]["per_call"]
+    assert data["unexpected_errors"] == 1  # the broken peer, once
     assert os.listdir(tmp_path / "data")  # the appliance used its own job store
 
 
@@ -153,3 +158,11 @@ def test_a_negative_added_time_is_shown_with_its_own_sign() -> None:
     run["servers"][BARE]["per_call"]["added_ms_median"] = -1.5
     row = host.row(bench_results({"host": {"runs": [run]}}, (host.GOAL,)))
     assert f"{BARE}: `initialize` 0.79 s, `tools/list` 0.80 s, exit 0.20 s, -1.5 ms per call" in row
+
+
+def test_the_notes_describe_figures_7_and_8_only_when_the_run_has_them() -> None:
+    sizes = main.QUICK.__dict__
+    assert notes._added_notes({}, sizes) == []
+    both = notes._added_notes({"host": {}, "mcp1_client": {}}, sizes)
+    assert [n[:2] for n in both] == ["7.", "8."]
+    assert f"{main.QUICK.overhead_calls} rounds of one direct run" in both[0]
