@@ -115,6 +115,8 @@ class BatchProcess:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
         self._log.close()
 
 
