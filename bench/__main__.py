@@ -1,4 +1,4 @@
-"""`scripts/bench [--quick] [--json PATH]`: measure, print a Markdown table, write JSON.
+"""`scripts/bench [--quick] [--json PATH] [--peer NAME=PATH ...]`: measure, print a Markdown table, write JSON.
 
 Exit status: 0 when every figure was measured (whether or not it meets its goal), 1 when one
 could not be measured (the JSON and the table say which and why), 2 on a usage error.
@@ -14,14 +14,14 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from bench import coldstart, concurrency, footprint, jobs, overhead, shutdown
+from bench import coldstart, concurrency, footprint, host, jobs, mcp1, overhead, peers, shutdown
 from bench.docker import BenchError, log
 from bench.lab import REPO, Lab, lab
 from bench.report import Goal, goals, machine, markdown
@@ -65,8 +65,35 @@ class Provider:
     row: Callable[[dict[str, Any]], str] | None = None
 
 
-# Added figure providers (bench/host.py, bench/mcp1.py, ...) are listed here.
-EXTRA_FIGURES: list[Provider] = []
+def extra_figures(requests: Sequence[peers.PeerRequest] = ()) -> list[Provider]:
+    """The added figure providers: the host comparison (with the `--peer` checkouts) and the 1.x
+    client's per-call figure, both measured in every timing run."""
+    return [
+        Provider(
+            host.FIGURE,
+            lambda lab, sizes, run: host.measure(
+                lab.workdir,
+                lab.log_dir,
+                host.HostParams(sizes.overhead_calls, sizes.overhead_warmup, sizes.cold_start_runs),
+                requests,
+                run,
+            ),
+            goals=(host.GOAL,),
+            row=host.row,
+        ),
+        Provider(
+            mcp1.FIGURE,
+            lambda lab, sizes, run: mcp1.measure(
+                lab, mcp1.Mcp1Params(sizes.overhead_calls, sizes.overhead_warmup), run
+            ),
+            row=mcp1.row,
+        ),
+    ]
+
+
+# Added figure providers (bench/host.py, bench/mcp1.py, ...) are listed here; main() gives the
+# host comparison the command line's peers.
+EXTRA_FIGURES: list[Provider] = extra_figures()
 
 
 async def _measure(key: str, measure: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
@@ -85,8 +112,11 @@ async def _measure(key: str, measure: Callable[[], Awaitable[dict[str, Any]]]) -
     return data
 
 
-def _timing_figures(the_lab: Lab, sizes: Sizes) -> dict[str, Callable[[int], Awaitable[dict[str, Any]]]]:
-    """The figures measured in every timing run, in the order each run measures them."""
+def _timing_figures(
+    the_lab: Lab, sizes: Sizes, providers: Sequence[Provider] | None = None
+) -> dict[str, Callable[[int], Awaitable[dict[str, Any]]]]:
+    """The figures measured in every timing run, in the order each run measures them
+    (`providers`: EXTRA_FIGURES unless given)."""
     figures: dict[str, Callable[[int], Awaitable[dict[str, Any]]]] = {
         "overhead": lambda run: overhead.measure(
             the_lab, overhead.OverheadParams(sizes.overhead_calls, sizes.overhead_warmup), run
@@ -95,19 +125,20 @@ def _timing_figures(the_lab: Lab, sizes: Sizes) -> dict[str, Callable[[int], Awa
             coldstart.measure, the_lab, coldstart.ColdStartParams(sizes.cold_start_runs), run
         ),
     }
-    for provider in EXTRA_FIGURES:
+    for provider in EXTRA_FIGURES if providers is None else providers:
         if provider.timed:
             figures[provider.key] = lambda run, p=provider: p.measure(the_lab, sizes, run)
     return figures
 
 
-async def run(sizes: Sizes) -> dict[str, Any]:
+async def run(sizes: Sizes, providers: Sequence[Provider] | None = None) -> dict[str, Any]:
+    providers = EXTRA_FIGURES if providers is None else providers
     figures: dict[str, Any] = {}
     with lab() as the_lab:
         figures["image"] = await _measure("image", lambda: anyio.to_thread.run_sync(footprint.image_facts))
         # Interleaved: run 1 of every timing figure, then run 2 of each, ... so that a slow
         # stretch of the shared machine lands in one run of each rather than in one figure.
-        timing = _timing_figures(the_lab, sizes)
+        timing = _timing_figures(the_lab, sizes, providers)
         for key in timing:
             figures[key] = {"runs": []}
         for index in range(sizes.timing_runs):
@@ -132,7 +163,7 @@ async def run(sizes: Sizes) -> dict[str, Any]:
                 jobs.JobsParams(sizes.job_store_calls, sizes.job_store_warmup, sizes.stored_jobs, sizes.job_reads),
             ),
         )
-        for provider in EXTRA_FIGURES:
+        for provider in providers:
             if not provider.timed:
                 figures[provider.key] = await _measure(provider.key, lambda p=provider: p.measure(the_lab, sizes, 0))
         if "id" in figures["image"]:
@@ -175,14 +206,25 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="small sizes and one timing run, for CI (under two minutes)"
     )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default: {DEFAULT_JSON})")
+    known = peers.load()
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        type=lambda text: peers.parse_option(text, known),
+        help=f"add a peer's checkout (with its venv: scripts/setup-bench-peers) to the host comparison; "
+        f"repeatable; NAME one of {', '.join(sorted(known))}",
+    )
     args = parser.parse_args(argv)
+    providers = extra_figures(args.peer)
     sizes = QUICK if args.quick else FULL
     signal.signal(signal.SIGTERM, _interrupt)
     command = shlex.join(["scripts/bench", *(argv if argv is not None else sys.argv[1:])])
     started = time.monotonic()
     facts = machine()
     try:
-        figures = anyio.run(run, sizes)
+        figures = anyio.run(run, sizes, providers)
     except BenchError as exc:
         log(f"failed: {exc}")
         return 1
@@ -197,13 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": sizes.__dict__,
         "figures": figures,
     }
-    results["goals"] = goals(figures, [goal for provider in EXTRA_FIGURES for goal in provider.goals])
+    results["goals"] = goals(figures, [goal for provider in providers for goal in provider.goals])
     results["unexpected_errors"] = sum(_unexpected(data) for data in figures.values() if isinstance(data, dict))
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["wall_seconds"] = round(time.monotonic() - started, 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results, [p.row for p in EXTRA_FIGURES if p.row is not None]))
+    print(markdown(results, [p.row for p in providers if p.row is not None]))
     log(f"wrote {args.json} in {results['wall_seconds']} s")
     return 1 if any(_failed(data) for data in figures.values() if isinstance(data, dict)) else 0
 

@@ -62,6 +62,12 @@ def spread(agg: dict[str, Any], digits: int = 1) -> str:
     return text if agg["n"] <= 1 else f"{text} ({agg['min']:.{digits}f}-{agg['max']:.{digits}f})"
 
 
+def signed(agg: dict[str, Any], digits: int = 1) -> str:
+    """spread() with a "+" before a median that is not negative (an added time can be)."""
+    text = spread(agg, digits)
+    return text if text.startswith(("-", "?")) else f"+{text}"
+
+
 def _cold(figures: dict[str, Any], *path: str, digits: int = 2) -> str:
     return spread(run_values(figures, "cold_start", *path), digits)
 

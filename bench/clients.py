@@ -23,13 +23,13 @@ HOST_HEADER = "appliance:8080"
 
 @contextlib.asynccontextmanager
 async def stdio_session(
-    command: Sequence[str], errlog: Path, env: Mapping[str, str] | None = None
+    command: Sequence[str], errlog: Path, env: Mapping[str, str] | None = None, cwd: str | None = None
 ) -> AsyncIterator[Client]:
-    """An MCP session with the server `command` starts (e.g. `docker run -i ...`); its stderr
-    (JSON logs and the audit trail) goes to `errlog`. `env` defaults to ours (the docker CLI
-    needs DOCKER_HOST and friends when they are set)."""
+    """An MCP session with the server `command` starts (e.g. `docker run -i ...`) in `cwd`; its
+    stderr (JSON logs and the audit trail) goes to `errlog`. `env` defaults to ours (the docker
+    CLI needs DOCKER_HOST and friends when they are set)."""
     params = StdioServerParameters(
-        command=command[0], args=list(command[1:]), env=dict(env if env is not None else os.environ)
+        command=command[0], args=list(command[1:]), env=dict(env if env is not None else os.environ), cwd=cwd
     )
     with errlog.open("a") as sink:
         transport = stdio_client(params, errlog=sink)

@@ -30,6 +30,7 @@ import os
 import select
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,13 +74,23 @@ def _line(message: dict[str, Any]) -> bytes:
     return (json.dumps(message) + "\n").encode()
 
 
-class _Started:
-    """`docker ARGS` with pipes, its clock started just before the spawn; reads whole lines
-    straight from the pipe (no buffered reader, so select() never misses data it holds)."""
+class Started:
+    """`command` (e.g. `docker run -i ...`) with pipes, its clock started just before the spawn;
+    reads whole lines straight from the pipe (no buffered reader, so select() never misses data
+    it holds). bench/host_compare.py starts host servers with it too (`env`, `cwd`)."""
 
-    def __init__(self, args: list[str], errlog: Any) -> None:
+    def __init__(
+        self, command: list[str], errlog: Any, env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> None:
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen([DOCKER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog)
+        self.proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errlog,
+            env=None if env is None else dict(env),
+            cwd=cwd,
+        )
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
         self._stdin = self.proc.stdin
@@ -128,9 +139,26 @@ class _Started:
         return elapsed, code
 
     def stop(self) -> None:
+        """Kill the process if it still runs, and close our ends of its pipes."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def mcp_start(started: Started, name: str) -> dict[str, Any]:
+    """A started stdio MCP server: `initialize`, then `tools/list`, then stdin closed; the
+    seconds from the spawn to each answer, from closing stdin to the exit, and the exit status."""
+    started.send(_line(INITIALIZE))
+    initialize, _ = started.answer(1, "initialize answer")
+    started.send(_line(INITIALIZED) + _line(TOOLS_LIST))
+    tools_list, listing = started.answer(2, "tools/list answer")
+    if not listing["result"].get("tools"):
+        raise BenchError(f"{name} listed no tools")
+    exit_s, code = started.close_stdin()
+    return {"initialize_s": initialize, "tools_list_s": tools_list, "exit_s": exit_s, "code": code}
 
 
 def _python(lab: Lab, name: str, code: str) -> list[str]:
@@ -157,7 +185,7 @@ def _one(lab: Lab, kind: str, name: str) -> dict[str, Any]:
             args = lab.appliance_run(name, {"APPLIANCE_TRANSPORT": "stdio"}, interactive=True)
         else:
             args = _python(lab, name, FLOOR if kind == "floor" else IMPORTS)
-        started = _Started(args, errlog)
+        started = Started([DOCKER, *args], errlog)
         try:
             if kind == "floor":
                 first, _ = started.line("first output")
@@ -167,21 +195,12 @@ def _one(lab: Lab, kind: str, name: str) -> dict[str, Any]:
                 _, line = started.line("import time")
                 _, code = started.close_stdin()
                 return {"imports_s": float(line), "code": code}
-            started.send(_line(INITIALIZE))
-            initialize, _ = started.answer(1, "initialize answer")
-            started.send(_line(INITIALIZED) + _line(TOOLS_LIST))
-            tools_list, listing = started.answer(2, "tools/list answer")
-            if not listing["result"].get("tools"):
-                raise BenchError(f"{name} listed no tools")
-            exit_s, code = started.close_stdin()
+            timed = mcp_start(started, name)
         finally:
             started.stop()
     text = errlog_path.read_text(errors="replace")
     return {
-        "initialize_s": initialize,
-        "tools_list_s": tools_list,
-        "exit_s": exit_s,
-        "code": code,
+        **timed,
         "ready": stages.ready_stages(text),
         "server_shutdown_s": stages.shutdown_seconds(text),
         "exit_split": stages.exit_breakdown(started.closed_at, started.exited_at, stages.shutdown_logged_at(text)),

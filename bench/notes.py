@@ -82,6 +82,31 @@ def measurement_notes(results: dict[str, Any]) -> list[str]:
         "and pages from a random cursor, one MCP session, `time.perf_counter()` in the benchmark process; "
         "the one-job figure: `get_scan` on the same volume when it held only that job. Bytes per job: "
         "(SQLite file + WAL, with the writer's connection open) / jobs.",
+        *_added_notes(f, p),
         "The benchmark leaves out compose's health check (its `docker exec` would land in the measurements) "
         "and restart policy" + (f"; compose keys it does not apply: {', '.join(not_applied)}." if not_applied else "."),
     ]
+
+
+def _added_notes(f: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    """The notes of the added figures (bench/host.py, bench/mcp1.py) that this run has."""
+    notes = []
+    if "host" in f:
+        notes.append(
+            "7. Host, in an empty network namespace the benchmark makes (`unshare --net`, loopback only), "
+            "against a listener on 127.0.0.1:8080 that accepts and closes: the appliance from .venv (stdio), "
+            "bench/bare_server.py (the SDK 2.3 `MCPServer`, one tool running the appliance's argv) and each "
+            "`--peer`. Per run, every server in turn: "
+            f"{p['overhead_calls']} rounds of one direct run of its argv (`subprocess.run`, the runner's "
+            "environment, new session) and one `tools/call` (SDK 2.x client), then "
+            f"{p['cold_start_runs']} rounds of one start each (spawn to the `initialize` and `tools/list` "
+            "answers, then stdin closed to the exit); `time.perf_counter()` in the namespace's benchmark "
+            "process. The goal's figure: the appliance's median `tools/list` time minus the bare server's."
+        )
+    if "mcp1_client" in f:
+        notes.append(
+            "8. As 1 (container) and 7 (host, the appliance only), with the MCP 1.x Python client (mcp 1.30.0 "
+            "in .venv-mcp1, bench/mcp1_client.py) timing each call in its own process; its direct side "
+            "alternates call by call as in 1."
+        )
+    return notes

@@ -27,7 +27,9 @@ import json
 import select
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -71,33 +73,38 @@ class OverheadParams:
     warmup: int
 
 
-class Harness:
-    """The direct-execution side: a python process in an appliance container, fed batch sizes."""
+class BatchProcess:
+    """A process that answers each line "N" on its stdin with one JSON line for a batch of N
+    runs ({"seconds": [...], "failures": k}): the direct-execution harness below, and the 1.x
+    client of bench/mcp1_client.py. Its stderr goes to `log_path`."""
 
-    def __init__(self, lab: Lab, argv: list[str], run: int) -> None:
-        self.name = lab.name(f"direct-{run}")
-        args = lab.appliance_run(
-            self.name,
-            {},
-            interactive=True,
-            entrypoint="/opt/venv/bin/python",
-            command=["-c", HARNESS, json.dumps(argv)],
+    def __init__(self, command: list[str], log_path: Path, env: Mapping[str, str] | None = None) -> None:
+        self._log = log_path.open("w")
+        self._proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=None if env is None else dict(env),
         )
-        self._log = (lab.log_dir / f"{self.name}.log").open("w")
-        self._proc = subprocess.Popen([DOCKER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
 
-    def batch(self, runs: int) -> tuple[list[float], int]:
-        """Run the argv `runs` times in the container; per-run seconds and the failed runs."""
-        assert self._proc.stdin is not None
+    def line(self, timeout: float = HARNESS_BATCH_TIMEOUT_SECONDS) -> dict[str, Any]:
+        """Its next JSON line; BenchError when none comes within `timeout`."""
         assert self._proc.stdout is not None
-        self._proc.stdin.write(f"{runs}\n".encode())
-        self._proc.stdin.flush()
         # One short JSON line per batch, written at once: readable means the whole line is there.
-        ready, _, _ = select.select([self._proc.stdout], [], [], HARNESS_BATCH_TIMEOUT_SECONDS)
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
         line = self._proc.stdout.readline() if ready else b""
         if not line:
-            raise BenchError(f"the direct-execution harness gave no answer (see {self._log.name})")
-        answer = json.loads(line)
+            raise BenchError(f"{Path(self._log.name).stem} gave no answer (see {self._log.name})")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def batch(self, runs: int) -> tuple[list[float], int]:
+        """`runs` runs in the process; per-run seconds and the failed runs."""
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(f"{runs}\n".encode())
+        self._proc.stdin.flush()
+        answer = self.line()
         return [float(s) for s in answer["seconds"]], int(answer["failures"])
 
     def close(self) -> None:
@@ -108,7 +115,24 @@ class Harness:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
         self._log.close()
+
+
+class Harness(BatchProcess):
+    """The direct-execution side: a python process in an appliance container, fed batch sizes."""
+
+    def __init__(self, lab: Lab, argv: list[str], run: int, role: str = "direct") -> None:
+        self.name = lab.name(f"{role}-{run}")
+        args = lab.appliance_run(
+            self.name,
+            {},
+            interactive=True,
+            entrypoint="/opt/venv/bin/python",
+            command=["-c", HARNESS, json.dumps(argv)],
+        )
+        super().__init__([DOCKER, *args], lab.log_dir / f"{self.name}.log")
 
 
 def _request_id(result: CallToolResult) -> str | None:

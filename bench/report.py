@@ -155,7 +155,8 @@ def goals(figures: dict[str, Any], extra: Sequence[Goal] = ()) -> list[dict[str,
     return [evaluate(goal, figures) for goal in order]
 
 
-def _met(goal_list: list[dict[str, Any]], name: str) -> str:
+def goal_met(goal_list: list[dict[str, Any]], name: str) -> str:
+    """The table's "met" mark for the goal `name` (also used by added providers' rows)."""
     verdicts = [g["met"] for g in goal_list if g["goal"] == name]
     if not verdicts or any(v is None for v in verdicts):
         return "n/a"
@@ -163,7 +164,7 @@ def _met(goal_list: list[dict[str, Any]], name: str) -> str:
 
 
 def _all_met(goal_list: list[dict[str, Any]], *names: str) -> str:
-    marks = [_met(goal_list, n) for n in names]
+    marks = [goal_met(goal_list, n) for n in names]
     if "n/a" in marks:
         return "n/a"
     return "yes" if all(m == "yes" for m in marks) else "**no**"
@@ -229,7 +230,7 @@ def goals_table(goal_list: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
-def _not_measured(data: Any) -> str | None:
+def not_measured(data: Any) -> str | None:
     """Why a figure (or one of its runs) has no result, or None when it has one."""
     if not data:
         return "skipped"
@@ -252,7 +253,7 @@ def markdown(results: dict[str, Any], extra_rows: Sequence[Callable[[dict[str, A
 
     def row(number: str, figure: str, render: Any, goal: str, met: str, key: str) -> None:
         data = f.get(key)
-        why = _not_measured(data)
+        why = not_measured(data)
         text = render(data) if why is None else f"not measured: {why}"
         rows.append(f"| {number} | {figure} | {text} | {goal} | {met} |")
 
@@ -270,7 +271,7 @@ def markdown(results: dict[str, Any], extra_rows: Sequence[Callable[[dict[str, A
         f"cold start: `docker run -i` to the first `tools/list` answer, {timed} of {p['cold_start_runs']} starts",
         lambda d: cold_text(f),
         "<= 1.0 s",
-        _met(g, "cold start to the first tools/list answer (median)"),
+        goal_met(g, "cold start to the first tools/list answer (median)"),
         "cold_start",
     )
     row(
@@ -278,7 +279,7 @@ def markdown(results: dict[str, Any], extra_rows: Sequence[Callable[[dict[str, A
         "exit: stdin closed after the `tools/list` answer to `docker run -i` exiting (no scan running)",
         lambda d: exit_text(f),
         "<= 0.3 s",
-        _met(g, "exit after stdin EOF, no scan running (median)"),
+        goal_met(g, "exit after stdin EOF, no scan running (median)"),
         "cold_start",
     )
     row(
@@ -304,13 +305,13 @@ def markdown(results: dict[str, Any], extra_rows: Sequence[Callable[[dict[str, A
         _all_met(g, "docker stop with 4 scans running", "exit code after docker stop", "orphaned scanner processes"),
         "shutdown",
     )
-    row("5a", "image size", lambda d: f"**{_mb(d['size_bytes'])}**", "<= 130 MB", _met(g, "image size"), "image")
+    row("5a", "image size", lambda d: f"**{_mb(d['size_bytes'])}**", "<= 130 MB", goal_met(g, "image size"), "image")
     row(
         "5b",
         "idle RSS of the server (HTTP, before any call)",
         lambda d: f"**{_mb(d['server_idle_rss_bytes'])}**",
         "<= 100 MB",
-        _met(g, "idle RSS"),
+        goal_met(g, "idle RSS"),
         "concurrency",
     )
     row(
@@ -321,7 +322,7 @@ def markdown(results: dict[str, Any], extra_rows: Sequence[Callable[[dict[str, A
             f"{_mb(d['output_cap_bytes'])} cap (result: partial, `{d['partial_reason']}`)"
         ),
         "<= cap + 20 MB",
-        _met(g, "RSS growth under an output flood"),
+        goal_met(g, "RSS growth under an output flood"),
         "flood",
     )
     row(
@@ -329,7 +330,7 @@ def markdown(results: dict[str, Any], extra_rows: Sequence[Callable[[dict[str, A
         f"job store: bookkeeping of a synchronous call; reads with {p['stored_jobs']:,} stored jobs (HTTP)",
         _jobs_text,
         "<= 1 ms per call (median)",
-        _met(g, "job store time per synchronous call (median)"),
+        goal_met(g, "job store time per synchronous call (median)"),
         "jobs",
     )
     rows += [extra(results) for extra in extra_rows]

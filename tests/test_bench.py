@@ -31,7 +31,7 @@ BUILD_TIMEOUT_SECONDS = 1800
 CLEANUP_TIMEOUT_SECONDS = 120
 DOCKER_TIMEOUT_SECONDS = 60
 # The timing figures keep one entry per run under "runs" (quick mode: one run).
-TIMING = ("overhead", "cold_start")
+TIMING = ("overhead", "cold_start", "host", "mcp1_client")
 FIGURES = {
     "image": ["size_bytes"],
     "overhead": [
@@ -55,6 +55,16 @@ FIGURES = {
         "bare_python_first_output_s.median",
         "bare_python_exit_after_eof_s.median",
         "python_imports_s.median",
+    ],
+    # The host comparison without peers (CI has none): the appliance against the bare SDK server.
+    "host": [
+        "tools_list_minus_bare_s",
+        "initialize_minus_bare_s",
+        "servers.appliance.cold_start.tools_list_s.median",
+        "servers.appliance.cold_start.exit_s.median",
+        "servers.appliance.per_call.added_ms_median",
+        "servers.bare-sdk.cold_start.tools_list_s.median",
+        "servers.bare-sdk.per_call.added_ms_median",
     ],
     "concurrency": [
         "completed",
@@ -121,7 +131,15 @@ def test_quick_bench_measures_every_figure_and_cleans_up(tmp_path: Path) -> None
     assert results["mode"] == "quick"
     for figure in TIMING:
         assert len(figures[figure]["runs"]) == results["parameters"]["timing_runs"] == 1
-    for figure, keys in FIGURES.items():
+    # The 1.x client figure is measured only where scripts/setup-bench-mcp1 made .venv-mcp1.
+    mcp1 = figures["mcp1_client"]["runs"][0]
+    expected = dict(FIGURES)
+    if (REPO / ".venv-mcp1" / "bin" / "python").exists():
+        expected["mcp1_client"] = ["host.added_ms_median", "container.added_ms_median"]
+    else:
+        assert mcp1["skipped"] == "not measured: run scripts/setup-bench-mcp1"
+    assert figures["host"]["runs"][0]["order"] == ["appliance", "bare-sdk"]
+    for figure, keys in expected.items():
         data = figures[figure]["runs"][0] if figure in TIMING else figures[figure]
         assert "error" not in data, f"{figure}: {data['error']}"
         for key in keys:
