@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from support import GatedRunner, LabService
-from support.engagements import CLOSES, DURING, OPENS, FixedClock, engagement, with_engagements
+from support.engagements import CLOSES, DURING, OPENS, WINDOW, FixedClock, engagement, with_engagements
 
 from appliance.errors import ApplianceError
 from appliance.jobs.queries import GetScanRequest, JobQueries
@@ -199,3 +199,31 @@ async def test_a_shutdown_during_an_engagement_scan_is_still_a_shutdown(
 
     assert report.partial_reason == "shutdown"
     assert report.status == "interrupted"
+
+
+async def test_a_job_queued_past_its_windows_end_never_starts(lab_service: Callable[..., LabService]) -> None:
+    # One nmap slot: bob's blue scan holds it while alice's red call waits; red's window ends first.
+    runner = GatedRunner(XML)
+    clock = FixedClock()
+    early = engagement("red", ["alice"], window={**WINDOW, "not_after": "2026-12-01T11:00"})
+    policy = with_engagements(early, engagement("blue", ["bob"], networks=["10.20.2.0/24"]))
+    one_slot = {"limits": {"concurrency": {"per_tool": {"nmap_scan": {"running": 1, "queued": 4}}}}}
+    lab = lab_service({**policy, **one_slot}, runner=runner, privilege_mode="connect", wall_clock=clock)
+    await lab.service.call(NMAP, {"target": "10.20.2.5", "wait_seconds": 0}, "r1", principal="bob")
+    await asyncio.wait_for(runner.started.wait(), 5)
+    queued = await lab.service.call(NMAP, {"target": "10.20.1.5", "wait_seconds": 0}, "r2", principal="alice")
+    assert queued.status == "queued"
+    assert queued.scan_id is not None
+
+    clock.now = CLOSES - 6 * 3600  # 12:00 in Berlin: red ended an hour ago, blue goes on
+    runner.gate.set()
+    job = await JobQueries(lab.service.jobs, lambda: lab.service.store.current.policy).get_scan(
+        GetScanRequest(scan_id=queued.scan_id, wait_seconds=10), "alice"
+    )
+
+    assert job.state == "failed"
+    assert job.error is not None
+    assert job.error["rule"] == "engagement_ended"
+    assert len(runner.calls) == 1  # bob's scan only
+    refused = [line for line in lab.audit_lines() if line.get("rule") == "engagement_ended"]
+    assert [(line["scan_id"], line["engagement"]) for line in refused] == [(queued.scan_id, "red")]

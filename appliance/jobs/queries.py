@@ -72,6 +72,7 @@ class ScanSummary(BaseModel):
     progress: float | None = None
     resource_uri: str
     error_rule: str | None = None
+    engagement: str | None = Field(default=None, description="The engagement the scan ran in.")
 
 
 class ScanList(BaseModel):
