@@ -32,6 +32,8 @@ def test_the_shipped_two_engagement_example_loads() -> None:
     assert engagements[0].principals.claims == {"groups": ["red-team"]}
     start, end = engagements[0].window.bounds()
     assert start < end
+    # The README shows this file as it is.
+    assert EXAMPLE.read_text() in (REPO / "README.md").read_text()
 
 
 # safe
