@@ -78,8 +78,13 @@ async def read(url: str, who: str, scan_id: str) -> dict[str, Any] | str:
 
 
 async def listed(url: str, who: str) -> set[str]:
+    """The scan ids list_scans shows `who`; resources/list must show the same ones."""
     body = await call(url, who, "list_scans", {"limit": 100})
-    return {s["scan_id"] for s in body["scans"]}
+    async with http_client(url, "legacy", token=TOKENS[who]) as client:
+        resources = {str(r.uri) for r in (await client.list_resources()).resources}
+    scans = {s["scan_id"] for s in body["scans"]}
+    assert resources == {f"scan://{scan_id}" for scan_id in scans}
+    return scans
 
 
 async def test_two_engagements_cannot_see_read_diff_or_cancel_each_others_scans(lab: tuple[str, int]) -> None:
