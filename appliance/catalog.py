@@ -137,3 +137,12 @@ def tool_definition(
         output_schema=None if result_model is None else output_schema(result_model),
         annotations=annotations,
     )
+
+
+def without_argument(tool: Tool, name: str) -> Tool:
+    """`tool` whose input schema does not show argument `name` (the cached schema stays as it is)."""
+    schema = tool.input_schema
+    properties = {key: value for key, value in schema["properties"].items() if key != name}
+    required = [key for key in schema.get("required", []) if key != name]
+    trimmed = {**schema, "properties": properties, **({"required": required} if "required" in schema else {})}
+    return tool.model_copy(update={"input_schema": trimmed})

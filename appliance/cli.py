@@ -213,6 +213,10 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
             "denied_ranges": [f"{net} ({rule})" for net, rule in snapshot.scope.denied],
             "tools_enabled": [name for name in TOOLS if getattr(policy.tools, name).enabled],
             "concurrency": policy.limits.concurrency.model_dump(mode="json", by_alias=True),
+            # None: no engagements (every principal has the global scope).
+            "engagements": None
+            if policy.engagements is None
+            else [{"name": e.name, **e.window.model_dump(), "tools": sorted(e.tools)} for e in policy.engagements],
         }
     )
     return EXIT_OK

@@ -53,6 +53,7 @@ from appliance.jobs.model import Job
 from appliance.jobs.store import JobFilter
 from appliance.jobs.views import error_of, report_of, resource_uri
 from appliance.logs import new_request_id
+from appliance.policy.engagement_checks import Caller
 from appliance.service import ScanService
 from appliance.tools import TOOLS
 
@@ -83,6 +84,7 @@ TEMPLATES = [
 ]
 
 PrincipalOf = Callable[[ServerRequestContext[Any, Any]], str | None]
+CallerOf = Callable[[ServerRequestContext[Any, Any]], Caller]
 
 
 @dataclass(frozen=True)
@@ -139,12 +141,19 @@ class ScanResources:
     """The resources/* and subscriptions/listen handlers, and the notices a job's change sends."""
 
     def __init__(
-        self, service: ScanService, bus: SubscriptionBus, principal_of: PrincipalOf, page_size: int = LIST_PAGE_SIZE
+        self,
+        service: ScanService,
+        bus: SubscriptionBus,
+        principal_of: PrincipalOf,
+        page_size: int = LIST_PAGE_SIZE,
+        caller_of: CallerOf | None = None,
     ) -> None:
         self.service = service
         self.page_size = page_size
         self.bus = bus
         self._principal_of = principal_of
+        # Who reads (engagements, scopes); without it, a principal that sees its own scans only.
+        self._caller_of: CallerOf = caller_of or (lambda ctx: service.caller(principal_of(ctx)))
         self._listen = ListenHandler(bus)
         # Handshake-era subscriptions: uri -> the connections (sessions) subscribed to it.
         self.subscribers: dict[str, weakref.WeakSet[Any]] = collections.defaultdict(weakref.WeakSet)
@@ -188,9 +197,9 @@ class ScanResources:
                 method,
                 uri,
             )
-        owner = self.service.owner(self._principal_of(ctx))
+        viewer = self.service.viewer(self._caller_of(ctx))
         try:
-            return self.service.jobs.visible(parsed.scan_id, owner), parsed
+            return self.service.jobs.visible(parsed.scan_id, viewer), parsed
         except ApplianceError as exc:
             self._refuse(exc, ctx, method, uri)
 
@@ -210,8 +219,9 @@ class ScanResources:
                 "resources/list",
                 None,
             )
-        owner = self.service.owner(self._principal_of(ctx))
-        page = self.service.jobs.page(JobFilter(principal=owner), self.page_size, cursor)
+        viewer = self.service.viewer(self._caller_of(ctx))
+        where = JobFilter(principal=None if viewer.admin else viewer.owner, engagements=viewer.engagements)
+        page = self.service.jobs.page(where, self.page_size, cursor)
         resources = [
             Resource(
                 uri=resource_uri(job.scan_id),

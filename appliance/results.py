@@ -7,7 +7,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field, PrivateAttr
 
-PartialReason = Literal["timeout", "output_cap", "shutdown"]
+PartialReason = Literal["timeout", "output_cap", "shutdown", "engagement_ended"]
 # The job states (appliance.jobs.model.JobState) plus `dry_run`, which starts no job.
 ScanStatus = Literal[
     "queued",
@@ -57,7 +57,9 @@ class ScanReport(BaseModel):
     duration_seconds: float = Field(default=0.0, description="Wall-clock time the scanner ran.")
     partial: bool = Field(default=False, description="True when the scanner was stopped before it finished.")
     partial_reason: PartialReason | None = Field(
-        default=None, description="Why the result is partial: the time budget, the output cap, or shutdown."
+        default=None,
+        description="Why the result is partial: the time budget, the output cap, shutdown, or the end of its "
+        "engagement's window.",
     )
     # This report as JSON when the job's end already built it (the stored result): the answer
     # reuses it instead of dumping the same report again. Not a field: never in the schema.

@@ -39,7 +39,7 @@ from pydantic import BaseModel
 
 from appliance import __version__
 from appliance.auth import STATIC_TOKENS_AUTH
-from appliance.catalog import CANCEL_JOB, READ_JOBS, tool_definition
+from appliance.catalog import CANCEL_JOB, READ_JOBS, tool_definition, without_argument
 from appliance.compat import lowlevel_server, session_connection
 from appliance.errors import ApplianceError, NotFoundError, UnexpectedError
 from appliance.jobs.diff import ScanDiff
@@ -54,6 +54,7 @@ from appliance.jobs.queries import (
 )
 from appliance.jobs.views import error_of, report_of
 from appliance.logs import new_request_id, request_id_var
+from appliance.policy.engagement_checks import Caller, engagements_of
 from appliance.resources import ScanResources, resource_link
 from appliance.results import AnyScanResult, ScanReport
 from appliance.service import ScanService
@@ -150,6 +151,17 @@ def _principal(ctx: ServerRequestContext[Any, Any]) -> str | None:
     return user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
 
 
+def _caller(ctx: ServerRequestContext[Any, Any], service: ScanService) -> Caller:
+    """The caller as engagements see it: the verified token's principal, subject, claims and scopes;
+    without a token (stdio, the loopback test mode) the transport's one principal."""
+    scope = getattr(ctx.request, "scope", None)
+    user = scope.get("user") if isinstance(scope, dict) else None
+    if not isinstance(user, AuthenticatedUser):
+        return service.caller(None)
+    token = user.access_token
+    return Caller(token.client_id, token.subject, dict(token.claims or {}), tuple(token.scopes))
+
+
 def _target(arguments: Mapping[str, Any] | None) -> str | None:
     """The target as the caller sent it, for the error object (only if it is a string)."""
     target = arguments.get("target") if isinstance(arguments, Mapping) else None
@@ -193,7 +205,7 @@ class ScannerServer:
         # The 2026-07-28 HTTP transport checks Mcp-Param headers against the input schema.
         lowlevel.get_tool_input_schema = self._input_schema
         # scan://{id} resources and their update notices (both protocol eras) at each job state change.
-        self.resources = ScanResources(service, self.bus, _principal)
+        self.resources = ScanResources(service, self.bus, _principal, caller_of=lambda ctx: _caller(ctx, service))
         self.resources.register(lowlevel)
         service.jobs.on_change.append(self.resources.job_changed)
         self.sync_tools()
@@ -216,6 +228,9 @@ class ScannerServer:
             for name, spec in TOOLS.items()
             if getattr(policy.tools, name).enabled
         }
+        if policy.engagements is None:
+            # Without engagements the list is what it always was: no `engagement` argument shown.
+            wanted = {name: without_argument(tool, "engagement") for name, tool in wanted.items()}
         for name, tool in JOB_TOOLS.items():
             wanted[name] = tool_definition(
                 name, tool.description, tool.request_model, tool.result_model, tool.annotations
@@ -231,7 +246,16 @@ class ScannerServer:
     async def _list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
     ) -> ListToolsResult:
-        return ListToolsResult(tools=list(self.tools.values()))
+        return ListToolsResult(tools=self.tools_for(_caller(ctx, self.service)))
+
+    def tools_for(self, caller: Caller) -> list[Tool]:
+        """The tools `caller` may use: with engagements, only the scan tools of its engagements
+        (whatever their windows: a refusal says when); the job tools always."""
+        policy = self.service.store.current.policy
+        if policy.engagements is None:
+            return list(self.tools.values())
+        usable = {tool for engagement in engagements_of(policy, caller) for tool in engagement.tools}
+        return [tool for name, tool in self.tools.items() if name in JOB_TOOLS or name in usable]
 
     async def _call_tool(self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams) -> CallToolResult:
         request_id = new_request_id()
@@ -269,7 +293,14 @@ class ScannerServer:
 
         log.info("tool call", extra={"tool": spec.name, "target": target})
         try:
-            report = await self.service.call(spec, params.arguments or {}, request_id, progress, principal=principal)
+            report = await self.service.call(
+                spec,
+                params.arguments or {},
+                request_id,
+                progress,
+                principal=principal,
+                caller=_caller(ctx, self.service),
+            )
         except ApplianceError as exc:
             log.info(
                 "tool call refused or failed", extra={"tool": spec.name, "rule": exc.rule, "error_type": exc.error_type}
@@ -284,7 +315,7 @@ class ScannerServer:
         self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams, request_id: str, principal: str | None
     ) -> CallToolResult:
         name = params.name
-        owner = self.service.owner(principal)
+        owner = self.service.viewer(_caller(ctx, self.service))
         record: dict[str, Any] = {"request_id": request_id, "principal": principal, "tool": name}
 
         async def progress(done: float, total: float | None, message: str | None) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -17,15 +18,20 @@ from appliance.audit import AuditSink, output_digest
 from appliance.config import Settings
 from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError, UnexpectedError, ValidationError
 from appliance.jobs.manager import JobManager, LiveJob
-from appliance.jobs.model import STDIO_PRINCIPAL, JobState
+from appliance.jobs.model import STDIO_PRINCIPAL, JobState, Viewer
 from appliance.jobs.queries import changes_since
 from appliance.jobs.sqlite import SqliteJobStore
 from appliance.jobs.views import job_fields, report_of, result_base
+from appliance.jobs.window import WindowStop
 from appliance.metrics import Metrics
+from appliance.policy import engagement_checks
+from appliance.policy.engagement_checks import Caller, Clock
+from appliance.policy.engagements import Engagement
 from appliance.policy.model import Policy
 from appliance.policy.resolve import system_resolve
 from appliance.policy.store import PolicySnapshot, PolicyStore
 from appliance.resilience.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from appliance.resilience.budgets import Claim, EngagementBudgets
 from appliance.resilience.limits import ConcurrencyLimiter, PrincipalLimit, ToolLimit
 from appliance.resilience.retry import retry_transient
 from appliance.results import ScanReport
@@ -48,6 +54,8 @@ JOB_STATE_OF_PARTIAL: dict[str | None, JobState] = {
     "timeout": "partial",
     "output_cap": "partial",
     "shutdown": "interrupted",
+    # The engagement's window closed under it: stopped like a cancel, findings kept.
+    "engagement_ended": "partial",
 }
 # Whose jobs an HTTP call without a verified principal starts (the loopback test mode only).
 ANONYMOUS_PRINCIPAL = "anonymous"
@@ -165,6 +173,7 @@ class ScanService:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         jobs: JobManager | None = None,
+        wall_clock: Clock = time.time,
     ) -> None:
         self.settings = settings
         # Without a store of its own (tests, `appliance check`) the service keeps jobs in memory.
@@ -176,6 +185,9 @@ class ScanService:
         self._run = runner
         self._clock = clock
         self._rates = RateBudget()
+        # Engagement windows are wall-clock times; tests stand before, in and after them.
+        self._now = wall_clock
+        self.budgets = EngagementBudgets(wall_clock)
         # Tools whose scanner could not be run at start, with the reason (set by the app).
         self.unavailable: dict[str, str] = {}
         # Set at shutdown once the drain window is over: running scans stop and report partial.
@@ -218,8 +230,16 @@ class ScanService:
         if self.metrics is not None:
             self.metrics.calls.labels(tool, outcome).inc()
 
-    async def check(self, spec: ToolSpec, request: BaseModel, snapshot: PolicySnapshot | None = None) -> ScanPlan:
-        """The whole policy check for one request; raises ValidationError naming the rule."""
+    async def check(
+        self,
+        spec: ToolSpec,
+        request: BaseModel,
+        snapshot: PolicySnapshot | None = None,
+        caller: Caller | None = None,
+    ) -> ScanPlan:
+        """The whole policy check for one request: the global policy, then the caller's engagement
+        (when the policy has engagements); raises ValidationError naming the rule. The plan names
+        the engagement it runs in."""
         snapshot = snapshot or self.store.current
         if spec.name in self.unavailable:
             raise NotFoundError(
@@ -234,7 +254,26 @@ class ScanService:
                 recovery_suggestion="Use another tool, or ask the operator to enable it in the policy.",
             )
         ctx = PlanContext(snapshot.policy, snapshot.scope, self._resolve, self.settings, snapshot.facts)
-        return await spec.plan(request, ctx)
+        plan = await spec.plan(request, ctx)
+        engagement = engagement_checks.choose(
+            snapshot.policy, caller or self.caller(None), getattr(request, "engagement", None)
+        )
+        if engagement is None:
+            return plan
+        engagement_checks.check_window(engagement, self._now())
+        engagement_checks.check_tool(engagement, spec.name, request.model_dump())
+        engagement_checks.check_target(engagement, plan.target)
+        return replace(plan, engagement=engagement.name)
+
+    def caller(self, principal: str | None) -> Caller:
+        """A caller known only by its principal (stdio, `appliance check`, internal callers)."""
+        return Caller(self.owner(principal))
+
+    def viewer(self, caller: Caller) -> Viewer:
+        """What `caller` may read: its own scans, its engagements' with scan:read, all with scan:admin."""
+        engagements = engagement_checks.engagements_of(self.store.current.policy, caller)
+        readable = frozenset(e.name for e in engagements) if "scan:read" in caller.scopes else frozenset()
+        return Viewer(caller.principal, readable, "scan:admin" in caller.scopes)
 
     def refuse(self, error: ApplianceError, record: dict[str, Any], *, tool: str | None) -> None:
         """Bookkeeping for a call refused before anything ran: one audit line, one count.
@@ -264,6 +303,7 @@ class ScanService:
         progress: ProgressFn | None = None,
         *,
         principal: str | None = None,
+        caller: Caller | None = None,
     ) -> ScanReport:
         """One call, end to end. `arguments` are the raw arguments a client sent (validated here,
         so a bad one is refused, audited and counted like any other refusal), or a request model
@@ -275,6 +315,8 @@ class ScanService:
         """
         started = self._clock()
         marked = time.perf_counter()
+        if caller is None:
+            caller = self.caller(principal)
         record: dict[str, Any] = {
             "request_id": request_id,
             "principal": principal,
@@ -289,7 +331,7 @@ class ScanService:
                 record["arguments"] = request.model_dump()  # as validated, not as sent
             else:
                 request = arguments
-            plan = await self.check(spec, request, snapshot)
+            plan = await self.check(spec, request, snapshot, caller)
             wait = check_wait(getattr(request, "wait_seconds", None), snapshot.policy)
         except ApplianceError as exc:
             self.refuse(exc, record, tool=spec.name)
@@ -300,6 +342,8 @@ class ScanService:
             log.error("policy check ended in an unexpected exception", exc_info=exc, extra={"tool": spec.name})
             raise
         record.update(argv=list(plan.argv), verdict="allowed", scanned_address=plan.target.scan_arg)
+        if plan.engagement is not None:
+            record["engagement"] = plan.engagement
         if getattr(request, "dry_run", False):
             self.audit.write({**record, "dry_run": True})
             self._count(spec.name, "dry_run")
@@ -312,11 +356,13 @@ class ScanService:
             self.audit.write({**record, "verdict": "refused", "rule": exc.rule, "error_type": exc.error_type})
             raise
         # From here on the breaker may hold a probe slot: every way out frees it.
+        claim: Claim | None = None
         try:
             refusal = self.limiter.refusal(spec.name, principal)
             if refusal is not None:
                 raise refusal
             self.jobs.admissible()
+            claim = self._claim_budget(plan, snapshot.policy)
             live = self.jobs.create(
                 tool=spec.name,
                 target=plan.target.requested,
@@ -325,9 +371,12 @@ class ScanService:
                 request=record["arguments"],
                 argv=list(plan.argv),
                 request_id=request_id,
+                engagement=plan.engagement,
             )
         except ApplianceError as exc:
             # Refused before a job exists (queue full, shutting down, the store cannot record it).
+            if claim is not None:
+                self.budgets.release(claim)
             breaker.record_neutral()
             self.refuse(exc, record, tool=spec.name)
             raise
@@ -339,7 +388,7 @@ class ScanService:
         if listener is not None:
             live.listeners.add(listener)
         task = asyncio.create_task(
-            self._run_job(spec, plan, snapshot.policy, live, record, started, breaker, principal, timings)
+            self._run_job(spec, plan, snapshot.policy, live, record, started, breaker, principal, timings, claim)
         )
         live.task = task
         try:
@@ -374,8 +423,39 @@ class ScanService:
         breaker: CircuitBreaker,
         principal: str | None,
         timings: CallTimings,
+        claim: Claim | None = None,
     ) -> ScanReport:
-        """The job's task: wait for a slot, run, and end through `_finish_run` whatever happens."""
+        """The job's task: wait for a slot, run, and end through `_finish_run` whatever happens.
+        The engagement budget it claimed is given back at the end, however it ends."""
+        try:
+            return await self._run_claimed(spec, plan, policy, live, record, started, breaker, principal, timings)
+        finally:
+            if claim is not None:
+                self.budgets.release(claim)
+
+    def _claim_budget(self, plan: ScanPlan, policy: Policy) -> Claim | None:
+        engagement = None if plan.engagement is None else policy.engagement(plan.engagement)
+        if engagement is None:
+            return None
+        return self.budgets.claim(
+            engagement,
+            hosts=max(plan.target.host_count, 1),
+            rate=plan.rate,
+            default_concurrent=policy.limits.concurrency.per_engagement.running,
+        )
+
+    async def _run_claimed(
+        self,
+        spec: ToolSpec,
+        plan: ScanPlan,
+        policy: Policy,
+        live: LiveJob,
+        record: dict[str, Any],
+        started: float,
+        breaker: CircuitBreaker,
+        principal: str | None,
+        timings: CallTimings,
+    ) -> ScanReport:
         report: ScanReport | None = None
         run_result: RunResult | None = None
         started_run = False
@@ -383,11 +463,15 @@ class ScanService:
         try:
             async with self.limiter.slot(spec.name, started + plan.timeout_seconds, principal) as remaining:
                 timings.add("queue", time.perf_counter() - queued)
+                engagement = None if plan.engagement is None else policy.engagement(plan.engagement)
+                if engagement is not None:
+                    # The window may have closed while the job waited for a slot.
+                    engagement_checks.check_window(engagement, self._now())
                 # Audit before starting: a scan the trail does not show must not run (fails closed).
                 self.audit.write({**record, "event": "start", "state": "running"})
                 started_run = True
                 self.jobs.running(live)
-                report, run_result = await self._execute(spec, plan, policy, live, remaining, timings)
+                report, run_result = await self._execute(spec, plan, policy, live, remaining, timings, engagement)
         except BaseException as exc:
             if not started_run and isinstance(exc, ApplianceError):
                 # Refused while queued (the queue wait ran out, shutting down, the audit sink
@@ -490,6 +574,7 @@ class ScanService:
         live: LiveJob,
         remaining: float,
         timings: CallTimings,
+        engagement: Engagement | None = None,
     ) -> tuple[ScanReport, RunResult]:
         async def progress(done: float, total: float | None, message: str | None) -> None:
             await self.jobs.progress(live, done, total, message)
@@ -518,6 +603,11 @@ class ScanService:
 
         if plan.rate:
             self._rates.claim(plan.rate, policy.tools.masscan_scan.max_rate)
+        # A scan in an engagement also stops when the window ends (findings kept, like a cancel).
+        window = (
+            None if engagement is None else WindowStop(self.stop_scans, engagement.window.bounds()[1] - self._now())
+        )
+        stop = self.stop_scans if window is None else window.event
         try:
             run_result = await retry_transient(
                 lambda: self._run(
@@ -526,10 +616,12 @@ class ScanService:
                     env=dict(plan.env),
                     on_stdout_line=line_callback("stdout"),
                     on_stderr_line=line_callback("stderr"),
-                    stop=self.stop_scans,
+                    stop=stop,
                 )
             )
         finally:
+            if window is not None:
+                window.close()
             stop_recording()
             if plan.rate:
                 self._rates.release(plan.rate)
@@ -541,6 +633,8 @@ class ScanService:
         marked = time.perf_counter()
         # The stream was fed every line as it came: the result is never parsed a second time.
         report = spec.finish(plan, live.job.request_id, run_result, stream)
+        if window is not None and window.window_ended and report.partial_reason == "shutdown":
+            report = report.model_copy(update={"partial_reason": "engagement_ended"})
         timings.add("parse", time.perf_counter() - marked)
         return report, run_result
 

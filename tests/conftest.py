@@ -155,6 +155,7 @@ def lab_service(
         runner: Any = None,
         privilege_mode: str = "raw",
         clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> LabService:
         path = tmp_path / "policy.yaml"
         path.write_text(yaml.safe_dump(merge(lab_policy_data, dict(policy or {})), sort_keys=False), encoding="utf-8")
@@ -168,6 +169,7 @@ def lab_service(
             runner=runner,
             metrics=Metrics(registry, TOOLS, process=False),
             **({} if clock is None else {"clock": clock}),
+            **({} if wall_clock is None else {"wall_clock": wall_clock}),
         )
         return LabService(service, audit, registry, resolver, runner)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import REPO, write_policy
 from support import run_cli as run
-from support import write_policy
 
 from appliance.config import DEFAULT_POLICY_PATH
 
@@ -63,6 +63,18 @@ def test_policy_validate_accepts_the_shipped_policy() -> None:
     assert "0.0.0.0/8 (target_denied_unspecified)" in body["denied_ranges"]
     assert body["concurrency"]["global"] == {"running": 4, "sessions": 256}
     assert "file_version" not in body  # a version 2 file needs no conversion
+    assert body["engagements"] is None
+
+
+def test_policy_validate_lists_the_engagements_of_a_version_3_file() -> None:
+    code, body, _ = run("policy", "validate", str(REPO / "policies" / "engagements.example.yaml"))
+
+    assert code == 0
+    assert body["version"] == 3
+    assert [(e["name"], e["timezone"], e["tools"]) for e in body["engagements"]] == [
+        ("red-team-q4", "Europe/Berlin", ["masscan_scan", "nmap_scan"]),
+        ("webapp-audit", "America/New_York", ["gobuster_scan", "nmap_scan"]),
+    ]
 
 
 def test_policy_validate_shows_a_version_1_file_in_the_version_2_layout(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from appliance.audit import AuditSink
 from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError
 from appliance.jobs.diff import ResultView
-from appliance.jobs.model import Job, JobState, new_scan_id
+from appliance.jobs.model import Job, JobState, Viewer, new_scan_id, viewer_of
 from appliance.jobs.store import JobFilter, JobPage, JobStore
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def scan_not_found(scan_id: str) -> NotFoundError:
         f"no scan {scan_id[:64]!r} is visible to you",
         rule="scan_not_found",
         recovery_suggestion="Call list_scans to see your scans; a scan id is only visible to the principal that "
-        "started it.",
+        "started it and to the principals of its engagement.",
     )
 
 
@@ -135,6 +135,7 @@ class JobManager:
         request: dict[str, Any],
         argv: list[str],
         request_id: str,
+        engagement: str | None = None,
     ) -> LiveJob:
         now = self._clock()
         job = Job(
@@ -149,6 +150,7 @@ class JobManager:
             created_at=now,
             updated_at=now,
             request_id=request_id,
+            engagement=engagement,
         )
         job.move("queued", now)
         # The trail first, then the store, both fail closed: a job the trail does not show never
@@ -258,11 +260,11 @@ class JobManager:
             await listener(done, total, message)
 
     # --- reads -----------------------------------------------------------------------------
-    def visible(self, scan_id: str, owner: str) -> Job:
-        """The job, if `owner` may see it (its own scans; the identity issue widens this)."""
+    def visible(self, scan_id: str, who: Viewer | str) -> Job:
+        """The job, if `who` may see it (its own scans, its engagements' scans, all for an admin)."""
         live = self.live.get(scan_id)
         job = live.job if live is not None else self.store.get(scan_id)
-        if job is None or job.principal != owner:
+        if job is None or not viewer_of(who).sees(job):
             raise scan_not_found(scan_id)
         return job
 

@@ -67,6 +67,31 @@ def target_key(target: str) -> str:
     return target.strip().rstrip(".").lower()
 
 
+@dataclass(frozen=True)
+class Viewer:
+    """Who reads jobs: its own scans always; the scans of `engagements` (its engagements, when its
+    token has scan:read); every scan with `admin` (scan:admin). Only the owner or an admin cancels."""
+
+    owner: str
+    engagements: frozenset[str] = frozenset()
+    admin: bool = False
+
+    def sees(self, job: Job) -> bool:
+        return (
+            self.admin
+            or job.principal == self.owner
+            or (job.engagement is not None and job.engagement in self.engagements)
+        )
+
+    def may_cancel(self, job: Job) -> bool:
+        return self.admin or job.principal == self.owner
+
+
+def viewer_of(who: Viewer | str) -> Viewer:
+    """A plain principal name reads as the viewer of its own scans only."""
+    return who if isinstance(who, Viewer) else Viewer(who)
+
+
 @dataclass
 class Job:
     """One scan. `result` is the compact result as last recorded (findings so far while it
@@ -90,6 +115,8 @@ class Job:
     error: dict[str, Any] | None = None
     # The scanner's output size before the stored copy was cut to `limits.stored_raw_bytes`.
     raw_bytes: int | None = None
+    # The engagement the scan ran in (None: the policy had no engagements); its principals may read it.
+    engagement: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -125,6 +152,7 @@ class Job:
             "result": self.result,
             "error": self.error,
             "raw_bytes": self.raw_bytes,
+            "engagement": self.engagement,
         }
 
     @classmethod

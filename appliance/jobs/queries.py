@@ -1,8 +1,9 @@
 """The four tools that follow jobs: get_scan, cancel_scan, list_scans, diff_scans.
 
-Each takes the caller's principal; a principal sees only its own scans (the identity issue
-widens reads to its engagement). Another principal's scan id gets the same `scan_not_found`
-as an id that never existed.
+Each takes the caller as a `Viewer` (or a plain principal: its own scans only). A principal
+sees its own scans and, with scan:read, its engagements' scans; scan:admin sees all. A scan it
+may not see gets the same `scan_not_found` as an id that never existed. Only the owner or
+scan:admin cancels (`cancel_not_owner`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from appliance.errors import NotFoundError, ValidationError
 from appliance.jobs.diff import ScanDiff, diff_results, diff_views, result_view
 from appliance.jobs.manager import JobManager, ProgressFn
-from appliance.jobs.model import STATES, Job
+from appliance.jobs.model import STATES, Job, Viewer, viewer_of
 from appliance.jobs.store import JobFilter
 from appliance.jobs.views import summary_of
 from appliance.policy.model import Policy
@@ -71,6 +72,7 @@ class ScanSummary(BaseModel):
     progress: float | None = None
     resource_uri: str
     error_rule: str | None = None
+    engagement: str | None = Field(default=None, description="The engagement the scan ran in.")
 
 
 class ScanList(BaseModel):
@@ -83,7 +85,7 @@ class JobQueries:
         self.jobs = jobs
         self._policy = policy
 
-    async def get_scan(self, request: GetScanRequest, owner: str, progress: ProgressFn | None = None) -> Job:
+    async def get_scan(self, request: GetScanRequest, owner: Viewer | str, progress: ProgressFn | None = None) -> Job:
         limit = self._policy().limits.max_wait_seconds
         if request.wait_seconds > limit:
             raise ValidationError(
@@ -94,19 +96,28 @@ class JobQueries:
         job = self.jobs.visible(request.scan_id, owner)
         return await self.jobs.wait(job, request.wait_seconds, progress)
 
-    async def cancel_scan(self, request: CancelScanRequest, owner: str) -> tuple[Job, bool]:
+    async def cancel_scan(self, request: CancelScanRequest, owner: Viewer | str) -> tuple[Job, bool]:
         """Stop the scan (its process group is killed; what it found is kept). The bool says
         whether this call stopped it (False: it had already finished)."""
         job = self.jobs.visible(request.scan_id, owner)
+        if not viewer_of(owner).may_cancel(job):
+            raise ValidationError(
+                f"scan {job.scan_id} belongs to another principal of engagement {job.engagement}; only its owner "
+                "or scan:admin may cancel it",
+                rule="cancel_not_owner",
+                recovery_suggestion="Ask the principal that started it, or an operator with scan:admin.",
+            )
         stopped = self.jobs.cancel(job)
         if stopped:
             # The task ends through the service's one bookkeeping end: state, audit, metrics.
             job = await self.jobs.wait(job, CANCEL_WAIT_SECONDS)
         return job, stopped
 
-    def list_scans(self, request: ListScansRequest, owner: str) -> ScanList:
+    def list_scans(self, request: ListScansRequest, owner: Viewer | str) -> ScanList:
+        viewer = viewer_of(owner)
         where = JobFilter(
-            principal=owner,
+            principal=None if viewer.admin else viewer.owner,
+            engagements=viewer.engagements,
             tool=request.tool,
             target=request.target,
             states=None if request.status is None else frozenset({request.status}),
@@ -122,10 +133,13 @@ class JobQueries:
             scans=[ScanSummary.model_validate(summary_of(job)) for job in page.jobs], next_cursor=page.next_cursor
         )
 
-    def diff_scans(self, request: DiffScansRequest, owner: str) -> ScanDiff:
+    def diff_scans(self, request: DiffScansRequest, owner: Viewer | str) -> ScanDiff:
         after = self.jobs.visible(request.scan_id, owner)
         if request.against_scan_id is None:
-            before = self.jobs.store.previous_completed(after.tool, after.target, owner, after.scan_id)
+            # The previous scan of the same principal (rescans are per principal), if the caller may see it.
+            before = self.jobs.store.previous_completed(after.tool, after.target, after.principal, after.scan_id)
+            if before is not None and not viewer_of(owner).sees(before):
+                before = None
             if before is None:
                 raise NotFoundError(
                     f"no completed {after.tool} scan of {after.target!r} older than {after.scan_id}",

@@ -61,7 +61,14 @@ CREATE TABLE cancel_requests (
     requested_by TEXT NOT NULL
 ) WITHOUT ROWID;
 """
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)  # MIGRATIONS[n] takes a store from version n to n + 1
+# v4: engagements (policy version 3): a scan is readable by its engagement's principals, so
+# list_scans selects by engagement too; jobs stored before have none.
+_V4 = """
+ALTER TABLE jobs ADD COLUMN engagement TEXT;
+UPDATE jobs SET engagement = json_extract(record, '$.engagement');
+CREATE INDEX jobs_by_engagement ON jobs (engagement, scan_id) WHERE engagement IS NOT NULL;
+"""
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)  # MIGRATIONS[n] takes a store from version n to n + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -168,9 +175,19 @@ class SqliteJobStore:
 
         def statements(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT OR REPLACE INTO jobs (scan_id, principal, tool, target_key, state, finished_at, record)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job.scan_id, job.principal, job.tool, target_key(job.target), job.state, job.finished_at, record),
+                "INSERT OR REPLACE INTO jobs"
+                " (scan_id, principal, tool, target_key, state, finished_at, engagement, record)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.scan_id,
+                    job.principal,
+                    job.tool,
+                    target_key(job.target),
+                    job.state,
+                    job.finished_at,
+                    job.engagement,
+                    record,
+                ),
             )
             if raw is not None:
                 db.execute("INSERT OR REPLACE INTO raw (scan_id, output) VALUES (?, ?)", (job.scan_id, raw))
@@ -264,7 +281,11 @@ class SqliteJobStore:
     def page(self, where: JobFilter, limit: int, cursor: str | None = None) -> JobPage:
         clauses: list[str] = []
         values: list[object] = []
-        if where.principal is not None:
+        if where.principal is not None and where.engagements:
+            marks = ", ".join("?" * len(where.engagements))
+            clauses.append(f"(principal = ? OR engagement IN ({marks}))")
+            values.extend([where.principal, *sorted(where.engagements)])
+        elif where.principal is not None:
             clauses.append("principal = ?")
             values.append(where.principal)
         if where.tool is not None:

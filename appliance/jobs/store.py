@@ -6,8 +6,9 @@ without reading every job:
 
 - `get(scan_id)`: SQLite primary key; KV `job.<scan_id>` -> the record.
 - `raw(scan_id)`: SQLite table `raw`; KV `raw.<scan_id>` (object store when large).
-- `page(filter, limit, cursor)`: index `(principal, scan_id)`; KV keys `by-principal.<p>.<scan_id>`
-  listed with a subject filter, in descending order (tool/target/state filters use the next index).
+- `page(filter, limit, cursor)`: index `(principal, scan_id)` (engagements: `(engagement, scan_id)`);
+  KV keys `by-principal.<p>.<scan_id>` listed with a subject filter, in descending order
+  (tool/target/state filters use the next index).
 - `previous_completed(_id)(tool, target, principal)`: index `(principal, tool, target_key, state, scan_id)`;
   KV keys `by-subject.<p>.<tool>.<target>.<state>.<scan_id>`.
 - `sweep(max_age, max_count)`: index `(finished_at)` and a count; KV keys `by-finish.<ms>.<scan_id>`.
@@ -30,9 +31,11 @@ from appliance.jobs.model import Job
 
 @dataclass(frozen=True)
 class JobFilter:
-    """What `list_scans` narrows by. `principal` None means every principal (operator CLI only)."""
+    """What `list_scans` narrows by. `principal` None means every principal (operator CLI, scan:admin).
+    With `engagements`, a job of another principal in one of them matches too."""
 
     principal: str | None = None
+    engagements: frozenset[str] = frozenset()
     tool: str | None = None
     target: str | None = None  # compared as `target_key`
     states: frozenset[str] | None = None

@@ -81,4 +81,5 @@ def summary_of(job: Job) -> dict[str, Any]:
         "progress": job.progress,
         "resource_uri": resource_uri(job.scan_id),
         "error_rule": None if job.error is None else job.error.get("rule"),
+        "engagement": job.engagement,
     }

@@ -14,17 +14,19 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import PolicyError
+from appliance.policy.engagements import Engagement, engagement_problems
+from appliance.policy.fields import IPNetwork, Strict, check_suffixes, network
 from appliance.policy.migrate import Moved, from_version_1, refuse_version_1_keys
+from appliance.policy.targets import LOOPBACK
 
 log = logging.getLogger(__name__)
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-POLICY_VERSION = 2
-HOSTNAME_SUFFIX = re.compile(r"^\.(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# 3 adds `engagements`; 2 is the same layout without them; 1 is converted at load.
+POLICY_VERSION = 3
+ENGAGEMENTS_VERSION = 3
 SCRIPT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 RESOLVER = re.compile(r"^(?P<ip>\d{1,3}(?:\.\d{1,3}){3})(?::(?P<port>\d{1,5}))?$")
 
@@ -37,21 +39,7 @@ FORBIDDEN_SCRIPT_CATEGORIES = frozenset(
 )
 
 
-def _network(text: str) -> IPNetwork:
-    try:
-        network = ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not a network in CIDR form with host bits zero ({exc})") from exc
-    if str(network) != text:
-        raise ValueError(f"{text!r} is not in canonical form; write {str(network)!r}")
-    return network
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ScopeRules(_Strict):
+class ScopeRules(Strict):
     allow_networks: list[str] = Field(
         default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
         description="Every scanned address must lie in one of these. IPv6 only when a v6 range is listed.",
@@ -80,32 +68,27 @@ class ScopeRules(_Strict):
     @classmethod
     def _networks_parse(cls, value: list[str]) -> list[str]:
         for text in value:
-            _network(text)
+            network(text)
         return value
 
     @field_validator("allow_hostname_suffixes")
     @classmethod
     def _suffixes_canonical(cls, value: list[str]) -> list[str]:
-        for suffix in value:
-            if not HOSTNAME_SUFFIX.fullmatch(suffix):
-                raise ValueError(
-                    f"{suffix!r} must be a lower-case DNS suffix starting with a dot, e.g. '.lab.internal'"
-                )
-        return value
+        return check_suffixes(value)
 
     def allowed(self) -> tuple[IPNetwork, ...]:
-        return tuple(_network(text) for text in self.allow_networks)
+        return tuple(network(text) for text in self.allow_networks)
 
     def denied(self) -> tuple[IPNetwork, ...]:
-        return tuple(_network(text) for text in self.deny_networks)
+        return tuple(network(text) for text in self.deny_networks)
 
 
-class ToolConcurrency(_Strict):
+class ToolConcurrency(Strict):
     running: int = Field(default=2, ge=1, le=64, description="Scans of this tool running at once.")
     queued: int = Field(default=4, ge=0, le=1024, description="Calls that may wait for a slot; more are refused.")
 
 
-class PerToolConcurrency(_Strict):
+class PerToolConcurrency(Strict):
     """Order 1: a call over its tool's queue is refused with `queue_full`."""
 
     nmap_scan: ToolConcurrency = Field(default_factory=ToolConcurrency)
@@ -113,7 +96,7 @@ class PerToolConcurrency(_Strict):
     gobuster_scan: ToolConcurrency = Field(default_factory=ToolConcurrency)
 
 
-class GlobalConcurrency(_Strict):
+class GlobalConcurrency(Strict):
     """Order 2: all tools and principals together. A call over `running` waits in its tool's queue."""
 
     running: int = Field(default=4, ge=1, le=256, description="Scans running at once, all tools.")
@@ -121,7 +104,7 @@ class GlobalConcurrency(_Strict):
     sessions: int = Field(default=256, ge=1, le=256, description="Open MCP sessions, all principals (`sessions_full`).")
 
 
-class PrincipalConcurrency(_Strict):
+class PrincipalConcurrency(Strict):
     """Order 3: what one authenticated principal may hold, so it cannot lock the others out."""
 
     running: int = Field(default=3, ge=1, le=256, description="Scans of all tools running at once.")
@@ -136,19 +119,25 @@ class PrincipalConcurrency(_Strict):
     )
 
 
-class Concurrency(_Strict):
-    """The one limits table, checked in field order: per tool, global, per principal.
+class EngagementConcurrency(Strict):
+    """Order 4: what one engagement may hold (its `budget.concurrent_scans` overrides `running`)."""
 
-    Per engagement comes with engagement identities (not yet).
-    """
+    running: int = Field(
+        default=4, ge=1, le=256, description="Scans queued or running at once (`engagement_budget_exhausted`)."
+    )
+
+
+class Concurrency(Strict):
+    """The one limits table, checked in field order: per tool, global, per principal, per engagement."""
 
     per_tool: PerToolConcurrency = Field(default_factory=PerToolConcurrency)
     # `global` is a Python keyword; the file says `global`, the code `global_`.
     global_: GlobalConcurrency = Field(default_factory=GlobalConcurrency, alias="global")
     per_principal: PrincipalConcurrency = Field(default_factory=PrincipalConcurrency)
+    per_engagement: EngagementConcurrency = Field(default_factory=EngagementConcurrency)
 
 
-class Limits(_Strict):
+class Limits(Strict):
     max_hosts_per_call: int = Field(default=256, ge=1, le=65536, description="Addresses one CIDR target may cover.")
     max_ports_per_call: int = Field(default=1024, ge=1, le=65535, description="Ports one call may name.")
     default_timeout_seconds: int = Field(default=120, ge=1, le=3600)
@@ -174,7 +163,7 @@ class Limits(_Strict):
         return self
 
 
-class _ToolRules(_Strict):
+class _ToolRules(Strict):
     enabled: bool = Field(default=True, description="A disabled tool leaves the tool list; clients are told.")
     breaker_force: Literal["open", "closed"] | None = Field(
         default=None, description="Operator override of the circuit breaker: open refuses every call."
@@ -250,7 +239,7 @@ class GobusterRules(_ToolRules):
         return self
 
 
-class Resilience(_Strict):
+class Resilience(Strict):
     breaker_failure_threshold: int = Field(default=5, ge=1, le=1000, description="Execution failures in a row.")
     breaker_recovery_seconds: float = Field(default=30.0, gt=0, le=3600, description="First wait before a probe.")
     breaker_max_recovery_seconds: float = Field(default=600.0, gt=0, le=86400, description="Cap of the doubling.")
@@ -262,28 +251,54 @@ class Resilience(_Strict):
         return self
 
 
-class Retention(_Strict):
+class Retention(Strict):
     """How long finished scans are kept (running ones always are). Swept at start and each minute."""
 
     max_age_days: float = Field(default=30, gt=0, le=3650, description="Finished scans older than this go.")
     max_count: int = Field(default=10000, ge=1, le=10_000_000, description="Stored scans; the oldest finished go.")
 
 
-class ToolRules(_Strict):
+class ToolRules(Strict):
     nmap_scan: NmapRules = Field(default_factory=NmapRules)
     masscan_scan: MasscanRules = Field(default_factory=MasscanRules)
     gobuster_scan: GobusterRules = Field(default_factory=GobusterRules)
 
 
-class Policy(_Strict):
+class Policy(Strict):
     """One scope policy file. Unknown keys are errors: a typo must not silently widen scope."""
 
-    version: Literal[2] = Field(description="Format version of the policy file (1 is converted at load).")
+    version: Literal[2, 3] = Field(
+        description="Format version of the policy file (3: with engagements; 1 is converted at load)."
+    )
     scope: ScopeRules = Field(default_factory=ScopeRules)
     limits: Limits = Field(default_factory=Limits)
     tools: ToolRules = Field(default_factory=ToolRules)
     resilience: Resilience = Field(default_factory=Resilience)
     retention: Retention = Field(default_factory=Retention)
+    engagements: list[Engagement] | None = Field(
+        default=None,
+        description="Version 3: named engagements. Unset: every principal has the global scope (no engagements).",
+    )
+
+    @model_validator(mode="after")
+    def _engagements_narrow(self) -> Policy:
+        if self.engagements is None:
+            return self
+        if self.version < ENGAGEMENTS_VERSION:
+            raise ValueError(f"engagements need version: {ENGAGEMENTS_VERSION}")
+        problems = engagement_problems(
+            self.engagements,
+            allowed=self.scope.allowed(),
+            loopback=LOOPBACK if self.scope.insecure_allow_loopback else (),
+            suffixes=self.scope.allow_hostname_suffixes,
+            masscan_max_rate=self.tools.masscan_scan.max_rate,
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def engagement(self, name: str) -> Engagement | None:
+        return next((e for e in self.engagements or () if e.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -318,7 +333,7 @@ def parse_document(text: str, *, source: str = "<policy>") -> PolicyDocument:
     converted = type(version) is int and version == 1  # YAML `true` is a bool, not version 1
     if converted:
         data, moved = from_version_1(data, source)
-    elif version == POLICY_VERSION:
+    elif version in (ENGAGEMENTS_VERSION - 1, ENGAGEMENTS_VERSION):
         refuse_version_1_keys(data, source)
     try:
         policy = Policy.model_validate(data)
@@ -332,7 +347,7 @@ def parse_document(text: str, *, source: str = "<policy>") -> PolicyDocument:
             "shows the converted form; write it with version: 2",
             extra={"policy_path": source, "moved_keys": [f"{m.old} -> {m.new}" for m in moved]},
         )
-    return PolicyDocument(policy, 1 if converted else POLICY_VERSION, moved)
+    return PolicyDocument(policy, 1 if converted else policy.version, moved)
 
 
 def parse_policy(text: str, *, source: str = "<policy>") -> Policy:

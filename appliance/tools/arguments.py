@@ -121,3 +121,11 @@ WAIT_SECONDS: Any = pydantic.Field(
     description="Wait this long for the result (default 20); a longer scan returns status 'running' and a "
     "scan_id for get_scan.",
 )
+
+
+# Every scan tool takes it; a caller in several engagements of the policy must name one.
+ENGAGEMENT: Any = pydantic.Field(
+    default=None,
+    max_length=64,
+    description="The engagement this scan runs in; needed only when you are in several (the refusal lists them).",
+)

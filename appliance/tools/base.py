@@ -61,6 +61,7 @@ class ScanPlan:
     progress_stream: Literal["stdout", "stderr"] = "stdout"
     progress: Callable[[bytes], float | None] | None = None
     rate: int = 0  # packets per second this plan claims from the shared masscan budget
+    engagement: str | None = None  # the engagement the checks placed it in (None: no engagements)
 
 
 def check_timeout(requested: int | None, policy: Policy) -> int:

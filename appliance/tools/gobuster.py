@@ -18,7 +18,7 @@ from appliance.policy.targets import CheckedTarget, check_address, check_hostnam
 from appliance.policy.urls import parse_lab_url
 from appliance.results import GobusterResult
 from appliance.runner import RunResult
-from appliance.tools.arguments import WAIT_SECONDS
+from appliance.tools.arguments import ENGAGEMENT, WAIT_SECONDS
 from appliance.tools.base import (
     FindingStream,
     PlanContext,
@@ -69,6 +69,7 @@ class GobusterRequest(BaseModel):
     )
     timeout_seconds: int | None = Field(default=None, ge=1, le=86400, description="Time budget (policy-capped).")
     wait_seconds: int | None = WAIT_SECONDS
+    engagement: str | None = ENGAGEMENT
     dry_run: bool = Field(default=False, description="Check and show the argv only.")
 
 

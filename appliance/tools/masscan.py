@@ -13,7 +13,7 @@ from appliance.policy.ports import check_ports
 from appliance.policy.targets import check_target, parse_target
 from appliance.results import MasscanResult
 from appliance.runner import RunResult
-from appliance.tools.arguments import WAIT_SECONDS, PortsArgument
+from appliance.tools.arguments import ENGAGEMENT, WAIT_SECONDS, PortsArgument
 from appliance.tools.base import (
     FindingStream,
     PlanContext,
@@ -50,6 +50,7 @@ class MasscanRequest(BaseModel):
     )
     timeout_seconds: int | None = Field(default=None, ge=1, le=86400, description="Time budget (policy-capped).")
     wait_seconds: int | None = WAIT_SECONDS
+    engagement: str | None = ENGAGEMENT
     dry_run: bool = Field(default=False, description="Check and show the argv only.")
 
 

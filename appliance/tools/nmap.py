@@ -14,7 +14,7 @@ from appliance.policy.ports import check_ports
 from appliance.policy.targets import check_target
 from appliance.results import NmapResult
 from appliance.runner import RunResult
-from appliance.tools.arguments import WAIT_SECONDS, PortsArgument
+from appliance.tools.arguments import ENGAGEMENT, WAIT_SECONDS, PortsArgument
 from appliance.tools.base import (
     FindingStream,
     PlanContext,
@@ -68,6 +68,7 @@ class NmapRequest(BaseModel):
         default=None, ge=1, le=86400, description="Time budget (policy-capped); partial result on expiry."
     )
     wait_seconds: int | None = WAIT_SECONDS
+    engagement: str | None = ENGAGEMENT
     dry_run: bool = Field(default=False, description="Check and show the argv only.")
 
 

@@ -139,3 +139,11 @@ def test_lab_image_is_small_nonroot_and_healthchecked(
     assert attrs["Size"] <= MAX_LAB_IMAGE_BYTES
     assert attrs["Config"]["User"] == f"{APP_UID}:{APP_UID}"
     assert attrs["Config"]["Healthcheck"]["Test"][0] == "CMD"
+
+
+def test_image_ships_the_time_zones_engagement_windows_name(rootfs: list[tarfile.TarInfo]) -> None:
+    """Python's zoneinfo reads /usr/share/zoneinfo (package tzdata); the copies it never reads stay out."""
+    names = {m.name.removeprefix("./") for m in rootfs}
+    assert {"usr/share/zoneinfo/Europe/Berlin", "usr/share/zoneinfo/UTC", "usr/share/zoneinfo/tzdata.zi"} <= names
+    assert "var/lib/dpkg/status.d/tzdata" in names
+    assert not any(n.startswith(("usr/share/zoneinfo/right/", "usr/share/zoneinfo/posix/")) for n in names)

@@ -318,7 +318,7 @@ def test_migration_from_schema_2_keeps_every_job_and_adds_cancel_requests(tmp_pa
 
     store = SqliteJobStore(data)
 
-    assert store.version == SCHEMA_VERSION == 3
+    assert store.version == SCHEMA_VERSION == 4
     assert [store.get(j.scan_id) for j in jobs] == jobs
     assert store.cancel_requests() == {}
     store.request_cancel(jobs[3].scan_id, "operator-cli uid=0", 3_000.0)

@@ -52,6 +52,7 @@ def test_version_1_file_keeps_every_limit_it_set() -> None:
         },
         "global": {"running": 6, "sessions": 40},
         "per_principal": {"running": 2, "queued": 1, "sessions": 5, "stored_jobs": 1000},  # a v2 default
+        "per_engagement": {"running": 4},  # a version 3 default
     }
     # The keys that did not move are untouched.
     assert policy.limits.max_hosts_per_call == 16

@@ -167,9 +167,9 @@ def test_shipped_policy_loads_with_secure_switches() -> None:
         ),
         pytest.param(
             ("limits", "concurrency"),
-            {"per_engagement": {"running": 1}},
-            "limits.concurrency.per_engagement",
-            id="per_engagement_not_yet",
+            {"per_engagement": {"running": 0}},
+            "limits.concurrency.per_engagement.running",
+            id="per_engagement_zero",
         ),
         # unsafe: resolver and scripts
         pytest.param(("tools", "gobuster_scan", "dns_resolver"), "lab-dns:53", "dns_resolver", id="resolver_name"),
@@ -190,7 +190,7 @@ def test_shipped_policy_loads_with_secure_switches() -> None:
         ),
         # unsafe: version
         pytest.param(("version",), DELETE, "version", id="version_missing"),
-        pytest.param(("version",), 3, "version", id="version_unknown"),
+        pytest.param(("version",), 4, "version", id="version_unknown"),
         pytest.param(("version",), "2", "version", id="version_as_string"),
         pytest.param(("version",), True, "version", id="version_yaml_true_is_not_1"),
     ],

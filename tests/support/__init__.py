@@ -1,6 +1,7 @@
 """Helpers shared by the tests (imported as `from support import X`).
 
 policies    the shipped default policy with overrides, written to a tmp dir
+engagements policy data of engagements, and a wall clock the test holds still
 lab         a ScanService on the lab policy (conftest's lab_service) and its dict resolver
 listeners   loopback targets the tests start (the only things a host test scans)
 servers     `appliance serve` child processes and MCP clients for them

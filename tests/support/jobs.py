@@ -15,6 +15,7 @@ def stored_job(
     principal: str = "alice",
     at: float = 1_000_000.0,
     result: dict[str, Any] | None = None,
+    engagement: str | None = None,
 ) -> Job:
     """A job created (queued) at `at` and, unless `state` is queued, moved to `state` 2 s later."""
     job = Job(
@@ -29,6 +30,7 @@ def stored_job(
         created_at=at,
         updated_at=at,
         request_id=f"rid-{at}",
+        engagement=engagement,
     )
     job.move("queued", at)
     if state != "queued":
