@@ -28,6 +28,7 @@ from appliance.auth import BearerTokenVerifier, TokenSource
 from appliance.config import EPHEMERAL_DATA_DIR, Settings
 from appliance.errors import ApplianceError, ConfigError, ExecutionError
 from appliance.health import Health, ScannerStatus, probe_scanner
+from appliance.identity.oauth import auth_settings, jwt_verifier, oauth_resource
 from appliance.jobs.manager import JobManager
 from appliance.jobs.model import STATES, Job
 from appliance.jobs.sqlite import open_store
@@ -139,12 +140,18 @@ class Appliance:
         self.service = ScanService(settings, self.store, self.audit, metrics=self.metrics, jobs=self.jobs)
         self.tokens: TokenSource | None = None
         verifier: BearerTokenVerifier | None = None
+        self.oauth = oauth_resource(settings) if settings.transport == "http" else None
         if settings.transport == "http":
             secret = settings.auth_token.get_secret_value() if settings.auth_token else None
             self.tokens = TokenSource(secret, settings.auth_tokens_file, self.metrics.registry)
-            # No token at start: no verifier, and build_http_app refuses unless it is the loopback test mode.
-            verifier = BearerTokenVerifier(self.tokens) if len(self.tokens.table) else None
-        self.server = ScannerServer(self.service, token_verifier=verifier)
+            # No token and no issuer at start: no verifier, and build_http_app refuses unless it is
+            # the loopback test mode.
+            if self.oauth is not None:
+                verifier = BearerTokenVerifier(self.tokens, jwt_verifier(self.oauth))
+            elif len(self.tokens.table):
+                verifier = BearerTokenVerifier(self.tokens)
+        auth = None if self.oauth is None else auth_settings(self.oauth)
+        self.server = ScannerServer(self.service, token_verifier=verifier, auth=auth)
         self.draining = False
         self.health_port: int | None = None
         self.http_port: int | None = None
@@ -307,7 +314,7 @@ class Appliance:
         from appliance.http import QuietUvicorn, build_http_app, uvicorn_config
 
         assert self.tokens is not None
-        app = build_http_app(self.server, self.settings, self.tokens)
+        app = build_http_app(self.server, self.settings, self.tokens, self.oauth)
         self._requests = app
         self._uvicorn = QuietUvicorn(uvicorn_config(app, self.settings), on_started=self._transport_ready)
         await self._uvicorn.serve()

@@ -258,11 +258,11 @@ class JobManager:
             await listener(done, total, message)
 
     # --- reads -----------------------------------------------------------------------------
-    def visible(self, scan_id: str, owner: str) -> Job:
-        """The job, if `owner` may see it (its own scans; the identity issue widens this)."""
+    def visible(self, scan_id: str, owner: str | None) -> Job:
+        """The job, if `owner` may see it: its own scans; None (scan:admin) sees every scan."""
         live = self.live.get(scan_id)
         job = live.job if live is not None else self.store.get(scan_id)
-        if job is None or job.principal != owner:
+        if job is None or (owner is not None and job.principal != owner):
             raise scan_not_found(scan_id)
         return job
 

@@ -1,7 +1,7 @@
 """The four tools that follow jobs: get_scan, cancel_scan, list_scans, diff_scans.
 
-Each takes the caller's principal; a principal sees only its own scans (the identity issue
-widens reads to its engagement). Another principal's scan id gets the same `scan_not_found`
+Each takes the caller's principal; a principal sees only its own scans, and owner None (a
+token with scan:admin) sees and cancels every scan. Another principal's scan id gets the same `scan_not_found`
 as an id that never existed.
 """
 
@@ -83,7 +83,7 @@ class JobQueries:
         self.jobs = jobs
         self._policy = policy
 
-    async def get_scan(self, request: GetScanRequest, owner: str, progress: ProgressFn | None = None) -> Job:
+    async def get_scan(self, request: GetScanRequest, owner: str | None, progress: ProgressFn | None = None) -> Job:
         limit = self._policy().limits.max_wait_seconds
         if request.wait_seconds > limit:
             raise ValidationError(
@@ -94,7 +94,7 @@ class JobQueries:
         job = self.jobs.visible(request.scan_id, owner)
         return await self.jobs.wait(job, request.wait_seconds, progress)
 
-    async def cancel_scan(self, request: CancelScanRequest, owner: str) -> tuple[Job, bool]:
+    async def cancel_scan(self, request: CancelScanRequest, owner: str | None) -> tuple[Job, bool]:
         """Stop the scan (its process group is killed; what it found is kept). The bool says
         whether this call stopped it (False: it had already finished)."""
         job = self.jobs.visible(request.scan_id, owner)
@@ -104,7 +104,7 @@ class JobQueries:
             job = await self.jobs.wait(job, CANCEL_WAIT_SECONDS)
         return job, stopped
 
-    def list_scans(self, request: ListScansRequest, owner: str) -> ScanList:
+    def list_scans(self, request: ListScansRequest, owner: str | None) -> ScanList:
         where = JobFilter(
             principal=owner,
             tool=request.tool,
@@ -122,10 +122,11 @@ class JobQueries:
             scans=[ScanSummary.model_validate(summary_of(job)) for job in page.jobs], next_cursor=page.next_cursor
         )
 
-    def diff_scans(self, request: DiffScansRequest, owner: str) -> ScanDiff:
+    def diff_scans(self, request: DiffScansRequest, owner: str | None) -> ScanDiff:
         after = self.jobs.visible(request.scan_id, owner)
         if request.against_scan_id is None:
-            before = self.jobs.store.previous_completed(after.tool, after.target, owner, after.scan_id)
+            # The previous scan of the same principal, also when scan:admin (owner None) asks.
+            before = self.jobs.store.previous_completed(after.tool, after.target, after.principal, after.scan_id)
             if before is None:
                 raise NotFoundError(
                     f"no completed {after.tool} scan of {after.target!r} older than {after.scan_id}",
