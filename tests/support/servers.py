@@ -201,9 +201,10 @@ class Served:
 
 
 @contextlib.contextmanager
-def served(policy: Path, **extra: str) -> Iterator[Served]:
-    """Start the appliance over HTTP with a bearer token and a sidecar on a chosen free port."""
-    port, health = closed_port(), closed_port()
+def served(policy: Path, port: int | None = None, **extra: str) -> Iterator[Served]:
+    """Start the appliance over HTTP with a bearer token (on `port`, default a free one) and a
+    sidecar on a chosen free port."""
+    port, health = closed_port() if port is None else port, closed_port()
     env = server_env(
         policy,
         APPLIANCE_TRANSPORT="http",
