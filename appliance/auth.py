@@ -26,6 +26,7 @@ from mcp.server.auth.settings import AuthSettings
 from appliance.errors import ConfigError
 from appliance.identity.refusals import TokenRefusal, note_refusal
 from appliance.identity.scopes import SCAN_READ, STATIC_DEFAULT_SCOPES
+from appliance.jobs.model import ANONYMOUS_PRINCIPAL, STDIO_PRINCIPAL
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -40,6 +41,8 @@ SCOPE = re.compile(r"[a-z][a-z0-9:._-]{0,63}")
 # The issuer a static token's identity carries: a later JWT for a principal of the same name
 # comes from another issuer, so it can never take over a session opened with a static token.
 STATIC_ISSUER = "urn:mcp-scanner-appliance:static-tokens"
+# Owners of scans no token started (stdio's client, the loopback no-auth mode's callers).
+RESERVED_PRINCIPALS = frozenset({STDIO_PRINCIPAL, ANONYMOUS_PRINCIPAL})
 # The SDK's auth settings for static tokens. They have no authorization server: with no
 # resource_server_url the SDK publishes no protected-resource metadata (which would send clients
 # to an OAuth issuer that does not exist), and this issuer URL is never served or advertised;
@@ -194,8 +197,10 @@ class BearerTokenVerifier:
         entry = self._tokens.table.lookup(presented)
         if entry is None and self._jwt is not None:
             try:
-                # A JWT may not take a static token's principal name: jobs are owned by name.
-                return await self._jwt.verify(presented, {e.principal for e in self._tokens.table.entries})
+                # A JWT may not take a static token's principal name, nor the owner name of stdio's
+                # or the no-auth mode's scans: jobs are owned by name.
+                reserved = {e.principal for e in self._tokens.table.entries} | RESERVED_PRINCIPALS
+                return await self._jwt.verify(presented, reserved)
             except TokenRefusal as refusal:
                 extra = {"rule": refusal.rule, "reason": refusal.reason}
                 log.warning("HTTP request refused: JWT not accepted", extra=extra)

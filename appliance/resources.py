@@ -139,12 +139,21 @@ class ScanResources:
     """The resources/* and subscriptions/listen handlers, and the notices a job's change sends."""
 
     def __init__(
-        self, service: ScanService, bus: SubscriptionBus, principal_of: PrincipalOf, page_size: int = LIST_PAGE_SIZE
+        self,
+        service: ScanService,
+        bus: SubscriptionBus,
+        principal_of: PrincipalOf,
+        page_size: int = LIST_PAGE_SIZE,
+        *,
+        owner_of: PrincipalOf | None = None,
     ) -> None:
+        """`owner_of` says whose scans a request may read (None: every scan, scan:admin);
+        by default the principal's own."""
         self.service = service
         self.page_size = page_size
         self.bus = bus
         self._principal_of = principal_of
+        self._owner_of = owner_of or (lambda ctx: service.owner(principal_of(ctx)))
         self._listen = ListenHandler(bus)
         # Handshake-era subscriptions: uri -> the connections (sessions) subscribed to it.
         self.subscribers: dict[str, weakref.WeakSet[Any]] = collections.defaultdict(weakref.WeakSet)
@@ -188,7 +197,7 @@ class ScanResources:
                 method,
                 uri,
             )
-        owner = self.service.owner(self._principal_of(ctx))
+        owner = self._owner_of(ctx)
         try:
             return self.service.jobs.visible(parsed.scan_id, owner), parsed
         except ApplianceError as exc:
@@ -210,7 +219,7 @@ class ScanResources:
                 "resources/list",
                 None,
             )
-        owner = self.service.owner(self._principal_of(ctx))
+        owner = self._owner_of(ctx)
         page = self.service.jobs.page(JobFilter(principal=owner), self.page_size, cursor)
         resources = [
             Resource(

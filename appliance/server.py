@@ -210,10 +210,15 @@ class ScannerServer:
         # The 2026-07-28 HTTP transport checks Mcp-Param headers against the input schema.
         lowlevel.get_tool_input_schema = self._input_schema
         # scan://{id} resources and their update notices (both protocol eras) at each job state change.
-        self.resources = ScanResources(service, self.bus, _principal)
+        self.resources = ScanResources(service, self.bus, _principal, owner_of=self.owner_of)
         self.resources.register(lowlevel)
         service.jobs.on_change.append(self.resources.job_changed)
         self.sync_tools()
+
+    def owner_of(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
+        """Whose scans this request may see: the principal's; None (every scan) with scan:admin."""
+        scopes = _scopes(ctx)
+        return None if scopes is not None and SCAN_ADMIN in scopes else self.service.owner(_principal(ctx))
 
     def _description(self, spec: ToolSpec) -> str:
         reason = self.service.unavailable.get(spec.name)
@@ -305,8 +310,7 @@ class ScannerServer:
     ) -> CallToolResult:
         name = params.name
         scopes = _scopes(ctx)
-        # scan:admin sees and cancels every principal's scans (owner None).
-        owner = None if scopes is not None and SCAN_ADMIN in scopes else self.service.owner(principal)
+        owner = self.owner_of(ctx)
         record: dict[str, Any] = {"request_id": request_id, "principal": principal, "tool": name}
 
         async def progress(done: float, total: float | None, message: str | None) -> None:

@@ -18,7 +18,7 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError, UnexpectedError, ValidationError
 from appliance.identity.scopes import check_scopes
 from appliance.jobs.manager import JobManager, LiveJob
-from appliance.jobs.model import STDIO_PRINCIPAL, JobState
+from appliance.jobs.model import ANONYMOUS_PRINCIPAL, STDIO_PRINCIPAL, JobState
 from appliance.jobs.queries import changes_since
 from appliance.jobs.sqlite import SqliteJobStore
 from appliance.jobs.views import job_fields, report_of, result_base
@@ -50,8 +50,6 @@ JOB_STATE_OF_PARTIAL: dict[str | None, JobState] = {
     "output_cap": "partial",
     "shutdown": "interrupted",
 }
-# Whose jobs an HTTP call without a verified principal starts (the loopback test mode only).
-ANONYMOUS_PRINCIPAL = "anonymous"
 
 # Metric outcome of an admitted call that did not return a result: cancels apart, all else `error`.
 SCANNER_FAILURES = ("execution_error", "not_found")

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from mcp.shared.exceptions import MCPError
 from support import LOOPBACK_POLICY, TOKEN, Served, closed_port, http_client, served, tcp_listener, write_policy
 from support.oidc import OidcProvider, oidc_provider
 
@@ -161,9 +162,14 @@ async def test_read_only_token_sees_only_the_job_readers_and_cannot_scan(applian
 async def test_static_token_still_works_and_a_jwt_cannot_take_its_principal(appliance: OAuthAppliance) -> None:
     async with http_client(appliance.url, "legacy", token=TOKEN) as client:
         assert {tool.name for tool in (await client.list_tools()).tools} == set(TOOLS) | set(JOB_TOOLS)
-    response = await post(appliance.url, appliance.token("scan:read", client_id="default"))
-    assert response.status_code == 401
-    assert any(line["rule"] == "token_subject_reserved" for line in appliance.audit_lines("http_auth_refused"))
+    # Nor the owner name of stdio's scans, which may share the job store.
+    for reserved in ("default", "stdio"):
+        response = await post(appliance.url, appliance.token("scan:read", client_id=reserved))
+        assert response.status_code == 401
+    reserved_lines = [
+        line for line in appliance.audit_lines("http_auth_refused") if line["rule"] == "token_subject_reserved"
+    ]
+    assert len(reserved_lines) == 2
 
 
 async def test_admin_sees_and_cancels_other_principals_scans(appliance: OAuthAppliance) -> None:
@@ -176,11 +182,15 @@ async def test_admin_sees_and_cancels_other_principals_scans(appliance: OAuthApp
         admin = appliance.token("scan:read scan:run scan:admin", client_id="grace")
         async with http_client(appliance.url, "legacy", token=other) as client:
             hidden = await client.call_tool("get_scan", {"scan_id": scan_id})
+            with pytest.raises(MCPError):
+                await client.read_resource(f"scan://{scan_id}")
         async with http_client(appliance.url, "legacy", token=admin) as client:
             seen = await client.call_tool("get_scan", {"scan_id": scan_id})
+            resource = await client.read_resource(f"scan://{scan_id}")
             listed = await client.call_tool("list_scans", {})
             cancelled = await client.call_tool("cancel_scan", {"scan_id": scan_id})
     assert hidden.structured_content["rule"] == "scan_not_found"  # type: ignore[index]
     assert seen.structured_content["scan_id"] == scan_id  # type: ignore[index]
+    assert json.loads(resource.contents[0].text)["scan_id"] == scan_id  # type: ignore[union-attr]
     assert scan_id in {s["scan_id"] for s in listed.structured_content["scans"]}  # type: ignore[index]
     assert not cancelled.is_error  # already finished: nothing to stop, and no refusal
