@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # imported when used: the stdio start-up needs neither uvicor
     from prometheus_client import CollectorRegistry
 
     from appliance.http import ActiveRequests, QuietUvicorn
+    from appliance.identity.jwt import JwtVerifier
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class Appliance:
         self.jobs = JobManager(self.job_store, self.audit, on_change=self._job_changed)
         self.service = ScanService(settings, self.store, self.audit, metrics=self.metrics, jobs=self.jobs)
         self.tokens: TokenSource | None = None
+        self.jwt: JwtVerifier | None = None
         verifier: BearerTokenVerifier | None = None
         self.oauth = oauth_resource(settings) if settings.transport == "http" else None
         if settings.transport == "http":
@@ -147,7 +149,8 @@ class Appliance:
             # No token and no issuer at start: no verifier, and build_http_app refuses unless it is
             # the loopback test mode.
             if self.oauth is not None:
-                verifier = BearerTokenVerifier(self.tokens, jwt_verifier(self.oauth))
+                self.jwt = jwt_verifier(self.oauth)
+                verifier = BearerTokenVerifier(self.tokens, self.jwt)
             elif len(self.tokens.table):
                 verifier = BearerTokenVerifier(self.tokens)
         auth = None if self.oauth is None else auth_settings(self.oauth)
@@ -319,6 +322,15 @@ class Appliance:
         self._uvicorn = QuietUvicorn(uvicorn_config(app, self.settings), on_started=self._transport_ready)
         await self._uvicorn.serve()
 
+    def _auth_status(self) -> dict[str, Any]:
+        """/healthz `auth`: the tokens file and, with an issuer, its keys (a fetch problem only
+        shows: the last good keys stay in use)."""
+        assert self.tokens is not None
+        status = self.tokens.status()
+        if self.jwt is not None:
+            status["oauth"] = self.jwt.keys.status()
+        return status
+
     def _health(self) -> Health:
         return Health(
             self.settings,
@@ -328,7 +340,7 @@ class Appliance:
             breakers=lambda: {name: b.snapshot() for name, b in self.service.breakers.items()},
             draining=lambda: self.draining,
             privilege_check=lambda: self.verdict,
-            tokens=None if self.tokens is None else self.tokens.status,
+            tokens=None if self.tokens is None else self._auth_status,
             jobs=self.job_store.describe,
         )
 

@@ -120,7 +120,8 @@ class JwksCache:
         self._tried_at: float | None = None  # the last attempt, successful or not
         self._unknown: OrderedDict[str, None] = OrderedDict()
         self._lock = asyncio.Lock()
-        self.fetches = 0  # JWKS requests sent (a metric and the tests read it)
+        self.fetches = 0  # JWKS requests sent
+        self.problem: str | None = None  # why the last refresh failed, until one succeeds
 
     async def key(self, kid: str) -> dict[str, Any] | None:
         """The JWK for `kid`, refreshing once when it is unknown or the keys are stale.
@@ -142,6 +143,17 @@ class JwksCache:
         if self._fetched_at is None:
             raise JwksUnavailableError(f"no signing keys of {self.issuer} could be fetched yet")
         return None
+
+    def status(self) -> dict[str, Any]:
+        """What /healthz shows: the issuer, how many keys and how old, the last fetch problem."""
+        age = None if self._fetched_at is None else round(self._clock() - self._fetched_at, 1)
+        return {
+            "issuer": self.issuer,
+            "keys": len(self._keys),
+            "keys_age_seconds": age,
+            "jwks_fetches": self.fetches,
+            "problem": self.problem,
+        }
 
     def _may_try(self, now: float) -> bool:
         return self._tried_at is None or now - self._tried_at >= JWKS_REFRESH_COOLDOWN_SECONDS
@@ -166,6 +178,7 @@ class JwksCache:
                     document = await _get_json(client, self._jwks_uri)
                 keys = _signing_keys(document)
             except (JwksUnavailableError, httpx2.HTTPError) as exc:
+                self.problem = str(exc) or type(exc).__name__
                 log.error(
                     "signing keys of the OAuth issuer could not be refreshed; the last good keys stay",
                     extra={"issuer": self.issuer, "reason": str(exc) or type(exc).__name__, "rule": "jwks_unavailable"},
@@ -173,6 +186,7 @@ class JwksCache:
                 return
             self._keys = keys
             self._fetched_at = self._clock()
+            self.problem = None
             log.info("signing keys of the OAuth issuer fetched", extra={"issuer": self.issuer, "kids": sorted(keys)})
 
     async def _discover(self, client: httpx2.AsyncClient) -> str:

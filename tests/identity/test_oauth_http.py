@@ -8,6 +8,7 @@ Every scan goes to a listener this test started on 127.0.0.1; refusals are dry r
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,18 @@ from typing import Any
 import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
-from support import LOOPBACK_POLICY, TOKEN, Served, closed_port, http_client, served, tcp_listener, write_policy
+from support import (
+    APPLIANCE,
+    LOOPBACK_POLICY,
+    TOKEN,
+    Served,
+    closed_port,
+    http_client,
+    served,
+    server_env,
+    tcp_listener,
+    write_policy,
+)
 from support.oidc import OidcProvider, oidc_provider
 
 from appliance.identity.scopes import ALL_SCOPES
@@ -194,3 +206,36 @@ async def test_admin_sees_and_cancels_other_principals_scans(appliance: OAuthApp
     assert json.loads(resource.contents[0].text)["scan_id"] == scan_id  # type: ignore[union-attr]
     assert scan_id in {s["scan_id"] for s in listed.structured_content["scans"]}  # type: ignore[index]
     assert not cancelled.is_error  # already finished: nothing to stop, and no refusal
+
+
+async def test_healthz_shows_the_issuers_keys(appliance: OAuthAppliance) -> None:
+    # Past authentication (a ping without a session is the transport's 400, not 401).
+    assert (await post(appliance.url, appliance.token("scan:read"))).status_code not in (401, 403)
+    status, body = appliance.server.get("/healthz")
+    assert status == 200
+    oauth = body["checks"]["auth"]["oauth"]
+    assert (oauth["issuer"], oauth["keys"], oauth["problem"]) == (appliance.provider.issuer, 1, None)
+    assert oauth["jwks_fetches"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("env", "rule"),
+    [
+        # unsafe
+        ({"APPLIANCE_OAUTH_ISSUER": "https://idp.lab.example"}, "public_url_missing"),
+        (
+            {"APPLIANCE_OAUTH_ISSUER": "http://idp.lab.example", "APPLIANCE_PUBLIC_URL": "https://s.lab.example/mcp"},
+            "oauth_url_invalid",
+        ),
+        (
+            {"APPLIANCE_OAUTH_ISSUER": "http://127.0.0.1:9", "APPLIANCE_PUBLIC_URL": "http://127.0.0.1:8080/mcp"},
+            "oauth_url_invalid",  # loopback http only with the named insecure setting
+        ),
+    ],
+)
+def test_bad_oauth_settings_refuse_start(tmp_path: Path, env: dict[str, str], rule: str) -> None:
+    policy = write_policy(tmp_path, LOOPBACK_POLICY)
+    extra = {"APPLIANCE_TRANSPORT": "http", "APPLIANCE_PORT": str(closed_port()), **env}
+    done = subprocess.run([APPLIANCE, "serve"], env=server_env(policy, **extra), capture_output=True, timeout=30)
+    assert done.returncode == 2
+    assert rule.encode() in done.stderr
