@@ -28,6 +28,7 @@ from appliance.auth import BearerTokenVerifier, TokenSource
 from appliance.config import EPHEMERAL_DATA_DIR, Settings
 from appliance.errors import ApplianceError, ConfigError, ExecutionError
 from appliance.health import Health, ScannerStatus, probe_scanner
+from appliance.identity.oauth import auth_settings, jwt_verifier, oauth_resource
 from appliance.jobs.manager import JobManager
 from appliance.jobs.model import STATES, Job
 from appliance.jobs.sqlite import open_store
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # imported when used: the stdio start-up needs neither uvicor
     from prometheus_client import CollectorRegistry
 
     from appliance.http import ActiveRequests, QuietUvicorn
+    from appliance.identity.jwt import JwtVerifier
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +145,21 @@ class Appliance:
         # Both listeners' TLS (HTTP transport only: stdio has no listener but the sidecar, which
         # gets it too); built before anything listens, so a bad certificate refuses the start.
         self.tls = server_tls(settings.tls_cert_file, settings.tls_key_file)
+        self.jwt: JwtVerifier | None = None
         verifier: BearerTokenVerifier | None = None
+        self.oauth = oauth_resource(settings) if settings.transport == "http" else None
         if settings.transport == "http":
             secret = settings.auth_token.get_secret_value() if settings.auth_token else None
             self.tokens = TokenSource(secret, settings.auth_tokens_file, self.metrics.registry)
-            # No token at start: no verifier, and build_http_app refuses unless it is the loopback test mode.
-            verifier = BearerTokenVerifier(self.tokens) if len(self.tokens.table) else None
-        self.server = ScannerServer(self.service, token_verifier=verifier)
+            # No token and no issuer at start: no verifier, and build_http_app refuses unless it is
+            # the loopback test mode.
+            if self.oauth is not None:
+                self.jwt = jwt_verifier(self.oauth, settings.ca_file)
+                verifier = BearerTokenVerifier(self.tokens, self.jwt)
+            elif len(self.tokens.table):
+                verifier = BearerTokenVerifier(self.tokens)
+        auth = None if self.oauth is None else auth_settings(self.oauth)
+        self.server = ScannerServer(self.service, token_verifier=verifier, auth=auth)
         self.draining = False
         self.health_port: int | None = None
         self.http_port: int | None = None
@@ -331,11 +341,20 @@ class Appliance:
         from appliance.http import QuietUvicorn, build_http_app, uvicorn_config
 
         assert self.tokens is not None
-        app = build_http_app(self.server, self.settings, self.tokens)
+        app = build_http_app(self.server, self.settings, self.tokens, self.oauth)
         self._requests = app
         config = uvicorn_config(app, self.settings, None if self.tls is None else self.tls.context)
         self._uvicorn = QuietUvicorn(config, on_started=self._transport_ready)
         await self._uvicorn.serve()
+
+    def _auth_status(self) -> dict[str, Any]:
+        """/healthz `auth`: the tokens file and, with an issuer, its keys (a fetch problem only
+        shows: the last good keys stay in use)."""
+        assert self.tokens is not None
+        status = self.tokens.status()
+        if self.jwt is not None:
+            status["oauth"] = self.jwt.keys.status()
+        return status
 
     def _health(self) -> Health:
         """One health model for the sidecar and the metrics (built at first use)."""
@@ -352,7 +371,7 @@ class Appliance:
             breakers=lambda: {name: b.snapshot() for name, b in self.service.breakers.items()},
             draining=lambda: self.draining,
             privilege_check=lambda: self.verdict,
-            tokens=None if self.tokens is None else self.tokens.status,
+            tokens=None if self.tokens is None else self._auth_status,
             jobs=self.job_store.describe,
             tls=None if self.tls is None else self.tls.status,
         )

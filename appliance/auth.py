@@ -1,6 +1,7 @@
-"""Bearer tokens for the HTTP transport: several at once (rotation), each naming a principal.
+"""Bearer tokens for the HTTP transport: static tokens (several at once, for rotation) and the
+configured OAuth issuer's JWTs (appliance.identity.jwt), each naming a principal.
 
-Tokens come from `APPLIANCE_AUTH_TOKEN` (principal "default") and from a file of
+Static tokens come from `APPLIANCE_AUTH_TOKEN` (principal "default") and from a file of
 `principal token [scopes]` lines that is re-read on reload. The SDK checks them through one
 `TokenVerifier` (`BearerTokenVerifier`), so the principal is the ASGI `user` and the SDK's own
 session-owner check applies: a session opened by one principal answers 404 to every other.
@@ -23,9 +24,14 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 
 from appliance.errors import ConfigError
+from appliance.identity.refusals import TokenRefusal, note_refusal
+from appliance.identity.scopes import SCAN_READ, STATIC_DEFAULT_SCOPES
+from appliance.jobs.model import ANONYMOUS_PRINCIPAL, STDIO_PRINCIPAL
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from appliance.identity.jwt import JwtVerifier  # HTTP with an issuer only: PyJWT loads then
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +41,15 @@ SCOPE = re.compile(r"[a-z][a-z0-9:._-]{0,63}")
 # The issuer a static token's identity carries: a later JWT for a principal of the same name
 # comes from another issuer, so it can never take over a session opened with a static token.
 STATIC_ISSUER = "urn:mcp-scanner-appliance:static-tokens"
+# Owners of scans no token started (stdio's client, the loopback no-auth mode's callers).
+RESERVED_PRINCIPALS = frozenset({STDIO_PRINCIPAL, ANONYMOUS_PRINCIPAL})
 # The SDK's auth settings for static tokens. They have no authorization server: with no
 # resource_server_url the SDK publishes no protected-resource metadata (which would send clients
 # to an OAuth issuer that does not exist), and this issuer URL is never served or advertised;
-# it only satisfies AuthSettings, which requires one.
-STATIC_TOKENS_AUTH = AuthSettings(issuer_url="http://127.0.0.1/static-tokens", resource_server_url=None)
+# it only satisfies AuthSettings, which requires one. scan:read is needed for the endpoint.
+STATIC_TOKENS_AUTH = AuthSettings(
+    issuer_url="http://127.0.0.1/static-tokens", resource_server_url=None, required_scopes=[SCAN_READ]
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,8 @@ def _parse_line(line: str) -> TokenEntry | None:
     parts = line.split()
     if len(parts) not in (2, 3) or not PRINCIPAL.fullmatch(parts[0]) or not TOKEN.fullmatch(parts[1]):
         return None
-    scopes = tuple(parts[2].split(",")) if len(parts) == 3 else ()
+    # No scopes column: what a token could do before scopes were checked (appliance.identity.scopes).
+    scopes = tuple(parts[2].split(",")) if len(parts) == 3 else STATIC_DEFAULT_SCOPES
     if not all(SCOPE.fullmatch(scope) for scope in scopes):
         return None
     return TokenEntry(parts[0], parts[1].encode(), scopes)
@@ -118,7 +129,7 @@ class TokenSource:
                 rule="tokens_invalid",
                 recovery_suggestion="Create one with scripts/create-token.",
             )
-        self._single = None if single is None else TokenEntry("default", single.encode())
+        self._single = None if single is None else TokenEntry("default", single.encode(), STATIC_DEFAULT_SCOPES)
         self._path = path
         self.file_problem: str | None = None
         from prometheus_client import Gauge  # HTTP only: stdio starts without prometheus_client
@@ -170,19 +181,34 @@ class TokenSource:
 
 
 class BearerTokenVerifier:
-    """The SDK `TokenVerifier` of the appliance: static tokens today (JWTs later, same class).
+    """The SDK `TokenVerifier` of the appliance: static tokens first, then the issuer's JWTs.
 
     The principal becomes `AccessToken.client_id` (the audit's `principal`, the SDK's session
-    owner) and `subject`; the issuer claim marks it as a static token's identity.
+    owner) and `subject`; the issuer claim tells a static token's identity from a JWT's. A refusal
+    is noted for the HTTP wrapper that audits and counts it (appliance.identity.refusals).
     """
 
-    def __init__(self, tokens: TokenSource) -> None:
+    def __init__(self, tokens: TokenSource, jwt: JwtVerifier | None = None) -> None:
         self._tokens = tokens
+        self._jwt = jwt
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        entry = self._tokens.table.lookup(token.strip())
+        presented = token.strip()
+        entry = self._tokens.table.lookup(presented)
+        if entry is None and self._jwt is not None:
+            try:
+                # A JWT may not take a static token's principal name, nor the owner name of stdio's
+                # or the no-auth mode's scans: jobs are owned by name.
+                reserved = {e.principal for e in self._tokens.table.entries} | RESERVED_PRINCIPALS
+                return await self._jwt.verify(presented, reserved)
+            except TokenRefusal as refusal:
+                extra = {"rule": refusal.rule, "reason": refusal.reason}
+                log.warning("HTTP request refused: JWT not accepted", extra=extra)
+                note_refusal(refusal.rule)
+                return None
         if entry is None:
             log.warning("HTTP request refused: wrong bearer token", extra={"rule": "bearer_token_invalid"})
+            note_refusal("bearer_token_invalid")
             return None
         return AccessToken(
             token=token,

@@ -134,6 +134,20 @@ class Settings(BaseSettings):
     auth_token: SecretStr | None = Field(
         default=None, description="Bearer token for the HTTP transport (or the file /run/secrets/appliance_auth_token)."
     )
+    oauth_issuer: str | None = Field(
+        default=None,
+        description="OAuth 2.1 / OpenID issuer whose JWT access tokens the HTTP transport accepts (https; exactly "
+        "the `iss` of its tokens). Its metadata and keys are fetched from it alone; static tokens stay valid.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The MCP endpoint's URL as clients reach it (e.g. https://scanner.lab.example/mcp): the "
+        "resource identifier JWTs must carry in `aud` (RFC 8707) and the base of the protected resource metadata.",
+    )
+    insecure_oauth_loopback_http: bool = Field(
+        default=False,
+        description="TEST ONLY: allow an http:// issuer and public URL on a loopback host.",
+    )
 
     tls_cert_file: Path | None = Field(
         default=_secret_file("appliance_tls_cert"),

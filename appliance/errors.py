@@ -91,6 +91,13 @@ class ResourceExhaustedError(ApplianceError):
     default_recovery = "Wait for running scans to finish, then retry with a smaller scan."
 
 
+class PermissionDeniedError(ApplianceError):
+    """The caller's token lacks a scope the call needs; nothing was started."""
+
+    error_type = "permission_denied"
+    default_recovery = "Ask for a token with the scope the message names."
+
+
 class CircuitOpenError(ApplianceError):
     """The tool's circuit breaker is open after repeated execution failures."""
 

@@ -26,6 +26,8 @@ from appliance.auth import TokenSource
 from appliance.compat import session_owners
 from appliance.config import Settings
 from appliance.errors import ConfigError, ExecutionError, ResourceExhaustedError
+from appliance.identity.oauth import OAuthResource, metadata_routes
+from appliance.identity.refusals import AuthRefusals
 from appliance.server import ScannerServer
 
 log = logging.getLogger(__name__)
@@ -158,17 +160,22 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def build_http_app(scanner: ScannerServer, settings: Settings, tokens: TokenSource) -> ActiveRequests:
-    """The SDK's app for `scanner`, whose MCPServer verifies the tokens (`BearerTokenVerifier`)."""
+def build_http_app(
+    scanner: ScannerServer, settings: Settings, tokens: TokenSource, oauth: OAuthResource | None = None
+) -> ActiveRequests:
+    """The SDK's app for `scanner`, whose MCPServer verifies the tokens (`BearerTokenVerifier`);
+    with an OAuth issuer, also its protected resource metadata."""
     server = scanner.mcp
-    if not len(tokens.table) and not (settings.insecure_http_no_auth and _is_loopback(settings.host)):
+    protected = len(tokens.table) > 0 or oauth is not None
+    if not protected and not (settings.insecure_http_no_auth and _is_loopback(settings.host)):
         raise ConfigError(
             "the HTTP transport needs a bearer token (APPLIANCE_AUTH_TOKEN, /run/secrets/appliance_auth_token "
-            "or an APPLIANCE_AUTH_TOKENS_FILE)",
+            "or an APPLIANCE_AUTH_TOKENS_FILE) or an OAuth issuer (APPLIANCE_OAUTH_ISSUER)",
             rule="http_requires_token",
-            recovery_suggestion="Provide a token; only a loopback test server may set APPLIANCE_INSECURE_HTTP_NO_AUTH.",
+            recovery_suggestion="Provide a token or an issuer; only a loopback test server may set "
+            "APPLIANCE_INSECURE_HTTP_NO_AUTH.",
         )
-    if len(tokens.table) and server.settings.auth is None:
+    if protected and server.settings.auth is None:
         # Tokens without the verifier would mean an open server that looks protected.
         raise ConfigError(
             "the MCP server was built without its token verifier",
@@ -192,7 +199,12 @@ def build_http_app(scanner: ScannerServer, settings: Settings, tokens: TokenSour
     # Innermost middleware: after the SDK's auth middleware (the verified `user` is set), in front
     # of its routes. `add_middleware` would put it outermost, before authentication.
     app.user_middleware.append(Middleware(SessionQuota, scanner=scanner))
-    return ActiveRequests(app)
+    if oauth is not None and server.settings.auth is not None:
+        # Before the SDK's own metadata route, which lists only the endpoint's required scope.
+        app.router.routes[0:0] = metadata_routes(server.settings.auth)
+    metrics = scanner.service.metrics
+    refusals = AuthRefusals(app, scanner.service.audit, None if metrics is None else metrics.registry)
+    return ActiveRequests(refusals)
 
 
 class QuietUvicorn(uvicorn.Server):

@@ -20,6 +20,7 @@ from typing import Any
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
@@ -42,6 +43,7 @@ from appliance.auth import STATIC_TOKENS_AUTH
 from appliance.catalog import CANCEL_JOB, READ_JOBS, tool_definition, without_argument
 from appliance.compat import lowlevel_server, session_connection
 from appliance.errors import ApplianceError, NotFoundError, UnexpectedError
+from appliance.identity.scopes import check_scopes, may_list
 from appliance.jobs.diff import ScanDiff
 from appliance.jobs.model import UNFINISHED, Job
 from appliance.jobs.queries import (
@@ -144,19 +146,30 @@ def scan_result(report: ScanReport, spec: ToolSpec) -> CallToolResult:
     return CallToolResult(content=content, structured_content=report.as_json())
 
 
-def _principal(ctx: ServerRequestContext[Any, Any]) -> str | None:
-    """The verified token's principal (set by the SDK's bearer auth as the ASGI `user`); None on stdio."""
+def _user(ctx: ServerRequestContext[Any, Any]) -> AuthenticatedUser | None:
+    """The verified token's user (set by the SDK's bearer auth as the ASGI `user`); None on stdio."""
     scope = getattr(ctx.request, "scope", None)
     user = scope.get("user") if isinstance(scope, dict) else None
-    return user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
+    return user if isinstance(user, AuthenticatedUser) else None
+
+
+def _principal(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    user = _user(ctx)
+    return None if user is None else user.access_token.client_id
+
+
+def _scopes(ctx: ServerRequestContext[Any, Any]) -> frozenset[str] | None:
+    """The verified token's scopes; None without a token (stdio, the loopback no-auth test mode),
+    where the one caller is not limited by scopes."""
+    user = _user(ctx)
+    return None if user is None else frozenset(user.access_token.scopes)
 
 
 def _caller(ctx: ServerRequestContext[Any, Any], service: ScanService) -> Caller:
     """The caller as engagements see it: the verified token's principal, subject, claims and scopes;
     without a token (stdio, the loopback test mode) the transport's one principal."""
-    scope = getattr(ctx.request, "scope", None)
-    user = scope.get("user") if isinstance(scope, dict) else None
-    if not isinstance(user, AuthenticatedUser):
+    user = _user(ctx)
+    if user is None:
         return service.caller(None)
     token = user.access_token
     return Caller(token.client_id, token.subject, dict(token.claims or {}), tuple(token.scopes))
@@ -184,7 +197,10 @@ class SessionTracker:
 class ScannerServer:
     """The MCP server plus the set of tools the current policy enables."""
 
-    def __init__(self, service: ScanService, token_verifier: TokenVerifier | None = None) -> None:
+    def __init__(
+        self, service: ScanService, token_verifier: TokenVerifier | None = None, auth: AuthSettings | None = None
+    ) -> None:
+        """`auth` is the OAuth resource server's settings (appliance.identity.oauth); static tokens' by default."""
         self.service = service
         self.bus = InMemorySubscriptionBus()
         self.sessions = SessionTracker()
@@ -195,7 +211,7 @@ class ScannerServer:
             subscriptions=self.bus,
             middleware=[self.sessions],
             token_verifier=token_verifier,
-            auth=None if token_verifier is None else STATIC_TOKENS_AUTH,
+            auth=None if token_verifier is None else auth or STATIC_TOKENS_AUTH,
         )
         self.tools: dict[str, Tool] = {}  # what tools/list shows now, by name
         self.queries = JobQueries(service.jobs, lambda: service.store.current.policy)
@@ -246,11 +262,13 @@ class ScannerServer:
     async def _list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
     ) -> ListToolsResult:
-        return ListToolsResult(tools=self.tools_for(_caller(ctx, self.service)))
+        caller = _caller(ctx, self.service)
+        scopes = _scopes(ctx)
+        return ListToolsResult(tools=[tool for tool in self.tools_for(caller) if may_list(tool.name, scopes)])
 
     def tools_for(self, caller: Caller) -> list[Tool]:
         """The tools `caller` may use: with engagements, only the scan tools of its engagements
-        (whatever their windows: a refusal says when); the job tools always."""
+        (whatever their windows: a refusal says when); the job tools always. (Scopes filter further.)"""
         policy = self.service.store.current.policy
         if policy.engagements is None:
             return list(self.tools.values())
@@ -300,6 +318,7 @@ class ScannerServer:
                 progress,
                 principal=principal,
                 caller=_caller(ctx, self.service),
+                scopes=_scopes(ctx),
             )
         except ApplianceError as exc:
             log.info(
@@ -315,6 +334,7 @@ class ScannerServer:
         self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams, request_id: str, principal: str | None
     ) -> CallToolResult:
         name = params.name
+        scopes = _scopes(ctx)
         owner = self.service.viewer(_caller(ctx, self.service))
         record: dict[str, Any] = {"request_id": request_id, "principal": principal, "tool": name}
 
@@ -324,6 +344,7 @@ class ScannerServer:
         try:
             request: Any = parse_arguments(JOB_TOOLS[name].request_model, params.arguments or {})
             record["arguments"] = request.model_dump()
+            check_scopes(name, request, scopes)
             if name == "get_scan":
                 return self.job_result(await self.queries.get_scan(request, owner, progress))
             if name == "cancel_scan":

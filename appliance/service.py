@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -17,8 +17,9 @@ from pydantic import BaseModel
 from appliance.audit import AuditSink, output_digest
 from appliance.config import Settings
 from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError, UnexpectedError, ValidationError
+from appliance.identity.scopes import check_scopes
 from appliance.jobs.manager import JobManager, LiveJob
-from appliance.jobs.model import STDIO_PRINCIPAL, JobState, Viewer
+from appliance.jobs.model import ANONYMOUS_PRINCIPAL, STDIO_PRINCIPAL, JobState, Viewer
 from appliance.jobs.queries import changes_since
 from appliance.jobs.sqlite import SqliteJobStore
 from appliance.jobs.views import job_fields, report_of, result_base
@@ -57,8 +58,6 @@ JOB_STATE_OF_PARTIAL: dict[str | None, JobState] = {
     # The engagement's window closed under it: stopped like a cancel, findings kept.
     "engagement_ended": "partial",
 }
-# Whose jobs an HTTP call without a verified principal starts (the loopback test mode only).
-ANONYMOUS_PRINCIPAL = "anonymous"
 
 # Metric outcome of an admitted call that did not return a result: cancels apart, all else `error`.
 SCANNER_FAILURES = ("execution_error", "not_found")
@@ -304,6 +303,7 @@ class ScanService:
         *,
         principal: str | None = None,
         caller: Caller | None = None,
+        scopes: Collection[str] | None = None,
     ) -> ScanReport:
         """One call, end to end. `arguments` are the raw arguments a client sent (validated here,
         so a bad one is refused, audited and counted like any other refusal), or a request model
@@ -312,6 +312,8 @@ class ScanService:
         An admitted scan is a job that runs as its own task; the call waits for it up to
         `wait_seconds` and then returns it as it stands (status `running`, its scan_id). A cancel
         of this call before it returned ends the job too: nobody else knows its scan_id.
+        `scopes` are the caller's token's (None: a caller without a token, stdio), checked before
+        the policy (rule insufficient_scope).
         """
         started = self._clock()
         marked = time.perf_counter()
@@ -331,6 +333,7 @@ class ScanService:
                 record["arguments"] = request.model_dump()  # as validated, not as sent
             else:
                 request = arguments
+            check_scopes(spec.name, request, scopes)
             plan = await self.check(spec, request, snapshot, caller)
             wait = check_wait(getattr(request, "wait_seconds", None), snapshot.policy)
         except ApplianceError as exc:

@@ -38,9 +38,12 @@ def test_token_file_drops_malformed_line_alone_without_echoing_it(text: str, cap
     assert text.split()[-1] not in caplog.text or len(text.split()) == 1
 
 
-def test_token_file_scopes_column_is_read() -> None:
-    table = parse_tokens(f"alice {TOKEN_A} scan,results:read\nbob {TOKEN_B}\n", "tokens")
-    assert [(e.principal, e.scopes) for e in table.entries] == [("alice", ("scan", "results:read")), ("bob", ())]
+def test_token_file_scopes_column_is_read_and_its_absence_means_all_but_admin() -> None:
+    table = parse_tokens(f"alice {TOKEN_A} scan:read,scan:admin\nbob {TOKEN_B}\n", "tokens")
+    assert [(e.principal, e.scopes) for e in table.entries] == [
+        ("alice", ("scan:read", "scan:admin")),
+        ("bob", ("scan:read", "scan:run", "scan:intrusive")),
+    ]
 
 
 def test_lookup_names_the_principal() -> None:
@@ -163,3 +166,23 @@ def test_revocation_fails_closed_on_a_live_server(tmp_path: Path) -> None:
         # Deleting the file revokes every token in it.
         tokens.unlink()
         wait_until(lambda: status(url, TOKEN_A) == 401, timeout=10)
+
+
+@pytest.mark.anyio
+async def test_static_token_scopes_column_limits_a_live_server(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, LOOPBACK_POLICY)
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice {TOKEN_A} scan:read\nbob {TOKEN_B} scan:run\n")
+    audit = tmp_path / "audit.log"
+    with http_server(policy, APPLIANCE_AUTH_TOKENS_FILE=str(tokens), APPLIANCE_AUDIT_PATH=str(audit)) as url:
+        async with http_client(url, "legacy", token=TOKEN_A) as client:
+            names = {tool.name for tool in (await client.list_tools()).tools}
+            scan = await client.call_tool("nmap_scan", {"target": "127.0.0.1", "dry_run": True})
+        async with httpx2.AsyncClient() as http:
+            ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+            no_read = await http.post(url, json=ping, headers={"Authorization": f"Bearer {TOKEN_B}"})
+    assert names == {"get_scan", "list_scans", "diff_scans"}
+    assert scan.structured_content["rule"] == "insufficient_scope"  # type: ignore[index]
+    assert no_read.status_code == 403  # scan:read is needed for the endpoint itself
+    refused = [json.loads(line) for line in audit.read_text().splitlines() if '"insufficient_scope"' in line]
+    assert {line.get("event") for line in refused} == {None, "http_auth_refused"}  # the tool call's and bob's

@@ -42,6 +42,8 @@ TASK_STATUS: dict[str, str] = {
 }
 # The principal of the stdio client: one process, one client (README: "Who sees what").
 STDIO_PRINCIPAL = "stdio"
+# Whose jobs an HTTP call without a verified principal starts (the loopback test mode only).
+ANONYMOUS_PRINCIPAL = "anonymous"
 
 _id_lock = threading.Lock()
 _last_ms = 0

@@ -108,9 +108,9 @@ def stdio_client(policy: Path, mode: str) -> Client:
 
 
 @contextlib.contextmanager
-def http_server(policy: Path, **extra: str) -> Iterator[str]:
-    """`appliance serve --transport http` on a free loopback port; yields the MCP URL."""
-    port = closed_port()
+def http_server(policy: Path, port: int | None = None, **extra: str) -> Iterator[str]:
+    """`appliance serve --transport http` on `port` (default: a free loopback port); yields the MCP URL."""
+    port = closed_port() if port is None else port
     env = server_env(policy, APPLIANCE_TRANSPORT="http", APPLIANCE_PORT=str(port), **extra)
     proc = subprocess.Popen([APPLIANCE, "serve"], env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -209,9 +209,10 @@ class Served:
 
 
 @contextlib.contextmanager
-def served(policy: Path, **extra: str) -> Iterator[Served]:
-    """Start the appliance over HTTP with a bearer token and a sidecar on a chosen free port."""
-    port, health = closed_port(), closed_port()
+def served(policy: Path, port: int | None = None, **extra: str) -> Iterator[Served]:
+    """Start the appliance over HTTP with a bearer token (on `port`, default a free one) and a
+    sidecar on a chosen free port."""
+    port, health = closed_port() if port is None else port, closed_port()
     env = server_env(
         policy,
         APPLIANCE_TRANSPORT="http",
