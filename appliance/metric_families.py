@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from appliance import __version__
+from appliance.audit import AuditFigures
 from appliance.metrics import (
     DURATION_BUCKETS,
     JOB_DURATION_BUCKETS,
@@ -35,6 +36,33 @@ class JobCounts(Collector):
         yield family
 
 
+class AuditChain(Collector):
+    """The audit chain's head as last checkpointed (start, stop, every 5 minutes: not every line,
+    so the hash label changes a few times an hour, not at each call), and the sink's failures."""
+
+    def __init__(self, figures: Callable[[], AuditFigures]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._figures()
+        yield GaugeMetricFamily(
+            "appliance_audit_chain_sequence", "Sequence number of the audit chain's checkpointed head.", value=now.seq
+        )
+        head = GaugeMetricFamily(
+            "appliance_audit_chain_head_info",
+            "The audit chain's checkpointed head (always 1): seq and chain value as labels, for --expect-head.",
+            labels=["seq", "chain", "mode"],
+        )
+        head.add_metric([str(now.seq), now.chain, now.mode], 1)
+        yield head
+        yield CounterMetricFamily(
+            "appliance_audit_syslog_failures", "Audit lines that syslog forwarding failed to send.", now.syslog_failures
+        )
+        yield CounterMetricFamily(
+            "appliance_audit_rotation_failures", "Audit file rotations that failed.", now.rotation_failures
+        )
+
+
 class Families:
     def __init__(
         self,
@@ -44,6 +72,7 @@ class Families:
         process: bool = True,
         job_counts: JobCounts | None = None,
         oldest_running: Callable[[], float] | None = None,
+        audit: AuditChain | None = None,
     ) -> None:
         self.registry = registry
         self.calls = Counter("appliance_tool_calls", "Tool calls by outcome.", ["tool", "outcome"], registry=registry)
@@ -107,3 +136,5 @@ class Families:
             registry.register(job_counts)
         if oldest_running is not None:
             self.oldest_running.set_function(oldest_running)
+        if audit is not None:
+            registry.register(audit)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+    from appliance.audit import AuditFigures
     from appliance.metric_families import Families
 
 OUTCOMES = ("ok", "partial", "refused", "error", "cancelled", "dry_run")
@@ -37,7 +38,7 @@ JOB_DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400
 
 class Metrics:
     """The appliance's metric families. `job_counts` (read at scrape time, with `job_states`)
-    and `oldest_running` feed the job gauges."""
+    and `oldest_running` feed the job gauges; `audit` the audit chain's head and failures."""
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class Metrics:
         job_counts: Callable[[], Mapping[str, int]] | None = None,
         job_states: Iterable[str] = (),
         oldest_running: Callable[[], float] | None = None,
+        audit: Callable[[], AuditFigures] | None = None,
     ) -> None:
         self._registry = registry
         self._tools = tuple(tools)
@@ -55,6 +57,7 @@ class Metrics:
         self._job_counts = job_counts
         self._job_states = tuple(job_states)
         self._oldest_running = oldest_running
+        self._audit = audit
         self._families: Families | None = None
         if registry is not None:
             self._built()
@@ -67,7 +70,7 @@ class Metrics:
         if self._families is None:
             from prometheus_client import CollectorRegistry
 
-            from appliance.metric_families import Families, JobCounts
+            from appliance.metric_families import AuditChain, Families, JobCounts
 
             counts = None if self._job_counts is None else JobCounts(self._job_counts, self._job_states)
             self._families = Families(
@@ -76,6 +79,7 @@ class Metrics:
                 process=self._process,
                 job_counts=counts,
                 oldest_running=self._oldest_running,
+                audit=None if self._audit is None else AuditChain(self._audit),
             )
         return self._families
 

@@ -118,7 +118,8 @@ def test_stdio_writes_one_ready_line_before_any_message_then_answers(tmp_path: P
         records = StderrRecords(proc)
         ready = records.first(is_ready)  # nothing was sent yet: the line says the transport reads
         assert_stages(ready, "stdio")
-        assert ready["deferred"] == ["metrics", "sidecar", "retention_sweep", "policy_watch", "cancel_poll"]
+        deferred = ["metrics", "sidecar", "retention_sweep", "policy_watch", "cancel_poll", "audit_head"]
+        assert ready["deferred"] == deferred
         send(proc.stdin, initialize_request(), INITIALIZED, TOOLS_LIST)
         assert "nmap_scan" in {tool["name"] for tool in answer(proc.stdout, 2)["result"]["tools"]}
         proc.stdin.close()
@@ -194,4 +195,4 @@ def test_stdin_eof_ends_the_server_with_its_stop_line(tmp_path: Path) -> None:
         proc.stdin.close()
         assert proc.wait(timeout=STOP_SECONDS) == 0
     events = [json.loads(line)["event"] for line in audit.read_text().splitlines()]
-    assert events == ["appliance_start", "appliance_stop"]
+    assert events == ["chain_start", "appliance_start", "appliance_stop"]

@@ -9,6 +9,7 @@ runners     the spy runner that refusal tests hand to ScanService; the gated fak
 processes   scanner processes as the host sees them
 raw_mcp     raw handshake-era MCP over HTTP (session IDs, SSE bodies)
 inspector   the MCP Inspector CLI (npm, pinned in conformance/) as a subprocess (import support.inspector)
+audit       audit trails the tests write and damage; syslog receivers (import support.audit)
 waiting     one wait_until (and `eventually`, its async form): wait on a condition, never sleep
 """
 
