@@ -9,6 +9,7 @@ container, network and compose project is removed in `finally` blocks.
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import time
@@ -93,12 +94,16 @@ def images(docker_client: docker.DockerClient, record: Any) -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A token file as scripts/create-token makes it (0444 in a 0700 folder), for the tests only."""
+    """A token file and an audit key as scripts/create-token makes them (0444 in a 0700 folder),
+    for the tests only."""
     folder = tmp_path_factory.mktemp("secrets")
     folder.chmod(0o700)
     token_file = folder / "appliance_auth_token"
     token_file.write_text(TEST_TOKEN)
     token_file.chmod(0o444)
+    key_file = folder / "appliance_audit_key"
+    key_file.write_text(secrets.token_urlsafe(32))
+    key_file.chmod(0o444)
     return folder
 
 
@@ -192,6 +197,7 @@ def compose_stack(
         project=f"mcp-it-{uuid.uuid4().hex[:8]}",
         env=compose_env(
             APPLIANCE_TOKEN_FILE=str(secrets_dir / "appliance_auth_token"),
+            APPLIANCE_AUDIT_KEY_HOST_FILE=str(secrets_dir / "appliance_audit_key"),
             APPLIANCE_PUBLISH_PORT=str(http_port),
             APPLIANCE_HEALTH_PUBLISH_PORT=str(health_port),
             RAW_APPLIANCE_PUBLISH_PORT=str(free_port()),
