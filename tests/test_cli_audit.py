@@ -168,3 +168,12 @@ def test_an_absent_key_file_given_on_purpose_is_refused(trail: Path, tmp_path: P
 def test_a_malformed_expected_head_is_a_usage_error(trail: Path, key_file: Path) -> None:
     code, _, stderr = verify(trail, "--key-file", key_file, "--expect-head", "11")
     assert code == 2 and "write SEQ:HASH" in stderr
+
+
+def test_serve_refuses_to_start_when_the_key_file_set_is_missing(tmp_path: Path) -> None:
+    code, _, stderr = run_cli(
+        "serve", APPLIANCE_AUDIT_KEY_FILE=str(tmp_path / "absent"), APPLIANCE_AUDIT_PATH=str(tmp_path / "a.jsonl")
+    )
+    assert code == 2
+    assert json.loads(stderr.splitlines()[-1])["rule"] == "audit_key_unreadable"
+    assert not (tmp_path / "a.jsonl").exists()  # refused before anything ran

@@ -196,8 +196,9 @@ class AuditSink:
         self._fd = new
         return new
 
-    def _follow(self, fd: int) -> int:
-        """The descriptor of the file the path names now: another writer may have rotated it."""
+    def _follow(self, fd: int) -> tuple[int, int]:
+        """The descriptor of the file the path names now (another writer may have rotated it),
+        and that file's size."""
         assert self._path is not None
         own = os.fstat(fd)
         try:
@@ -205,15 +206,16 @@ class AuditSink:
         except FileNotFoundError:
             now = None
         if now is not None and (now.st_dev, now.st_ino) == (own.st_dev, own.st_ino):
-            return fd
+            return fd, own.st_size
         try:
             new = self._open_path()
         except OSError as exc:
             # Keep writing where the lines went so far: no line is lost, /healthz shows it.
             self.rotation_problem = f"{self._path} cannot be opened again: {exc.strerror}; lines go to the file it was"
-            return fd
+            return fd, own.st_size
         self._end = -1
-        return self._switch(fd, new)
+        fd = self._switch(fd, new)
+        return fd, os.fstat(fd).st_size
 
     def _rotate(self, fd: int) -> int | None:
         """Rename the files and open a new current one; None (lines stay here) when that fails."""
@@ -239,8 +241,7 @@ class AuditSink:
         fd = self._fd
         fcntl.lockf(fd, fcntl.LOCK_EX)
         try:
-            fd = self._follow(fd)
-            size = os.fstat(fd).st_size
+            fd, size = self._follow(fd)
             if size != self._end:
                 self._resume(fd, size)
             lines, head = self._seal(now, record)
