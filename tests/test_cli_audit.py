@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from support import run_cli
 from support.audit import KEY, OTHER_KEY, chained_file, records, rewrite_lines
 
+from appliance.audit import AuditSink
 from appliance.audit.rotation import rotated
 
 SMALL_FILE = 1000
@@ -177,3 +179,19 @@ def test_serve_refuses_to_start_when_the_key_file_set_is_missing(tmp_path: Path)
     assert code == 2
     assert json.loads(stderr.splitlines()[-1])["rule"] == "audit_key_unreadable"
     assert not (tmp_path / "a.jsonl").exists()  # refused before anything ran
+
+
+def test_audit_lines_of_several_stderr_sinks_verify_one_process_chain_after_another(tmp_path: Path) -> None:
+    # `docker logs` of a container restarted once: each process chained its own stderr lines.
+    first, second = io.StringIO(), io.StringIO()
+    for stream in (first, second):
+        sink = AuditSink(stream=stream, key=KEY)
+        sink.write({"event": "appliance_start"})
+        sink.write({"event": "appliance_stop"})
+    log = tmp_path / "container.log"
+    log.write_text(first.getvalue() + second.getvalue())
+    key = tmp_path / "key"
+    key.write_bytes(KEY)
+    code, body, _ = verify(log, "--key-file", key)
+    assert code == 0, body
+    assert [restart["line"] for restart in body["restarts"]] == [4]

@@ -30,6 +30,9 @@ SHA256_MODE = "sha256"
 # The events that open a chain (at seq 1, from GENESIS) and that carry it into a new file.
 CHAIN_START = "chain_start"
 CHAIN_CONTINUES = "chain_continues"
+# The reason of a stderr sink's chain_start: each process starts its own chain, linked to nothing
+# (the lines before it in a container log are another process's).
+STDERR_CHAIN = "stderr sink: the chain runs within this process"
 # A key shorter than this is a typo or a placeholder, not a secret (scripts/create-token: 43).
 MIN_KEY_BYTES = 16
 _SEALED = re.compile(rb',"chain":"([0-9a-f]{64})"\}\Z')

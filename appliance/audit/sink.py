@@ -22,7 +22,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from appliance.audit.chain import CHAIN_CONTINUES, CHAIN_START, GENESIS, SHA256_MODE, Chainer, Head, load_key
+from appliance.audit.chain import (
+    CHAIN_CONTINUES,
+    CHAIN_START,
+    GENESIS,
+    SHA256_MODE,
+    STDERR_CHAIN,
+    Chainer,
+    Head,
+    load_key,
+)
 from appliance.audit.resume import Resume, resume_from
 from appliance.audit.rotation import rotate, rotated
 from appliance.audit.syslog import SyslogForwarder, SyslogTarget
@@ -39,7 +48,6 @@ DEFAULT_KEEP_FILES = 5
 # at every line: each try costs renames, and the lines keep going to the current file meanwhile.
 ROTATION_RETRY_SECONDS = 60.0
 NO_KEY_NOTE = "sha256 (no key: not tamper-evident against someone who can rewrite the file)"
-STDERR_CHAIN = "stderr sink: the chain runs within this process"
 _FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 

@@ -19,6 +19,7 @@ from appliance.audit.chain import (
     GENESIS,
     HMAC_MODE,
     SHA256_MODE,
+    STDERR_CHAIN,
     Chainer,
     Head,
     NotChained,
@@ -120,7 +121,11 @@ class _Walk:
             if sealed.seq != 1:
                 raise _Failed("a chain_start line whose seq is not 1", sealed.seq)
             if self.previous_raw is not None:
-                if sealed.record.get("previous_line_sha256") != line_digest(self.previous_raw):
+                # A stderr sink's chain follows no line: each process's lines in a container log
+                # are a chain of their own.
+                linked = sealed.record.get("previous_line_sha256")
+                unlinked = linked is None and sealed.record.get("reason") == STDERR_CHAIN
+                if not unlinked and linked != line_digest(self.previous_raw):
                     raise _Failed(
                         "a new chain starts here but names another line before it than the one there: "
                         "lines before it were removed",
