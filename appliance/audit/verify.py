@@ -8,6 +8,7 @@ from scratch (anyone can compute a SHA-256 chain).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,9 @@ class _Walk:
             )
         return head
 
-    def line(self, raw: bytes, number: int, where: str, rest: Sequence[bytes]) -> None:
+    def line(self, lines: Sequence[bytes], number: int, where: str) -> None:
+        """Check line `number` (1-based) of `lines`, the lines of file `where`."""
+        raw = lines[number - 1]
         try:
             sealed = unseal(raw)
         except NotChained as exc:
@@ -166,6 +169,7 @@ class _Walk:
         if sealed.seq < expected:
             raise _Failed(f"seq {sealed.seq} where {expected} was expected: lines reordered or repeated", sealed.seq)
         if sealed.seq > expected:
+            rest = itertools.islice(lines, number, None)
             later = next((n for n, other in enumerate(rest, number + 1) if _seq_of(other) == expected), None)
             if later is not None:
                 what = f"seq {sealed.seq} where {expected} was expected; it is at line {later}: lines reordered"
@@ -202,8 +206,8 @@ def verify(paths: Sequence[Path], chainer: Chainer, expect: Head | None = None) 
             lines.pop()
         number = 0
         try:
-            for number, raw in enumerate(lines, 1):
-                walk.line(raw, number, where, lines[number:])
+            for number in range(1, len(lines) + 1):
+                walk.line(lines, number, where)
             if torn:
                 raise _Failed("the file ends inside a line (no newline): it was cut")
         except _Failed as failed:
