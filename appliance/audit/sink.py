@@ -96,6 +96,7 @@ class AuditSink:
         self._retry_rotation_at = 0.0
         self.failure: str | None = None
         self.rotation_problem: str | None = None
+        self.reopen_problem: str | None = None
         self.rotation_failures = 0
         self.checkpoint_head: Head | None = None
 
@@ -219,8 +220,9 @@ class AuditSink:
             new = self._open_path()
         except OSError as exc:
             # Keep writing where the lines went so far: no line is lost, /healthz shows it.
-            self.rotation_problem = f"{self._path} cannot be opened again: {exc.strerror}; lines go to the file it was"
+            self.reopen_problem = f"{self._path} cannot be opened again: {exc.strerror}; lines go to the file it was"
             return fd, own.st_size
+        self.reopen_problem = None
         self._end = -1
         fd = self._switch(fd, new)
         return fd, os.fstat(fd).st_size
@@ -238,8 +240,12 @@ class AuditSink:
             log.error("audit file rotation failed", extra={"sink": self.target, "reason": self.rotation_problem})
             return None
         self.rotation_problem = None
-        assert self._head is not None
-        self._pending = Resume(self._head, link_from=rotated(self._path, 1).name)
+        pending = self._pending
+        if self._head is not None:
+            self._pending = Resume(self._head, link_from=rotated(self._path, 1).name)
+        elif pending is not None:
+            # The old file's end did not verify: the new file opens the new chain, naming that line.
+            self._pending = Resume(None, pending.reason, pending.previous_line)
         self._end = 0
         return self._switch(fd, new)
 
@@ -352,7 +358,7 @@ class AuditSink:
                 "max_bytes": self._max_bytes,
                 "keep_files": self._keep_files,
                 "failures": self.rotation_failures,
-                "problem": self.rotation_problem,
+                "problem": self.rotation_problem or self.reopen_problem,
             },
             "syslog": None if self._forward is None else self._forward.status(),
         }

@@ -108,3 +108,16 @@ def test_a_writer_follows_a_rotation_done_by_another(tmp_path: Path) -> None:
     operator.close()
     assert records(audit)[-1]["event"] == "jobs_purged"
     assert verify(oldest_first(audit, 2), Chainer(KEY)).intact
+
+
+def test_an_oversized_file_whose_end_does_not_verify_rotates_into_a_new_chain(tmp_path: Path) -> None:
+    # An audit file from before the chain, already past the size limit, at the first start.
+    audit = tmp_path / "audit.jsonl"
+    old_line = '{"time": "2026-01-01T00:00:00.000+00:00", "event": "appliance_start"}'
+    audit.write_text((old_line + "\n") * 20)
+    chained_file(audit, 1, max_bytes=SMALL_FILE, keep_files=2)
+    assert rotated(audit, 1).read_text() == (old_line + "\n") * 20  # moved aside untouched
+    start, call = records(audit)
+    assert start["event"] == "chain_start" and "not a chain line" in start["reason"]
+    assert call["seq"] == 2
+    assert verify([audit], Chainer(KEY)).intact
