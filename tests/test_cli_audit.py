@@ -49,7 +49,7 @@ def test_an_intact_trail_exits_0_and_prints_its_head(trail: Path, key_file: Path
 
 
 def test_an_edited_line_is_named(trail: Path, key_file: Path) -> None:
-    rewrite_lines(trail, lambda lines: [*lines[:5], lines[5].replace(b'"i":4', b'"i":9'), *lines[6:]])
+    rewrite_lines(trail, lambda lines: [*lines[:5], lines[5].replace(b'"i": 4', b'"i": 9'), *lines[6:]])
     code, body, _ = verify(trail, "--key-file", key_file)
     assert code == 1
     assert (body["line"], body["seq"]) == (6, 6)

@@ -1,8 +1,9 @@
 """The chain of audit lines: the canonical bytes of a line, its chain value, the key.
 
-A line is the compact JSON object of the record (`seq` first, ASCII only) with one last member
-`"chain":"<64 hex>"` added before the closing brace. The canonical bytes of a line are those
-bytes without that member: cut `,"chain":"<64 hex>"` off the end and keep the `}`. So a verifier
+A line is the JSON object of the record as `json.dumps` writes it (`seq` first, ASCII only,
+`", "` and `": "` between items) with one last member `"chain": "<64 hex>"` added before the
+closing brace. The canonical bytes of a line are those bytes without that member: cut
+`, "chain": "<64 hex>"` off the end and keep the `}`. So a verifier
 in any language checks the bytes as written, without re-encoding JSON (README: Audit trail).
 
     chain(n) = HMAC-SHA256(key, chain(n-1) + canonical(n))   with a key
@@ -35,7 +36,7 @@ CHAIN_CONTINUES = "chain_continues"
 STDERR_CHAIN = "stderr sink: the chain runs within this process"
 # A key shorter than this is a typo or a placeholder, not a secret (scripts/create-token: 43).
 MIN_KEY_BYTES = 16
-_SEALED = re.compile(rb',"chain":"([0-9a-f]{64})"\}\Z')
+_SEALED = re.compile(rb', "chain": "([0-9a-f]{64})"\}\Z')
 _KEY_ID_LABEL = b"appliance audit key id"
 
 
@@ -79,9 +80,10 @@ class Chainer:
 
     def seal(self, previous: str, record: dict[str, Any]) -> tuple[bytes, str]:
         """The line (without its newline) of `record` after `previous`, and its chain value."""
-        canonical = json.dumps(record, separators=(",", ":"), default=str).encode("ascii")
+        # json.dumps's default separators: the lines read as the trail's lines always did.
+        canonical = json.dumps(record, default=str).encode("ascii")
         chain = self.link(previous, canonical)
-        return canonical[:-1] + b',"chain":"' + chain.encode("ascii") + b'"}', chain
+        return canonical[:-1] + b', "chain": "' + chain.encode("ascii") + b'"}', chain
 
 
 @dataclass(frozen=True)

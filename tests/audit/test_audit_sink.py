@@ -32,7 +32,7 @@ def test_a_restart_continues_the_chain_from_the_last_line(tmp_path: Path) -> Non
 def test_a_restart_after_an_edited_last_line_starts_a_new_chain_and_says_why(tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
     chained_file(audit, 3)
-    rewrite_lines(audit, lambda lines: [*lines[:-1], lines[-1].replace(b'"i":2', b'"i":7')])
+    rewrite_lines(audit, lambda lines: [*lines[:-1], lines[-1].replace(b'"i": 2', b'"i": 7')])
     edited = audit.read_bytes().splitlines()[-1]
     chained_file(audit, 1)
     start = records(audit)[4]
@@ -55,10 +55,10 @@ def test_a_restart_under_another_key_starts_a_new_chain(tmp_path: Path) -> None:
 def test_a_restart_after_a_torn_last_line_ends_it_before_the_new_chain(tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
     chained_file(audit, 2)
-    audit.write_bytes(audit.read_bytes() + b'{"seq":4,"time":"2026-')
+    audit.write_bytes(audit.read_bytes() + b'{"seq": 4, "time": "2026-')
     chained_file(audit, 1)
     lines = audit.read_bytes().splitlines()
-    assert lines[3] == b'{"seq":4,"time":"2026-'
+    assert lines[3] == b'{"seq": 4, "time": "2026-'
     start = json.loads(lines[4])
     assert start["event"] == "chain_start" and "incomplete" in start["reason"]
     assert json.loads(lines[5])["seq"] == 2

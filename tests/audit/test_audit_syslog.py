@@ -36,7 +36,7 @@ def test_lines_reach_a_udp_receiver_on_loopback(tmp_path: Path) -> None:
         sink.write({"event": "call", "i": 1})
         got = receiver.take(2)
         sink.close()
-    assert b'"event":"call","i":1' in got[1]
+    assert b'"event": "call", "i": 1' in got[1]
     assert sink.describe()["syslog"]["forwarded"] == 2
 
 
