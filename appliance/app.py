@@ -72,6 +72,10 @@ SWEEP_INTERVAL_SECONDS = 60.0
 # How often the store is asked for `appliance jobs cancel` requests (one primary-key read of a
 # table that is empty but for pending requests); the CLI waits a few of these for a pickup.
 CANCEL_POLL_SECONDS = 1.0
+# The audit chain's head is logged and exported at start, stop and this often (issue 11): an
+# operator who keeps these can prove with `appliance audit verify --expect-head` that no line
+# before them was cut off the end.
+AUDIT_HEAD_SECONDS = 300.0
 VERSION_ARGS = {"nmap_scan": ("--version",), "masscan_scan": ("--version",), "gobuster_scan": ("version",)}
 # Work the first answer does not need waits for it (on one CPU it would only delay it), but no
 # longer than this after the transport starts: a client that initializes and then idles still
@@ -80,7 +84,7 @@ DEFERRED_START_SECONDS = 1.0
 # The first answer is written within a millisecond of being handed to the SDK's writer.
 ANSWER_WRITE_SECONDS = 0.01
 # What waits for the first answer, by name (the "ready" line's `deferred`).
-DEFERRED_WORK = ("metrics", "sidecar", "retention_sweep", "policy_watch", "cancel_poll")
+DEFERRED_WORK = ("metrics", "sidecar", "retention_sweep", "policy_watch", "cancel_poll", "audit_head")
 
 
 def privilege_verdict(settings: Settings) -> dict[str, Any]:
@@ -128,7 +132,7 @@ class Appliance:
         self.clock = clock if clock is not None else StartupClock()
         self.verdict = check_or_refuse(settings)
         self.store = PolicyStore(settings.policy_path)
-        self.audit = AuditSink(settings.audit_path)
+        self.audit = AuditSink.from_settings(settings)
         self.job_store = open_store(settings.data_dir, EPHEMERAL_DATA_DIR)
         # Built at first use (appliance.metrics) unless `registry` is given.
         self.metrics = Metrics(
@@ -138,6 +142,7 @@ class Appliance:
             job_states=STATES,
             oldest_running=self._oldest_running_age,
             serving=self._serving_state(),
+            audit=self.audit.figures,
         )
         self.jobs = JobManager(self.job_store, self.audit, on_change=self._job_changed)
         self.service = ScanService(settings, self.store, self.audit, metrics=self.metrics, jobs=self.jobs)
@@ -251,6 +256,11 @@ class Appliance:
     def _over(self, scan_id: str) -> bool:
         job = self.job_store.get(scan_id)
         return job is None or job.finished
+
+    async def _audit_head_forever(self) -> None:
+        while True:
+            await asyncio.sleep(AUDIT_HEAD_SECONDS)
+            self.audit.checkpoint("interval")
 
     async def _cancel_requests_forever(self) -> None:
         while True:
@@ -394,6 +404,7 @@ class Appliance:
             asyncio.create_task(self._watch()),
             asyncio.create_task(self._sweep_forever()),
             asyncio.create_task(self._cancel_requests_forever()),
+            asyncio.create_task(self._audit_head_forever()),
         ]
         # As PID 1 (no init) orphaned scanner descendants are ours to reap.
         if os.getpid() == 1:
@@ -416,6 +427,7 @@ class Appliance:
         self.service.unavailable = {t: f"scanner unavailable: {s.reason}" for t, s in unavailable.items()}
         self.server.sync_tools()
         self._audit_event("appliance_start")
+        self.audit.checkpoint("start")
         # Before the transport opens: no job query may see a scan a stop left `running`.
         interrupted = self.jobs.recover()
         if interrupted:
@@ -448,6 +460,7 @@ class Appliance:
             if sidecar is not None:
                 await sidecar.cleanup()
             self._audit_event("appliance_stop")
+            self.audit.checkpoint("stop")
             self.audit.close()
             self.job_store.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -1,4 +1,4 @@
-"""The `appliance` command: serve, check (dry run), policy validate, version, config show, jobs."""
+"""The `appliance` command: serve, check (dry run), policy validate, version, config show, jobs, audit."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from typing import Any
 
 from appliance import __version__
 from appliance.audit import AuditSink
-from appliance.config import Settings, load_settings
+from appliance.audit.chain import Chainer, load_key
+from appliance.audit.verify import KeyNeeded, parse_head, verify
+from appliance.config import DEFAULT_AUDIT_KEY_FILE, Settings, load_settings
 from appliance.errors import ApplianceError, ConfigError, ExecutionError, NotFoundError
 from appliance.jobs import operator
 from appliance.jobs.export import FORMATS, export_json, export_nmap_xml
@@ -60,7 +62,7 @@ def _refusal(error: ApplianceError) -> dict[str, Any]:
 
 
 def _service(settings: Settings) -> ScanService:
-    return ScanService(settings, PolicyStore(settings.policy_path), AuditSink(settings.audit_path))
+    return ScanService(settings, PolicyStore(settings.policy_path), AuditSink.from_settings(settings))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -319,7 +321,7 @@ def cmd_jobs_show(args: argparse.Namespace, store: SqliteJobStore, settings: Set
 
 @_on_store
 def cmd_jobs_cancel(args: argparse.Namespace, store: SqliteJobStore, settings: Settings) -> int:
-    audit = AuditSink(settings.audit_path)
+    audit = AuditSink.from_settings(settings)
     try:
         _print(operator.cancel(store, audit, args.scan_id, pickup_seconds=args.wait, force=args.force))
     finally:
@@ -350,7 +352,7 @@ def cmd_jobs_purge(args: argparse.Namespace, store: SqliteJobStore, settings: Se
         message = f"would delete {len(doomed)} finished scan(s); nothing deleted: run again with --yes"
         _print({"matched": len(doomed), "deleted": 0, **scope, "message": message})
         return EXIT_OK
-    audit = AuditSink(settings.audit_path)
+    audit = AuditSink.from_settings(settings)
     try:
         # The trail first: a purge the trail does not show does not happen.
         audit.write({"event": "jobs_purged", "scans": len(doomed), "by": operator.requested_by(), **scope})
@@ -359,6 +361,47 @@ def cmd_jobs_purge(args: argparse.Namespace, store: SqliteJobStore, settings: Se
     deleted = store.delete(job.scan_id for job in doomed)
     _print({"matched": len(doomed), "deleted": deleted, **scope, "message": f"deleted {deleted} finished scan(s)"})
     return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Exit 0 (intact, the head printed) or 1 (the first problem); 2 when a keyed chain has no key."""
+    if args.key_file is not None:
+        key = load_key(args.key_file, default=DEFAULT_AUDIT_KEY_FILE)
+    else:
+        key = load_key(load_settings().audit_key_file, default=DEFAULT_AUDIT_KEY_FILE)
+    try:
+        report = verify(args.files, Chainer(key), args.expect_head)
+    except KeyNeeded as exc:
+        print(json.dumps({"intact": None, "message": str(exc)}), file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(json.dumps({"intact": None, "message": f"{exc.filename}: {exc.strerror}"}), file=sys.stderr)
+        return EXIT_USAGE
+    _print(report.as_json())
+    return EXIT_OK if report.intact else EXIT_REFUSED
+
+
+def _head(text: str) -> object:
+    try:
+        return parse_head(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = sub.add_parser("audit", help="the audit trail (verify its chain)")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    check = audit_sub.add_parser(
+        "verify", help="verify audit files as one chain (oldest first: FILE.2 FILE.1 FILE); exit 1 at a break"
+    )
+    check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    check.add_argument(
+        "--expect-head", type=_head, metavar="SEQ:HASH", help="a head logged or scraped earlier: catches a cut tail"
+    )
+    check.add_argument(
+        "--key-file", type=Path, help="the chain's HMAC key (default: APPLIANCE_AUDIT_KEY_FILE when present)"
+    )
+    check.set_defaults(func=cmd_audit_verify)
 
 
 def _non_negative(text: str) -> float:
@@ -483,6 +526,7 @@ def parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_sub.add_parser("show", help="effective settings, secrets redacted").set_defaults(func=cmd_config_show)
     _jobs_parser(sub)
+    _audit_parser(sub)
     return top
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from appliance.audit.syslog import SyslogTarget
 from appliance.errors import ConfigError
 
 # The default policies ship inside the package (package data), so that a `pip install` works
@@ -24,6 +25,7 @@ DEFAULT_CAPABILITY_POLICY_PATH = DEFAULT_POLICY_PATH.with_name("capabilities.yam
 SECRETS_DIR = Path("/run/secrets")
 # The image's Debian `ca-certificates` bundle (Containerfile); also where Debian hosts keep it.
 DEFAULT_CA_FILE = Path("/etc/ssl/certs/ca-certificates.crt")
+DEFAULT_AUDIT_KEY_FILE = SECRETS_DIR / "appliance_audit_key"
 # An origin as browsers send it (RFC 6454: scheme, host, optional port; no path, no userinfo),
 # with `*` allowed only as the whole port. The host is a DNS name or a bracketed IPv6 literal.
 ORIGIN = re.compile(r"https?://(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::(?:[0-9]{1,5}|\*))?")
@@ -74,6 +76,21 @@ class Settings(BaseSettings):
     )
     audit_path: Path | None = Field(
         default=None, description="Append audit lines (JSON) to this file; unset means stderr."
+    )
+    audit_key_file: Path | None = Field(
+        default=DEFAULT_AUDIT_KEY_FILE,
+        description="HMAC key of the audit chain, used when present (the default path may be absent: then a "
+        "plain SHA-256 chain); another path that cannot be read refuses start.",
+    )
+    audit_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=4096, description="The audit file is rotated before it grows past this."
+    )
+    audit_keep_files: int = Field(
+        default=5, ge=1, le=1000, description="Rotated audit files kept (FILE.1 ... FILE.N); older ones go."
+    )
+    audit_syslog: str | None = Field(
+        default=None,
+        description="Also forward each audit line to syslog: unix:/dev/log or udp://HOST:PORT (off when unset).",
     )
     data_dir: Path | None = Field(
         default=None,
@@ -175,6 +192,13 @@ class Settings(BaseSettings):
                     f"{origin!r} is not an origin; write scheme://host or scheme://host:port, "
                     "or scheme://host:* for any port, e.g. 'http://localhost:*'"
                 )
+        return value
+
+    @field_validator("audit_syslog")
+    @classmethod
+    def _syslog_target(cls, value: str | None) -> str | None:
+        if value is not None:
+            SyslogTarget.parse(value)  # its ValueError names the two forms
         return value
 
     @field_validator("health_token")

@@ -161,7 +161,7 @@ class Health:
             "scanners": {tool: vars(status) for tool, status in self.scanners.items()},
             "tools_unavailable": self.unavailable_tools(),
             "breakers": breakers,
-            "audit": {"sink": self.audit.target, "writable": self.audit.writable()},
+            "audit": self.audit.describe(),
             "policy": {
                 "source": str(snapshot.source),
                 "insecure_allow_loopback": snapshot.policy.scope.insecure_allow_loopback,
@@ -183,7 +183,8 @@ class Health:
         auth = checks.get("auth", {})
         token_file_broken = bool(auth.get("bad_lines") or auth.get("file_problem"))
         breaker_open = any(b.get("state") != "closed" for b in breakers.values())
-        if overloaded or breaker_open or checks["tools_unexpectedly_unavailable"] or token_file_broken:
+        audit_broken = checks["audit"]["rotation"]["problem"] is not None
+        if overloaded or breaker_open or checks["tools_unexpectedly_unavailable"] or token_file_broken or audit_broken:
             status = "degraded"
         if not ready or privileges.get("ok") is False:
             status = "unhealthy"

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from appliance import __version__
+from appliance.audit import AuditFigures
 from appliance.metrics import (
     DURATION_BUCKETS,
     JOB_DURATION_BUCKETS,
@@ -63,6 +64,33 @@ class ServingStateCollector(Collector):
         )
 
 
+class AuditChain(Collector):
+    """The audit chain's head as last checkpointed (start, stop, every 5 minutes: not every line,
+    so the hash label changes a few times an hour, not at each call), and the sink's failures."""
+
+    def __init__(self, figures: Callable[[], AuditFigures]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._figures()
+        yield GaugeMetricFamily(
+            "appliance_audit_chain_sequence", "Sequence number of the audit chain's checkpointed head.", value=now.seq
+        )
+        head = GaugeMetricFamily(
+            "appliance_audit_chain_head_info",
+            "The audit chain's checkpointed head (always 1): seq and chain value as labels, for --expect-head.",
+            labels=["seq", "chain", "mode"],
+        )
+        head.add_metric([str(now.seq), now.chain, now.mode], 1)
+        yield head
+        yield CounterMetricFamily(
+            "appliance_audit_syslog_failures", "Audit lines that syslog forwarding failed to send.", now.syslog_failures
+        )
+        yield CounterMetricFamily(
+            "appliance_audit_rotation_failures", "Audit file rotations that failed.", now.rotation_failures
+        )
+
+
 class Families:
     def __init__(
         self,
@@ -73,6 +101,7 @@ class Families:
         job_counts: JobCounts | None = None,
         oldest_running: Callable[[], float] | None = None,
         serving: ServingState | None = None,
+        audit: AuditChain | None = None,
     ) -> None:
         self.registry = registry
         self.calls = Counter("appliance_tool_calls", "Tool calls by outcome.", ["tool", "outcome"], registry=registry)
@@ -138,3 +167,5 @@ class Families:
             self.oldest_running.set_function(oldest_running)
         if serving is not None:
             registry.register(ServingStateCollector(serving))
+        if audit is not None:
+            registry.register(audit)

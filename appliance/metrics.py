@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+    from appliance.audit import AuditFigures
     from appliance.metric_families import Families
 
 OUTCOMES = ("ok", "partial", "refused", "error", "cancelled", "dry_run")
@@ -50,7 +51,7 @@ class ServingState:
 
 class Metrics:
     """The appliance's metric families. `job_counts` (read at scrape time, with `job_states`)
-    and `oldest_running` feed the job gauges."""
+    and `oldest_running` feed the job gauges; `audit` the audit chain's head and failures."""
 
     def __init__(
         self,
@@ -62,6 +63,7 @@ class Metrics:
         job_states: Iterable[str] = (),
         oldest_running: Callable[[], float] | None = None,
         serving: ServingState | None = None,
+        audit: Callable[[], AuditFigures] | None = None,
     ) -> None:
         self._registry = registry
         self._tools = tuple(tools)
@@ -70,6 +72,7 @@ class Metrics:
         self._job_states = tuple(job_states)
         self._oldest_running = oldest_running
         self._serving = serving
+        self._audit = audit
         self._families: Families | None = None
         if registry is not None:
             self._built()
@@ -82,7 +85,7 @@ class Metrics:
         if self._families is None:
             from prometheus_client import CollectorRegistry
 
-            from appliance.metric_families import Families, JobCounts
+            from appliance.metric_families import AuditChain, Families, JobCounts
 
             counts = None if self._job_counts is None else JobCounts(self._job_counts, self._job_states)
             self._families = Families(
@@ -92,6 +95,7 @@ class Metrics:
                 job_counts=counts,
                 oldest_running=self._oldest_running,
                 serving=self._serving,
+                audit=None if self._audit is None else AuditChain(self._audit),
             )
         return self._families
 

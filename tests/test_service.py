@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import LOOPBACK_POLICY, SpyRunner, closed_port, tcp_listener, write_policy
+from support.lab import audit_records
 
 from appliance.audit import AuditSink, output_digest
 from appliance.config import Settings
@@ -48,7 +48,7 @@ def make_service(
 
 
 def audit_lines(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
+    return audit_records(stream.getvalue())
 
 
 async def test_refusal_starts_no_process_and_is_audited(tmp_path: Path) -> None:

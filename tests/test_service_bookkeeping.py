@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 from support import LabService, replay_output
+from support.lab import audit_records
 
 from appliance.errors import ApplianceError, CircuitOpenError, ExecutionError, UnexpectedError
 from appliance.runner import RunLimits, RunResult
@@ -69,7 +69,7 @@ def make(
 
 
 def lines(audit: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in audit.getvalue().splitlines()]
+    return audit_records(audit.getvalue())
 
 
 async def open_breaker(service: ScanService, clock: Clock) -> None:

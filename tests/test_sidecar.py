@@ -239,3 +239,25 @@ def test_serve_refuses_to_start_with_an_empty_health_token(tmp_path: Path) -> No
     refusal = json.loads(done.stderr.decode().strip().splitlines()[-1])
     assert refusal["rule"] == "settings_invalid"
     assert "APPLIANCE_HEALTH_TOKEN" in refusal["message"]
+
+
+async def test_healthz_shows_the_audit_chain_and_a_failed_rotation_degrades(
+    tmp_path: Path, registry: CollectorRegistry
+) -> None:
+    health, _ = make_health(tmp_path)
+    health.audit.close()
+    audit_path = tmp_path / "audit.log"
+    (tmp_path / "audit.log.1").mkdir()  # rename(FILE, FILE.1) onto a directory fails
+    (tmp_path / "audit.log.1" / "occupied").touch()
+    health.audit = AuditSink(audit_path, max_bytes=4096, keep_files=1)
+    async with sidecar_of(health, registry) as client:
+        before = await (await client.get("/healthz")).json()
+        for index in range(60):
+            health.audit.write({"event": "call", "i": index})
+        after = await (await client.get("/healthz")).json()
+    assert before["checks"]["audit"]["rotation"]["problem"] is None  # (status: CPU on a busy host may degrade it)
+    assert before["checks"]["audit"]["chain"].startswith("sha256 (no key: not tamper-evident")
+    assert after["status"] == "degraded"
+    audit = after["checks"]["audit"]
+    assert audit["head"]["seq"] == 61 and audit["writable"] is True
+    assert "rotation of" in audit["rotation"]["problem"]

@@ -118,7 +118,8 @@ def test_stdio_writes_one_ready_line_before_any_message_then_answers(tmp_path: P
         records = StderrRecords(proc)
         ready = records.first(is_ready)  # nothing was sent yet: the line says the transport reads
         assert_stages(ready, "stdio")
-        assert ready["deferred"] == ["metrics", "sidecar", "retention_sweep", "policy_watch", "cancel_poll"]
+        deferred = ["metrics", "sidecar", "retention_sweep", "policy_watch", "cancel_poll", "audit_head"]
+        assert ready["deferred"] == deferred
         send(proc.stdin, initialize_request(), INITIALIZED, TOOLS_LIST)
         assert "nmap_scan" in {tool["name"] for tool in answer(proc.stdout, 2)["result"]["tools"]}
         proc.stdin.close()
@@ -194,4 +195,31 @@ def test_stdin_eof_ends_the_server_with_its_stop_line(tmp_path: Path) -> None:
         proc.stdin.close()
         assert proc.wait(timeout=STOP_SECONDS) == 0
     events = [json.loads(line)["event"] for line in audit.read_text().splitlines()]
-    assert events == ["appliance_start", "appliance_stop"]
+    assert events == ["chain_start", "appliance_start", "appliance_stop"]
+
+
+def test_the_audit_chain_head_is_logged_at_start_and_stop_and_exported(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, LOOPBACK_POLICY)
+    audit, key = tmp_path / "audit.jsonl", tmp_path / "audit_key"
+    key.write_text("a-test-key-of-32-characters-0123\n")
+    health = closed_port()
+    env = {"APPLIANCE_AUDIT_PATH": str(audit), "APPLIANCE_AUDIT_KEY_FILE": str(key), "APPLIANCE_LOG_LEVEL": "INFO"}
+    with stdio_child(policy, APPLIANCE_HEALTH_PORT=str(health), **env) as proc:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        records = StderrRecords(proc)
+        start = records.first(lambda record: record.get("message") == "audit chain head")
+        send(proc.stdin, initialize_request(), INITIALIZED, TOOLS_LIST)
+        answer(proc.stdout, 2)
+        wait_until(lambda: sidecar_get(health, "/livez")[0] == 200, timeout=START_SECONDS)
+        text = metrics_text(health)
+        proc.stdin.close()
+        assert proc.wait(timeout=STOP_SECONDS) == 0
+        stop = next(r for r in records.rest() if r.get("message") == "audit chain head")
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [line["event"] for line in lines] == ["chain_start", "appliance_start", "appliance_stop"]
+    assert (start["reason"], start["seq"], start["chain"]) == ("start", 2, lines[1]["chain"])
+    assert (stop["reason"], stop["seq"], stop["chain"]) == ("stop", 3, lines[2]["chain"])
+    assert start["chain_mode"] == "hmac-sha256"
+    assert "appliance_audit_chain_sequence 2.0" in text
+    assert f'appliance_audit_chain_head_info{{chain="{lines[1]["chain"]}",mode="hmac-sha256",seq="2"}} 1.0' in text

@@ -9,6 +9,7 @@ container, network and compose project is removed in `finally` blocks.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import sys
@@ -97,8 +98,8 @@ def images(docker_client: docker.DockerClient, record: Any) -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A token file as scripts/create-token makes it (0444 in a 0700 folder), and the TLS files
-    of scripts/create-cert, for the tests only."""
+    """A token file, a health token and an audit key as scripts/create-token makes them (0444 in a
+    0700 folder), and the TLS files of scripts/create-cert, for the tests only."""
     folder = tmp_path_factory.mktemp("secrets")
     folder.chmod(0o700)
     token_file = folder / "appliance_auth_token"
@@ -108,6 +109,9 @@ def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     health_token.write_text(TEST_HEALTH_TOKEN)
     health_token.chmod(0o444)
     create_certs(folder)
+    key_file = folder / "appliance_audit_key"
+    key_file.write_text(secrets.token_urlsafe(32))
+    key_file.chmod(0o444)
     return folder
 
 
@@ -117,6 +121,7 @@ def secrets_env(secrets_dir: Path) -> dict[str, str]:
     return {
         "APPLIANCE_TOKEN_FILE": str(secrets_dir / "appliance_auth_token"),
         "APPLIANCE_HEALTH_TOKEN_FILE": str(secrets_dir / "appliance_health_token"),
+        "APPLIANCE_AUDIT_KEY_HOST_FILE": str(secrets_dir / "appliance_audit_key"),
         "APPLIANCE_TLS_CERT": str(certs.cert),
         "APPLIANCE_TLS_KEY": str(certs.key),
         "APPLIANCE_TLS_CA": str(certs.ca),

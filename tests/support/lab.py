@@ -26,6 +26,12 @@ class FakeResolver:
         return list(self.answers.get(name, []))
 
 
+def audit_records(text: str) -> list[dict[str, Any]]:
+    """Audit lines of a stderr-style sink without the `chain_start` line that opens its chain."""
+    lines = [json.loads(line) for line in text.splitlines()]
+    return [line for line in lines if line.get("event") != "chain_start"]
+
+
 @dataclass
 class LabService:
     """A ScanService on the lab policy and facts, with what a test inspects after a call."""
@@ -37,7 +43,8 @@ class LabService:
     runner: Any
 
     def audit_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.audit.getvalue().splitlines()]
+        """The audit lines after the chain's opening line (tests/audit checks the chain)."""
+        return audit_records(self.audit.getvalue())
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.registry.get_sample_value(name, labels)
