@@ -18,6 +18,7 @@ containers the test starts (`lab_policy(target.address)`).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import secrets
 import shutil
@@ -129,7 +130,9 @@ def lab_policy(*addresses: str, hostname_suffixes: tuple[str, ...] = (".lab.inte
         raise ValueError("lab_policy needs at least one address or network to allow")
     text = resources.files("appliance").joinpath("data/policies/scope.yaml").read_text()
     policy: dict[str, Any] = yaml.safe_load(text)
-    policy["scope"]["allow_networks"] = list(addresses)
+    # The policy wants canonical CIDRs: an address becomes its host network, a CIDR with host
+    # bits set is refused here (ValueError) rather than by the appliance at start.
+    policy["scope"]["allow_networks"] = [str(ipaddress.ip_network(text)) for text in addresses]
     policy["scope"]["allow_hostname_suffixes"] = list(hostname_suffixes)
     return policy
 
@@ -285,7 +288,8 @@ class ApplianceContainer(DockerContainer):
     `policy`: a policy file or a dict (see `lab_policy`); `token`: the bearer token (a random one
     when not given: `container.token`); `mode`: connect (no capabilities) or raw (SYN scans,
     masscan: the setpriv entrypoint and NET_RAW); `network`: the lab network to join, where the
-    container answers as `alias`. `start()` returns once `/readyz` says ready, or raises
+    container answers as `alias`; `create_kwargs`: docker-py `containers.create` arguments that go
+    over the hardening (loosening one is the caller's decision). `start()` returns once `/readyz` says ready, or raises
     ContainerNotReadyError with the container's logs.
 
         with ApplianceContainer(policy=lab_policy(target.address), network=net) as appliance:
@@ -304,9 +308,10 @@ class ApplianceContainer(DockerContainer):
         alias: str = "appliance",
         seccomp_profile: Path | None = None,
         ready_timeout: float = READY_TIMEOUT_SECONDS,
-        **kwargs: Any,
+        docker_client_kw: dict[str, Any] | None = None,
+        **create_kwargs: Any,
     ) -> None:
-        super().__init__(image, **kwargs)
+        super().__init__(image, docker_client_kw=docker_client_kw)
         self.token = token if token is not None else secrets.token_urlsafe(32)
         self.mode: Mode = mode
         self.alias = alias
@@ -320,7 +325,8 @@ class ApplianceContainer(DockerContainer):
         self.tmpfs["/tmp"] = "size=16m,noexec,nosuid,nodev"  # noqa: S108 - the container's own tmpfs
         if mode == "connect":
             self.with_command(["serve"])
-        self.with_kwargs(**appliance_hardening(mode, seccomp_profile))
+        # with_kwargs() replaces what it had: the caller's arguments go over the hardening.
+        self.with_kwargs(**{**appliance_hardening(mode, seccomp_profile), **create_kwargs})
         if network is not None:
             self.with_network(network).with_network_aliases(alias)
 
@@ -382,7 +388,8 @@ class ApplianceContainer(DockerContainer):
 
 class LabTargetContainer(DockerContainer):
     """The lab target image (busybox httpd on port 8080), hardened as compose.yaml's `web`, on the
-    user's network as `alias`. `start()` returns once its web server accepts connections."""
+    user's network as `alias` (`create_kwargs` as for ApplianceContainer). `start()` returns once
+    its web server accepts connections."""
 
     def __init__(
         self,
@@ -391,15 +398,16 @@ class LabTargetContainer(DockerContainer):
         network: Network,
         alias: str = "web.lab.internal",
         ready_timeout: float = READY_TIMEOUT_SECONDS,
-        **kwargs: Any,
+        docker_client_kw: dict[str, Any] | None = None,
+        **create_kwargs: Any,
     ) -> None:
-        super().__init__(image, **kwargs)
+        super().__init__(image, docker_client_kw=docker_client_kw)
         self.alias = alias
         self.port = LAB_PORT
         self._lab_network = network
         self._ready_timeout = ready_timeout
         self.with_network(network).with_network_aliases(alias)
-        self.with_kwargs(**lab_target_hardening())
+        self.with_kwargs(**{**lab_target_hardening(), **create_kwargs})
 
     def start(self) -> Self:
         """Start the container and wait for its web server (or remove it)."""

@@ -1,0 +1,155 @@
+"""appliance.testing's pure parts: the policy and token files it mounts, and the container
+arguments it builds, checked against compose.yaml (the settings it must stay in step with).
+
+Starting the containers is tested in tests/integration/test_testing_module.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support.policies import REPO
+
+from appliance.policy.model import load_policy
+from appliance.testing import (
+    CONTAINER_POLICY_DIR,
+    POLICY_FILENAME,
+    appliance_environment,
+    appliance_hardening,
+    lab_policy,
+    lab_target_hardening,
+    write_policy,
+    write_token,
+)
+
+# compose.yaml as PyYAML reads it: anchors and merge keys resolved, ${...} left as text (the
+# hardening fields have none).
+COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "compose.yaml").read_text())
+SERVICE_FOR_MODE = {"connect": "appliance", "raw": "appliance-raw"}
+_SIZE = re.compile(r"(\d+)([kmg])")
+
+
+def compose_bytes(text: str) -> int:
+    number, unit = _SIZE.fullmatch(text).groups()  # type: ignore[union-attr]
+    return int(number) * 1024 ** {"k": 1, "m": 2, "g": 3}[unit]
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_write_policy_from_a_dict_is_readable_by_the_container_user(tmp_path: Path) -> None:
+    policy = lab_policy("10.99.0.7")
+    path = write_policy(policy, tmp_path)
+    assert path == tmp_path / POLICY_FILENAME
+    assert yaml.safe_load(path.read_text()) == policy
+    assert mode(path) == 0o644 and mode(tmp_path) == 0o755
+
+
+def test_write_policy_copies_a_file_and_leaves_the_original_alone(tmp_path: Path) -> None:
+    source = tmp_path / "mine" / "my-scope.yaml"
+    source.parent.mkdir()
+    source.write_text(yaml.safe_dump(lab_policy("10.99.0.0/24")))
+    source.chmod(0o600)
+    target_dir = tmp_path / "mounted"
+    target_dir.mkdir()
+    path = write_policy(source, target_dir)
+    assert path.read_text() == source.read_text()
+    assert mode(path) == 0o644 and mode(source) == 0o600
+
+
+def test_write_token_is_the_token_alone_mode_0444(tmp_path: Path) -> None:
+    path = write_token("a-token-of-thirty-two-characters", tmp_path)
+    assert path.read_bytes() == b"a-token-of-thirty-two-characters"
+    assert mode(path) == 0o444
+
+
+def test_lab_policy_validates_and_allows_only_what_it_names(tmp_path: Path) -> None:
+    policy = load_policy(write_policy(lab_policy("10.99.0.7", "10.98.0.0/28"), tmp_path))
+    networks = {ipaddress.ip_network(str(n)) for n in policy.scope.allow_networks}
+    assert networks == {ipaddress.ip_network("10.99.0.7/32"), ipaddress.ip_network("10.98.0.0/28")}
+    assert policy.scope.deny_default_gateways and policy.scope.deny_own_addresses
+    assert not policy.scope.insecure_allow_loopback
+
+
+def test_lab_policy_refuses_an_empty_allow_list() -> None:
+    # An empty list would not mean "nothing": it would fail validation far away, in the container.
+    with pytest.raises(ValueError, match="at least one"):
+        lab_policy()
+
+
+@pytest.mark.parametrize("mode_name", ["connect", "raw"])
+def test_appliance_hardening_matches_compose(mode_name: str) -> None:
+    service = COMPOSE["services"][SERVICE_FOR_MODE[mode_name]]
+    kwargs = appliance_hardening(mode_name)  # type: ignore[arg-type]
+    assert kwargs["user"] == service["user"]
+    assert kwargs["cap_drop"] == service["cap_drop"] == ["ALL"]
+    assert sorted(kwargs.get("cap_add", [])) == sorted(service.get("cap_add", []))
+    assert kwargs["read_only"] is service["read_only"] is True
+    assert kwargs["init"] is service["init"]
+    assert kwargs["mem_limit"] == compose_bytes(service["mem_limit"])
+    assert kwargs["nano_cpus"] == int(float(service["cpus"]) * 10**9)
+    assert kwargs["cpu_shares"] == service["cpu_shares"]
+    assert kwargs["pids_limit"] == service["pids_limit"]
+    assert "no-new-privileges:true" in kwargs["security_opt"] and "no-new-privileges:true" in service["security_opt"]
+    if mode_name == "raw":
+        assert kwargs["entrypoint"] == service["entrypoint"]
+        assert kwargs["healthcheck"]["test"] == service["healthcheck"]["test"]
+    else:
+        assert "entrypoint" not in kwargs and "healthcheck" not in kwargs
+
+
+def test_appliance_hardening_without_a_profile_names_no_seccomp() -> None:
+    assert not any(option.startswith("seccomp") for option in appliance_hardening("connect")["security_opt"])
+
+
+def test_appliance_hardening_inlines_the_seccomp_profile_compose_uses() -> None:
+    # The Engine API takes the profile's JSON, not a path (the docker CLI reads the file itself).
+    profile = REPO / "seccomp" / "appliance.json"
+    assert f"seccomp={profile.relative_to(REPO)}" in [o.replace("./", "") for o in COMPOSE["x-appliance-security"]]
+    options = appliance_hardening("connect", profile)["security_opt"]
+    inlined = [o.removeprefix("seccomp=") for o in options if o.startswith("seccomp=")]
+    assert len(inlined) == 1 and json.loads(inlined[0]) == json.loads(profile.read_text())
+
+
+def test_lab_target_hardening_matches_compose() -> None:
+    web = COMPOSE["services"]["web"]
+    kwargs = lab_target_hardening()
+    assert kwargs["user"] == web["user"] and kwargs["cap_drop"] == web["cap_drop"]
+    assert kwargs["security_opt"] == web["security_opt"]
+    assert kwargs["read_only"] is web["read_only"] is True
+    assert kwargs["mem_limit"] == compose_bytes(web["mem_limit"])
+    assert kwargs["nano_cpus"] == int(float(web["cpus"]) * 10**9)
+    assert kwargs["cpu_shares"] == web["cpu_shares"] and kwargs["pids_limit"] == web["pids_limit"]
+
+
+@pytest.mark.parametrize("mode_name", ["connect", "raw"])
+def test_appliance_environment_serves_http_in_its_mode_with_the_mounted_policy(mode_name: str) -> None:
+    env = appliance_environment(mode_name, "scanner")  # type: ignore[arg-type]
+    assert env["APPLIANCE_TRANSPORT"] == "http"
+    assert env["APPLIANCE_PRIVILEGE_MODE"] == mode_name
+    assert env["APPLIANCE_POLICY_PATH"] == f"{CONTAINER_POLICY_DIR}/{POLICY_FILENAME}"
+    # The ports the container's clients use are the ones compose.yaml serves.
+    compose_env = COMPOSE["x-appliance-environment"]
+    assert env["APPLIANCE_PORT"] == compose_env["APPLIANCE_PORT"]
+    assert env["APPLIANCE_HEALTH_PORT"] == compose_env["APPLIANCE_HEALTH_PORT"]
+
+
+def test_appliance_environment_accepts_the_alias_as_host_and_no_other_name() -> None:
+    env = appliance_environment("connect", "scanner")
+    for key in ("APPLIANCE_ALLOWED_HOSTS", "APPLIANCE_HEALTH_ALLOWED_HOSTS"):
+        hosts = json.loads(env[key])
+        assert "scanner:*" in hosts
+        assert set(hosts) == {"scanner:*", "127.0.0.1:*", "localhost:*"}
+
+
+def test_lab_policy_refuses_a_network_with_host_bits() -> None:
+    with pytest.raises(ValueError, match="host bits"):
+        lab_policy("10.99.0.7/24")
