@@ -8,8 +8,7 @@ else, and nothing in the appliance imports this module.
 The containers get the hardening compose.yaml gives its services (tests/test_testing.py keeps
 the two in step). They join the user's own Docker network and are reached by their address on
 it, the way the project's own container tests reach theirs: nothing is published on the host,
-and no TLS is set up (the test network is the user's; README: "Testing your agent against the
-appliance" says how to add it).
+and no TLS unless asked for (`tls=TlsFiles(...)`): the test network is the user's.
 
 Network safety: the appliance scans only what the policy given here allows; pin it to the lab
 containers the test starts (`lab_policy(target.address)`).
@@ -23,11 +22,13 @@ import json
 import secrets
 import shutil
 import socket
+import ssl
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -47,8 +48,10 @@ __all__ = [
     "ContainerNotReadyError",
     "LabTargetContainer",
     "Mode",
+    "TlsFiles",
     "appliance_environment",
     "appliance_hardening",
+    "copy_tls_files",
     "lab_policy",
     "lab_target_hardening",
     "write_policy",
@@ -65,6 +68,8 @@ APP_USER = "65532:65532"
 CONTAINER_POLICY_DIR = "/etc/appliance/policies"
 POLICY_FILENAME = "scope.yaml"
 CONTAINER_TOKEN_PATH = "/run/secrets/appliance_auth_token"  # noqa: S105 - a path, not a secret
+CONTAINER_TLS_CERT_PATH = "/run/secrets/appliance_tls_cert"
+CONTAINER_TLS_KEY_PATH = "/run/secrets/appliance_tls_key"
 # The server's start (self-check, scanner probes, sidecar, uvicorn) takes a few seconds; a
 # cold host or a slow CI runner more. A container that never gets ready fails within this.
 READY_TIMEOUT_SECONDS = 60.0
@@ -119,6 +124,25 @@ class ContainerNotReadyError(TimeoutError):
     """
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A certificate chain and its key for both listeners, and the CA that signed them (what the
+    harness trusts); `scripts/create-cert DIR` makes such a set."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        """Trust exactly `ca`, without a name check: the harness dials the container's address,
+        which a certificate made before the container existed cannot name. The CA is the test's
+        own, so the chain is the check that matters; a client on the network dialling the alias
+        should check the name (the certificate must carry the alias then)."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.check_hostname = False
+        return context
+
+
 def lab_policy(*addresses: str, hostname_suffixes: tuple[str, ...] = (".lab.internal",)) -> dict[str, Any]:
     """The bundled scope policy with the allow list narrowed to `addresses` (an IP is taken as its
     /32 or /128, a CIDR as it is): the lab containers a test starts and nothing else.
@@ -161,6 +185,16 @@ def write_token(token: str, folder: Path) -> Path:
     return path
 
 
+def copy_tls_files(tls: TlsFiles, folder: Path) -> tuple[Path, Path]:
+    """Copies of the certificate chain and key that UID 65532 can read (0444 in the harness's
+    0700 folder, the rule scripts/create-cert follows); the user's own files keep their modes."""
+    cert, key = folder / "appliance_tls_cert.pem", folder / "appliance_tls_key.pem"
+    for source, copy in ((tls.cert, cert), (tls.key, key)):
+        shutil.copyfile(source, copy)
+        copy.chmod(0o444)
+    return cert, key
+
+
 def appliance_hardening(mode: Mode, seccomp_profile: Path | None = None) -> dict[str, Any]:
     """docker-py `containers.create` arguments for compose.yaml's hardening of the appliance.
 
@@ -198,15 +232,16 @@ def appliance_hardening(mode: Mode, seccomp_profile: Path | None = None) -> dict
     return kwargs
 
 
-def appliance_environment(mode: Mode, alias: str) -> dict[str, str]:
+def appliance_environment(mode: Mode, alias: str, *, tls: bool = False) -> dict[str, str]:
     """The appliance's settings: HTTP on both listeners of every address of the container, `mode`,
-    the mounted policy, and Host headers for `alias` and loopback (DNS-rebinding protection).
+    the mounted policy, Host headers for `alias` and loopback (DNS-rebinding protection), and
+    with `tls` the mounted certificate and key for both listeners.
 
     Unlike compose.yaml (which binds a front network apart from the lab), the user's network is
     both here: the lab's hosts can reach the MCP port, which still needs the token.
     """
     hosts = json.dumps([f"{alias}:*", "127.0.0.1:*", "localhost:*"])
-    return {
+    environment = {
         "APPLIANCE_TRANSPORT": "http",
         "APPLIANCE_HOST": "0.0.0.0",  # noqa: S104 - the container's own addresses; see above
         "APPLIANCE_PORT": str(MCP_PORT),
@@ -217,6 +252,10 @@ def appliance_environment(mode: Mode, alias: str) -> dict[str, str]:
         "APPLIANCE_ALLOWED_HOSTS": hosts,
         "APPLIANCE_HEALTH_ALLOWED_HOSTS": hosts,
     }
+    if tls:
+        environment["APPLIANCE_TLS_CERT_FILE"] = CONTAINER_TLS_CERT_PATH
+        environment["APPLIANCE_TLS_KEY_FILE"] = CONTAINER_TLS_KEY_PATH
+    return environment
 
 
 def lab_target_hardening() -> dict[str, Any]:
@@ -266,10 +305,10 @@ def _wait_for(container: DockerContainer, ready: Callable[[], bool], what: str, 
     raise ContainerNotReadyError(f"{problem}\n--- container logs (end) ---\n{logs}")
 
 
-def _http_ok(url: str, headers: Mapping[str, str]) -> bool:
-    request = urllib.request.Request(url, headers=dict(headers))  # noqa: S310 - http to the test container
+def _http_ok(url: str, headers: Mapping[str, str], context: ssl.SSLContext | None) -> bool:
+    request = urllib.request.Request(url, headers=dict(headers))  # noqa: S310 - http(s) to the test container
     try:
-        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_SECONDS) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_SECONDS, context=context) as response:  # noqa: S310
             return int(response.status) == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         # 503 (not ready yet) is an HTTPError, a URLError; refused or reset: not listening yet.
@@ -289,8 +328,9 @@ class ApplianceContainer(DockerContainer):
     when not given: `container.token`); `mode`: connect (no capabilities) or raw (SYN scans,
     masscan: the setpriv entrypoint and NET_RAW); `network`: the lab network to join, where the
     container answers as `alias`; `create_kwargs`: docker-py `containers.create` arguments that go
-    over the hardening (loosening one is the caller's decision). `start()` returns once `/readyz` says ready, or raises
-    ContainerNotReadyError with the container's logs.
+    over the hardening (loosening one is the caller's decision); `tls`: serve both listeners over
+    TLS with these files (`url` is https then, `client()` trusts `tls.ca`). `start()` returns
+    once `/readyz` says ready, or raises ContainerNotReadyError with the container's logs.
 
         with ApplianceContainer(policy=lab_policy(target.address), network=net) as appliance:
             async with appliance.client() as client:
@@ -307,11 +347,13 @@ class ApplianceContainer(DockerContainer):
         network: Network | None = None,
         alias: str = "appliance",
         seccomp_profile: Path | None = None,
+        tls: TlsFiles | None = None,
         ready_timeout: float = READY_TIMEOUT_SECONDS,
         docker_client_kw: dict[str, Any] | None = None,
         **create_kwargs: Any,
     ) -> None:
         super().__init__(image, docker_client_kw=docker_client_kw)
+        self.tls = tls
         self.token = token if token is not None else secrets.token_urlsafe(32)
         self.mode: Mode = mode
         self.alias = alias
@@ -319,7 +361,7 @@ class ApplianceContainer(DockerContainer):
         self._lab_network = network
         self._ready_timeout = ready_timeout
         self._workdir: Path | None = None
-        for key, value in appliance_environment(mode, alias).items():
+        for key, value in appliance_environment(mode, alias, tls=tls is not None).items():
             self.with_env(key, value)
         # with_tmpfs_mount() takes a size only; compose's mount options go in verbatim.
         self.tmpfs["/tmp"] = "size=16m,noexec,nosuid,nodev"  # noqa: S108 - the container's own tmpfs
@@ -338,6 +380,10 @@ class ApplianceContainer(DockerContainer):
         write_policy(self._policy, policy_dir)
         self.with_volume_mapping(policy_dir, CONTAINER_POLICY_DIR, "ro")
         self.with_volume_mapping(write_token(self.token, self._workdir), CONTAINER_TOKEN_PATH, "ro")
+        if self.tls is not None:
+            cert, key = copy_tls_files(self.tls, self._workdir)
+            self.with_volume_mapping(cert, CONTAINER_TLS_CERT_PATH, "ro")
+            self.with_volume_mapping(key, CONTAINER_TLS_KEY_PATH, "ro")
         try:
             super().start()
             _wait_for(self, self._ready, f"appliance ({self.image})", self._ready_timeout)
@@ -358,7 +404,16 @@ class ApplianceContainer(DockerContainer):
                 self._workdir = None
 
     def _ready(self) -> bool:
-        return _http_ok(f"http://{self.address}:{HEALTH_PORT}/readyz", {"Host": f"{self.alias}:{HEALTH_PORT}"})
+        url = f"{self._scheme}://{self.address}:{HEALTH_PORT}/readyz"
+        return _http_ok(url, {"Host": f"{self.alias}:{HEALTH_PORT}"}, self._verify)
+
+    @property
+    def _scheme(self) -> str:
+        return "http" if self.tls is None else "https"
+
+    @property
+    def _verify(self) -> ssl.SSLContext | None:
+        return None if self.tls is None else self.tls.client_context()
 
     @property
     def address(self) -> str:
@@ -368,7 +423,7 @@ class ApplianceContainer(DockerContainer):
     @property
     def url(self) -> str:
         """The MCP endpoint; send `headers` with each request."""
-        return f"http://{self.address}:{MCP_PORT}/mcp"
+        return f"{self._scheme}://{self.address}:{MCP_PORT}/mcp"
 
     @property
     def headers(self) -> dict[str, str]:
@@ -380,7 +435,7 @@ class ApplianceContainer(DockerContainer):
         """A connected SDK `mcp.Client` over streamable HTTP with the token."""
         # The transport leaves an HTTP client it was handed open: closing it is ours.
         async with (
-            mcp_http_client(headers=self.headers) as http,
+            mcp_http_client(headers=self.headers, verify=self._verify) as http,
             Client(streamable_http_client(self.url, http_client=http)) as client,
         ):
             yield client

@@ -21,8 +21,10 @@ from appliance.policy.model import load_policy
 from appliance.testing import (
     CONTAINER_POLICY_DIR,
     POLICY_FILENAME,
+    TlsFiles,
     appliance_environment,
     appliance_hardening,
+    copy_tls_files,
     lab_policy,
     lab_target_hardening,
     write_policy,
@@ -153,3 +155,27 @@ def test_appliance_environment_accepts_the_alias_as_host_and_no_other_name() -> 
 def test_lab_policy_refuses_a_network_with_host_bits() -> None:
     with pytest.raises(ValueError, match="host bits"):
         lab_policy("10.99.0.7/24")
+
+
+def test_appliance_environment_without_tls_names_no_certificate() -> None:
+    assert not any(key.startswith("APPLIANCE_TLS") for key in appliance_environment("connect", "appliance"))
+
+
+def test_appliance_environment_with_tls_points_both_listeners_at_the_mounted_pair() -> None:
+    env = appliance_environment("connect", "appliance", tls=True)
+    assert env["APPLIANCE_TLS_CERT_FILE"] == "/run/secrets/appliance_tls_cert"
+    assert env["APPLIANCE_TLS_KEY_FILE"] == "/run/secrets/appliance_tls_key"
+
+
+def test_copy_tls_files_makes_readable_copies_and_leaves_the_key_alone(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    tls = TlsFiles(cert=mine / "cert.pem", key=mine / "key.pem", ca=mine / "ca.pem")
+    tls.cert.write_text("CERT")
+    tls.key.write_text("KEY")
+    tls.key.chmod(0o400)
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    cert, key = copy_tls_files(tls, mounted)
+    assert (cert.read_text(), key.read_text()) == ("CERT", "KEY")
+    assert mode(cert) == mode(key) == 0o444 and mode(tls.key) == 0o400

@@ -12,13 +12,15 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from dockerlab import REPO, audit_lines, open_ports
+from support.certs import create_certs
 from testcontainers.core.network import Network
 
-from appliance.testing import ApplianceContainer, LabTargetContainer, lab_policy
+from appliance.testing import ApplianceContainer, LabTargetContainer, TlsFiles, lab_policy
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -93,3 +95,19 @@ def test_a_wrong_token_is_refused(appliance: ApplianceContainer) -> None:
         urllib.request.urlopen(request, timeout=10)  # noqa: S310 - the test's own container
     refused.value.close()
     assert refused.value.code == 401
+
+
+async def test_tls_appliance_serves_https_and_the_client_trusts_its_ca(images: tuple[str, str], tmp_path: Path) -> None:
+    certs = create_certs(tmp_path)
+    tls = TlsFiles(cert=certs.cert, key=certs.key, ca=certs.ca)
+    with (
+        Network(docker_network_kw={"internal": True}) as net,
+        LabTargetContainer(network=net) as web,
+        ApplianceContainer(policy=lab_policy(web.address), network=net, tls=tls) as appliance,
+    ):
+        # The readiness wait already went over https (the sidecar speaks TLS only then).
+        assert appliance.url.startswith("https://")
+        async with appliance.client() as client:
+            result = await client.call_tool("nmap_scan", {"target": web.address, "ports": "8080"})
+    assert not result.is_error, result.content
+    assert open_ports(result.structured_content) == {8080}
