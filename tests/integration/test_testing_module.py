@@ -30,14 +30,19 @@ OUT_OF_SCOPE = "10.255.255.254"
 
 
 async def test_readme_example_scans_the_lab_target(images: tuple[str, str]) -> None:
-    with Network(docker_network_kw={"internal": True}) as net, LabTargetContainer(network=net) as web:
-        policy = lab_policy(web.address)
-        with ApplianceContainer(policy=policy, network=net, seccomp_profile=SECCOMP_PROFILE) as appliance:
-            async with appliance.client() as client:
-                result = await client.call_tool("nmap_scan", {"target": web.alias, "ports": "22,8080"})
+    with (
+        Network(docker_network_kw={"internal": True}) as net,
+        LabTargetContainer(network=net) as web,
+        ApplianceContainer(policy=lab_policy(web.address), network=net, seccomp_profile=SECCOMP_PROFILE) as appliance,
+    ):
+        async with appliance.client() as client:
+            result = await client.call_tool("nmap_scan", {"target": web.alias, "ports": "22,8080"})
+        address = web.address
     assert not result.is_error, result.content
-    assert result.structured_content is not None
-    assert result.structured_content["scanned_address"] == web.address
+    ports = result.structured_content["hosts"][0]["ports"]
+    assert {p["port"] for p in ports if p["state"] == "open"} == {8080}
+    # Beyond the README: the alias was resolved to the target's address, and only that was scanned.
+    assert result.structured_content["scanned_address"] == address
     assert open_ports(result.structured_content) == {8080}
 
 
