@@ -17,6 +17,7 @@ containers the test starts (`lab_policy(target.address)`).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import ipaddress
 import json
 import secrets
@@ -25,7 +26,6 @@ import socket
 import ssl
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -310,8 +310,9 @@ def _http_ok(url: str, headers: Mapping[str, str], context: ssl.SSLContext | Non
     try:
         with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_SECONDS, context=context) as response:  # noqa: S310
             return int(response.status) == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        # 503 (not ready yet) is an HTTPError, a URLError; refused or reset: not listening yet.
+    except (OSError, http.client.HTTPException):
+        # 503 (not ready yet) is an HTTPError; refused, reset, a timeout or a half-made TLS
+        # handshake (OSErrors, some wrapped in URLError) or a garbled answer: not up yet.
         return False
 
 
