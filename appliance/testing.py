@@ -26,6 +26,7 @@ import socket
 import ssl
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -310,9 +311,13 @@ def _http_ok(url: str, headers: Mapping[str, str], context: ssl.SSLContext | Non
     try:
         with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_SECONDS, context=context) as response:  # noqa: S310
             return int(response.status) == 200
+    except urllib.error.HTTPError as answer:
+        # 503: up, not ready yet. The error holds the response open; an unclosed one warns.
+        answer.close()
+        return False
     except (OSError, http.client.HTTPException):
-        # 503 (not ready yet) is an HTTPError; refused, reset, a timeout or a half-made TLS
-        # handshake (OSErrors, some wrapped in URLError) or a garbled answer: not up yet.
+        # Refused, reset, a timeout or a half-made TLS handshake (OSErrors, some wrapped in
+        # URLError), or a garbled answer: not listening yet.
         return False
 
 
