@@ -6,10 +6,13 @@ Starting the containers is tested in tests/integration/test_testing_module.py.
 
 from __future__ import annotations
 
+import http.server
 import ipaddress
 import json
 import re
+import socket
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,10 @@ from appliance.policy.model import load_policy
 from appliance.testing import (
     CONTAINER_POLICY_DIR,
     POLICY_FILENAME,
+    ContainerNotReadyError,
     TlsFiles,
+    _http_ok,
+    _wait_for,
     appliance_environment,
     appliance_hardening,
     copy_tls_files,
@@ -179,3 +185,76 @@ def test_copy_tls_files_makes_readable_copies_and_leaves_the_key_alone(tmp_path:
     cert, key = copy_tls_files(tls, mounted)
     assert (cert.read_text(), key.read_text()) == ("CERT", "KEY")
     assert mode(cert) == mode(key) == 0o444 and mode(tls.key) == 0o400
+
+
+class FakeWrapped:
+    """The docker-py container `_wait_for` reads: a status that moves on at each reload."""
+
+    def __init__(self, statuses: list[str]) -> None:
+        self._statuses = statuses
+        self.attrs: dict[str, Any] = {}
+
+    def reload(self) -> None:
+        status = self._statuses.pop(0) if len(self._statuses) > 1 else self._statuses[0]
+        self.attrs = {"State": {"Status": status, "ExitCode": 2 if status == "exited" else 0}}
+
+
+class FakeContainer:
+    def __init__(self, statuses: list[str]) -> None:
+        self.wrapped = FakeWrapped(statuses)
+
+    def get_wrapped_container(self) -> FakeWrapped:
+        return self.wrapped
+
+    def get_logs(self) -> tuple[bytes, bytes]:
+        return b"", b"early lines\n" + b'{"message": "policy file not found", "rule": "policy_invalid"}\n'
+
+
+def test_wait_returns_once_ready() -> None:
+    answers = iter([False, False, True])
+    _wait_for(FakeContainer(["running"]), lambda: next(answers), "appliance", timeout=10)  # type: ignore[arg-type]
+
+
+def test_wait_on_an_exited_container_fails_at_once_with_its_logs() -> None:
+    with pytest.raises(ContainerNotReadyError, match="exited with code 2") as failed:
+        _wait_for(FakeContainer(["running", "exited"]), lambda: False, "appliance", timeout=60)  # type: ignore[arg-type]
+    assert "policy file not found" in str(failed.value)
+
+
+def test_wait_that_never_gets_ready_fails_after_the_timeout_with_its_logs() -> None:
+    with pytest.raises(ContainerNotReadyError, match="not ready within 0 s") as failed:
+        _wait_for(FakeContainer(["running"]), lambda: False, "appliance", timeout=0)  # type: ignore[arg-type]
+    assert "policy_invalid" in str(failed.value)
+
+
+class Readyz(http.server.BaseHTTPRequestHandler):
+    status = 503
+
+    def do_GET(self) -> None:
+        self.send_response(self.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("status", "ready"), [(200, True), (503, False)])
+def test_readiness_probe_is_true_on_200_only(status: int, ready: bool) -> None:
+    handler = type("Answer", (Readyz,), {"status": status})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/readyz"
+            assert _http_ok(url, {"Host": "appliance:9090"}, None) is ready
+        finally:
+            server.shutdown()
+            thread.join()
+
+
+def test_readiness_probe_is_false_when_nothing_listens() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    assert _http_ok(f"http://127.0.0.1:{port}/readyz", {}, None) is False
