@@ -74,15 +74,16 @@ async def test_out_of_scope_target_is_refused_with_its_rule_and_audited(applianc
     async with appliance.client() as client:
         dry = await client.call_tool("nmap_scan", {**arguments, "dry_run": True})
         assert dry.is_error, "the dry run was allowed: the real call is not sent"
-        refused = await client.call_tool("nmap_scan", arguments)
-    for result in (dry, refused):
+        real = await client.call_tool("nmap_scan", arguments)
+    for result in (dry, real):
         assert result.structured_content is not None
         refusal = result.structured_content
         assert refusal["rule"] == "target_out_of_scope", refusal
         assert refusal["error_type"] and refusal["message"] and refusal["recovery_suggestion"]
     _stdout, stderr = appliance.get_logs()
     records = audit_lines(stderr.decode())
-    assert [r["rule"] for r in records if r["verdict"] == "refused"] == ["target_out_of_scope"] * 2
+    refused = [r["rule"] for r in records if r["verdict"] == "refused" and r.get("tool") == "nmap_scan"]
+    assert refused == ["target_out_of_scope"] * 2, records
     assert [r for r in records if r.get("event") == "start"] == []
 
 
@@ -115,4 +116,23 @@ async def test_tls_appliance_serves_https_and_the_client_trusts_its_ca(images: t
         async with appliance.client() as client:
             result = await client.call_tool("nmap_scan", {"target": web.address, "ports": "8080"})
     assert not result.is_error, result.content
+    assert open_ports(result.structured_content) == {8080}
+
+
+async def test_raw_mode_runs_a_syn_scan_with_net_raw_alone(images: tuple[str, str]) -> None:
+    with (
+        Network(docker_network_kw={"internal": True}) as net,
+        LabTargetContainer(network=net) as web,
+        ApplianceContainer(
+            policy=lab_policy(web.address), network=net, mode="raw", seccomp_profile=SECCOMP_PROFILE
+        ) as appliance,
+    ):
+        wrapped = appliance.get_wrapped_container()
+        assert sorted(wrapped.attrs["HostConfig"]["CapAdd"]) == ["NET_RAW", "SETGID", "SETPCAP", "SETUID"]
+        async with appliance.client() as client:
+            result = await client.call_tool("nmap_scan", {"target": web.address, "ports": "8080", "scan_type": "syn"})
+    # The appliance's self-check refuses to start when the server holds more than NET_RAW, so a
+    # ready raw appliance that ran a SYN scan is one that dropped the rest.
+    assert not result.is_error, result.content
+    assert "-sS" in result.structured_content["argv"]
     assert open_ports(result.structured_content) == {8080}
