@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 from dockerlab import REPO, audit_lines, open_ports
 from support.certs import create_certs
 from testcontainers.core.network import Network
 
-from appliance.testing import ApplianceContainer, LabTargetContainer, TlsFiles, lab_policy
+from appliance.testing import ApplianceContainer, ContainerNotReadyError, LabTargetContainer, TlsFiles, lab_policy
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -138,3 +139,16 @@ async def test_raw_mode_runs_a_syn_scan_with_net_raw_alone(images: tuple[str, st
     assert not result.is_error, result.content
     assert "-sS" in result.structured_content["argv"]
     assert open_ports(result.structured_content) == {8080}
+
+
+def test_an_appliance_that_refuses_to_start_fails_at_once_with_its_logs(
+    images: tuple[str, str], docker_client: docker.DockerClient
+) -> None:
+    # A token the appliance refuses (under 16 characters): it exits 2 at start, naming the rule.
+    with Network(docker_network_kw={"internal": True}) as net:
+        appliance = ApplianceContainer(policy=lab_policy("10.255.255.254"), token="short", network=net)
+        with pytest.raises(ContainerNotReadyError, match="exited with code 2") as failed:
+            appliance.start()
+        # The failed start removed its container (an exited one would still be listed here).
+        assert docker_client.containers.list(all=True, filters={"network": net.name}) == []
+    assert '"rule": "tokens_invalid"' in str(failed.value)
