@@ -33,9 +33,9 @@ from dockerlab import (
     write_pinned_policy,
 )
 from support.certs import Certs, create_certs
-from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
+from appliance.testing import LabTargetContainer
 from bench.compose import ServiceSpec, compose_env, compose_services
 
 # A first build (base image, wheels, both images) takes a few minutes here; a rebuild less.
@@ -149,8 +149,9 @@ def lab(
     network = Network(docker_network_kw={"internal": True})
     network.create()
     try:
-        target = DockerContainer(LAB_IMAGE).with_network(network).with_network_aliases(LAB_ALIAS)
-        target.with_kwargs(**web_spec.create_kwargs())
+        # The users' module (appliance.testing) with compose.yaml's own settings for `web` over its
+        # defaults: compose stays what is tested, the module starts it and waits for its server.
+        target = LabTargetContainer(LAB_IMAGE, network=network, alias=LAB_ALIAS, **web_spec.create_kwargs())
         target.start()
         try:
             record(f"lab target healthy after {wait_healthy(target):.1f} s")
