@@ -21,7 +21,7 @@ from bench.docker import BenchError, log
 from bench.host_servers import APPLIANCE, BARE, ServerSpec, appliance, bare
 from bench.lab import REPO
 from bench.netns import run_in_netns
-from bench.report import Goal, goal_met, not_measured
+from bench.report import Goal, goal_met, not_measured, timed_runs
 
 FIGURE = "host"
 GOAL_NAME = "host: cold start to tools/list, appliance minus a bare SDK 2.3 server (median)"
@@ -121,8 +121,7 @@ def row(results: dict[str, Any]) -> str:
     """The figures table's row 7."""
     f = results["figures"]
     p = results["parameters"]
-    runs = p.get("timing_runs", 1)
-    timed = f"medians of {runs} runs (min-max)" if runs > 1 else "1 run"
+    timed = timed_runs(p)
     figure = (
         f"host, empty network namespace: appliance, bare SDK 2.3 server and peers, interleaved, {timed} of "
         f"{p['cold_start_runs']} starts and {p['overhead_calls']} calls each (SDK 2.x client)"

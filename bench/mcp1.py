@@ -29,7 +29,7 @@ from bench.host_servers import PORT, appliance
 from bench.lab import REPO, TARGET_PORT, Lab
 from bench.netns import run_in_netns
 from bench.overhead import BatchProcess, Harness
-from bench.report import not_measured
+from bench.report import not_measured, timed_runs
 from bench.stats import percentile, summary_ms
 
 FIGURE = "mcp1_client"
@@ -158,8 +158,7 @@ def row(results: dict[str, Any]) -> str:
     """The figures table's row 8 (no goal yet: issue 10 sets it once the output schemas are shallow)."""
     f = results["figures"]
     p = results["parameters"]
-    runs = p.get("timing_runs", 1)
-    timed = f"medians of {runs} runs (min-max)" if runs > 1 else "1 run"
+    timed = timed_runs(p)
     figure = (
         f"per-call overhead with the MCP 1.x Python client (mcp 1.30.0), one-port nmap -sT (stdio), "
         f"{timed} of {p['overhead_calls']} calls: host (empty network namespace) and container"

@@ -230,6 +230,12 @@ def goals_table(goal_list: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+def timed_runs(parameters: dict[str, Any]) -> str:
+    """How a timing figure was taken, for its row: "medians of 3 runs (min-max)" or "1 run"."""
+    runs = parameters.get("timing_runs", 1)
+    return f"medians of {runs} runs (min-max)" if runs > 1 else "1 run"
+
+
 def not_measured(data: Any) -> str | None:
     """Why a figure (or one of its runs) has no result, or None when it has one."""
     if not data:
@@ -248,7 +254,6 @@ def markdown(results: dict[str, Any], extra_rows: Sequence[Callable[[dict[str, A
     f = results["figures"]
     g = results["goals"]
     p = results["parameters"]
-    runs = p.get("timing_runs", 1)
     rows = ["| # | figure | result | goal | met |", "|---|---|---|---|---|"]
 
     def row(number: str, figure: str, render: Any, goal: str, met: str, key: str) -> None:
@@ -257,7 +262,7 @@ def markdown(results: dict[str, Any], extra_rows: Sequence[Callable[[dict[str, A
         text = render(data) if why is None else f"not measured: {why}"
         rows.append(f"| {number} | {figure} | {text} | {goal} | {met} |")
 
-    timed = f"medians of {runs} runs (min-max)" if runs > 1 else "1 run"
+    timed = timed_runs(p)
     row(
         "1",
         f"per-call overhead, one-port nmap -sT (stdio), {timed} of {p['overhead_calls']} calls",
