@@ -415,6 +415,17 @@ class ScanService:
             error.details.update(scan_id=live.job.scan_id, status="failed")
             raise error from exc
 
+    def _claim_budget(self, plan: ScanPlan, policy: Policy) -> Claim | None:
+        engagement = None if plan.engagement is None else policy.engagement(plan.engagement)
+        if engagement is None:
+            return None
+        return self.budgets.claim(
+            engagement,
+            hosts=max(plan.target.host_count, 1),
+            rate=plan.rate,
+            default_concurrent=policy.limits.concurrency.per_engagement.running,
+        )
+
     async def _run_job(
         self,
         spec: ToolSpec,
@@ -430,35 +441,6 @@ class ScanService:
     ) -> ScanReport:
         """The job's task: wait for a slot, run, and end through `_finish_run` whatever happens.
         The engagement budget it claimed is given back at the end, however it ends."""
-        try:
-            return await self._run_claimed(spec, plan, policy, live, record, started, breaker, principal, timings)
-        finally:
-            if claim is not None:
-                self.budgets.release(claim)
-
-    def _claim_budget(self, plan: ScanPlan, policy: Policy) -> Claim | None:
-        engagement = None if plan.engagement is None else policy.engagement(plan.engagement)
-        if engagement is None:
-            return None
-        return self.budgets.claim(
-            engagement,
-            hosts=max(plan.target.host_count, 1),
-            rate=plan.rate,
-            default_concurrent=policy.limits.concurrency.per_engagement.running,
-        )
-
-    async def _run_claimed(
-        self,
-        spec: ToolSpec,
-        plan: ScanPlan,
-        policy: Policy,
-        live: LiveJob,
-        record: dict[str, Any],
-        started: float,
-        breaker: CircuitBreaker,
-        principal: str | None,
-        timings: CallTimings,
-    ) -> ScanReport:
         report: ScanReport | None = None
         run_result: RunResult | None = None
         started_run = False
@@ -490,9 +472,13 @@ class ScanService:
             else:
                 self._finish_run(spec, breaker, record, started, live, policy, None, None, exc, timings)
             raise
-        final = self._finish_run(spec, breaker, record, started, live, policy, report, run_result, None, timings)
-        assert final is not None  # a report and no failure: the job completed, partial or interrupted
-        return final
+        else:
+            final = self._finish_run(spec, breaker, record, started, live, policy, report, run_result, None, timings)
+            assert final is not None  # a report and no failure: the job completed, partial or interrupted
+            return final
+        finally:
+            if claim is not None:
+                self.budgets.release(claim)
 
     def _finish_run(
         self,
