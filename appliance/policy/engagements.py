@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from appliance.policy.fields import IPNetwork, Strict, check_suffixes, network
+from appliance.policy.fields import IPNetwork, NetworkLists, Strict
 
 ENGAGEMENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 CLAIM_NAME = re.compile(r"[A-Za-z0-9_:.-]{1,64}")
@@ -63,7 +63,7 @@ class Principals(Strict):
         return self
 
 
-class EngagementScope(Strict):
+class EngagementScope(NetworkLists):
     allow_networks: list[str] = Field(
         default_factory=list, description="Inside the global allow_networks; addresses outside are refused."
     )
@@ -71,24 +71,6 @@ class EngagementScope(Strict):
     allow_hostname_suffixes: list[str] = Field(
         default_factory=list, description="Under a global suffix; names outside are refused before any lookup."
     )
-
-    @field_validator("allow_networks", "deny_networks")
-    @classmethod
-    def _networks_parse(cls, value: list[str]) -> list[str]:
-        for text in value:
-            network(text)
-        return value
-
-    @field_validator("allow_hostname_suffixes")
-    @classmethod
-    def _suffixes_canonical(cls, value: list[str]) -> list[str]:
-        return check_suffixes(value)
-
-    def allowed(self) -> tuple[IPNetwork, ...]:
-        return tuple(network(text) for text in self.allow_networks)
-
-    def denied(self) -> tuple[IPNetwork, ...]:
-        return tuple(network(text) for text in self.deny_networks)
 
 
 class Window(Strict):

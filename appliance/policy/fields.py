@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -34,3 +34,32 @@ class Strict(BaseModel):
     """Unknown keys are errors (a typo must not silently widen scope); values never change."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkLists(Strict):
+    """What the global scope and an engagement's scope share: `allow_networks` and
+    `deny_networks` in canonical CIDR form, `allow_hostname_suffixes` as DNS suffixes. The
+    subclasses declare the fields (their defaults and meanings differ); the checks are one."""
+
+    # In the global scope's order (what `appliance policy validate` prints).
+    allow_networks: list[str]
+    allow_hostname_suffixes: list[str]
+    deny_networks: list[str]
+
+    @field_validator("allow_networks", "deny_networks")
+    @classmethod
+    def _networks_parse(cls, value: list[str]) -> list[str]:
+        for text in value:
+            network(text)
+        return value
+
+    @field_validator("allow_hostname_suffixes")
+    @classmethod
+    def _suffixes_canonical(cls, value: list[str]) -> list[str]:
+        return check_suffixes(value)
+
+    def allowed(self) -> tuple[IPNetwork, ...]:
+        return tuple(network(text) for text in self.allow_networks)
+
+    def denied(self) -> tuple[IPNetwork, ...]:
+        return tuple(network(text) for text in self.deny_networks)

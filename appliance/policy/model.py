@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import PolicyError
 from appliance.policy.engagements import Engagement, engagement_problems
-from appliance.policy.fields import IPNetwork, Strict, check_suffixes, network
+from appliance.policy.fields import NetworkLists, Strict
 from appliance.policy.migrate import Moved, from_version_1, refuse_version_1_keys
 from appliance.policy.targets import LOOPBACK
 
@@ -39,7 +39,7 @@ FORBIDDEN_SCRIPT_CATEGORIES = frozenset(
 )
 
 
-class ScopeRules(Strict):
+class ScopeRules(NetworkLists):
     allow_networks: list[str] = Field(
         default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
         description="Every scanned address must lie in one of these. IPv6 only when a v6 range is listed.",
@@ -63,24 +63,6 @@ class ScopeRules(Strict):
         strict=True,  # only a real YAML true opens loopback, never "yes" or 1
         description="TEST/DEMO ONLY: allow 127.0.0.0/8 and ::1. Logged loudly, shown in health.",
     )
-
-    @field_validator("allow_networks", "deny_networks")
-    @classmethod
-    def _networks_parse(cls, value: list[str]) -> list[str]:
-        for text in value:
-            network(text)
-        return value
-
-    @field_validator("allow_hostname_suffixes")
-    @classmethod
-    def _suffixes_canonical(cls, value: list[str]) -> list[str]:
-        return check_suffixes(value)
-
-    def allowed(self) -> tuple[IPNetwork, ...]:
-        return tuple(network(text) for text in self.allow_networks)
-
-    def denied(self) -> tuple[IPNetwork, ...]:
-        return tuple(network(text) for text in self.deny_networks)
 
 
 class ToolConcurrency(Strict):
