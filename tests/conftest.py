@@ -7,7 +7,7 @@ import io
 import ipaddress
 import os
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import yaml
 from hypothesis import settings as hypothesis_settings
 from prometheus_client import CollectorRegistry
 from support import FakeResolver, LabService, SpyRunner, merge
+from support.nats import NatsServer, nats_server
 
 from appliance.audit import AuditSink
 from appliance.config import Settings
@@ -27,6 +28,14 @@ from appliance.policy.store import PolicyStore
 from appliance.policy.targets import Scope
 from appliance.service import ScanService
 from appliance.tools import TOOLS
+
+
+@pytest.fixture(scope="session")
+def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One real nats-server with JetStream on 127.0.0.1 for the session; tests keep apart by
+    using buckets and subjects of their own."""
+    with nats_server(tmp_path_factory.mktemp("nats")) as server:
+        yield server
 
 
 @pytest.fixture

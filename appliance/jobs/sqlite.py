@@ -22,7 +22,7 @@ from pathlib import Path
 
 from appliance.errors import ExecutionError
 from appliance.jobs.model import UNFINISHED, Job, target_key
-from appliance.jobs.store import JobFilter, JobPage
+from appliance.jobs.store import JobFilter, JobPage, take_oldest
 
 log = logging.getLogger(__name__)
 
@@ -344,13 +344,13 @@ class SqliteJobStore:
         oldest_finished = "SELECT scan_id FROM jobs WHERE finished_at IS NOT NULL{} ORDER BY scan_id"
         over = self.count() - len(doomed) - max_count
         if over > 0:
-            _take_oldest(db.execute(oldest_finished.format("")).fetchall(), over, doomed, gone)
+            take_oldest((r[0] for r in db.execute(oldest_finished.format(""))), over, doomed, gone)
         for principal, total in db.execute(
             "SELECT principal, count(*) FROM jobs GROUP BY principal HAVING count(*) > ?", (principal_max,)
         ).fetchall():
             finished = db.execute(oldest_finished.format(" AND principal = ?"), (principal,)).fetchall()
             over = total - principal_max - sum(1 for (scan_id,) in finished if scan_id in gone)
-            _take_oldest(finished, over, doomed, gone)
+            take_oldest((r[0] for r in finished), over, doomed, gone)
         self.delete(doomed)
         return doomed
 
@@ -398,17 +398,6 @@ class SqliteJobStore:
             except sqlite3.Error as exc:
                 log.warning("job store checkpoint at close failed", extra={"reason": str(exc)})
         self._db.close()
-
-
-def _take_oldest(rows: Iterable[tuple[str]], over: int, doomed: list[str], gone: set[str]) -> None:
-    """Doom the first `over` of `rows` (finished scan ids, oldest first) not doomed already."""
-    for (scan_id,) in rows:
-        if over <= 0:
-            return
-        if scan_id not in gone:
-            doomed.append(scan_id)
-            gone.add(scan_id)
-            over -= 1
 
 
 def _read_only(path: Path) -> sqlite3.Connection | None:

@@ -114,3 +114,15 @@ class JobStore(Protocol):
         """Forget requests that were acted on, or that name no job this appliance runs."""
 
     def close(self) -> None: ...
+
+
+def take_oldest(scan_ids: Iterable[str], over: int, doomed: list[str], gone: set[str]) -> None:
+    """Doom the first `over` of `scan_ids` (finished scans, oldest first) not doomed already
+    (the retention sweep of both stores)."""
+    for scan_id in scan_ids:
+        if over <= 0:
+            return
+        if scan_id not in gone:
+            doomed.append(scan_id)
+            gone.add(scan_id)
+            over -= 1

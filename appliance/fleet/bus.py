@@ -1,0 +1,181 @@
+"""The appliance's one connection to NATS, on an event loop of its own.
+
+The job store interface is synchronous (appliance/jobs/store.py says why) and NATS' client is
+asyncio. The connection lives on its own loop in a daemon thread; synchronous callers hand it
+one operation at a time and wait for it, bounded by `operation_timeout_seconds`. A caller on
+the appliance's loop blocks that loop for one round trip to the server (about a millisecond on
+a lab network); that is the price of one store interface for both stores, paid only in the fleet.
+
+Only servers the operator configured are ever contacted (no discovery beyond what the servers
+announce of their own cluster, which `no_discovery` turns off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from appliance.errors import ExecutionError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Connecting to a server on the lab network takes milliseconds; a wrong address must not hold start-up.
+CONNECT_TIMEOUT_SECONDS = 5.0
+# One KV or object operation: a JetStream cluster acks a write once a quorum has it (milliseconds);
+# an election after a node loss takes a few seconds, which this must outlast.
+OPERATION_TIMEOUT_SECONDS = 10.0
+# The thread's loop must stop even when the server went away: draining waits at most this long.
+CLOSE_TIMEOUT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    servers: tuple[str, ...]
+    name: str = "mcp-scanner-appliance"
+    tls: ssl.SSLContext | None = None
+    credentials: Path | None = None  # a NATS .creds file (per-segment permissions, fleet issue item 6)
+    connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS
+    operation_timeout_seconds: float = OPERATION_TIMEOUT_SECONDS
+
+    def redacted_servers(self) -> list[str]:
+        """The server URLs without any user:password part, for logs and /healthz."""
+        return [_redact(url) for url in self.servers]
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.rpartition("://")
+    host = rest.rpartition("@")[2]
+    return f"{scheme}{sep}{host}"
+
+
+class BusUnavailable(ExecutionError):
+    """NATS could not be reached or did not answer in time."""
+
+
+class BusThread:
+    """A NATS connection (and its JetStream context) on a loop in a thread of its own."""
+
+    def __init__(self, settings: BusSettings) -> None:
+        self.settings = settings
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="nats-bus", daemon=True)
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+
+    @property
+    def js(self) -> JetStreamContext:
+        assert self._js is not None, "BusThread.start() first"
+        return self._js
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def start(self) -> None:
+        """Connect, or raise BusUnavailable naming the servers tried."""
+        self._thread.start()
+        try:
+            self.call(self._connect, "connect to NATS", timeout=self.settings.connect_timeout_seconds + 1)
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    async def _connect(self) -> None:
+        settings = self.settings
+        options: dict[str, Any] = {
+            "servers": list(settings.servers),
+            "name": settings.name,
+            "connect_timeout": settings.connect_timeout_seconds,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "no_echo": True,
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+        }
+        if settings.tls is not None:
+            options["tls"] = settings.tls
+        if settings.credentials is not None:
+            options["user_credentials"] = str(settings.credentials)
+        self._nc = await nats.connect(**options)
+        self._js = self._nc.jetstream(timeout=settings.operation_timeout_seconds)
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("NATS connection error", extra={"reason": repr(exc)})
+
+    async def _on_disconnected(self) -> None:
+        log.warning("NATS disconnected; reconnecting", extra={"servers": self.settings.redacted_servers()})
+
+    async def _on_reconnected(self) -> None:
+        log.info("NATS reconnected", extra={"servers": self.settings.redacted_servers()})
+
+    def call(self, operation: Callable[[], Awaitable[T]], what: str, *, timeout: float | None = None) -> T:
+        """Run `operation()` on the bus loop and wait for its result; a timeout or a lost
+        connection is BusUnavailable (`what` says what was being done); the operation's own
+        exceptions are raised as they are."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("BusThread.call() from the bus thread itself would wait for itself")
+
+        async def run() -> T:
+            return await operation()
+
+        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        wait = self.settings.operation_timeout_seconds if timeout is None else timeout
+        try:
+            return future.result(wait)
+        except FutureTimeout:
+            future.cancel()
+            raise self._unavailable(what, f"no answer within {wait:g} s") from None
+        except (nats.errors.NoServersError, nats.errors.ConnectionClosedError, nats.errors.TimeoutError) as exc:
+            raise self._unavailable(what, type(exc).__name__) from exc
+        except OSError as exc:  # refused, unreachable: before the first connection succeeded
+            raise self._unavailable(what, exc.strerror or type(exc).__name__) from exc
+
+    def _unavailable(self, what: str, why: str) -> BusUnavailable:
+        servers = ", ".join(self.settings.redacted_servers())
+        return BusUnavailable(
+            f"could not {what}: NATS ({servers}) {why}",
+            rule="bus_unavailable",
+            recovery_suggestion="Retry shortly; the operator must check that the NATS servers are up and reachable "
+            "and that this appliance's credentials are valid.",
+        )
+
+    def close(self) -> None:
+        """Drain and close the connection (bounded), then stop the thread."""
+        if self._nc is not None and self._thread.is_alive():
+            nc = self._nc
+
+            async def drain() -> None:
+                try:
+                    await asyncio.wait_for(nc.drain(), CLOSE_TIMEOUT_SECONDS)
+                except Exception as exc:  # noqa: BLE001 - a server gone at stop: close anyway
+                    log.info("NATS drain at close did not finish", extra={"reason": repr(exc)})
+                    await nc.close()
+
+            try:
+                self.call(drain, "close the NATS connection", timeout=CLOSE_TIMEOUT_SECONDS + 1)
+            except BusUnavailable:
+                log.warning("NATS connection did not close in time")
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(CLOSE_TIMEOUT_SECONDS)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()

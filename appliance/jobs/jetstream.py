@@ -1,0 +1,465 @@
+"""The fleet's job store: JetStream key-value (records and indexes) and object store (raw output).
+
+Any appliance connected to the same NATS sees the same jobs, so any front answers `get_scan`
+and `list_scans` (fleet issue). The keys are those appliance/jobs/store.py writes down:
+
+- `job.<scan_id>`: the record (JSON), the one truth;
+- `p.<principal>.<scan_id>`, `e.<engagement>.<scan_id>`: who may list it;
+- `s.<principal>.<tool>.<target_key>.<state>.<scan_id>`: list_scans' filters and "the previous
+  completed scan" from the key alone;
+- `u.<scan_id>` while unfinished, `f.<finished_at ms>.<scan_id>` once finished (retention);
+- `c.<scan_id>`: a pending cancel request (JSON: who asked, when).
+
+Principal, engagement and target parts are hex-encoded (keys allow `[-/_=.a-zA-Z0-9]`).
+JetStream has no multi-key transaction, so writes are ordered to keep one rule: **a stored
+record always has its index keys**. A write puts the new index keys, then the record, then
+deletes the index keys the old state no longer has; a delete removes the index keys first and
+the record last. A crash between two steps leaves at most stale index keys, which every read
+checks against the record (stale keys are skipped, never shown).
+
+Listings open an ordered consumer filtered on a key prefix (server-side) and read headers only:
+a page costs one pass over the keys of the principal asked about (all keys for an operator or
+`scan:admin`), plus one read per job shown. README "Store" has the figures and limits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from appliance.errors import ExecutionError
+from appliance.fleet.bus import BusThread, BusUnavailable
+from appliance.jobs.model import FINISHED, UNFINISHED, Job, target_key
+from appliance.jobs.store import JobFilter, JobPage, take_oldest
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BUCKET = "appliance_jobs"
+RAW_BUCKET = "appliance_raw"
+# JetStream's error code for a stream or account out of storage (nats-server errors.json).
+INSUFFICIENT_RESOURCES = 10047
+STREAM_STORE_FAILED = 10077
+
+
+def _hex(text: str) -> str:
+    # An empty part would make an invalid key; no principal, tool or target is empty, but "_" keeps it valid.
+    return text.encode().hex() or "_"
+
+
+def _unhex(part: str) -> str:
+    return "" if part == "_" else bytes.fromhex(part).decode()
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One `s.` key read back: everything list_scans filters on, without the record."""
+
+    principal: str
+    tool: str
+    target_key: str
+    state: str
+    scan_id: str
+
+    @classmethod
+    def parse(cls, key: str) -> IndexEntry | None:
+        parts = key.split(".")
+        if len(parts) != 6 or parts[0] != "s":
+            return None
+        try:
+            return cls(_unhex(parts[1]), parts[2], _unhex(parts[3]), parts[4], parts[5])
+        except ValueError:
+            return None
+
+
+def index_keys(job: Job) -> set[str]:
+    """The index keys a stored `job` has in its current state."""
+    principal = _hex(job.principal)
+    keys = {
+        f"p.{principal}.{job.scan_id}",
+        f"s.{principal}.{job.tool}.{_hex(target_key(job.target))}.{job.state}.{job.scan_id}",
+    }
+    if job.engagement is not None:
+        keys.add(f"e.{_hex(job.engagement)}.{job.scan_id}")
+    if job.state in UNFINISHED:
+        keys.add(f"u.{job.scan_id}")
+    if job.finished_at is not None:
+        keys.add(f"f.{int(job.finished_at * 1000):013d}.{job.scan_id}")
+    return keys
+
+
+def _store_error(action: str, exc: BaseException) -> ExecutionError:
+    code = getattr(exc, "err_code", None)
+    full = code in (INSUFFICIENT_RESOURCES, STREAM_STORE_FAILED)
+    return ExecutionError(
+        f"the job store could not {action}: {exc!r}",
+        rule="store_full" if full else "store_unwritable",
+        recovery_suggestion="Retry later; the operator must check the NATS JetStream servers (their storage "
+        "limits and health). Running scans and stored results are kept.",
+    )
+
+
+class JetStreamJobStore:
+    ephemeral = False  # JetStream keeps it (file storage, replicated as the bucket says)
+
+    def __init__(
+        self, bus: BusThread, *, bucket: str = BUCKET, raw_bucket: str = RAW_BUCKET, replicas: int = 1
+    ) -> None:
+        """Open (or create) the two buckets on a started `bus`. Raises BusUnavailable when NATS
+        does not answer, ExecutionError when JetStream refuses the buckets."""
+        self._bus = bus
+        self.bucket = bucket
+        self.raw_bucket = raw_bucket
+        self.replicas = replicas
+        self._fault: tuple[str, str] | None = None
+        self._kv: KeyValue | None = None
+        self._objects: ObjectStore | None = None
+        self._write("open the job buckets", self._open)
+
+    async def _open(self) -> None:
+        js = self._bus.js
+        try:
+            self._kv = await js.key_value(self.bucket)
+        except nats.js.errors.BucketNotFoundError:
+            config = KeyValueConfig(
+                bucket=self.bucket, history=1, storage=StorageType.FILE, replicas=self.replicas, direct=True
+            )
+            self._kv = await js.create_key_value(config)
+        try:
+            self._objects = await js.object_store(self.raw_bucket)
+        except nats.js.errors.BucketNotFoundError:
+            config_objects = ObjectStoreConfig(storage=StorageType.FILE, replicas=self.replicas)
+            # nats-py sets the config's bucket from its own argument.
+            self._objects = await js.create_object_store(self.raw_bucket, config=config_objects)
+
+    @property
+    def kv(self) -> KeyValue:
+        assert self._kv is not None
+        return self._kv
+
+    @property
+    def objects(self) -> ObjectStore:
+        assert self._objects is not None
+        return self._objects
+
+    # --- plumbing --------------------------------------------------------------------------
+    def _write(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
+        try:
+            result = self._bus.call(operation, action)
+        except BusUnavailable as exc:
+            self._fault = ("store_unwritable", exc.message)
+            raise ExecutionError(
+                exc.message, rule="store_unwritable", recovery_suggestion=exc.recovery_suggestion
+            ) from exc
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            error = _store_error(action, exc)
+            self._fault = (error.rule, error.message)
+            raise error from exc
+        self._fault = None
+        return result
+
+    def _read(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return self._bus.call(operation, action)
+        except BusUnavailable as exc:
+            raise ExecutionError(
+                exc.message, rule="store_unreachable", recovery_suggestion=exc.recovery_suggestion
+            ) from exc
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise ExecutionError(
+                f"the job store could not {action}: {exc!r}",
+                rule="store_unreachable",
+                recovery_suggestion="Retry shortly; the operator must check the NATS JetStream servers.",
+            ) from exc
+
+    async def _get(self, key: str) -> bytes | None:
+        try:
+            entry = await self.kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        return entry.value
+
+    async def _job(self, scan_id: str) -> Job | None:
+        value = await self._get(f"job.{scan_id}")
+        return None if not value else Job.from_record(json.loads(value))
+
+    async def _keys(self, pattern: str, *, values: bool = False) -> list[tuple[str, bytes]]:
+        """The live keys matching `pattern` (a subject filter the server applies), with their
+        values when asked (else headers only)."""
+        watcher = await self.kv.watch(pattern, meta_only=not values, ignore_deletes=True)
+        found: list[tuple[str, bytes]] = []
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of what is stored now
+                    break
+                found.append((entry.key, entry.value or b""))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+        return found
+
+    async def _index(self, principal: str | None) -> list[IndexEntry]:
+        pattern = "s.>" if principal is None else f"s.{_hex(principal)}.>"
+        return [entry for key, _ in await self._keys(pattern) if (entry := IndexEntry.parse(key)) is not None]
+
+    async def _delete_keys(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            await self.kv.delete(key)
+
+    # --- writes ----------------------------------------------------------------------------
+    async def _put(self, job: Job, raw: bytes | None) -> None:
+        old = await self._job(job.scan_id)
+        new_keys = index_keys(job)
+        stale = set() if old is None else index_keys(old) - new_keys
+        for key in sorted(new_keys):
+            await self.kv.put(key, job.state.encode())
+        if raw is not None:
+            await self.objects.put(job.scan_id, raw)
+        await self.kv.put(f"job.{job.scan_id}", json.dumps(job.to_record(), separators=(",", ":")).encode())
+        await self._delete_keys(sorted(stale))
+
+    def put(self, job: Job, raw: bytes | None = None) -> None:
+        self._write(f"record scan {job.scan_id}", lambda: self._put(job, raw))
+
+    def put_state(self, job: Job) -> None:
+        # A key-value entry is written whole: a state change rewrites the record (the live job
+        # holds it all), unlike SQLite's patch in place.
+        self._write(f"record the state of scan {job.scan_id}", lambda: self._put(job, None))
+
+    def put_raw(self, scan_id: str, output: bytes) -> None:
+        async def put() -> None:
+            await self.objects.put(scan_id, output)
+
+        self._write(f"record the raw output of {scan_id}", put)
+
+    async def _delete(self, scan_ids: list[str]) -> int:
+        removed = 0
+        for scan_id in scan_ids:
+            job = await self._job(scan_id)
+            if job is None:
+                continue
+            await self._delete_keys(sorted(index_keys(job)))
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.objects.delete(scan_id)
+            await self.kv.delete(f"job.{scan_id}")
+            removed += 1
+        return removed
+
+    def delete(self, scan_ids: Iterable[str]) -> int:
+        ids = list(scan_ids)
+        return self._write("delete scans", lambda: self._delete(ids)) if ids else 0
+
+    # --- cancel requests (operator CLI or another front -> the appliance running the scan) --
+    def request_cancel(self, scan_id: str, requested_by: str, now: float) -> None:
+        body = json.dumps({"requested_by": requested_by, "requested_at": now}).encode()
+
+        async def put() -> None:
+            await self.kv.put(f"c.{scan_id}", body)
+
+        self._write(f"record a cancel request for {scan_id}", put)
+
+    def cancel_requests(self) -> dict[str, str]:
+        async def read() -> dict[str, str]:
+            found = await self._keys("c.*", values=True)
+            return {key[2:]: str(json.loads(value)["requested_by"]) for key, value in found if value}
+
+        return self._read("read cancel requests", read)
+
+    def drop_cancel_requests(self, scan_ids: Iterable[str]) -> None:
+        keys = [f"c.{scan_id}" for scan_id in scan_ids]
+        if keys:
+            self._write("drop cancel requests", lambda: self._delete_keys(keys))
+
+    # --- reads -----------------------------------------------------------------------------
+    def get(self, scan_id: str) -> Job | None:
+        return self._read(f"read scan {scan_id}", lambda: self._job(scan_id))
+
+    def raw(self, scan_id: str) -> bytes | None:
+        async def read() -> bytes | None:
+            try:
+                result = await self.objects.get(scan_id)
+            except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError):
+                return None
+            return result.data
+
+        return self._read(f"read the raw output of {scan_id}", read)
+
+    async def _page(self, where: JobFilter, limit: int, cursor: str | None) -> JobPage:
+        entries = await self._index(where.principal if not where.engagements else None)
+        readable: set[str] | None = None
+        if where.principal is not None and where.engagements:
+            readable = {e.scan_id for e in entries if e.principal == where.principal}
+            for engagement in sorted(where.engagements):
+                readable.update(key.rpartition(".")[2] for key, _ in await self._keys(f"e.{_hex(engagement)}.*"))
+        wanted_target = None if where.target is None else target_key(where.target)
+
+        def matches(principal: str, tool: str, target: str, state: str, scan_id: str) -> bool:
+            return (
+                (readable is None or scan_id in readable)
+                and (readable is not None or where.principal is None or principal == where.principal)
+                and (where.tool is None or tool == where.tool)
+                and (wanted_target is None or target == wanted_target)
+                and (where.states is None or state in where.states)
+                and (cursor is None or scan_id < cursor)
+            )
+
+        candidates = sorted(
+            {e.scan_id for e in entries if matches(e.principal, e.tool, e.target_key, e.state, e.scan_id)},
+            reverse=True,
+        )
+        jobs: list[Job] = []
+        more = False
+        for scan_id in candidates:
+            job = await self._job(scan_id)
+            # The record decides: a stale index key (a crash between two writes) is skipped.
+            if job is None or not matches(job.principal, job.tool, target_key(job.target), job.state, scan_id):
+                continue
+            if len(jobs) == limit:
+                more = True
+                break
+            jobs.append(job)
+        return JobPage(jobs, jobs[-1].scan_id if more and jobs else None)
+
+    def page(self, where: JobFilter, limit: int, cursor: str | None = None) -> JobPage:
+        return self._read("list scans", lambda: self._page(where, limit, cursor))
+
+    async def _previous_completed_id(self, tool: str, target: str, principal: str, before: str) -> str | None:
+        pattern = f"s.{_hex(principal)}.{tool}.{_hex(target_key(target))}.completed.*"
+        ids = [key.rpartition(".")[2] for key, _ in await self._keys(pattern)]
+        older = [scan_id for scan_id in ids if scan_id < before]
+        return max(older) if older else None
+
+    def previous_completed_id(self, tool: str, target: str, principal: str, before: str) -> str | None:
+        return self._read(
+            "find the previous scan", lambda: self._previous_completed_id(tool, target, principal, before)
+        )
+
+    def previous_completed(self, tool: str, target: str, principal: str, before: str) -> Job | None:
+        scan_id = self.previous_completed_id(tool, target, principal, before)
+        return None if scan_id is None else self.get(scan_id)
+
+    def count(self, principal: str | None = None) -> int:
+        async def read() -> int:
+            if principal is None:
+                return len(await self._keys("job.*"))
+            return len(await self._keys(f"p.{_hex(principal)}.*"))
+
+        return self._read("count scans", read)
+
+    async def _recorded(self) -> tuple[set[str], list[IndexEntry]]:
+        """The scan ids that have a record, and the `s.` entries of those only (an index key a
+        crash left without its record is not a job)."""
+        records = {key[4:] for key, _ in await self._keys("job.*")}
+        return records, [entry for entry in await self._index(None) if entry.scan_id in records]
+
+    def counts(self) -> dict[str, int]:
+        async def read() -> dict[str, int]:
+            _, entries = await self._recorded()
+            states: dict[str, str] = {}
+            for entry in entries:
+                if entry.scan_id in states and states[entry.scan_id] != entry.state:
+                    job = await self._job(entry.scan_id)  # two states: a stale key; the record decides
+                    if job is not None:
+                        states[entry.scan_id] = job.state
+                else:
+                    states[entry.scan_id] = entry.state
+            totals: dict[str, int] = {}
+            for state in states.values():
+                totals[state] = totals.get(state, 0) + 1
+            return totals
+
+        return self._read("count scans by state", read)
+
+    def unfinished(self) -> list[Job]:
+        async def read() -> list[Job]:
+            jobs = [await self._job(key[2:]) for key, _ in await self._keys("u.*")]
+            return sorted(
+                (job for job in jobs if job is not None and job.state in UNFINISHED), key=lambda job: job.scan_id
+            )
+
+        return self._read("list unfinished scans", read)
+
+    # --- retention -------------------------------------------------------------------------
+    def sweep(self, now: float, max_age_seconds: float, max_count: int, principal_max: int) -> list[str]:
+        async def plan() -> list[str]:
+            cutoff_ms = int((now - max_age_seconds) * 1000)
+            doomed: list[str] = []
+            for key, _ in await self._keys("f.*.*"):
+                _, ms, scan_id = key.split(".", 2)
+                if int(ms) < cutoff_ms:
+                    doomed.append(scan_id)
+            gone = set(doomed)
+            owners: dict[str, str] = {}
+            finished: set[str] = set()
+            _, entries = await self._recorded()
+            for entry in entries:
+                owners[entry.scan_id] = entry.principal
+                if entry.state in FINISHED:
+                    finished.add(entry.scan_id)
+            oldest_finished = sorted(finished)
+            over = len(owners) - len(gone) - max_count
+            take_oldest(oldest_finished, over, doomed, gone)
+            by_principal: dict[str, list[str]] = {}
+            for scan_id, principal in owners.items():
+                by_principal.setdefault(principal, []).append(scan_id)
+            for principal, ids in sorted(by_principal.items()):
+                if len(ids) <= principal_max:
+                    continue
+                theirs = [scan_id for scan_id in oldest_finished if owners[scan_id] == principal]
+                over = len(ids) - principal_max - sum(1 for scan_id in ids if scan_id in gone)
+                take_oldest(theirs, over, doomed, gone)
+            return doomed
+
+        doomed = self._read("plan the retention sweep", plan)
+        self.delete(doomed)
+        self._write("remove index keys without a record", self._repair)
+        return doomed
+
+    async def _repair(self) -> None:
+        """Delete the index keys a crash between two writes left behind (the sweep's chore)."""
+        records = {key[4:] for key, _ in await self._keys("job.*")}
+        for pattern in ("p.>", "e.>", "s.>", "u.*", "f.*.*"):
+            keys = [key for key, _ in await self._keys(pattern) if key.rpartition(".")[2] not in records]
+            await self._delete_keys(keys)
+
+    # --- health ----------------------------------------------------------------------------
+    def writable(self) -> tuple[str, str] | None:
+        # The last write's failure until a write succeeds; new scans still try to write.
+        if self._fault is None and not self._bus.connected:
+            return "store_unwritable", "the NATS connection is down (reconnecting)"
+        return self._fault
+
+    def space_problem(self) -> tuple[str, str] | None:
+        # JetStream enforces its own limits; a write it refuses is `store_full` (see `_store_error`).
+        # Only that known condition refuses new scans before they try to write.
+        return self._fault if self._fault is not None and self._fault[0] == "store_full" else None
+
+    def describe(self) -> dict[str, object]:
+        problem = self.writable()
+        try:
+            jobs: int | None = self.count()
+        except ExecutionError:
+            jobs = None
+        return {
+            "kind": "jetstream",
+            "servers": self._bus.settings.redacted_servers(),
+            "bucket": self.bucket,
+            "raw_bucket": self.raw_bucket,
+            "replicas": self.replicas,
+            "jobs": jobs,
+            "problem": None if problem is None else problem[1],
+            "rule": None if problem is None else problem[0],
+        }
+
+    def close(self) -> None:
+        """The bus belongs to whoever started it (one connection serves the store and the queues)."""

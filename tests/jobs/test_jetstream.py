@@ -1,0 +1,142 @@
+"""The JetStream job store beyond the contract both stores keep: crash-safe index order, a lost
+or restarted NATS server, what /healthz shows. Real nats-server processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from support.fleet import jetstream_store_factory, started_bus
+from support.jobs import stored_job
+from support.nats import NatsServer, nats_server
+from support.waiting import wait_until
+
+from appliance.errors import ExecutionError
+from appliance.fleet.bus import BusSettings, BusThread, BusUnavailable
+from appliance.jobs.jetstream import JetStreamJobStore, index_keys
+from appliance.jobs.store import JobFilter
+
+
+def test_stale_index_keys_left_by_a_crash_between_writes_are_never_shown(nats: NatsServer) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        store = open_store()
+        done = stored_job("completed", target="10.20.0.5")
+        store.put(done)
+        # A crash after the new state's keys were written but before the old ones were deleted,
+        # and a crash half-way through deleting another job: index keys with no record behind them.
+        stale_running = next(k for k in index_keys(done) if k.startswith("s.")).replace(".completed.", ".running.")
+        ghost = stored_job("completed", target="10.20.0.5", at=1_000_100.0)
+
+        async def leave_stale_keys() -> None:
+            await store.kv.put(stale_running, b"running")
+            for key in index_keys(ghost):
+                await store.kv.put(key, b"completed")
+
+        store._bus.call(leave_stale_keys, "write stale keys")
+
+        assert [j.scan_id for j in store.page(JobFilter(principal="alice"), 10).jobs] == [done.scan_id]
+        assert store.page(JobFilter(states=frozenset({"running"})), 10).jobs == []
+        assert store.counts() == {"completed": 1}  # the ghost has no record; the stale state loses to it
+        assert store.unfinished() == []
+
+
+def test_a_ghost_index_key_never_answers_previous_completed(nats: NatsServer) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        store = open_store()
+        done = stored_job("completed", target="10.20.0.5")
+        store.put(done)
+        ghost = stored_job("completed", target="10.20.0.5", at=1_000_100.0)
+
+        async def leave_ghost() -> None:
+            for key in index_keys(ghost):
+                await store.kv.put(key, b"completed")
+
+        store._bus.call(leave_ghost, "write a ghost")
+        later = stored_job("running", target="10.20.0.5", at=1_000_200.0)
+        # The newest completed key names a scan with no record: the record decides, not the key.
+        assert store.previous_completed("nmap_scan", "10.20.0.5", "alice", later.scan_id) is None
+
+
+def test_a_store_whose_nats_went_away_refuses_writes_by_rule_and_heals_when_it_returns(tmp_path: Path) -> None:
+    with nats_server(tmp_path / "first") as first:
+        port = int(first.url.rpartition(":")[2])
+        bus = started_bus(first.url, operation_timeout_seconds=1.0)
+        try:
+            store = JetStreamJobStore(bus, bucket="jobs_restart", raw_bucket="raw_restart")
+            kept = stored_job("completed", target="10.20.0.5")
+            store.put(kept)
+            first.stop()
+
+            with pytest.raises(ExecutionError) as refused:
+                store.put(stored_job("queued", target="10.20.0.6"))
+            assert refused.value.rule == "store_unwritable"
+            assert "NATS" in refused.value.message
+            assert "NATS servers" in refused.value.recovery_suggestion
+            problem = store.writable()
+            assert problem is not None and problem[0] == "store_unwritable"
+            with pytest.raises(ExecutionError) as unreadable:
+                store.get(kept.scan_id)
+            assert unreadable.value.rule == "store_unreachable"
+
+            # The same server comes back on its port with its JetStream directory: nothing was lost.
+            with nats_server(tmp_path / "first", port=port):
+                wait_until(lambda: bus.connected, timeout=15, what="the bus reconnects")
+                assert store.get(kept.scan_id) == kept
+                again = stored_job("queued", target="10.20.0.6", at=1_000_500.0)
+                store.put(again)
+                assert store.writable() is None
+                assert {j.scan_id for j in store.page(JobFilter(), 10).jobs} == {kept.scan_id, again.scan_id}
+        finally:
+            bus.close()
+
+
+def test_connecting_to_a_port_nobody_listens_on_is_bus_unavailable_within_the_connect_timeout(
+    tmp_path: Path,
+) -> None:
+    with nats_server(tmp_path / "gone") as gone:
+        url = gone.url
+    bus = BusThread(BusSettings(servers=(url,), connect_timeout_seconds=0.5))
+    started = time.monotonic()
+    with pytest.raises(BusUnavailable) as refused:
+        bus.start()
+    assert refused.value.rule == "bus_unavailable"
+    assert url.rpartition("//")[2] in refused.value.message
+    assert time.monotonic() - started < 5
+
+
+def test_describe_names_the_buckets_and_never_shows_credentials(nats: NatsServer) -> None:
+    with_password = nats.url.replace("nats://", "nats://alice:s3cret@")
+    settings = BusSettings(servers=(with_password,))
+    assert settings.redacted_servers() == [nats.url]
+    with jetstream_store_factory(nats.url) as open_store:
+        store = open_store()
+        store.put(stored_job("completed"))
+        described = store.describe()
+    assert described["kind"] == "jetstream"
+    assert described["jobs"] == 1
+    assert described["problem"] is None
+    assert str(described["bucket"]).startswith("jobs_")
+
+
+def test_the_sweep_removes_index_keys_a_crash_left_without_a_record(nats: NatsServer) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        store = open_store()
+        kept = stored_job("completed", target="10.20.0.5", engagement="red")
+        store.put(kept)
+        ghost = stored_job("running", target="10.20.0.5", at=1_000_100.0, engagement="red")
+
+        async def leave_ghost() -> None:
+            for key in index_keys(ghost):
+                await store.kv.put(key, b"running")
+
+        store._bus.call(leave_ghost, "write a ghost")
+        assert store.count("alice") == 2  # the principal's index alone counts the ghost until the sweep
+
+        assert store.sweep(now=1_000_200.0, max_age_seconds=1e9, max_count=100, principal_max=100) == []
+
+        async def all_keys() -> list[str]:
+            return sorted(key for key, _ in await store._keys(">"))
+
+        assert store._bus.call(all_keys, "list keys") == sorted({f"job.{kept.scan_id}", *index_keys(kept)})
+        assert store.count("alice") == 1
