@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from appliance.policy.fields import IPNetwork, NetworkLists, Strict
+from appliance.policy.fields import IPNetwork, NetworkLists, Strict, within
 
 ENGAGEMENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 CLAIM_NAME = re.compile(r"[A-Za-z0-9_:.-]{1,64}")
@@ -161,10 +161,6 @@ class Engagement(Strict):
         return value
 
 
-def _within(inner: IPNetwork, outer: IPNetwork) -> bool:
-    return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
-
-
 def engagement_problems(
     engagements: list[Engagement],
     *,
@@ -183,7 +179,7 @@ def engagement_problems(
         seen.add(engagement.name)
         outer = allowed + loopback
         for text, net in zip(engagement.scope.allow_networks, engagement.scope.allowed(), strict=True):
-            if not any(_within(net, globally) for globally in outer):
+            if not any(within(net, globally) for globally in outer):
                 problems.append(
                     f"{where}.scope.allow_networks: {text} is outside the global scope.allow_networks "
                     "(an engagement can only narrow it)"

@@ -23,6 +23,15 @@ def network(text: str) -> IPNetwork:
     return parsed
 
 
+def within(inner: IPNetwork, outer: IPNetwork) -> bool:
+    """Every address of `inner` is in `outer` (False across IP versions)."""
+    return (
+        inner.version == outer.version
+        and int(outer.network_address) <= int(inner.network_address)
+        and int(inner.broadcast_address) <= int(outer.broadcast_address)
+    )
+
+
 def check_suffixes(value: list[str]) -> list[str]:
     for suffix in value:
         if not HOSTNAME_SUFFIX.fullmatch(suffix):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import PolicyError
+from appliance.policy.fields import within
 from appliance.policy.model import Policy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -71,7 +72,7 @@ def _refuse_cluster_overlap(
                     continue
                 # CIDRs that overlap nest: the smaller one is the shared part.
                 shared = net if net.prefixlen >= other.prefixlen else other
-                if any(_within(shared, d) for d in denied):
+                if any(within(shared, d) for d in denied):
                     continue  # the scope denies exactly that part
                 raise PolicyError(
                     f"allow_networks {net} overlaps the cluster's {kind} range {other}",
@@ -81,15 +82,11 @@ def _refuse_cluster_overlap(
                 )
 
 
-def _within(inner: IPNetwork, outer: IPNetwork) -> bool:
-    return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
-
-
 def _ip_block(net: IPNetwork, denied: list[IPNetwork]) -> dict[str, Any] | None:
     """`net` minus the denied ranges inside it; None when a denied range covers it whole."""
-    if any(_within(net, d) for d in denied):
+    if any(within(net, d) for d in denied):
         return None
-    inside = sorted({d for d in denied if _within(d, net)}, key=lambda d: (int(d.network_address), d.prefixlen))
+    inside = sorted({d for d in denied if within(d, net)}, key=lambda d: (int(d.network_address), d.prefixlen))
     block: dict[str, Any] = {"cidr": str(net)}
     if inside:
         block["except"] = [str(d) for d in inside]

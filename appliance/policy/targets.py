@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from appliance.errors import ValidationError
+from appliance.policy.fields import within
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -266,7 +267,7 @@ def _nat64_opened(scope: Scope) -> list[IPNetwork]:
     return [
         n
         for n in scope.allowed
-        if n.prefixlen >= NAT64_PREFIX_LENGTH and any(_within(n, prefix) for prefix in NAT64_PREFIXES)
+        if n.prefixlen >= NAT64_PREFIX_LENGTH and any(within(n, prefix) for prefix in NAT64_PREFIXES)
     ]
 
 
@@ -301,7 +302,7 @@ def _translated(target: IPAddress | IPNetwork, embedded: IPAddress | IPNetwork) 
 
 def _check_nat64_network(network: ipaddress.IPv6Network, scope: Scope) -> None:
     """A NAT64 block must lie in an allowed network, and its embedded IPv4 block must be in scope."""
-    if not any(_within(network, allowed) for allowed in _nat64_opened(scope)) or network.prefixlen < 96:
+    if not any(within(network, allowed) for allowed in _nat64_opened(scope)) or network.prefixlen < 96:
         raise _refuse(
             "target_ipv4_mapped_ipv6",
             f"{network} overlaps a NAT64 prefix: the translator would send to the embedded IPv4 addresses. "
@@ -323,14 +324,6 @@ def _overlaps(a: IPNetwork, b: IPNetwork) -> bool:
     )
 
 
-def _within(inner: IPNetwork, outer: IPNetwork) -> bool:
-    return (
-        inner.version == outer.version
-        and int(outer.network_address) <= int(inner.network_address)
-        and int(inner.broadcast_address) <= int(outer.broadcast_address)
-    )
-
-
 def check_network(network: IPNetwork, scope: Scope) -> None:
     """A CIDR block is in scope when every address in it is: inside one allowed network, no deny overlap."""
     if network.num_addresses > scope.max_hosts:
@@ -340,7 +333,7 @@ def check_network(network: IPNetwork, scope: Scope) -> None:
             "Split the range into smaller CIDR blocks, one per call.",
         )
     loopback = any(_overlaps(network, loop) for loop in LOOPBACK)
-    if loopback and not (scope.allow_loopback and any(_within(network, loop) for loop in LOOPBACK)):
+    if loopback and not (scope.allow_loopback and any(within(network, loop) for loop in LOOPBACK)):
         raise _refuse("target_denied_loopback", f"{network} overlaps loopback", "Scan a lab range.")
     for denied, rule in scope.denied:
         if _overlaps(network, denied) and (not loopback or rule == "target_denied_policy"):
@@ -349,7 +342,7 @@ def check_network(network: IPNetwork, scope: Scope) -> None:
             )
     if isinstance(network, ipaddress.IPv6Network) and any(_overlaps(network, p) for p in NAT64_PREFIXES):
         _check_nat64_network(network, scope)
-    if not loopback and not any(_within(network, allowed) for allowed in scope.allowed):
+    if not loopback and not any(within(network, allowed) for allowed in scope.allowed):
         raise _refuse(
             "target_out_of_scope",
             f"{network} is not inside one allowed network",
