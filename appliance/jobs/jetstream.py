@@ -259,6 +259,33 @@ class JetStreamJobStore:
         ids = list(scan_ids)
         return self._write("delete scans", lambda: self._delete(ids)) if ids else 0
 
+    # --- claims (fleet: JetStream delivers a job at least once) ----------------------------
+    def claim(self, scan_id: str, runner: str, now: float) -> Job | None:
+        """Make `runner` the one appliance that runs this queued job, by compare-and-set on its
+        record's revision. None when the job is gone, finished, or already claimed (a
+        redelivery of a job another appliance has): the caller acks it without running it."""
+
+        async def compare_and_set() -> Job | None:
+            key = f"job.{scan_id}"
+            try:
+                entry = await self.kv.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None
+            if not entry.value:
+                return None
+            job = Job.from_record(json.loads(entry.value))
+            if job.runner is not None or job.state != "queued":
+                return None
+            job.runner, job.updated_at = runner, now
+            body = json.dumps(job.to_record(), separators=(",", ":")).encode()
+            try:
+                await self.kv.update(key, body, last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return None  # another appliance's claim (or a state change) came first
+            return job
+
+        return self._write(f"claim scan {scan_id}", compare_and_set)
+
     # --- cancel requests (operator CLI or another front -> the appliance running the scan) --
     def request_cancel(self, scan_id: str, requested_by: str, now: float) -> None:
         body = json.dumps({"requested_by": requested_by, "requested_at": now}).encode()

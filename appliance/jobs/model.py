@@ -119,6 +119,8 @@ class Job:
     raw_bytes: int | None = None
     # The engagement the scan ran in (None: the policy had no engagements); its principals may read it.
     engagement: str | None = None
+    # The fleet appliance that claimed the job and runs it (None: a standalone appliance runs its own).
+    runner: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -155,6 +157,7 @@ class Job:
             "error": self.error,
             "raw_bytes": self.raw_bytes,
             "engagement": self.engagement,
+            "runner": self.runner,
         }
 
     @classmethod

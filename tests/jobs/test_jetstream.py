@@ -3,6 +3,7 @@ or restarted NATS server, what /healthz shows. Real nats-server processes on 127
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from support.waiting import wait_until
 from appliance.errors import ExecutionError
 from appliance.fleet.bus import BusSettings, BusThread, BusUnavailable
 from appliance.jobs.jetstream import JetStreamJobStore, index_keys
+from appliance.jobs.model import Job
 from appliance.jobs.store import JobFilter
 
 
@@ -140,3 +142,45 @@ def test_the_sweep_removes_index_keys_a_crash_left_without_a_record(nats: NatsSe
 
         assert store._bus.call(all_keys, "list keys") == sorted({f"job.{kept.scan_id}", *index_keys(kept)})
         assert store.count("alice") == 1
+
+
+def test_of_two_appliances_claiming_one_queued_job_at_once_exactly_one_wins(nats: NatsServer) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        first, second, front = open_store(), open_store(), open_store()
+        for _ in range(20):  # the race, many times over
+            queued = stored_job("queued", target="10.20.0.5")
+            front.put(queued)
+            start = threading.Barrier(2)
+            won: dict[str, Job | None] = {}
+
+            def claim(
+                store: JetStreamJobStore,
+                name: str,
+                scan_id: str = queued.scan_id,
+                start: threading.Barrier = start,
+                won: dict[str, Job | None] = won,
+            ) -> None:
+                start.wait()
+                won[name] = store.claim(scan_id, name, 1_000_010.0)
+
+            threads = [
+                threading.Thread(target=claim, args=(s, n)) for s, n in ((first, "seg-a-1"), (second, "seg-a-2"))
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            winners = [name for name, job in won.items() if job is not None]
+            assert len(won) == 2 and len(winners) == 1
+            stored = front.get(queued.scan_id)
+            assert stored is not None and stored.runner == winners[0]
+
+
+def test_a_finished_or_missing_job_is_never_claimed(nats: NatsServer) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        store = open_store()
+        done = stored_job("completed", target="10.20.0.5")
+        store.put(done)
+        assert store.claim(done.scan_id, "seg-a-1", 1_000_010.0) is None
+        assert store.claim("scan_000000000000deadbeef", "seg-a-1", 1_000_010.0) is None
+        assert store.get(done.scan_id) == done  # a refused claim writes nothing
