@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from aiohttp import ClientResponse, ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, generate_latest
+from support import TOKEN, served, write_policy
 from support.audit import records
 from support.certs import create_certs
 from support.jobs import stored_job
@@ -412,3 +415,30 @@ async def test_resource_figures_show_and_one_over_its_threshold_is_marked(page: 
     assert 'data-status="degraded"' in health or 'data-status="unhealthy"' in health
     assert re.search(r'class="resource over" data-resource="memory">memory \d+ % \(degraded above 0 %\)', health)
     assert 'data-resource="cpu"' in health and 'data-resource="disk"' in health
+
+
+def page_of(port: int, token: str | None) -> tuple[int, str]:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - the loopback sidecar
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+
+
+def test_the_running_appliance_serves_the_page_with_its_own_verifier_and_job_store(tmp_path: Path) -> None:
+    # `appliance serve` over HTTP: the MCP bearer token (APPLIANCE_AUTH_TOKEN: scan:read, no
+    # scan:admin) sees counts, the health token the full view, nothing at all only the form.
+    with served(write_policy(tmp_path), APPLIANCE_HEALTH_TOKEN=HEALTH_TOKEN) as server:
+        anonymous = page_of(server.health_port, None)
+        mcp_token = page_of(server.health_port, TOKEN)
+        health_token = page_of(server.health_port, HEALTH_TOKEN)
+        wrong = page_of(server.health_port, "wrong-token-0123456789")
+    assert anonymous[0] == 200 and 'id="login-form"' in anonymous[1] and 'id="tools"' not in anonymous[1]
+    assert mcp_token[0] == 200 and "Logged in as default" in mcp_token[1]
+    assert 'data-transport="http"' in mcp_token[1] and 'id="jobs"' in mcp_token[1]
+    assert 'id="recent-scans"' not in mcp_token[1]
+    assert health_token[0] == 200 and 'id="recent-scans"' in health_token[1]
+    assert wrong[0] == 401 and 'data-rule="status_token_invalid"' in wrong[1]

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from appliance.errors import ExecutionError
+from appliance.errors import ExecutionError, PermissionDeniedError
 from appliance.health import Health
 from appliance.identity.scopes import SCAN_ADMIN, SCAN_READ
 from appliance.jobs.model import STATES, Job
@@ -56,8 +56,14 @@ HEADERS = {
 }
 # The figures /healthz compares against their thresholds (over one: degraded).
 RESOURCES = ("cpu", "memory", "disk")
-# The refusals of these routes, children created up front (dashboards see zeros, not gaps).
-RULES = ("health_host_not_allowed", "status_origin_mismatch", "status_token_invalid", "insufficient_scope")
+# The refusals of these routes and their HTTP status; metric children are created up front
+# (dashboards see zeros, not gaps).
+STATUS = {
+    "health_host_not_allowed": 421,
+    "status_origin_mismatch": 403,
+    "status_token_invalid": 401,
+    "insufficient_scope": 403,
+}
 RECOVERY = {
     "health_host_not_allowed": "Use an allowed host name or add it to APPLIANCE_HEALTH_ALLOWED_HOSTS.",
     "status_origin_mismatch": "Submit the form from the status page itself (this host and port), not another site.",
@@ -76,12 +82,9 @@ class StatusSources:
     sessions: SessionStore = field(default_factory=SessionStore)
 
 
-class Refused(Exception):
-    def __init__(self, status: int, rule: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.rule = rule
-        self.message = message
+def refused(rule: str, message: str) -> PermissionDeniedError:
+    """A refusal of these routes: the project's one error type for it, with the rule's advice."""
+    return PermissionDeniedError(message, rule=rule, recovery_suggestion=RECOVERY[rule])
 
 
 def _html(text: str, status: int = 200) -> web.Response:
@@ -111,7 +114,7 @@ class StatusPage:
             ["rule"],
             registry=registry,
         )
-        for rule in RULES:
+        for rule in STATUS:
             self.refusals.labels(rule)
 
     def add_routes(self, app: web.Application) -> None:
@@ -125,21 +128,21 @@ class StatusPage:
 
     # --- who is asking ------------------------------------------------------------------------
     async def _identify(self, token: str) -> render.Viewer:
-        """The viewer a presented credential makes; raises Refused when it makes none."""
+        """The viewer a presented credential makes; raises PermissionDeniedError when it makes none."""
         token = token.strip()
         if self._token is not None and hmac.compare_digest(token.encode(), self._token.encode()):
             return render.Viewer("health_token", sees_scans=True)
         verifier = self._sources.verifier
         access = None if verifier is None or not token else await verifier.verify_token(token)
         if access is None:
-            raise Refused(401, "status_token_invalid", "That token is neither the health token nor a valid MCP token.")
+            raise refused("status_token_invalid", "That token is neither the health token nor a valid MCP token.")
         if SCAN_READ not in access.scopes:
-            raise Refused(403, "insufficient_scope", f"The token of {access.client_id} does not carry {SCAN_READ}.")
+            raise refused("insufficient_scope", f"The token of {access.client_id} does not carry {SCAN_READ}.")
         return render.Viewer("access_token", access.client_id, tuple(access.scopes), SCAN_ADMIN in access.scopes)
 
     def _check_host(self, request: web.Request) -> None:
         if not self._host_ok(request):
-            raise Refused(421, "health_host_not_allowed", "This Host name is not one the sidecar answers to.")
+            raise refused("health_host_not_allowed", "This Host name is not one the sidecar answers to.")
 
     @staticmethod
     def _check_origin(request: web.Request) -> None:
@@ -151,23 +154,24 @@ class StatusPage:
             parts = urlsplit(referer)
             origin = f"{parts.scheme}://{parts.netloc}"
         if origin is None or origin.lower() != expected:
-            raise Refused(403, "status_origin_mismatch", "This form was not sent from the status page's own origin.")
+            raise refused("status_origin_mismatch", "This form was not sent from the status page's own origin.")
 
-    def _refuse(self, request: web.Request, refused: Refused) -> web.Response:
-        self.refusals.labels(refused.rule).inc()
-        log.warning("status page request refused", extra={"rule": refused.rule, "status": refused.status})
+    def _refuse(self, request: web.Request, error: PermissionDeniedError) -> web.Response:
+        status = STATUS[error.rule]
+        self.refusals.labels(error.rule).inc()
+        log.warning("status page request refused", extra={"rule": error.rule, "status": status})
         record = {
             "event": "status_page_refused",
             "verdict": "refused",
-            "status": refused.status,
-            "rule": refused.rule,
+            "status": status,
+            "rule": error.rule,
             "method": request.method,
             "path": request.path,
             "client": request.remote,
         }
         with contextlib.suppress(ExecutionError):  # an unwritable audit shows in readiness; the refusal stands
             self._health.audit.write(record)
-        return _html(render.refusal_page(refused.rule, refused.message, RECOVERY[refused.rule]), refused.status)
+        return _html(render.refusal_page(error.rule, error.message, error.recovery_suggestion), status)
 
     # --- routes -----------------------------------------------------------------------------
     async def index(self, request: web.Request) -> web.StreamResponse:
@@ -176,8 +180,8 @@ class StatusPage:
             scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() == "bearer":
                 return _html(self._page(await self._identify(presented)))
-        except Refused as refused:
-            return self._refuse(request, refused)
+        except PermissionDeniedError as error:
+            return self._refuse(request, error)
         session_id = request.cookies.get(COOKIE)
         if session_id:
             return await self._from_session(session_id)
@@ -191,7 +195,7 @@ class StatusPage:
         if session is not None:
             try:
                 viewer = await self._identify(session.token)
-            except Refused:
+            except PermissionDeniedError:
                 # Revoked or expired since the login: the session ends with the token.
                 self._sources.sessions.drop(session_id)
                 note = "The token of your session is no longer valid; log in again."
@@ -212,8 +216,8 @@ class StatusPage:
             posted = (await request.post()).get("token")
             token = posted.strip() if isinstance(posted, str) else ""
             viewer = await self._identify(token)
-        except Refused as refused:
-            return self._refuse(request, refused)
+        except PermissionDeniedError as error:
+            return self._refuse(request, error)
         session_id, _ = self._sources.sessions.create(token)
         self._audit_login(request, viewer)
         response = _see_other("/")
@@ -232,8 +236,8 @@ class StatusPage:
         try:
             self._check_host(request)
             self._check_origin(request)
-        except Refused as refused:
-            return self._refuse(request, refused)
+        except PermissionDeniedError as error:
+            return self._refuse(request, error)
         session_id = request.cookies.get(COOKIE)
         if session_id:
             self._sources.sessions.drop(session_id)
