@@ -164,6 +164,7 @@ class Appliance:
             elif len(self.tokens.table):
                 verifier = BearerTokenVerifier(self.tokens)
         auth = None if self.oauth is None else auth_settings(self.oauth)
+        self.verifier = verifier  # the status page's too: one verifier for every bearer token
         self.server = ScannerServer(self.service, token_verifier=verifier, auth=auth)
         self.draining = False
         self.health_port: int | None = None
@@ -391,7 +392,13 @@ class Appliance:
         that arrive meanwhile are still answered."""
         sidecar = await asyncio.to_thread(importlib.import_module, "appliance.sidecar")
         token = self.settings.health_token.get_secret_value() if self.settings.health_token else None
-        app = sidecar.build_sidecar(self._health(), self.registry, token, self.settings.health_allowed_hosts)
+        app = sidecar.build_sidecar(
+            self._health(),
+            self.registry,
+            token,
+            self.settings.health_allowed_hosts,
+            sidecar.StatusSources(verifier=self.verifier, jobs=self.job_store),
+        )
         runner, self.health_port = await sidecar.start_sidecar(
             app, self.settings.health_host, self.settings.health_port, None if self.tls is None else self.tls.context
         )

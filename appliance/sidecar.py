@@ -1,4 +1,5 @@
-"""The aiohttp sidecar: /livez, /readyz, /healthz, /metrics on their own port, in the same loop."""
+"""The aiohttp sidecar: /livez, /readyz, /healthz, /metrics and the status page (/, appliance.status)
+on their own port, in the same loop."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from appliance.health import Health
+from appliance.status.web import StatusPage, StatusSources
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ def build_sidecar(
     registry: CollectorRegistry,
     token: str | None = None,
     allowed_hosts: Sequence[str] = ("127.0.0.1:*", "localhost:*", "[::1]:*"),
+    status: StatusSources | None = None,
 ) -> web.Application:
     def guarded(handler: Handler) -> Handler:
         """Host check first (DNS rebinding), then the bearer token when one is configured."""
@@ -91,6 +94,13 @@ def build_sidecar(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/healthz", guarded(healthz))
     app.router.add_get("/metrics", guarded(make_aiohttp_handler(registry)))
+    StatusPage(
+        health,
+        registry,
+        token,
+        status if status is not None else StatusSources(),
+        host_ok=lambda request: host_allowed(request.headers.get("Host"), allowed_hosts),
+    ).add_routes(app)
     return app
 
 

@@ -12,41 +12,17 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from support import APPLIANCE, server_env, write_policy
+from support.sidecars import HEALTH_TOKEN, State, make_health
 
 from appliance.audit import AuditSink
-from appliance.config import Settings, load_settings
+from appliance.config import load_settings
 from appliance.errors import ConfigError
 from appliance.health import Health, ScannerStatus
 from appliance.metrics import Metrics
-from appliance.policy.netinfo import NetworkFacts
-from appliance.policy.store import PolicyStore
 from appliance.sidecar import build_sidecar
 from appliance.tools import TOOLS
 
 pytestmark = pytest.mark.anyio
-HEALTH_TOKEN = "health-token-0123456789"
-
-
-class State:
-    draining = False
-
-
-def make_health(tmp_path: Path, scanners_present: bool = True, audit_dir: Path | None = None) -> tuple[Health, State]:
-    policy = write_policy(tmp_path)
-    audit_path = (audit_dir or tmp_path) / "audit.log"
-    settings = Settings(policy_path=policy, audit_path=audit_path, auth_token="never-shown-secret-123")  # type: ignore[arg-type]
-    state = State()
-    scanners = {t: ScannerStatus(f"/usr/bin/{t}", scanners_present, "v1" if scanners_present else None) for t in TOOLS}
-    health = Health(
-        settings,
-        PolicyStore(policy, facts=NetworkFacts),
-        AuditSink(audit_path),
-        scanners,
-        breakers=lambda: {t: {"state": "closed"} for t in TOOLS},
-        draining=lambda: state.draining,
-        privilege_check=lambda: {"ok": True, "excess": []},
-    )
-    return health, state
 
 
 @pytest.fixture

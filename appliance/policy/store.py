@@ -11,8 +11,9 @@ from the next call on, without a SIGHUP.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from appliance.errors import PolicyError
@@ -36,6 +37,9 @@ class PolicySnapshot:
     # A version 1 file is converted at load: its version and the keys that moved.
     file_version: int = POLICY_VERSION
     moved: tuple[Moved, ...] = ()
+    # When the file was loaded (wall clock): the status page's "reloaded at". A recompile for new
+    # network facts keeps it, since the file did not change.
+    loaded_at: float = field(default_factory=time.time)
 
 
 def build_snapshot(path: Path, facts: NetworkFacts, script_db: Path = SCRIPT_DB) -> PolicySnapshot:
@@ -62,6 +66,8 @@ class PolicyStore:
         self._signature = signature
         self._seen = signature()
         self._current = build_snapshot(path, facts(), script_db)
+        # The last reload refused since the current policy loaded: (when, rule), for the status page.
+        self.refused: tuple[float, str] | None = None
         self._warn_if_insecure(self._current)
 
     @property
@@ -94,8 +100,10 @@ class PolicyStore:
             )
             # The facts are the host's, not the file's: they apply to the last good policy too.
             self._refresh_facts()
+            self.refused = (time.time(), exc.rule)
             return False
         self._current = snapshot
+        self.refused = None
         self._warn_if_insecure(snapshot)
         log.info("policy reloaded", extra={"policy_path": str(self._path)})
         return True
