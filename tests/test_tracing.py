@@ -27,7 +27,9 @@ from support import (
     GatedRunner,
     LabService,
     eventually,
+    http_client,
     initialize_request,
+    served,
     server_env,
     stdio_child,
     tcp_listener,
@@ -42,6 +44,8 @@ from appliance.tracing.export import SHUTDOWN_SECONDS, export_requested
 XML = (Path(__file__).resolve().parent / "fixtures" / "nmap" / "connect.xml").read_bytes()
 SCAN = {"target": "10.20.0.5", "ports": "18081-18083"}
 STAGES = ("queue wait", "scanner run", "parse")
+# One nmap scan at a time, so a second one waits `queued` for the first.
+ONE_AT_A_TIME = {"limits": {"concurrency": {"per_tool": {"nmap_scan": {"running": 1}}}}}
 
 
 @pytest.fixture
@@ -188,6 +192,38 @@ async def test_a_cancelled_job_ends_its_span_with_outcome_cancelled(
     assert job.status.status_code is StatusCode.UNSET  # a cancel is the caller's choice, not an error
 
 
+@pytest.mark.anyio
+async def test_a_job_refused_while_queued_ends_its_queue_wait_and_job_spans_with_the_rule(
+    lab_service: Callable[..., LabService], spans: InMemorySpanExporter
+) -> None:
+    runner = GatedRunner(XML)
+    lab = lab_service(ONE_AT_A_TIME, runner=runner, privilege_mode="connect")
+    async with Client(ScannerServer(lab.service).mcp, mode="legacy") as client:
+        first = await client.call_tool("nmap_scan", {**SCAN, "wait_seconds": 0})
+        await asyncio.wait_for(runner.started.wait(), 5)
+        second = await client.call_tool("nmap_scan", {**SCAN, "wait_seconds": 0})
+        assert second.structured_content["status"] == "queued"  # type: ignore[index]
+        lab.service.limiter.close()  # shutting down: the queued job is refused
+        await eventually(lambda: named(spans.get_finished_spans(), "scan nmap_scan"), within=10)
+        runner.gate.set()
+        await eventually(lambda: len(named(spans.get_finished_spans(), "scan nmap_scan")) == 2, within=10)
+
+    queued_id = second.structured_content["scan_id"]  # type: ignore[index]
+    jobs = {span.attributes["appliance.scan_id"]: span for span in named(spans.get_finished_spans(), "scan nmap_scan")}  # type: ignore[index]
+    refused = jobs[queued_id]
+    assert refused.status.status_code is StatusCode.ERROR and refused.status.description == "shutting_down"
+    assert refused.attributes is not None
+    assert refused.attributes["appliance.rule"] == "shutting_down"
+    assert refused.attributes["appliance.outcome"] == "resource_exhausted"
+    waits = [span for span in named(spans.get_finished_spans(), "queue wait") if parent_of(span) == span_id(refused)]
+    assert [span.status.description for span in waits] == ["shutting_down"]
+    assert not [
+        span for span in named(spans.get_finished_spans(), "scanner run") if parent_of(span) == span_id(refused)
+    ]
+    ran = jobs[first.structured_content["scan_id"]]  # type: ignore[index]
+    assert ran.status.status_code is StatusCode.UNSET and ran.attributes["appliance.outcome"] == "ok"  # type: ignore[index]
+
+
 # --- which variables turn export on ----------------------------------------------------------
 
 
@@ -239,6 +275,9 @@ def test_an_exporter_the_appliance_cannot_run_refuses_the_start(environ: dict[st
 
 # --- child processes ---------------------------------------------------------------------------
 
+# The batch processor's timer far off: what the collector gets, it got from the exit's flush.
+AT_EXIT_ONLY = {"OTEL_BSP_SCHEDULE_DELAY": "600000"}
+
 # Builds the whole app as `serve` does, then lists the OpenTelemetry modules loaded.
 LOADED = """
 import json, os, sys
@@ -282,10 +321,11 @@ async def test_spans_of_a_stdio_appliance_reach_an_otlp_http_collector_at_exit(t
     policy = write_policy(tmp_path, LOOPBACK_POLICY)
     with otlp_receiver() as receiver, tcp_listener() as port:
         base = receiver.endpoint.removesuffix("/v1/traces")
-        env = server_env(policy, APPLIANCE_HEALTH_ENABLED="false", OTEL_EXPORTER_OTLP_ENDPOINT=base)
+        env = server_env(policy, APPLIANCE_HEALTH_ENABLED="false", OTEL_EXPORTER_OTLP_ENDPOINT=base, **AT_EXIT_ONLY)
         async with Client(StdioServerParameters(command=APPLIANCE, args=["serve"], env=env), mode="legacy") as client:
             scanned = await client.call_tool("nmap_scan", {"target": "127.0.0.1", "ports": str(port)})
             refused = await client.call_tool("nmap_scan", {"target": "8.8.8.8"})
+            assert not receiver.spans  # nothing is sent before the exit (AT_EXIT_ONLY)
         # The client closed stdin and waited for the exit: the batch was sent at shutdown.
         assert not scanned.is_error, scanned.content
         assert refused.is_error
@@ -305,6 +345,22 @@ async def test_spans_of_a_stdio_appliance_reach_an_otlp_http_collector_at_exit(t
     [job] = [span for span in got if span.name == "scan nmap_scan"]
     assert job.attributes["appliance.scan_id"] == scanned.structured_content["scan_id"]  # type: ignore[index]
     assert job.attributes["appliance.outcome"] == "ok"
+
+
+@pytest.mark.anyio
+async def test_spans_of_an_http_appliance_reach_the_collector_when_it_is_stopped_with_sigterm(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, LOOPBACK_POLICY)
+    with otlp_receiver() as receiver:
+        with served(policy, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=receiver.endpoint, **AT_EXIT_ONLY) as server:
+            async with http_client(server.url, "2026-07-28") as client:
+                dry = await client.call_tool("nmap_scan", {"target": "127.0.0.1", "dry_run": True})
+            assert not dry.is_error
+            assert not receiver.spans  # nothing is sent before the stop (AT_EXIT_ONLY)
+            assert server.stop() == 0
+        names = receiver.names()
+
+    assert names.count("policy check") == 1
+    assert "tools/call nmap_scan" in names
 
 
 def test_a_collector_that_never_answers_delays_exit_by_the_shutdown_bound_only(tmp_path: Path) -> None:
