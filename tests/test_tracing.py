@@ -83,12 +83,13 @@ def span_id(span: ReadableSpan) -> int:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
 async def test_a_scan_call_nests_its_checks_under_the_sdk_request_span_and_runs_in_a_linked_job_trace(
-    gated: tuple[ScannerServer, GatedRunner], spans: InMemorySpanExporter
+    gated: tuple[ScannerServer, GatedRunner], spans: InMemorySpanExporter, mode: str
 ) -> None:
     server, runner = gated
     runner.gate.set()
-    async with Client(server.mcp, mode="legacy") as client:
+    async with Client(server.mcp, mode=mode) as client:
         result = await client.call_tool("nmap_scan", {**SCAN, "wait_seconds": 10})
     assert not result.is_error, result.content
     scan_id = result.structured_content["scan_id"]  # type: ignore[index]
@@ -357,10 +358,12 @@ async def test_spans_of_an_http_appliance_reach_the_collector_when_it_is_stopped
             assert not dry.is_error
             assert not receiver.spans  # nothing is sent before the stop (AT_EXIT_ONLY)
             assert server.stop() == 0
-        names = receiver.names()
+        received, names = receiver.spans, receiver.names()
 
+    [check] = [span for span in received if span.name == "policy check"]
+    [request] = [span for span in received if span.name == "tools/call nmap_scan"]
+    assert check.parent_span_id == request.span_id
     assert names.count("policy check") == 1
-    assert "tools/call nmap_scan" in names
 
 
 def test_a_collector_that_never_answers_delays_exit_by_the_shutdown_bound_only(tmp_path: Path) -> None:
