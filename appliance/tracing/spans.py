@@ -21,7 +21,7 @@ plan (the audited target), never from what a caller sent.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +33,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from appliance import __version__
 from appliance.errors import ApplianceError
 from appliance.jobs.model import Job
-from appliance.runner import RunResult
+from appliance.runner import RunLimits, RunResult
 
 T = TypeVar("T")
 AttributeValue = str | int | float | bool
@@ -42,9 +42,8 @@ AttributeValue = str | int | float | bool
 tracer = trace.get_tracer("mcp-scanner-appliance", __version__)
 
 
-def _refused(span: Span, error: ApplianceError) -> None:
-    span.set_attributes({"appliance.rule": error.rule, "error.type": error.error_type})
-    span.set_status(Status(StatusCode.ERROR, error.rule))
+def _rule(error: ApplianceError) -> dict[str, AttributeValue]:
+    return {"appliance.rule": error.rule, "error.type": error.error_type}
 
 
 @contextlib.contextmanager
@@ -57,7 +56,8 @@ def _span(name: str, attributes: Mapping[str, AttributeValue], **options: Any) -
         try:
             yield span
         except ApplianceError as exc:
-            _refused(span, exc)
+            span.set_attributes(_rule(exc))
+            span.set_status(Status(StatusCode.ERROR, exc.rule))
             raise
         except Exception as exc:
             # The type only: a bug's message may quote anything (the log has the traceback).
@@ -98,7 +98,7 @@ class TracedRunner:
     def __init__(self, runner: Any) -> None:
         self._runner = runner
 
-    async def __call__(self, argv: Any, limits: Any, **kwargs: Any) -> RunResult:
+    async def __call__(self, argv: Sequence[str], limits: RunLimits, **kwargs: Any) -> RunResult:
         with stage("scanner run", **{"appliance.scanner": Path(argv[0]).name}) as span:
             result: RunResult = await self._runner(argv, limits, **kwargs)
             span.set_attributes(
@@ -120,7 +120,7 @@ def annotate(**attributes: AttributeValue) -> None:
 def refused(error: ApplianceError) -> None:
     """A refusal's rule on the current span (the request span, or the job span of a job refused
     while queued); the bookkeeping of every refusal calls it (ScanService.refuse)."""
-    trace.get_current_span().set_attributes({"appliance.rule": error.rule, "error.type": error.error_type})
+    trace.get_current_span().set_attributes(_rule(error))
 
 
 def job_ended(outcome: str, timings_ms: Mapping[str, float]) -> None:
