@@ -7,6 +7,7 @@ import asyncio
 import functools
 import gc
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from appliance.service import ScanService
 from appliance.startup import StartupClock
 from appliance.tools import TOOLS
 from appliance.tools.arguments import parse_arguments
+from appliance.tracing.export import start_export
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -76,11 +78,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"transport": args.transport, "host": args.host, "port": args.port}.items() if v}
     settings = load_settings(**overrides)
     configure_logging(settings.log_level)
+    # The OTEL_* variables are the OpenTelemetry SDK's (the one exception to reading settings
+    # only through appliance.config; README: Traces): nothing is imported or sent without them.
+    export = start_export(os.environ, settings)
 
     async def serve() -> int:
         return await Appliance(settings, clock=clock).run()
 
-    code = asyncio.run(serve())
+    try:
+        code = asyncio.run(serve())
+    finally:
+        if export is not None:
+            export.shutdown()  # bounded: a dead collector does not hold the exit (SHUTDOWN_SECONDS)
     # Everything is written and closed (audit, store, streams). What is left is the interpreter's
     # teardown, whose garbage collections walk every object alive (about 0.5 s of CPU, most of
     # an exit); freezing them skips those walks, finalizers and atexit handlers still run.

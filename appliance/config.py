@@ -2,7 +2,8 @@
 
 Everything that may change while the appliance runs (scope, limits, tools enabled) lives in the
 policy file instead (`appliance.policy`). Settings are built once in `main()` and passed down;
-nothing else in the package reads the environment.
+nothing else in the package reads the environment, but for the OpenTelemetry SDK's own OTEL_*
+variables (appliance.tracing.export; README: Traces).
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from appliance.timings import CallTimings
 from appliance.tools import TOOLS, ToolSpec
 from appliance.tools.arguments import parse_arguments
 from appliance.tools.base import FindingStream, PlanContext, ScanPlan
+from appliance.tracing import spans
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class ScanService:
         self.audit = audit
         self.metrics = metrics
         self._resolve = resolve
-        self._run = runner
+        self._run = spans.TracedRunner(runner)  # a `scanner run` span per run
         self._clock = clock
         self._rates = RateBudget()
         # Engagement windows are wall-clock times; tests stand before, in and after them.
@@ -287,6 +288,7 @@ class ScanService:
                 self.metrics.calls.labels(tool, "refused").inc()
                 self.metrics.scope_refusals.labels(tool, error.rule).inc()
         self.audit.write({**record, "verdict": "refused", "rule": error.rule, "error_type": error.error_type})
+        spans.refused(error)
 
     def owner(self, principal: str | None) -> str:
         """Whose job a call starts: the verified principal; over stdio the one client."""
@@ -326,16 +328,18 @@ class ScanService:
             "arguments": arguments.model_dump() if isinstance(arguments, BaseModel) else arguments,
         }
         try:
-            # One snapshot for the whole call: a reload mid-call never changes its rules or limits.
-            snapshot = self.store.current
-            if not isinstance(arguments, BaseModel):
-                request = parse_arguments(spec.request_model, arguments)
-                record["arguments"] = request.model_dump()  # as validated, not as sent
-            else:
-                request = arguments
-            check_scopes(spec.name, request, scopes)
-            plan = await self.check(spec, request, snapshot, caller)
-            wait = check_wait(getattr(request, "wait_seconds", None), snapshot.policy)
+            with spans.policy_check(spec.name, request_id):
+                # One snapshot for the whole call: a reload mid-call never changes its rules or limits.
+                snapshot = self.store.current
+                if not isinstance(arguments, BaseModel):
+                    request = parse_arguments(spec.request_model, arguments)
+                    record["arguments"] = request.model_dump()  # as validated, not as sent
+                else:
+                    request = arguments
+                check_scopes(spec.name, request, scopes)
+                plan = await self.check(spec, request, snapshot, caller)
+                wait = check_wait(getattr(request, "wait_seconds", None), snapshot.policy)
+                spans.annotate(target=plan.target.requested)
         except ApplianceError as exc:
             self.refuse(exc, record, tool=spec.name)
             raise
@@ -387,11 +391,17 @@ class ScanService:
         # The store write that created the job is the `store` stage's (live.store_seconds).
         timings.add("checks", time.perf_counter() - marked - live.store_seconds)
         record["scan_id"] = live.job.scan_id
+        spans.annotate(scan_id=live.job.scan_id)  # on the request span: its job's trace links back to it
         listener = _best_effort(progress)
         if listener is not None:
             live.listeners.add(listener)
         task = asyncio.create_task(
-            self._run_job(spec, plan, snapshot.policy, live, record, started, breaker, principal, timings, claim)
+            spans.in_job_span(
+                lambda: self._run_job(
+                    spec, plan, snapshot.policy, live, record, started, breaker, principal, timings, claim
+                ),
+                live.job,
+            )
         )
         live.task = task
         try:
@@ -446,7 +456,8 @@ class ScanService:
         started_run = False
         queued = time.perf_counter()
         try:
-            async with self.limiter.slot(spec.name, started + plan.timeout_seconds, principal) as remaining:
+            slot = self.limiter.slot(spec.name, started + plan.timeout_seconds, principal)
+            async with spans.queue_wait(slot) as remaining:
                 timings.add("queue", time.perf_counter() - queued)
                 engagement = None if plan.engagement is None else policy.engagement(plan.engagement)
                 if engagement is not None:
@@ -554,6 +565,7 @@ class ScanService:
         timings.seconds["store"] = live.store_seconds
         job = live.job
         timings.write(request_id=job.request_id, scan_id=job.scan_id, tool=job.tool, outcome=outcome)
+        spans.job_ended(outcome, timings.milliseconds())  # on the job span (the current one in its task)
 
     async def _execute(
         self,
@@ -621,7 +633,8 @@ class ScanService:
         await progress(100.0, 100.0, "finished")
         marked = time.perf_counter()
         # The stream was fed every line as it came: the result is never parsed a second time.
-        report = spec.finish(plan, live.job.request_id, run_result, stream)
+        with spans.stage("parse"):
+            report = spec.finish(plan, live.job.request_id, run_result, stream)
         if window is not None and window.window_ended and report.partial_reason == "shutdown":
             report = report.model_copy(update={"partial_reason": "engagement_ended"})
         timings.add("parse", time.perf_counter() - marked)

@@ -21,6 +21,7 @@ from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedErr
 from appliance.jobs.diff import ResultView
 from appliance.jobs.model import Job, JobState, Viewer, new_scan_id, viewer_of
 from appliance.jobs.store import JobFilter, JobPage, JobStore
+from appliance.tracing import spans
 
 log = logging.getLogger(__name__)
 
@@ -210,10 +211,11 @@ class JobManager:
         """Write the whole job (`state_only`: its state change alone); returns the seconds it took."""
         started = time.perf_counter()
         try:
-            if state_only:
-                self.store.put_state(job)
-            else:
-                self.store.put(job, raw)
+            with spans.stage("store", **{"appliance.scan_id": job.scan_id, "appliance.job.state": job.state}):
+                if state_only:
+                    self.store.put_state(job)
+                else:
+                    self.store.put(job, raw)
         except ApplianceError:
             if strict:
                 raise

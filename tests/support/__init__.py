@@ -13,6 +13,9 @@ inspector   the MCP Inspector CLI (npm, pinned in conformance/) as a subprocess 
 oidc        a real OpenID provider (npm oauth2-mock-server, pinned in tests/oidc/) on 127.0.0.1 (import support.oidc)
 audit       audit trails the tests write and damage; syslog receivers (import support.audit)
 sidecars    the sidecar's health model and the status page's tokens (import support.sidecars)
+traces      spans in memory for in-process servers; an OTLP/HTTP receiver and a silent collector (import support.traces)
+nats        a real nats-server with JetStream on 127.0.0.1 (import support.nats)
+fleet       JetStream job stores on buckets of a test's own (import support.fleet)
 waiting     one wait_until (and `eventually`, its async form): wait on a condition, never sleep
 """
 
