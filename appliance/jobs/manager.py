@@ -103,8 +103,9 @@ class JobManager:
 
     # --- start and recovery ----------------------------------------------------------------
     def recover(self) -> list[Job]:
-        """At start: a job left queued or running by a stop or a crash is `interrupted`; its
-        findings so far stay as they were last recorded."""
+        """At start: a job left queued, running or awaiting approval by a stop or a crash is
+        `interrupted` (an approval question dies with the process that asked it); its findings so
+        far stay as they were last recorded."""
         left = self.store.unfinished()
         for job in left:
             self._move(
@@ -136,7 +137,9 @@ class JobManager:
         argv: list[str],
         request_id: str,
         engagement: str | None = None,
+        state: JobState = "queued",
     ) -> LiveJob:
+        """A new job, `queued` (or `awaiting_approval` when a human must approve it first)."""
         now = self._clock()
         job = Job(
             scan_id=new_scan_id(now),
@@ -146,16 +149,16 @@ class JobManager:
             principal=owner,
             request=request,
             argv=argv,
-            state="queued",
+            state=state,
             created_at=now,
             updated_at=now,
             request_id=request_id,
             engagement=engagement,
         )
-        job.move("queued", now)
+        job.move(state, now)
         # The trail first, then the store, both fail closed: a job the trail does not show never
         # exists, and a scan the store cannot keep is refused before it starts.
-        self.audit_state(job, "queued", strict=True)
+        self.audit_state(job, state, strict=True)
         live = LiveJob(job, store_seconds=self._save(job, strict=True))
         self.live[job.scan_id] = live
         for notify in self.on_change:
@@ -220,6 +223,10 @@ class JobManager:
             # Kept in memory (get_scan still answers); the next change writes the whole job again.
             log.error("job store write failed; the job is kept in memory", extra={"scan_id": job.scan_id})
         return time.perf_counter() - started
+
+    def approved(self, live: LiveJob) -> None:
+        """Out of awaiting_approval into the queue (the approval's own audit line says who)."""
+        live.store_seconds += self._move(live.job, "queued", "approved", state_only=True)
 
     def running(self, live: LiveJob) -> None:
         # Nothing but the state changed since `create` wrote the whole job.

@@ -8,7 +8,7 @@ completed, failed, cancelled):
 |---------------------|------------------------------------------------------------------|------------------|
 | `queued`            | admitted, waiting for a concurrency slot                         | `working`        |
 | `running`           | the scanner runs                                                 | `working`        |
-| `awaiting_approval` | held for an approver (identity issue)                            | `input_required` |
+| `awaiting_approval` | held until a human approves its argv (README "Approval")         | `input_required` |
 | `completed`         | the scanner finished                                             | `completed`      |
 | `partial`           | stopped by its time budget or the output cap; findings kept      | `completed`      |
 | `failed`            | the scanner could not run or failed; `error` says why            | `failed`         |

@@ -240,6 +240,35 @@ class Retention(Strict):
     max_count: int = Field(default=10000, ge=1, le=10_000_000, description="Stored scans; the oldest finished go.")
 
 
+# The SDK's default requestState lifetime (RequestStateSecurity ttl, 600 s): a 2026-07-28 answer
+# must come back while the sealed state that names its job is still valid.
+MAX_APPROVAL_TIMEOUT_SECONDS = 600
+
+
+class ApprovalRules(Strict):
+    """What needs a human's approval before it runs (README "Approval"). Unset: nothing does."""
+
+    approval_timeout_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=MAX_APPROVAL_TIMEOUT_SECONDS,
+        description="How long a scan waits in awaiting_approval; without an answer it ends approval_declined.",
+    )
+    nmap_version_detection_max_hosts: int | None = Field(
+        default=None,
+        ge=0,
+        le=65536,
+        description="nmap version detection (-sV) on more hosts than this needs approval (0: on any). Unset: never.",
+    )
+    nmap_scripts: bool = Field(default=False, description="Any NSE script (--script) needs approval.")
+    masscan_rate_above: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="masscan above this rate (packets/s) needs approval. Unset: never.",
+    )
+
+
 class ToolRules(Strict):
     nmap_scan: NmapRules = Field(default_factory=NmapRules)
     masscan_scan: MasscanRules = Field(default_factory=MasscanRules)
@@ -257,6 +286,7 @@ class Policy(Strict):
     tools: ToolRules = Field(default_factory=ToolRules)
     resilience: Resilience = Field(default_factory=Resilience)
     retention: Retention = Field(default_factory=Retention)
+    approval: ApprovalRules = Field(default_factory=ApprovalRules)
     engagements: list[Engagement] | None = Field(
         default=None,
         description="Version 3: named engagements. Unset: every principal has the global scope (no engagements).",

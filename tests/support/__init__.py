@@ -12,6 +12,7 @@ raw_mcp     raw handshake-era MCP over HTTP (session IDs, SSE bodies)
 inspector   the MCP Inspector CLI (npm, pinned in conformance/) as a subprocess (import support.inspector)
 oidc        a real OpenID provider (npm oauth2-mock-server, pinned in tests/oidc/) on 127.0.0.1 (import support.oidc)
 audit       audit trails the tests write and damage; syslog receivers (import support.audit)
+approval    the human at an MCP client: an elicitation callback answering approvals (import support.approval)
 waiting     one wait_until (and `eventually`, its async form): wait on a condition, never sleep
 """
 
