@@ -28,7 +28,7 @@ from appliance.jobs.views import job_fields, report_of, result_base
 from appliance.jobs.window import WindowStop
 from appliance.metrics import Metrics
 from appliance.policy import engagement_checks
-from appliance.policy.approval import ApprovalReason, approval_reasons
+from appliance.policy.approval import ApprovalReason, approval_reasons, approval_rules
 from appliance.policy.engagement_checks import Caller, Clock
 from appliance.policy.engagements import Engagement
 from appliance.policy.model import Policy
@@ -366,7 +366,8 @@ class ScanService:
             return spec.finish(plan, request_id, None).model_copy(update={"status": "dry_run"})
         if approver is not None and approver.resumed is not None:
             return await self._resume(spec, plan, approver, record, wait)
-        reasons = approval_reasons(plan, snapshot.policy.approval)
+        rules = approval_rules(snapshot.policy, plan.engagement)
+        reasons = approval_reasons(plan, rules)
         if reasons and (approver is None or approver.mode == "unavailable"):
             no_approver = unavailable("; ".join(reason.text for reason in reasons))
             self.refuse(no_approver, record, tool=spec.name)
@@ -411,7 +412,10 @@ class ScanService:
         pending = None
         if reasons and approver is not None:
             pending = self.approvals.prepare(
-                self._approval_request(live, plan, reasons, snapshot.policy), live.job.principal, record, approver
+                self._approval_request(live, plan, reasons, rules.approval_timeout_seconds),
+                live.job.principal,
+                record,
+                approver,
             )
         listener = _best_effort(progress)
         if listener is not None:
@@ -749,8 +753,9 @@ class ScanService:
             end.update(exit_code=run.exit_code, output_sha256=output_digest(run.stdout), output_bytes=len(run.stdout))
         self.audit.write(end)
 
+    @staticmethod
     def _approval_request(
-        self, live: LiveJob, plan: ScanPlan, reasons: tuple[ApprovalReason, ...], policy: Policy
+        live: LiveJob, plan: ScanPlan, reasons: tuple[ApprovalReason, ...], timeout_seconds: int
     ) -> ApprovalRequest:
         job = live.job
         return ApprovalRequest(
@@ -761,7 +766,7 @@ class ScanService:
             scanned_address=plan.target.scan_arg,
             engagement=plan.engagement,
             reasons=reasons,
-            timeout_seconds=policy.approval.approval_timeout_seconds,
+            timeout_seconds=timeout_seconds,
         )
 
     async def _resume(

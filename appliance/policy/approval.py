@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from appliance.policy.model import ApprovalRules
+from appliance.policy.approval_rules import ApprovalRules, stricter
+from appliance.policy.model import Policy
 from appliance.tools.base import ScanPlan
 
 
@@ -49,3 +50,9 @@ def approval_reasons(plan: ScanPlan, rules: ApprovalRules) -> tuple[ApprovalReas
             )
         )
     return tuple(reasons)
+
+
+def approval_rules(policy: Policy, engagement: str | None) -> ApprovalRules:
+    """The rules a plan in `engagement` (None: no engagements) is judged by."""
+    found = None if engagement is None else policy.engagement(engagement)
+    return stricter(policy.approval, None if found is None else found.approval)

@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import PolicyError
+from appliance.policy.approval_rules import ApprovalRules
 from appliance.policy.engagements import Engagement, engagement_problems
 from appliance.policy.fields import NetworkLists, Strict
 from appliance.policy.migrate import Moved, from_version_1, refuse_version_1_keys
@@ -238,35 +239,6 @@ class Retention(Strict):
 
     max_age_days: float = Field(default=30, gt=0, le=3650, description="Finished scans older than this go.")
     max_count: int = Field(default=10000, ge=1, le=10_000_000, description="Stored scans; the oldest finished go.")
-
-
-# The SDK's default requestState lifetime (RequestStateSecurity ttl, 600 s): a 2026-07-28 answer
-# must come back while the sealed state that names its job is still valid.
-MAX_APPROVAL_TIMEOUT_SECONDS = 600
-
-
-class ApprovalRules(Strict):
-    """What needs a human's approval before it runs (README "Approval"). Unset: nothing does."""
-
-    approval_timeout_seconds: int = Field(
-        default=300,
-        ge=1,
-        le=MAX_APPROVAL_TIMEOUT_SECONDS,
-        description="How long a scan waits in awaiting_approval; without an answer it ends approval_declined.",
-    )
-    nmap_version_detection_max_hosts: int | None = Field(
-        default=None,
-        ge=0,
-        le=65536,
-        description="nmap version detection (-sV) on more hosts than this needs approval (0: on any). Unset: never.",
-    )
-    nmap_scripts: bool = Field(default=False, description="Any NSE script (--script) needs approval.")
-    masscan_rate_above: int | None = Field(
-        default=None,
-        ge=0,
-        le=1_000_000,
-        description="masscan above this rate (packets/s) needs approval. Unset: never.",
-    )
 
 
 class ToolRules(Strict):

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from support import LabService, SpyRunner
+from support import GatedRunner, LabService, SpyRunner
 from support.engagements import FixedClock, engagement, with_engagements
 
 from appliance.approval.model import (
@@ -27,6 +28,7 @@ from appliance.tools import TOOLS
 pytestmark = pytest.mark.anyio
 
 NMAP = TOOLS["nmap_scan"]
+XML = (Path(__file__).resolve().parents[1] / "fixtures" / "nmap" / "connect.xml").read_bytes()
 CALL: dict[str, Any] = {"target": "10.20.0.5", "ports": "18081-18083", "scripts": ["banner"]}
 APPROVAL = {"approval": {"nmap_scripts": True, "approval_timeout_seconds": 5}}
 LATER = Approver("input_required", "alice")
@@ -101,3 +103,21 @@ async def test_declined_job_holds_no_engagement_budget_no_probe_and_no_question(
     again = await service.call(NMAP, CALL, "r3", principal="alice", approver=LATER)  # the budget is free again
     assert again.status == "awaiting_approval"
     assert lab.runner.calls == []
+
+
+async def test_an_engagement_can_ask_for_approval_the_global_policy_does_not(
+    lab_service: Callable[..., LabService],
+) -> None:
+    strict = engagement("red", ["alice"], networks=["10.20.0.0/24"]) | {"approval": {"nmap_scripts": True}}
+    relaxed = engagement("blue", ["bob"], networks=["10.20.0.0/24"])
+    runner = GatedRunner(XML)
+    runner.gate.set()
+    policy = with_engagements(strict, relaxed)
+    lab = lab_service(policy, runner=runner, privilege_mode="connect", wall_clock=FixedClock())
+
+    red = await lab.service.call(NMAP, CALL, "r1", principal="alice", approver=LATER)
+    blue = await lab.service.call(NMAP, CALL, "r2", principal="bob", approver=Approver("input_required", "bob"))
+
+    assert red.status == "awaiting_approval"
+    assert blue.status == "completed"
+    assert len(runner.calls) == 1  # bob's scan only

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from appliance.policy.approval import approval_reasons
-from appliance.policy.model import ApprovalRules
+from appliance.policy.approval_rules import ApprovalRules, EngagementApproval, stricter
 from appliance.policy.targets import CheckedTarget
 from appliance.tools.base import ScanPlan
 
@@ -81,3 +81,33 @@ def test_script_reason_names_the_scripts() -> None:
 def test_approval_timeout_is_bounded_by_the_request_state_lifetime(timeout: int) -> None:
     with pytest.raises(ValueError, match="approval_timeout_seconds"):
         ApprovalRules(approval_timeout_seconds=timeout)
+
+
+GLOBAL = ApprovalRules(approval_timeout_seconds=300, nmap_version_detection_max_hosts=16, masscan_rate_above=500)
+
+
+@pytest.mark.parametrize(
+    ("engagement", "expected"),
+    [
+        # unsafe attempts to loosen: an engagement's higher limits, longer timeout or scripts off change nothing
+        (
+            {"nmap_version_detection_max_hosts": 256, "masscan_rate_above": 10000, "approval_timeout_seconds": 600},
+            {"nmap_version_detection_max_hosts": 16, "masscan_rate_above": 500, "approval_timeout_seconds": 300},
+        ),
+        ({"nmap_scripts": False}, {"nmap_scripts": False}),
+        # safe tightening: lower limits, scripts on, a shorter timeout
+        (
+            {"nmap_version_detection_max_hosts": 4, "masscan_rate_above": 100, "approval_timeout_seconds": 60},
+            {"nmap_version_detection_max_hosts": 4, "masscan_rate_above": 100, "approval_timeout_seconds": 60},
+        ),
+        ({"nmap_scripts": True}, {"nmap_scripts": True}),
+    ],
+)
+def test_engagement_approval_rules_only_tighten(engagement: dict[str, Any], expected: dict[str, Any]) -> None:
+    merged = stricter(GLOBAL, EngagementApproval(**engagement))
+    assert {key: getattr(merged, key) for key in expected} == expected
+
+
+def test_engagement_sets_a_rule_the_global_policy_leaves_off() -> None:
+    merged = stricter(ApprovalRules(), EngagementApproval(masscan_rate_above=200))
+    assert merged.masscan_rate_above == 200 and merged.nmap_version_detection_max_hosts is None
