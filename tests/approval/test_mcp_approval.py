@@ -7,6 +7,7 @@ not approved must never reach a runner, and the spy fails the test if it does.
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 from collections.abc import Callable
@@ -16,14 +17,19 @@ from typing import Any
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, CallToolResult, InputRequiredResult
-from support import GatedRunner, LabService, SpyRunner, eventually
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, CallToolResult, ErrorData, InputRequiredResult
+from support import LOOPBACK_POLICY, GatedRunner, LabService, SpyRunner, closed_port, eventually, write_policy
 from support.approval import Human, approve, refuse
 
 from appliance.approval.mcp import APPROVAL_KEY
+from appliance.audit import AuditSink
+from appliance.config import Settings
 from appliance.jobs.model import Job
 from appliance.jobs.store import JobFilter
+from appliance.policy.netinfo import NetworkFacts
+from appliance.policy.store import PolicyStore
 from appliance.server import build_server
+from appliance.service import ScanService
 
 pytestmark = pytest.mark.anyio
 
@@ -39,6 +45,14 @@ def finished_runner() -> GatedRunner:
     runner = GatedRunner(XML)
     runner.gate.set()  # an approved "scan" finishes at once
     return runner
+
+
+def loopback_service(tmp_path: Path, *overrides: dict[str, Any]) -> ScanService:
+    """The real runner under the loopback policy: for the one approved scan that runs nmap."""
+    policy = write_policy(tmp_path, LOOPBACK_POLICY, *overrides)
+    return ScanService(
+        Settings(policy_path=policy), PolicyStore(policy, facts=NetworkFacts), AuditSink(stream=io.StringIO())
+    )
 
 
 def _jobs(lab: LabService) -> list[Job]:
@@ -286,3 +300,37 @@ async def test_cancel_scan_ends_a_job_awaiting_approval(lab_service: Callable[..
     [end] = events(lab, "end")
     assert end["outcome"] == "cancelled" and end["scan_id"] == scan_id
     assert lab.runner.calls == []
+
+
+async def test_client_error_to_the_question_declines_the_scan(lab_service: Callable[..., LabService]) -> None:
+    lab = lab_service(APPROVAL, runner=SpyRunner(), privilege_mode="connect")
+
+    async def broken(context: Any, params: Any) -> ErrorData:
+        return ErrorData(code=INTERNAL_ERROR, message="the approval dialog crashed")
+
+    async with Client(build_server(lab.service), mode="legacy", elicitation_callback=broken) as client:
+        result = await client.call_tool("nmap_scan", CALL)
+
+    assert body(result)["rule"] == "approval_declined"
+    assert "could not ask" in body(result)["message"] and "dialog crashed" in body(result)["message"]
+    [decided] = events(lab, "approval")
+    assert decided["decision"] == "unanswerable"
+    assert lab.runner.calls == []
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_approved_real_version_scan_of_loopback(tmp_path: Path, mode: str) -> None:
+    # A real nmap: -sV needs approval on any host; the one port is closed, so no probe is sent.
+    service = loopback_service(tmp_path, {"approval": {"nmap_version_detection_max_hosts": 0}})
+    human = Human(approve())
+    port = closed_port()
+    async with Client(build_server(service), mode=mode, elicitation_callback=human) as client:
+        result = await client.call_tool(
+            "nmap_scan", {"target": "127.0.0.1", "ports": str(port), "scan_type": "version"}
+        )
+
+    assert not result.is_error, result.content
+    report = body(result)
+    assert report["status"] == "completed" and "-sV" in report["argv"]
+    assert [host["address"] for host in report["hosts"]] == ["127.0.0.1"]
+    assert shlex.join(report["argv"]) in human.questions[0]
