@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from appliance.approval.desk import ApprovalDesk, PendingApproval, unavailable
-from appliance.approval.model import ApprovalRequest, Approver, argv_digest
+from appliance.approval.model import ApprovalRequest, Approver, approval_summary, argv_digest
 from appliance.audit import AuditSink, output_digest
 from appliance.config import Settings
 from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError, UnexpectedError, ValidationError
@@ -397,6 +397,7 @@ class ScanService:
                 request_id=request_id,
                 engagement=plan.engagement,
                 state="awaiting_approval" if reasons else "queued",
+                approval=approval_summary(plan.argv, reasons, rules.approval_timeout_seconds) if reasons else None,
             )
         except ApplianceError as exc:
             # Refused before a job exists (queue full, shutting down, the store cannot record it).
@@ -416,6 +417,7 @@ class ScanService:
                 live.job.principal,
                 record,
                 approver,
+                live.job.approval,
             )
         listener = _best_effort(progress)
         if listener is not None:

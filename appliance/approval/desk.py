@@ -63,12 +63,14 @@ def _future() -> asyncio.Future[Any]:
 @dataclass
 class PendingApproval:
     """One job's question while it waits: `opened` is done once the question is audited,
-    `decided` once it has its decision (or was withdrawn: cancelled)."""
+    `decided` once it has its decision (or was withdrawn: cancelled). `summary` is the job's own
+    approval record: the decision is written into it, and the job's next write stores it."""
 
     request: ApprovalRequest
     owner: str
     record: dict[str, Any]
     approver: Approver
+    summary: dict[str, Any] = field(default_factory=dict)
     opened: asyncio.Future[None] = field(default_factory=_future)
     decided: asyncio.Future[Decision] = field(default_factory=_future)
     timer: asyncio.TimerHandle | None = None
@@ -80,10 +82,16 @@ class ApprovalDesk:
         self.pending: dict[str, PendingApproval] = {}
 
     def prepare(
-        self, request: ApprovalRequest, owner: str, record: dict[str, Any], approver: Approver
+        self,
+        request: ApprovalRequest,
+        owner: str,
+        record: dict[str, Any],
+        approver: Approver,
+        summary: dict[str, Any] | None = None,
     ) -> PendingApproval:
-        """The question of a job just created; the job's task opens it (`verdict`)."""
-        pending = PendingApproval(request, owner, record, approver)
+        """The question of a job just created (`summary`: the job's approval record); the job's
+        task opens it (`verdict`)."""
+        pending = PendingApproval(request, owner, record, approver, {} if summary is None else summary)
         self.pending[request.scan_id] = pending
         return pending
 
@@ -136,6 +144,7 @@ class ApprovalDesk:
         if pending.decided.done():
             return
         self._close(pending)
+        pending.summary.update(decision=decision.outcome, approver=decision.approver, note=decision.note)
         line: dict[str, Any] = {
             **pending.record,
             "event": "approval",
@@ -157,6 +166,7 @@ class ApprovalDesk:
             )
             if decision.approved:
                 decision = Decision("unanswerable", decision.approver, detail="the audit trail is not writable")
+                pending.summary["decision"] = decision.outcome
         pending.decided.set_result(decision)
 
     async def _ask(self, pending: PendingApproval) -> None:

@@ -10,7 +10,7 @@ import json
 import shlex
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +26,15 @@ Outcome = Literal["approved", "declined", "cancelled", "timed_out", "unanswerabl
 def argv_digest(argv: Sequence[str]) -> str:
     """sha256 of the argv as a JSON list: unambiguous where a joined line is not ('a b' vs 'a','b')."""
     return hashlib.sha256(json.dumps(list(argv), separators=(",", ":")).encode()).hexdigest()
+
+
+def approval_summary(argv: Sequence[str], reasons: Sequence[ApprovalReason], timeout_seconds: int) -> dict[str, Any]:
+    """What a job keeps of its question (the desk adds the decision when it comes)."""
+    return {
+        "argv_sha256": argv_digest(argv),
+        "reasons": [reason.rule for reason in reasons],
+        "timeout_seconds": timeout_seconds,
+    }
 
 
 class ApprovalForm(BaseModel):

@@ -138,8 +138,10 @@ class JobManager:
         request_id: str,
         engagement: str | None = None,
         state: JobState = "queued",
+        approval: dict[str, Any] | None = None,
     ) -> LiveJob:
-        """A new job, `queued` (or `awaiting_approval` when a human must approve it first)."""
+        """A new job, `queued` (or `awaiting_approval` when a human must approve it first:
+        `approval` is then what it waits for)."""
         now = self._clock()
         job = Job(
             scan_id=new_scan_id(now),
@@ -154,6 +156,7 @@ class JobManager:
             updated_at=now,
             request_id=request_id,
             engagement=engagement,
+            approval=approval,
         )
         job.move(state, now)
         # The trail first, then the store, both fail closed: a job the trail does not show never
@@ -225,8 +228,8 @@ class JobManager:
         return time.perf_counter() - started
 
     def approved(self, live: LiveJob) -> None:
-        """Out of awaiting_approval into the queue (the approval's own audit line says who)."""
-        live.store_seconds += self._move(live.job, "queued", "approved", state_only=True)
+        """Out of awaiting_approval into the queue; the whole job is written, with its decision."""
+        live.store_seconds += self._move(live.job, "queued", "approved")
 
     def running(self, live: LiveJob) -> None:
         # Nothing but the state changed since `create` wrote the whole job.

@@ -119,6 +119,8 @@ class Job:
     raw_bytes: int | None = None
     # The engagement the scan ran in (None: the policy had no engagements); its principals may read it.
     engagement: str | None = None
+    # The human approval it needed (None: none): the argv's sha256, the reasons, then the decision.
+    approval: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
@@ -155,6 +157,7 @@ class Job:
             "error": self.error,
             "raw_bytes": self.raw_bytes,
             "engagement": self.engagement,
+            "approval": self.approval,
         }
 
     @classmethod

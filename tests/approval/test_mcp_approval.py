@@ -107,6 +107,15 @@ async def test_accepted_approval_runs_the_scan_and_audits_who_approved(
     assert decided["decision"] == "approved" and decided["approver"] == "stdio"
     assert decided["note"] == "change ticket 42"
     assert decided["argv_sha256"] == asked["argv_sha256"]
+    # The stored job carries its approval, bound to the argv's hash.
+    assert job.approval == {
+        "argv_sha256": asked["argv_sha256"],
+        "reasons": ["nmap_scripts"],
+        "timeout_seconds": 5,
+        "decision": "approved",
+        "approver": "stdio",
+        "note": "change ticket 42",
+    }
     [end] = events(lab, "end")
     assert end["outcome"] == "ok"
     assert lab.metric("appliance_tool_calls_total", tool="nmap_scan", outcome="ok") == 1
@@ -133,6 +142,7 @@ async def test_declined_approval_ends_the_job_without_running_it(
     assert lab.runner.calls == []
     [decided] = events(lab, "approval")
     assert decided["decision"] == "declined"
+    assert job.approval is not None and job.approval["decision"] == "declined"
     # One way out of the books: one refusal line for the job, one count, no start, no end.
     [line] = refusals(lab, "approval_declined")
     assert line["scan_id"] == job.scan_id and line["state"] == "failed"
