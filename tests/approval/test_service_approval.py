@@ -1,5 +1,5 @@
 """Approval below the MCP layer: the question's values, the restart of a job awaiting approval,
-and what a declined job leaves behind (no budget held, no probe slot, no pending question)."""
+and what a declined job leaves behind (no budget held, no breaker failure, no pending question)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ async def test_declined_job_holds_no_engagement_budget_no_probe_and_no_question(
     lab_service: Callable[..., LabService],
 ) -> None:
     one_at_a_time = engagement("red", ["alice"], networks=["10.20.0.0/24"], budget={"concurrent_scans": 1})
-    policy = {**APPROVAL, **with_engagements(one_at_a_time)}
+    # One counted failure would open the breaker: a decline must count as neutral.
+    policy = {**APPROVAL, **with_engagements(one_at_a_time), "resilience": {"breaker_failure_threshold": 1}}
     lab = lab_service(policy, runner=SpyRunner(), privilege_mode="connect", wall_clock=FixedClock())
     service = lab.service
     report = await service.call(NMAP, CALL, "r1", principal="alice", approver=LATER)
