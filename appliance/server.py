@@ -29,6 +29,7 @@ from mcp_types import (
     INVALID_PARAMS,
     CallToolRequestParams,
     CallToolResult,
+    InputRequiredResult,
     ListToolsResult,
     PaginatedRequestParams,
     ResourceLink,
@@ -39,6 +40,7 @@ from mcp_types import (
 from pydantic import BaseModel
 
 from appliance import __version__
+from appliance.approval.mcp import approver_for, input_required
 from appliance.auth import STATIC_TOKENS_AUTH
 from appliance.catalog import CANCEL_JOB, READ_JOBS, tool_definition, without_argument
 from appliance.compat import lowlevel_server, session_connection
@@ -275,7 +277,9 @@ class ScannerServer:
         usable = {tool for engagement in engagements_of(policy, caller) for tool in engagement.tools}
         return [tool for name, tool in self.tools.items() if name in JOB_TOOLS or name in usable]
 
-    async def _call_tool(self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams) -> CallToolResult:
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams
+    ) -> CallToolResult | InputRequiredResult:
         request_id = new_request_id()
         token = request_id_var.set(request_id)
         try:
@@ -285,7 +289,7 @@ class ScannerServer:
 
     async def _dispatch(
         self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams, request_id: str
-    ) -> CallToolResult:
+    ) -> CallToolResult | InputRequiredResult:
         principal = _principal(ctx)
         target = _target(params.arguments)
         if params.name in JOB_TOOLS:
@@ -310,6 +314,7 @@ class ScannerServer:
             await ctx.session.report_progress(done, total, message)
 
         log.info("tool call", extra={"tool": spec.name, "target": target})
+        approver = approver_for(ctx, params, self.service.owner(principal))
         try:
             report = await self.service.call(
                 spec,
@@ -319,6 +324,7 @@ class ScannerServer:
                 principal=principal,
                 caller=_caller(ctx, self.service),
                 scopes=_scopes(ctx),
+                approver=approver,
             )
         except ApplianceError as exc:
             log.info(
@@ -328,6 +334,10 @@ class ScannerServer:
         except Exception:  # a bug must not reach the caller as a traceback; it is logged in full
             log.exception("tool call failed unexpectedly", extra={"tool": spec.name})
             return error_result(UnexpectedError(request_id), spec.name, target, request_id)
+        pending = self.service.approvals.pending.get(report.scan_id or "")
+        if report.status == "awaiting_approval" and approver.mode == "input_required" and pending is not None:
+            # 2026-07-28: the question goes back now; the client's retry brings the answer.
+            return input_required(pending.request)
         return scan_result(report, spec)
 
     async def _job_tool(

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from appliance.approval.desk import ApprovalDesk, PendingApproval, unavailable
+from appliance.approval.model import ApprovalRequest, Approver, approval_summary, argv_digest
 from appliance.audit import AuditSink, output_digest
 from appliance.config import Settings
 from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError, UnexpectedError, ValidationError
@@ -26,6 +28,7 @@ from appliance.jobs.views import job_fields, report_of, result_base
 from appliance.jobs.window import WindowStop
 from appliance.metrics import Metrics
 from appliance.policy import engagement_checks
+from appliance.policy.approval import ApprovalReason, approval_reasons, approval_rules
 from appliance.policy.engagement_checks import Caller, Clock
 from appliance.policy.engagements import Engagement
 from appliance.policy.model import Policy
@@ -119,6 +122,11 @@ class RateBudget:
         self.in_use -= rate
 
 
+def _seen(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def job_error(error: ApplianceError, live: LiveJob, state: JobState) -> dict[str, Any]:
     """The error object of a job that ended without a result: what the caller gets (the error
     names its scan_id and status) and what the job keeps for get_scan and its resource."""
@@ -188,6 +196,8 @@ class ScanService:
         # Engagement windows are wall-clock times; tests stand before, in and after them.
         self._now = wall_clock
         self.budgets = EngagementBudgets(wall_clock)
+        # Questions to approvers that jobs of this process wait for (README "Approval").
+        self.approvals = ApprovalDesk(audit)
         # Tools whose scanner could not be run at start, with the reason (set by the app).
         self.unavailable: dict[str, str] = {}
         # Set at shutdown once the drain window is over: running scans stop and report partial.
@@ -306,6 +316,7 @@ class ScanService:
         principal: str | None = None,
         caller: Caller | None = None,
         scopes: Collection[str] | None = None,
+        approver: Approver | None = None,
     ) -> ScanReport:
         """One call, end to end. `arguments` are the raw arguments a client sent (validated here,
         so a bad one is refused, audited and counted like any other refusal), or a request model
@@ -315,7 +326,9 @@ class ScanService:
         `wait_seconds` and then returns it as it stands (status `running`, its scan_id). A cancel
         of this call before it returned ends the job too: nobody else knows its scan_id.
         `scopes` are the caller's token's (None: a caller without a token, stdio), checked before
-        the policy (rule insufficient_scope).
+        the policy (rule insufficient_scope). `approver` is how the caller's client answers an
+        approval question (None: it cannot); a 2026-07-28 retry that brings an answer resumes the
+        job it names instead of starting one.
         """
         started = self._clock()
         marked = time.perf_counter()
@@ -355,6 +368,14 @@ class ScanService:
             self.audit.write({**record, "dry_run": True})
             self._count(spec.name, "dry_run")
             return spec.finish(plan, request_id, None).model_copy(update={"status": "dry_run"})
+        if approver is not None and approver.resumed is not None:
+            return await self._resume(spec, plan, approver, record, wait)
+        rules = approval_rules(snapshot.policy, plan.engagement)
+        reasons = approval_reasons(plan, rules)
+        if reasons and (approver is None or approver.mode == "unavailable"):
+            no_approver = unavailable("; ".join(reason.text for reason in reasons))
+            self.refuse(no_approver, record, tool=spec.name)
+            raise no_approver
         breaker = self.breakers[spec.name]
         try:
             breaker.before_call()
@@ -379,6 +400,8 @@ class ScanService:
                 argv=list(plan.argv),
                 request_id=request_id,
                 engagement=plan.engagement,
+                state="awaiting_approval" if reasons else "queued",
+                approval=approval_summary(plan.argv, reasons, rules.approval_timeout_seconds) if reasons else None,
             )
         except ApplianceError as exc:
             # Refused before a job exists (queue full, shutting down, the store cannot record it).
@@ -392,19 +415,33 @@ class ScanService:
         timings.add("checks", time.perf_counter() - marked - live.store_seconds)
         record["scan_id"] = live.job.scan_id
         spans.annotate(scan_id=live.job.scan_id)  # on the request span: its job's trace links back to it
+        pending = None
+        if reasons and approver is not None:
+            pending = self.approvals.prepare(
+                self._approval_request(live, plan, reasons, rules.approval_timeout_seconds),
+                live.job.principal,
+                record,
+                approver,
+                live.job.approval,
+            )
         listener = _best_effort(progress)
         if listener is not None:
             live.listeners.add(listener)
         task = asyncio.create_task(
             spans.in_job_span(
                 lambda: self._run_job(
-                    spec, plan, snapshot.policy, live, record, started, breaker, principal, timings, claim
+                    spec, plan, snapshot.policy, live, record, started, breaker, principal, timings, claim, pending
                 ),
                 live.job,
             )
         )
         live.task = task
+        # A job that fails after its call returned (a 2026-07-28 approval's deadline) has nobody to
+        # re-raise to: its end is already recorded, so its exception counts as seen.
+        task.add_done_callback(_seen)
         try:
+            if pending is not None:
+                wait = await self.approvals.settled(pending, wait)
             await asyncio.wait({task}, timeout=wait)
         except asyncio.CancelledError:
             # The caller gave up before it saw the scan_id: nobody could follow this job.
@@ -448,14 +485,21 @@ class ScanService:
         principal: str | None,
         timings: CallTimings,
         claim: Claim | None = None,
+        approval: PendingApproval | None = None,
     ) -> ScanReport:
-        """The job's task: wait for a slot, run, and end through `_finish_run` whatever happens.
-        The engagement budget it claimed is given back at the end, however it ends."""
+        """The job's task: wait for its approval when it needs one, then for a slot, run, and end
+        through `_finish_run` whatever happens (a declined approval ends it as a refusal). The
+        engagement budget it claimed is given back at the end, however it ends."""
         report: ScanReport | None = None
         run_result: RunResult | None = None
         started_run = False
         queued = time.perf_counter()
         try:
+            if approval is not None:
+                await self.approvals.verdict(approval)
+                self.jobs.approved(live)
+                # The time budget and the queue wait count from the approval, not from the question.
+                started, queued = self._clock(), time.perf_counter()
             slot = self.limiter.slot(spec.name, started + plan.timeout_seconds, principal)
             async with spans.queue_wait(slot) as remaining:
                 timings.add("queue", time.perf_counter() - queued)
@@ -721,3 +765,43 @@ class ScanService:
         if run is not None:
             end.update(exit_code=run.exit_code, output_sha256=output_digest(run.stdout), output_bytes=len(run.stdout))
         self.audit.write(end)
+
+    @staticmethod
+    def _approval_request(
+        live: LiveJob, plan: ScanPlan, reasons: tuple[ApprovalReason, ...], timeout_seconds: int
+    ) -> ApprovalRequest:
+        job = live.job
+        return ApprovalRequest(
+            scan_id=job.scan_id,
+            tool=job.tool,
+            argv=plan.argv,
+            target=plan.target.requested,
+            scanned_address=plan.target.scan_arg,
+            engagement=plan.engagement,
+            reasons=reasons,
+            timeout_seconds=timeout_seconds,
+        )
+
+    async def _resume(
+        self, spec: ToolSpec, plan: ScanPlan, approver: Approver, record: dict[str, Any], wait: float
+    ) -> ScanReport:
+        """A 2026-07-28 retry: the job its state names gets the answer, then the call waits for it
+        like any call (`wait`). The job is no longer this call's alone (its scan_id was shown), so a
+        cancel of this call leaves it running. A retry without an answer returns the job as it stands."""
+        assert approver.resumed is not None
+        state = approver.resumed.state
+        try:
+            pending = self.approvals.resume(state, self.owner(approver.principal), argv_digest(plan.argv))
+        except ApplianceError as exc:
+            self.refuse(exc, {**record, "scan_id": state.scan_id}, tool=spec.name)
+            raise
+        live = self.jobs.live[state.scan_id]
+        if approver.resumed.decision is None:
+            return report_of(live.job, spec.result_model, time.time())
+        self.approvals.decide(pending, approver.resumed.decision)
+        assert live.task is not None
+        await asyncio.wait({live.task}, timeout=wait)
+        if not live.task.done() or live.task.cancelled():
+            return report_of(live.job, spec.result_model, time.time())
+        final: ScanReport = live.task.result()  # the report, or the error the job ended with
+        return final

@@ -104,8 +104,9 @@ class JobManager:
 
     # --- start and recovery ----------------------------------------------------------------
     def recover(self) -> list[Job]:
-        """At start: a job left queued or running by a stop or a crash is `interrupted`; its
-        findings so far stay as they were last recorded."""
+        """At start: a job left queued, running or awaiting approval by a stop or a crash is
+        `interrupted` (an approval question dies with the process that asked it); its findings so
+        far stay as they were last recorded."""
         left = self.store.unfinished()
         for job in left:
             self._move(
@@ -137,7 +138,11 @@ class JobManager:
         argv: list[str],
         request_id: str,
         engagement: str | None = None,
+        state: JobState = "queued",
+        approval: dict[str, Any] | None = None,
     ) -> LiveJob:
+        """A new job, `queued` (or `awaiting_approval` when a human must approve it first:
+        `approval` is then what it waits for)."""
         now = self._clock()
         job = Job(
             scan_id=new_scan_id(now),
@@ -147,16 +152,17 @@ class JobManager:
             principal=owner,
             request=request,
             argv=argv,
-            state="queued",
+            state=state,
             created_at=now,
             updated_at=now,
             request_id=request_id,
             engagement=engagement,
+            approval=approval,
         )
-        job.move("queued", now)
+        job.move(state, now)
         # The trail first, then the store, both fail closed: a job the trail does not show never
         # exists, and a scan the store cannot keep is refused before it starts.
-        self.audit_state(job, "queued", strict=True)
+        self.audit_state(job, state, strict=True)
         live = LiveJob(job, store_seconds=self._save(job, strict=True))
         self.live[job.scan_id] = live
         for notify in self.on_change:
@@ -222,6 +228,10 @@ class JobManager:
             # Kept in memory (get_scan still answers); the next change writes the whole job again.
             log.error("job store write failed; the job is kept in memory", extra={"scan_id": job.scan_id})
         return time.perf_counter() - started
+
+    def approved(self, live: LiveJob) -> None:
+        """Out of awaiting_approval into the queue; the whole job is written, with its decision."""
+        live.store_seconds += self._move(live.job, "queued", "approved")
 
     def running(self, live: LiveJob) -> None:
         # Nothing but the state changed since `create` wrote the whole job.

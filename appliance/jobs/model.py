@@ -8,7 +8,7 @@ completed, failed, cancelled):
 |---------------------|------------------------------------------------------------------|------------------|
 | `queued`            | admitted, waiting for a concurrency slot                         | `working`        |
 | `running`           | the scanner runs                                                 | `working`        |
-| `awaiting_approval` | held for an approver (identity issue)                            | `input_required` |
+| `awaiting_approval` | held until a human approves its argv (README "Approval")         | `input_required` |
 | `completed`         | the scanner finished                                             | `completed`      |
 | `partial`           | stopped by its time budget or the output cap; findings kept      | `completed`      |
 | `failed`            | the scanner could not run or failed; `error` says why            | `failed`         |
@@ -121,6 +121,8 @@ class Job:
     engagement: str | None = None
     # The fleet appliance that claimed the job and runs it (None: a standalone appliance runs its own).
     runner: str | None = None
+    # The human approval it needed (None: none): the argv's sha256, the reasons, then the decision.
+    approval: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
@@ -158,6 +160,7 @@ class Job:
             "raw_bytes": self.raw_bytes,
             "engagement": self.engagement,
             "runner": self.runner,
+            "approval": self.approval,
         }
 
     @classmethod

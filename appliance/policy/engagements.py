@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
+from appliance.policy.approval_rules import EngagementApproval
 from appliance.policy.fields import IPNetwork, NetworkLists, Strict, within
 
 ENGAGEMENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -139,6 +140,9 @@ class Engagement(Strict):
         "option the global policy allows. Tools not named are refused."
     )
     budget: Budget = Field(default_factory=Budget)
+    approval: EngagementApproval | None = Field(
+        default=None, description='Stricter approval rules in this engagement (README "Approval"); unset: the global.'
+    )
 
     @field_validator("name")
     @classmethod

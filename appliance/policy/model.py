@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import PolicyError
+from appliance.policy.approval_rules import ApprovalRules
 from appliance.policy.engagements import Engagement, engagement_problems
 from appliance.policy.fields import NetworkLists, Strict
 from appliance.policy.migrate import Moved, from_version_1, refuse_version_1_keys
@@ -257,6 +258,7 @@ class Policy(Strict):
     tools: ToolRules = Field(default_factory=ToolRules)
     resilience: Resilience = Field(default_factory=Resilience)
     retention: Retention = Field(default_factory=Retention)
+    approval: ApprovalRules = Field(default_factory=ApprovalRules)
     engagements: list[Engagement] | None = Field(
         default=None,
         description="Version 3: named engagements. Unset: every principal has the global scope (no engagements).",

@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 from mcp import Client, StdioServerParameters
-from mcp.client.session import MessageHandlerFnT
+from mcp.client.session import ElicitationFnT, MessageHandlerFnT
 from mcp.client.streamable_http import streamable_http_client
 
 from appliance.compat import mcp_http_client
@@ -139,14 +139,21 @@ async def http_client(
     token: str = TOKEN,
     message_handler: MessageHandlerFnT | None = None,
     verify: ssl.SSLContext | None = None,
+    elicitation_callback: ElicitationFnT | None = None,
 ) -> AsyncIterator[Client]:
     """An MCP client over streamable HTTP with a bearer token, in protocol era `mode`;
     `message_handler` sees what the server sends unasked (handshake-era notifications);
-    `verify`: the trust anchors of an https URL."""
+    `verify`: the trust anchors of an https URL; `elicitation_callback`: the human who answers
+    the server's questions (the client then declares form elicitation)."""
     # The transport leaves a client it was handed open; closing it is ours to do.
     async with (
         mcp_http_client(headers={"Authorization": f"Bearer {token}"}, verify=verify) as http,
-        Client(streamable_http_client(url, http_client=http), mode=mode, message_handler=message_handler) as client,
+        Client(
+            streamable_http_client(url, http_client=http),
+            mode=mode,
+            message_handler=message_handler,
+            elicitation_callback=elicitation_callback,
+        ) as client,
     ):
         yield client
 
