@@ -107,10 +107,10 @@ async def test_a_scan_call_nests_its_checks_under_the_sdk_request_span_and_runs_
 
     job = one(finished, "scan nmap_scan")
     assert job.kind is SpanKind.INTERNAL
-    assert job.parent is None  # a trace of its own ...
+    assert parent_of(job) == span_id(request)  # every stage of the call is under the request span ...
     assert job.context is not None and request.context is not None
-    assert job.context.trace_id != request.context.trace_id
-    [link] = job.links  # ... linked to the request
+    assert job.context.trace_id == request.context.trace_id
+    [link] = job.links  # ... and the job links back to it too
     assert link.context.span_id == span_id(request)
     assert link.context.trace_id == request.context.trace_id
     assert job.attributes is not None
@@ -171,7 +171,8 @@ async def test_a_job_that_outlives_its_call_has_its_own_span_linked_to_the_reque
         await eventually(lambda: named(spans.get_finished_spans(), "scan nmap_scan"), within=10)
 
     job = one(spans.get_finished_spans(), "scan nmap_scan")
-    [link] = job.links
+    assert parent_of(job) == span_id(request)  # its own span, ending after its parent's ...
+    [link] = job.links  # ... and linked to the request
     assert link.context.span_id == span_id(request)
     assert job.end_time is not None and request.end_time is not None and job.end_time > request.end_time
     assert job.attributes is not None and job.attributes["appliance.outcome"] == "ok"

@@ -5,9 +5,11 @@ made inside it and so nest under it (its context is the current one in the tool 
 
 - `policy check` under the request span: argument validation, scopes and the scope policy;
   a refusal sets its status to ERROR with `appliance.rule` and `error.type`;
-- `scan <tool>`: the job. It is the root of a trace of its own with a Link to the request span,
-  because a job is not the call's: it goes on after the call returned `running` (wait_seconds),
-  and a child that outlives its parent misleads trace views and tail sampling;
+- `scan <tool>`: the job, a child of the request span (so every stage of the call is under the
+  SDK's request span, as the operations issue asks) that also carries a Link to it. A job goes
+  on after its call returned `running` (wait_seconds): its span then ends after its parent's,
+  which OpenTelemetry allows; the Link (and `appliance.scan_id` on both) keeps the two joined
+  for a backend that drops late children or samples the request away;
 - under the job: `queue wait` (the concurrency slot), `scanner run` (one per attempt; the
   line parsing done while the scanner writes is inside it), `parse` (the final result) and
   `store` (each job store write; the write that creates the job is under the request span, as
@@ -27,7 +29,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from appliance import __version__
@@ -131,8 +132,8 @@ def job_ended(outcome: str, timings_ms: Mapping[str, float]) -> None:
 
 
 async def in_job_span(run: Callable[[], Coroutine[Any, Any, T]], job: Job) -> T:
-    """Run the service's job task (`run()`) under its own `scan <tool>` span, linked to the span
-    that was current when the task was created (the request span). `run` is called here, so a
+    """Run the service's job task (`run()`) under its own `scan <tool>` span, a child of the span
+    that was current when the task was created (the request span) and linked to it. `run` is called here, so a
     task cancelled before its first step leaves no coroutine that never ran."""
     request = trace.get_current_span().get_span_context()
     links = [Link(request, {"appliance.link": "request"})] if request.is_valid else []
@@ -142,6 +143,6 @@ async def in_job_span(run: Callable[[], Coroutine[Any, Any, T]], job: Job) -> T:
         "appliance.scan_id": job.scan_id,
         "appliance.target": job.target,
     }
-    # An empty context: a new trace, not a child of the request (module docstring).
-    with _span(f"scan {job.tool}", attributes, kind=SpanKind.INTERNAL, context=Context(), links=links):
+    # The task's context is a copy of the request's: the job span is the request span's child.
+    with _span(f"scan {job.tool}", attributes, kind=SpanKind.INTERNAL, links=links):
         return await run()

@@ -16,7 +16,6 @@ sidecars    the sidecar's health model and the status page's tokens (import supp
 traces      spans in memory for in-process servers; an OTLP/HTTP receiver and a silent collector (import support.traces)
 nats        a real nats-server with JetStream on 127.0.0.1 (import support.nats)
 fleet       JetStream job stores on buckets of a test's own (import support.fleet)
-
 approval    the human at an MCP client: an elicitation callback answering approvals (import support.approval)
 waiting     one wait_until (and `eventually`, its async form): wait on a condition, never sleep
 """
