@@ -14,16 +14,17 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def tcp_listener(banner: bytes = b"") -> Iterator[int]:
-    """A TCP listener on 127.0.0.1 that accepts, optionally sends a banner, and closes."""
+def accepting(on_connection: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A TCP listener on 127.0.0.1 (a port of its own) whose thread hands each accepted
+    connection to `on_connection`; yields the port. The one accept loop of the test listeners."""
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind(("127.0.0.1", 0))
     server.listen(64)
+    server.settimeout(0.1)
     stop = threading.Event()
 
     def accept() -> None:
-        server.settimeout(0.1)
         while not stop.is_set():
             try:
                 conn, _ = server.accept()
@@ -31,19 +32,30 @@ def tcp_listener(banner: bytes = b"") -> Iterator[int]:
                 continue
             except OSError:
                 return
-            with conn:
-                if banner:
-                    with contextlib.suppress(OSError):
-                        conn.sendall(banner)
+            on_connection(conn)
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        yield server.getsockname()[1]
+        yield int(server.getsockname()[1])
     finally:
         stop.set()
         thread.join(timeout=2)
         server.close()
+
+
+@contextlib.contextmanager
+def tcp_listener(banner: bytes = b"") -> Iterator[int]:
+    """A TCP listener on 127.0.0.1 that accepts, optionally sends a banner, and closes."""
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            if banner:
+                with contextlib.suppress(OSError):
+                    conn.sendall(banner)
+
+    with accepting(answer) as port:
+        yield port
 
 
 def closed_port() -> int:
@@ -59,44 +71,28 @@ def loopback_listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+@dataclass
 class CountingListener:
-    """A TCP listener on 127.0.0.1 that counts accepted connections and can be killed mid-scan."""
+    """A TCP listener on 127.0.0.1 that counts accepted connections; `close()` kills it mid-scan."""
 
-    def __init__(self) -> None:
-        self._server = socket.socket()
-        self._server.bind(("127.0.0.1", 0))
-        self._server.listen(64)
-        self._server.settimeout(0.1)
-        self.port: int = self._server.getsockname()[1]
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.close()
-            self.accepted += 1
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self._server.close()
+    port: int
+    close: Callable[[], None]
+    accepted: int = 0
 
 
 @contextlib.contextmanager
 def counting_listener() -> Iterator[CountingListener]:
-    listener = CountingListener()
-    try:
-        yield listener
-    finally:
-        listener.close()
+    counted: list[CountingListener] = []
+
+    def count(conn: socket.socket) -> None:
+        conn.close()
+        counted[0].accepted += 1
+
+    with contextlib.ExitStack() as stack:
+        # Nobody knows the port before it is yielded: `counted` is filled before any connection.
+        port = stack.enter_context(accepting(count))
+        counted.append(CountingListener(port, stack.close))
+        yield counted[0]
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

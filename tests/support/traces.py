@@ -30,6 +30,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from support.listeners import accepting
+
 
 class SpanRecording(SimpleSpanProcessor):
     """Exports ended spans to memory while `on` (a test that records), drops them otherwise."""
@@ -161,32 +163,17 @@ class SilentCollector:
 @contextlib.contextmanager
 def silent_collector() -> Iterator[SilentCollector]:
     """A collector on 127.0.0.1 that accepts connections, reads nothing and never answers."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.settimeout(0.1)
-    collector = SilentCollector(f"http://127.0.0.1:{server.getsockname()[1]}/v1/traces")
     held: list[socket.socket] = []
-    stop = threading.Event()
+    collector = SilentCollector("")
 
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            held.append(conn)  # kept open, never read: the exporter waits for an answer
-            collector.accepted += 1
+    def hold(conn: socket.socket) -> None:
+        held.append(conn)  # kept open, never read: the exporter waits for an answer
+        collector.accepted += 1
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield collector
-    finally:
-        stop.set()
-        thread.join(timeout=2)
-        for conn in held:
-            conn.close()
-        server.close()
+    with accepting(hold) as port:
+        collector.endpoint = f"http://127.0.0.1:{port}/v1/traces"
+        try:
+            yield collector
+        finally:
+            for conn in held:
+                conn.close()
