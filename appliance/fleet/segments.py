@@ -20,12 +20,12 @@ from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 from pydantic import ValidationError as ModelError
 
 from appliance.errors import ExecutionError, ValidationError
 from appliance.fleet.bus import BusThread, BusUnavailable
+from appliance.fleet.kv import key_value_bucket, live_entries
 from appliance.fleet.routing import SegmentScope
 from appliance.policy.model import Policy
 
@@ -68,12 +68,7 @@ class SegmentRegistry:
         self._call("open the segment bucket", self._open)
 
     async def _open(self) -> None:
-        js = self._bus.js
-        try:
-            self._kv = await js.key_value(self.bucket)
-        except nats.js.errors.BucketNotFoundError:
-            config = KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE, replicas=self._replicas)
-            self._kv = await js.create_key_value(config)
+        self._kv = await key_value_bucket(self._bus.js, self.bucket, replicas=self._replicas)
 
     @property
     def kv(self) -> KeyValue:
@@ -113,16 +108,7 @@ class SegmentRegistry:
 
     def view(self) -> SegmentView:
         async def read() -> list[tuple[str, bytes]]:
-            watcher = await self.kv.watch("seg.>", ignore_deletes=True)
-            found: list[tuple[str, bytes]] = []
-            try:
-                async for entry in watcher:
-                    if entry is None:
-                        break
-                    found.append((entry.key, entry.value or b""))
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-            return found
+            return await live_entries(self.kv, "seg.>", values=True)
 
         by_segment: dict[str, list[SegmentScope]] = {}
         skipped = 0

@@ -33,12 +33,13 @@ from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from appliance.errors import ExecutionError
 from appliance.fleet.bus import BusThread, BusUnavailable
+from appliance.fleet.kv import key_value_bucket, live_entries
 from appliance.jobs.model import FINISHED, UNFINISHED, Job, target_key
 from appliance.jobs.store import JobFilter, JobPage, take_oldest
 
@@ -129,13 +130,7 @@ class JetStreamJobStore:
 
     async def _open(self) -> None:
         js = self._bus.js
-        try:
-            self._kv = await js.key_value(self.bucket)
-        except nats.js.errors.BucketNotFoundError:
-            config = KeyValueConfig(
-                bucket=self.bucket, history=1, storage=StorageType.FILE, replicas=self.replicas, direct=True
-            )
-            self._kv = await js.create_key_value(config)
+        self._kv = await key_value_bucket(js, self.bucket, replicas=self.replicas, direct=True)
         try:
             self._objects = await js.object_store(self.raw_bucket)
         except nats.js.errors.BucketNotFoundError:
@@ -195,18 +190,7 @@ class JetStreamJobStore:
         return None if not value else Job.from_record(json.loads(value))
 
     async def _keys(self, pattern: str, *, values: bool = False) -> list[tuple[str, bytes]]:
-        """The live keys matching `pattern` (a subject filter the server applies), with their
-        values when asked (else headers only)."""
-        watcher = await self.kv.watch(pattern, meta_only=not values, ignore_deletes=True)
-        found: list[tuple[str, bytes]] = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of what is stored now
-                    break
-                found.append((entry.key, entry.value or b""))
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-        return found
+        return await live_entries(self.kv, pattern, values=values)
 
     async def _index(self, principal: str | None) -> list[IndexEntry]:
         pattern = "s.>" if principal is None else f"s.{_hex(principal)}.>"
