@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
+
+# The header a key-value delete or purge marker carries (ADR-8), and its two values.
+KV_OPERATION_HEADER = "KV-Operation"
+_REMOVALS = frozenset({"DEL", "PURGE"})
+# How long a listing waits for its next message before it calls the server stalled (an ordered
+# consumer's missed heartbeats restart it well within this).
+_LISTING_STALL_SECONDS = 30.0
 
 
 async def key_value_bucket(js: JetStreamContext, name: str, *, replicas: int, direct: bool = False) -> KeyValue:
@@ -17,16 +27,45 @@ async def key_value_bucket(js: JetStreamContext, name: str, *, replicas: int, di
         return await js.create_key_value(config)
 
 
-async def live_entries(kv: KeyValue, pattern: str, *, values: bool) -> list[tuple[str, bytes]]:
-    """The live keys matching `pattern` (a subject filter the server applies), with their values
-    when asked (else headers only, and empty values)."""
-    watcher = await kv.watch(pattern, meta_only=not values, ignore_deletes=True)
-    found: list[tuple[str, bytes]] = []
+async def live_entries(js: JetStreamContext, bucket: str, pattern: str, *, values: bool) -> list[tuple[str, bytes]]:
+    """The live keys of `bucket` matching `pattern` (a subject filter the server applies), with
+    their values when asked (else headers only, and empty values).
+
+    Our own reading rather than nats-py's `KeyValue.watch`: its end-of-listing marker races
+    (it compares the server's pending count with what the client has dispatched so far, so a
+    message still in the client's queue makes it report an empty or short listing; a loaded
+    CI machine showed it). Here the end is the message the server says has nothing after it,
+    and an empty listing is one where the server has neither delivered nor holds anything.
+    """
+    prefix = f"$KV.{bucket}."
+    arrived: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def receive(msg: Msg) -> None:
+        await arrived.put(msg)
+
+    subscription = await js.subscribe(
+        prefix + pattern,
+        stream=f"KV_{bucket}",
+        cb=receive,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        headers_only=not values,
+        inactive_threshold=60.0,
+    )
+    live: dict[str, bytes] = {}
     try:
-        async for entry in watcher:
-            if entry is None:  # the end of what is stored now
+        info = await subscription.consumer_info()
+        if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
+            return []
+        while True:
+            msg = await asyncio.wait_for(arrived.get(), timeout=_LISTING_STALL_SECONDS)
+            key = msg.subject[len(prefix) :]
+            if msg.headers is not None and msg.headers.get(KV_OPERATION_HEADER) in _REMOVALS:
+                live.pop(key, None)  # a delete marker: the key is gone
+            else:
+                live[key] = msg.data or b""
+            if msg.metadata.num_pending == 0:  # the last message stored when it was sent
                 break
-            found.append((entry.key, entry.value or b""))
     finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-    return found
+        await subscription.unsubscribe()
+    return sorted(live.items())

@@ -108,7 +108,7 @@ class SegmentRegistry:
 
     def view(self) -> SegmentView:
         async def read() -> list[tuple[str, bytes]]:
-            return await live_entries(self.kv, "seg.>", values=True)
+            return await live_entries(self._bus.js, self.bucket, "seg.>", values=True)
 
         by_segment: dict[str, list[SegmentScope]] = {}
         skipped = 0

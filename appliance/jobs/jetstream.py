@@ -190,7 +190,7 @@ class JetStreamJobStore:
         return None if not value else Job.from_record(json.loads(value))
 
     async def _keys(self, pattern: str, *, values: bool = False) -> list[tuple[str, bytes]]:
-        return await live_entries(self.kv, pattern, values=values)
+        return await live_entries(self._bus.js, self.bucket, pattern, values=values)
 
     async def _index(self, principal: str | None) -> list[IndexEntry]:
         pattern = "s.>" if principal is None else f"s.{_hex(principal)}.>"
