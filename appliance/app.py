@@ -32,6 +32,7 @@ from appliance.identity.oauth import auth_settings, jwt_verifier, oauth_resource
 from appliance.jobs.manager import JobManager
 from appliance.jobs.model import STATES, Job
 from appliance.jobs.sqlite import open_store
+from appliance.jobs.store import JobStore
 from appliance.metrics import Metrics, ServingState
 from appliance.policy.store import PolicyStore
 from appliance.privileges import (
@@ -52,6 +53,8 @@ if TYPE_CHECKING:  # imported when used: the stdio start-up needs neither uvicor
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
+    from appliance.fleet.roles import FleetParts
+    from appliance.fleet.worker import SegmentWorker
     from appliance.http import ActiveRequests, QuietUvicorn
     from appliance.identity.jwt import JwtVerifier
 
@@ -133,7 +136,15 @@ class Appliance:
         self.verdict = check_or_refuse(settings)
         self.store = PolicyStore(settings.policy_path)
         self.audit = AuditSink.from_settings(settings)
-        self.job_store = open_store(settings.data_dir, EPHEMERAL_DATA_DIR)
+        self.fleet: FleetParts | None = None
+        self.job_store: JobStore
+        if settings.role == "standalone":
+            self.job_store = open_store(settings.data_dir, EPHEMERAL_DATA_DIR)
+        else:
+            from appliance.fleet.roles import connect  # nats-py: fleet roles only
+
+            self.fleet = connect(settings)
+            self.job_store = self.fleet.store
         # Built at first use (appliance.metrics) unless `registry` is given.
         self.metrics = Metrics(
             registry,
@@ -144,8 +155,25 @@ class Appliance:
             serving=self._serving_state(),
             audit=self.audit.figures,
         )
-        self.jobs = JobManager(self.job_store, self.audit, on_change=self._job_changed)
-        self.service = ScanService(settings, self.store, self.audit, metrics=self.metrics, jobs=self.jobs)
+        front = self.fleet.front() if self.fleet is not None and settings.role == "front" else None
+        follow = None if front is None else front.follow
+        self.jobs = JobManager(self.job_store, self.audit, on_change=self._job_changed, follow=follow)
+        self.service = ScanService(settings, self.store, self.audit, metrics=self.metrics, jobs=self.jobs, fleet=front)
+        self.worker: SegmentWorker | None = None
+        if self.fleet is not None and settings.role == "segment":
+            from appliance.fleet.worker import SegmentWorker
+
+            assert settings.segment is not None  # the settings refuse a segment role without it
+            fleet = self.fleet
+            self.worker = SegmentWorker(
+                self.service,
+                fleet.store,
+                fleet.queue.consumer(settings.segment),
+                fleet.registry,
+                settings.segment,
+                settings.appliance_id,
+                fleet.queue.settings,
+            )
         self.tokens: TokenSource | None = None
         # Both listeners' TLS (HTTP transport only: stdio has no listener but the sidecar, which
         # gets it too); built before anything listens, so a bad certificate refuses the start.
@@ -334,12 +362,22 @@ class Appliance:
         results = await asyncio.gather(*(probe_scanner(paths[t], VERSION_ARGS[t]) for t in TOOLS))
         return dict(zip(TOOLS, results, strict=True))
 
+    def _runner_id(self) -> str | None:
+        return None if self.settings.role == "standalone" else self.settings.appliance_id
+
     def _transport_ready(self) -> None:
         self.clock.report(self.settings.transport)
         if self.settings.transport == "http":
             self._answered.set()  # many clients, no first one: the sidecar follows the port
 
     async def _transport(self) -> None:
+        if self.worker is not None:
+            # A segment has no MCP endpoint: its "transport" is the job queue.
+            self._answered.set()
+            log.info("segment appliance running jobs", extra={"segment": self.settings.segment})
+            await self.worker.run()
+            await self.worker.drain()
+            return
         if self.settings.transport == "stdio":
             await run_stdio(
                 self.server.mcp,
@@ -385,7 +423,40 @@ class Appliance:
             tokens=None if self.tokens is None else self._auth_status,
             jobs=self.job_store.describe,
             tls=None if self.tls is None else self.tls.status,
+            fleet=None if self.fleet is None else self._fleet_status,
         )
+
+    def _fleet_status(self) -> dict[str, Any]:
+        """/healthz `fleet`: this appliance's role, its NATS link, the segments it sees (how many
+        appliances, how fresh, how many jobs queued) and, on a segment, what its loop did."""
+        assert self.fleet is not None
+        fleet = self.fleet
+        status: dict[str, Any] = {
+            "role": self.settings.role,
+            "appliance_id": self.settings.appliance_id,
+            "servers": fleet.bus.settings.redacted_servers(),
+            "connected": fleet.bus.connected,
+        }
+        if self.worker is not None:
+            status["segment"] = self.settings.segment
+            status["jobs"] = vars(self.worker.counts)
+        try:
+            view = fleet.registry.view()
+            now = time.time()
+            status["segments"] = {
+                scope.name: {
+                    "scope": scope.describe(),
+                    "appliances": view.appliances.get(scope.name, 0),
+                    "heartbeat_age_seconds": round(max(now - scope.heartbeat_at, 0.0), 1),
+                    "queued": fleet.queue.depth(scope.name),
+                }
+                for scope in view.segments
+            }
+            status["disagreements"] = list(view.disagreements)
+            status["skipped_advertisements"] = view.skipped
+        except ApplianceError as exc:
+            status["problem"] = exc.message
+        return status
 
     async def _start_sidecar(self) -> web.AppRunner:
         """Start the sidecar; aiohttp's import (~0.2 s) happens in a worker thread, so calls
@@ -410,9 +481,10 @@ class Appliance:
         tasks = [
             asyncio.create_task(self._watch()),
             asyncio.create_task(self._sweep_forever()),
-            asyncio.create_task(self._cancel_requests_forever()),
             asyncio.create_task(self._audit_head_forever()),
         ]
+        if self.settings.role != "front":  # a front runs no job to cancel: the segments take the requests
+            tasks.append(asyncio.create_task(self._cancel_requests_forever()))
         # As PID 1 (no init) orphaned scanner descendants are ours to reap.
         if os.getpid() == 1:
             tasks.append(asyncio.create_task(reap_orphans_forever()))
@@ -436,7 +508,8 @@ class Appliance:
         self._audit_event("appliance_start")
         self.audit.checkpoint("start")
         # Before the transport opens: no job query may see a scan a stop left `running`.
-        interrupted = self.jobs.recover()
+        # A front runs no job; a segment recovers only the jobs it had claimed itself.
+        interrupted = [] if self.settings.role == "front" else self.jobs.recover(self._runner_id())
         if interrupted:
             log.warning("scans left unfinished by the last stop are interrupted", extra={"scans": len(interrupted)})
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -470,11 +543,25 @@ class Appliance:
             self.audit.checkpoint("stop")
             self.audit.close()
             self.job_store.close()
+            if self.fleet is not None:
+                await self._stop_following()
+                if self.worker is not None:
+                    self.worker.withdraw()
+                self.fleet.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         if transport.done() and not transport.cancelled() and transport.exception() is not None:
             raise transport.exception()  # type: ignore[misc]
         return 0
+
+    async def _stop_following(self) -> None:
+        """A front's follow tasks end before its connection closes (their scans go on, on
+        their segments); a segment's jobs have already ended through the stop."""
+        tasks = [live.task for live in self.jobs.live.values() if live.task is not None and not live.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=TRANSPORT_STOP_SECONDS)
 
     @staticmethod
     async def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
@@ -501,6 +588,8 @@ class Appliance:
         self.draining = True
         log.info("shutting down: not ready, queued calls refused", extra={"drain_seconds": self.settings.drain_seconds})
         self.service.limiter.close()
+        if self.worker is not None:
+            self.worker.stopping.set()  # takes no new job; the ones it runs get the drain window
         drain = 0.0 if client_gone else self.settings.drain_seconds
         if not await self._wait_for(self._idle, drain):
             self.service.stop_scans.set()

@@ -75,7 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # What the imports built lives as long as the process: frozen, no collection walks it again.
     gc.freeze()
     gc.enable()  # off for the imports (appliance.__main__)
-    overrides = {k: v for k, v in {"transport": args.transport, "host": args.host, "port": args.port}.items() if v}
+    given = {"transport": args.transport, "host": args.host, "port": args.port, "role": args.role}
+    overrides = {k: v for k, v in given.items() if v}
     settings = load_settings(**overrides)
     configure_logging(settings.log_level)
     # The OTEL_* variables are the OpenTelemetry SDK's (the one exception to reading settings
@@ -491,6 +492,11 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the MCP server")
     serve.add_argument("--transport", choices=["stdio", "http"], help="default: stdio (APPLIANCE_TRANSPORT)")
+    serve.add_argument(
+        "--role",
+        choices=["standalone", "front", "segment"],
+        help="default: standalone (APPLIANCE_ROLE); front and segment form a fleet on NATS (README: Fleet)",
+    )
     serve.add_argument("--host", help="HTTP listen address (APPLIANCE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP listen port (APPLIANCE_PORT, default 8080)")
     serve.set_defaults(func=cmd_serve)

@@ -9,10 +9,11 @@ variables (appliance.tracing.export; README: Traces).
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from appliance.audit.syslog import SyslogTarget
@@ -181,6 +182,41 @@ class Settings(BaseSettings):
         description="Trust anchors (PEM) for outgoing https: the identity provider's JWKS, an OTLP exporter.",
     )
 
+    role: Literal["standalone", "front", "segment"] = Field(
+        default="standalone",
+        description="standalone: MCP endpoint and scanners, SQLite job store. front: the fleet's MCP endpoint "
+        "(checks, routes to segments, answers job queries; runs no scanner). segment: runs the scans of one "
+        "segment from NATS (no MCP endpoint). README: Fleet.",
+    )
+    nats_url: str | None = Field(
+        default=None,
+        description="The fleet's NATS servers, comma-separated (nats:// or tls://); needed by front and segment.",
+    )
+    nats_credentials_file: Path | None = Field(
+        default=_secret_file("appliance_nats_creds"),
+        description="NATS credentials (.creds) of this appliance (or the secret /run/secrets/appliance_nats_creds).",
+    )
+    nats_ca_file: Path | None = Field(
+        default=None, description="Trust anchor (PEM) of the NATS servers' certificates, for tls:// URLs."
+    )
+    segment: str | None = Field(
+        default=None, description="The segment a segment appliance runs scans for (its job subject jobs.<segment>)."
+    )
+    appliance_id: str = Field(
+        default_factory=lambda: re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "appliance",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="This appliance's name in the fleet (claims, heartbeats); default: the host name.",
+    )
+    fleet_ack_wait_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="How long a segment appliance may hold a job without a heartbeat before it is redelivered.",
+    )
+    fleet_max_deliver: int = Field(
+        default=2, ge=1, le=10, description="Deliveries of one job in all (2: one redelivery to another appliance)."
+    )
+
     @field_validator("allowed_origins")
     @classmethod
     def _origins_exact(cls, value: list[str]) -> list[str]:
@@ -210,6 +246,19 @@ class Settings(BaseSettings):
             raise ValueError("empty or weak: use 16+ URL-safe characters (e.g. scripts/create-token FILE), or unset it")
         return value
 
+    @model_validator(mode="after")
+    def _fleet_roles_complete(self) -> Settings:
+        if self.role != "standalone" and not self.nats_url:
+            raise ValueError(f"role {self.role} needs APPLIANCE_NATS_URL (the fleet's NATS servers)")
+        if self.role == "segment" and not self.segment:
+            raise ValueError("role segment needs APPLIANCE_SEGMENT (the segment it runs scans for)")
+        if self.role == "front" and self.transport != "http":
+            raise ValueError("role front serves MCP over HTTP: set APPLIANCE_TRANSPORT=http")
+        return self
+
+    def nats_servers(self) -> tuple[str, ...]:
+        return tuple(url.strip() for url in (self.nats_url or "").split(",") if url.strip())
+
     def redacted(self) -> dict[str, Any]:
         """The settings as JSON-ready values with every secret replaced by a marker."""
         shown: dict[str, Any] = {}
@@ -217,6 +266,8 @@ class Settings(BaseSettings):
             field_value = getattr(self, name)
             if isinstance(field_value, SecretStr):
                 shown[name] = "**redacted**"
+            elif name == "nats_url" and value:
+                shown[name] = re.sub(r"//[^/@,]*@", "//**redacted**@", value)  # user:password@ in a URL
             else:
                 shown[name] = value
         return shown

@@ -7,6 +7,7 @@ result; nothing else in the package formats errors for the wire.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -132,3 +133,32 @@ class UnexpectedError(ApplianceError):
             "the operator's log has the details",
             rule="unexpected_exception",
         )
+
+
+# The class a caller's error object names, for an error another appliance recorded (a fleet
+# segment's failed job, answered by the front that queued it). The first class of each type wins.
+_BY_TYPE: dict[str, type[ApplianceError]] = {}
+for _cls in (
+    ValidationError,
+    ScanTimeoutError,
+    NotFoundError,
+    ExecutionError,
+    ResourceExhaustedError,
+    PermissionDeniedError,
+    CircuitOpenError,
+):
+    _BY_TYPE.setdefault(_cls.error_type, _cls)
+
+
+def error_from_dict(body: Mapping[str, Any]) -> ApplianceError:
+    """The error an error object (`ApplianceError.to_dict`) describes, with its details kept."""
+    cls = _BY_TYPE.get(str(body.get("error_type")), ApplianceError)
+    error = cls(
+        str(body.get("message", "the scan failed")),
+        rule=str(body.get("rule", "unspecified")),
+        recovery_suggestion=body.get("recovery_suggestion"),
+    )
+    # What to_dict adds around the details is added again by whoever reports this error.
+    framing = {"error_type", "rule", "message", "recovery_suggestion", "timestamp", "tool", "target", "request_id"}
+    error.details.update({k: v for k, v in body.items() if k not in framing})
+    return error

@@ -87,6 +87,7 @@ class Health:
         tokens: Callable[[], Mapping[str, Any]] | None = None,
         jobs: Callable[[], Mapping[str, Any]] | None = None,
         tls: Callable[[], Mapping[str, Any]] | None = None,
+        fleet: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -98,6 +99,7 @@ class Health:
         self._tokens = tokens
         self._jobs = jobs
         self._tls = tls
+        self._fleet = fleet
         psutil.cpu_percent(interval=None)  # primes the counter: later calls measure since the last one
 
     def unavailable_tools(self) -> dict[str, str]:
@@ -174,6 +176,8 @@ class Health:
         if self._jobs is not None:
             checks["store"] = dict(self._jobs())
         checks["tls"] = {"enabled": False} if self._tls is None else dict(self._tls())
+        if self._fleet is not None:
+            checks["fleet"] = dict(self._fleet())
         status: Status = "healthy"
         overloaded = (
             cpu > self.settings.health_cpu_percent

@@ -10,7 +10,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
@@ -18,10 +19,17 @@ from appliance.approval.desk import ApprovalDesk, PendingApproval, unavailable
 from appliance.approval.model import ApprovalRequest, Approver, approval_summary, argv_digest
 from appliance.audit import AuditSink, output_digest
 from appliance.config import Settings
-from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError, UnexpectedError, ValidationError
+from appliance.errors import (
+    ApplianceError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnexpectedError,
+    ValidationError,
+    error_from_dict,
+)
 from appliance.identity.scopes import check_scopes
 from appliance.jobs.manager import JobManager, LiveJob
-from appliance.jobs.model import ANONYMOUS_PRINCIPAL, STDIO_PRINCIPAL, JobState, Viewer
+from appliance.jobs.model import ANONYMOUS_PRINCIPAL, STDIO_PRINCIPAL, Job, JobState, Viewer
 from appliance.jobs.queries import changes_since
 from appliance.jobs.sqlite import SqliteJobStore
 from appliance.jobs.views import job_fields, report_of, result_base
@@ -45,6 +53,9 @@ from appliance.tools import TOOLS, ToolSpec
 from appliance.tools.arguments import parse_arguments
 from appliance.tools.base import FindingStream, PlanContext, ScanPlan
 from appliance.tracing import spans
+
+if TYPE_CHECKING:  # nats-py is imported by a fleet role only, never on a standalone start
+    from appliance.fleet.front import FrontFleet
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +193,12 @@ class ScanService:
         clock: Callable[[], float] = time.monotonic,
         jobs: JobManager | None = None,
         wall_clock: Clock = time.time,
+        fleet: FrontFleet | None = None,
     ) -> None:
         self.settings = settings
+        # A fleet front (README "Fleet"): jobs are routed to segments and followed, never run here,
+        # and names are left for the segment to resolve.
+        self.fleet = fleet
         # Without a store of its own (tests, `appliance check`) the service keeps jobs in memory.
         self.jobs = jobs if jobs is not None else JobManager(SqliteJobStore(None), audit)
         self.store = store
@@ -263,17 +278,21 @@ class ScanService:
                 rule="tool_disabled",
                 recovery_suggestion="Use another tool, or ask the operator to enable it in the policy.",
             )
-        ctx = PlanContext(snapshot.policy, snapshot.scope, self._resolve, self.settings, snapshot.facts)
+        resolve = None if self.fleet is not None else self._resolve
+        ctx = PlanContext(snapshot.policy, snapshot.scope, resolve, self.settings, snapshot.facts)
         plan = await spec.plan(request, ctx)
         engagement = engagement_checks.choose(
             snapshot.policy, caller or self.caller(None), getattr(request, "engagement", None)
         )
-        if engagement is None:
-            return plan
-        engagement_checks.check_window(engagement, self._now())
-        engagement_checks.check_tool(engagement, spec.name, request.model_dump())
-        engagement_checks.check_target(engagement, plan.target)
-        return replace(plan, engagement=engagement.name)
+        if engagement is not None:
+            engagement_checks.check_window(engagement, self._now())
+            engagement_checks.check_tool(engagement, spec.name, request.model_dump())
+            engagement_checks.check_target(engagement, plan.target)
+            plan = replace(plan, engagement=engagement.name)
+        if self.fleet is not None:
+            # Last: the rules above refuse without reading the bus; a target no segment holds is refused here.
+            plan = replace(plan, segment=self.fleet.route(plan.target.requested).name)
+        return plan
 
     def caller(self, principal: str | None) -> Caller:
         """A caller known only by its principal (stdio, `appliance check`, internal callers)."""
@@ -372,8 +391,10 @@ class ScanService:
             return await self._resume(spec, plan, approver, record, wait)
         rules = approval_rules(snapshot.policy, plan.engagement)
         reasons = approval_reasons(plan, rules)
-        if reasons and (approver is None or approver.mode == "unavailable"):
-            no_approver = unavailable("; ".join(reason.text for reason in reasons))
+        if reasons and (approver is None or approver.mode == "unavailable" or self.fleet is not None):
+            # A fleet front does not hold approval questions yet (README "Fleet", Limits).
+            why = "; ".join(reason.text for reason in reasons)
+            no_approver = unavailable(why if self.fleet is None else f"{why} (not yet on a fleet front)")
             self.refuse(no_approver, record, tool=spec.name)
             raise no_approver
         breaker = self.breakers[spec.name]
@@ -390,7 +411,8 @@ class ScanService:
             if refusal is not None:
                 raise refusal
             self.jobs.admissible()
-            claim = self._claim_budget(plan, snapshot.policy)
+            # A front holds no engagement budget: the segment that runs the job claims it.
+            claim = None if self.fleet is not None else self._claim_budget(plan, snapshot.policy)
             live = self.jobs.create(
                 tool=spec.name,
                 target=plan.target.requested,
@@ -402,6 +424,7 @@ class ScanService:
                 engagement=plan.engagement,
                 state="awaiting_approval" if reasons else "queued",
                 approval=approval_summary(plan.argv, reasons, rules.approval_timeout_seconds) if reasons else None,
+                segment=plan.segment,
             )
         except ApplianceError as exc:
             # Refused before a job exists (queue full, shutting down, the store cannot record it).
@@ -427,14 +450,24 @@ class ScanService:
         listener = _best_effort(progress)
         if listener is not None:
             live.listeners.add(listener)
-        task = asyncio.create_task(
-            spans.in_job_span(
-                lambda: self._run_job(
-                    spec, plan, snapshot.policy, live, record, started, breaker, principal, timings, claim, pending
-                ),
-                live.job,
+        if self.fleet is not None:
+            run_job = partial(self._follow_job, spec, plan, live, record, breaker)
+        else:
+            run_job = partial(
+                self._run_job,
+                spec,
+                plan,
+                snapshot.policy,
+                live,
+                record,
+                started,
+                breaker,
+                principal,
+                timings,
+                claim,
+                approval=pending,
             )
-        )
+        task = asyncio.create_task(spans.in_job_span(run_job, live.job))
         live.task = task
         # A job that fails after its call returned (a 2026-07-28 approval's deadline) has nobody to
         # re-raise to: its end is already recorded, so its exception counts as seen.
@@ -445,6 +478,8 @@ class ScanService:
             await asyncio.wait({task}, timeout=wait)
         except asyncio.CancelledError:
             # The caller gave up before it saw the scan_id: nobody could follow this job.
+            if self.fleet is not None:
+                self.jobs.cancel(live.job)  # asks its segment to stop it
             task.cancel()
             await asyncio.wait({task})
             raise
@@ -452,6 +487,8 @@ class ScanService:
             if listener is not None:
                 live.listeners.discard(listener)
         if not task.done() or task.cancelled():  # still running, or cancel_scan ended it
+            if self.fleet is not None:
+                task.cancel()  # a front follows a job only while its call waits (get_scan waits again)
             return report_of(live.job, spec.result_model, time.time())
         try:
             return task.result()  # the report, or the error the job ended with
@@ -461,6 +498,123 @@ class ScanService:
             error = UnexpectedError(request_id)
             error.details.update(scan_id=live.job.scan_id, status="failed")
             raise error from exc
+
+    async def _follow_job(
+        self,
+        spec: ToolSpec,
+        plan: ScanPlan,
+        live: LiveJob,
+        record: dict[str, Any],
+        breaker: CircuitBreaker,
+    ) -> ScanReport:
+        """A fleet front's job task: queue the job for its segment, then follow its record until
+        the segment ends it. The segment audits and records the run; the front audits the
+        hand-over, and ends the job itself only when it could not hand it over."""
+        assert self.fleet is not None
+        assert plan.segment is not None
+        breaker.record_neutral()  # the front runs no scanner: its breakers say nothing about one
+        scan_id = live.job.scan_id
+        try:
+            try:
+                await self.fleet.dispatch(plan.segment, scan_id, spans.carrier())
+            except ApplianceError as exc:
+                self.refuse(exc, {**record, "state": "failed"}, tool=spec.name)
+                self.jobs.finish(live, "failed", error=job_error(exc, live, "failed"))
+                raise
+            self.audit.write({**record, "event": "dispatched", "segment": plan.segment, "state": "queued"})
+            self._count(spec.name, "dispatched")
+            final = await self._watch_record(live)
+        except asyncio.CancelledError:
+            # The call's wait ended first, the caller gave up (call() then asked the segment to
+            # stop it) or this front stops: the scan goes on on its segment, any front answers for it.
+            self.jobs.release(live)
+            raise
+        if final.state == "failed" and final.error is not None:
+            raise error_from_dict(final.error)
+        return report_of(final, spec.result_model, time.time())
+
+    async def _watch_record(self, live: LiveJob) -> Job:
+        assert self.fleet is not None
+        async for job in self.fleet.follow(live.job.scan_id):
+            if job is None:  # deleted under us (an operator purge)
+                raise NotFoundError(
+                    f"scan {live.job.scan_id} was deleted while it ran",
+                    rule="scan_not_found",
+                    recovery_suggestion="Start the scan again.",
+                )
+            if job.progress is not None and job.progress != live.job.progress:
+                live.job = job
+                await self.jobs.progress(live, job.progress, 100.0, f"{job.tool}: {job.progress:.0f}% done")
+            live.job = job
+            if job.finished:
+                self.jobs.settle(live, job)
+                return job
+        raise AssertionError("a key watch ends only when its caller leaves it")
+
+    async def adopt(self, job: Job) -> asyncio.Task[ScanReport] | None:
+        """A fleet segment's start of a job a front queued and this appliance claimed: the whole
+        check again, against this segment's own policy and resolver (nothing on the bus is
+        trusted), then the same run as a standalone call. A refusal ends the job `failed`, audited
+        under its rule, and starts nothing; None then. The task is the job's run otherwise."""
+        started = self._clock()
+        live = self.jobs.adopt(job)
+        spec = TOOLS.get(job.tool)
+        record: dict[str, Any] = {
+            "request_id": job.request_id,
+            "principal": job.principal,
+            "tool": job.tool,
+            "arguments": job.request,
+            "scan_id": job.scan_id,
+            "segment": job.segment,
+            "runner": job.runner,
+        }
+        claim: Claim | None = None
+        breaker: CircuitBreaker | None = None
+        try:
+            if spec is None:
+                raise NotFoundError(
+                    f"no tool {job.tool!r}", rule="tool_unknown", recovery_suggestion="Queue jobs through a front."
+                )
+            snapshot = self.store.current
+            request = parse_arguments(spec.request_model, job.request)
+            plan = await self.check(spec, request, snapshot, self.caller(job.principal))
+            if plan.engagement != job.engagement:
+                raise ValidationError(
+                    f"the front placed this job in engagement {job.engagement!r}; this segment's policy places it "
+                    f"in {plan.engagement!r}",
+                    rule="engagement_mismatch",
+                    recovery_suggestion="The operator must give fronts and segments the same engagements.",
+                )
+            if approval_reasons(plan, approval_rules(snapshot.policy, plan.engagement)):
+                raise unavailable("this segment's policy asks a human to approve it, and fleet jobs cannot ask yet")
+            breaker = self.breakers[spec.name]
+            breaker.before_call()
+            refusal = self.limiter.refusal(spec.name, job.principal)
+            if refusal is not None:
+                raise refusal
+            claim = self._claim_budget(plan, snapshot.policy)
+        except ApplianceError as exc:
+            if breaker is not None:
+                breaker.record_neutral()
+            self.refuse(exc, {**record, "state": "failed"}, tool=job.tool if spec is not None else None)
+            self.jobs.finish(live, "failed", error=job_error(exc, live, "failed"))
+            return None
+        job.argv, job.scanned_address = list(plan.argv), plan.target.scan_arg  # as this segment resolved it
+        record.update(argv=list(plan.argv), verdict="allowed", scanned_address=plan.target.scan_arg)
+        if plan.engagement is not None:
+            record["engagement"] = plan.engagement
+        timings = CallTimings()
+        task = asyncio.create_task(
+            spans.in_job_span(
+                lambda: self._run_job(
+                    spec, plan, snapshot.policy, live, record, started, breaker, job.principal, timings, claim
+                ),
+                job,
+            )
+        )
+        live.task = task
+        task.add_done_callback(_seen)
+        return task
 
     def _claim_budget(self, plan: ScanPlan, policy: Policy) -> Claim | None:
         engagement = None if plan.engagement is None else policy.engagement(plan.engagement)

@@ -146,6 +146,29 @@ class BusThread:
         except OSError as exc:  # refused, unreachable: before the first connection succeeded
             raise self._unavailable(what, exc.strerror or type(exc).__name__) from exc
 
+    async def run(self, operation: Callable[[], Awaitable[T]], what: str, *, seconds: float | None = None) -> T:
+        """`call` for a caller on another event loop: awaits the operation on the bus loop without
+        blocking the caller's loop (a segment's fetch waits seconds for a job)."""
+
+        async def bounded() -> T:
+            wait = self.settings.operation_timeout_seconds if seconds is None else seconds
+            return await asyncio.wait_for(operation(), wait)
+
+        if self._loop.is_closed() or not self._thread.is_alive():
+            raise self._unavailable(what, "the connection is closed")
+        future = asyncio.run_coroutine_threadsafe(bounded(), self._loop)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except TimeoutError:
+            raise self._unavailable(what, "no answer in time") from None
+        except (nats.errors.NoServersError, nats.errors.ConnectionClosedError, nats.errors.TimeoutError) as exc:
+            raise self._unavailable(what, type(exc).__name__) from exc
+        except OSError as exc:
+            raise self._unavailable(what, exc.strerror or type(exc).__name__) from exc
+
     def _unavailable(self, what: str, why: str) -> BusUnavailable:
         servers = ", ".join(self.settings.redacted_servers())
         return BusUnavailable(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
+
+from appliance.fleet.bus import BusThread
 
 # The header a key-value delete or purge marker carries (ADR-8), and its two values.
 KV_OPERATION_HEADER = "KV-Operation"
@@ -69,3 +73,35 @@ async def live_entries(js: JetStreamContext, bucket: str, pattern: str, *, value
     finally:
         await subscription.unsubscribe()
     return sorted(live.items())
+
+
+async def watch_key(bus: BusThread, bucket: str, key: str) -> AsyncIterator[bytes | None]:
+    """The value of `key` now and after each change, on the caller's loop (the subscription
+    lives on the bus loop); None when the key is deleted. A lost connection resumes where it
+    stopped (an ordered consumer). Stop by leaving the iteration."""
+    caller = asyncio.get_running_loop()
+    changes: asyncio.Queue[Msg] = asyncio.Queue()
+    prefix = f"$KV.{bucket}."
+
+    async def subscribe() -> JetStreamContext.PushSubscription:
+        async def receive(msg: Msg) -> None:
+            caller.call_soon_threadsafe(changes.put_nowait, msg)
+
+        return await bus.js.subscribe(
+            prefix + key,
+            stream=f"KV_{bucket}",
+            cb=receive,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            inactive_threshold=60.0,
+        )
+
+    subscription = await bus.run(subscribe, f"watch {key}")
+    try:
+        while True:
+            msg = await changes.get()
+            removed = msg.headers is not None and msg.headers.get(KV_OPERATION_HEADER) in _REMOVALS
+            yield None if removed else msg.data
+    finally:
+        with contextlib.suppress(Exception):  # the connection may be gone at stop; the server drops it
+            await bus.run(subscription.unsubscribe, f"stop watching {key}")

@@ -135,6 +135,21 @@ class SegmentRegistry:
             tuple(chosen), {name: len(scopes) for name, scopes in by_segment.items()}, tuple(disagreements), skipped
         )
 
+    def heartbeats(self, segment: str) -> dict[str, float]:
+        """When each appliance of `segment` last advertised it (its liveness, for the takeover
+        of a silent appliance's jobs); an unreadable advertisement counts as none."""
+
+        async def read() -> list[tuple[str, bytes]]:
+            return await live_entries(self._bus.js, self.bucket, f"seg.{segment}.*", values=True)
+
+        beats: dict[str, float] = {}
+        for key, value in self._call(f"read the heartbeats of segment {segment}", read):
+            try:
+                beats[key.split(".", 2)[2]] = SegmentScope.model_validate(json.loads(value)).heartbeat_at
+            except (ValueError, ModelError):
+                continue
+        return beats
+
 
 def _key(segment: str, appliance: str) -> str:
     if not APPLIANCE_ID.fullmatch(appliance):

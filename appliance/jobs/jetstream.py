@@ -139,6 +139,10 @@ class JetStreamJobStore:
             self._objects = await js.create_object_store(self.raw_bucket, config=config_objects)
 
     @property
+    def bus(self) -> BusThread:
+        return self._bus
+
+    @property
     def kv(self) -> KeyValue:
         assert self._kv is not None
         return self._kv
@@ -244,31 +248,62 @@ class JetStreamJobStore:
         return self._write("delete scans", lambda: self._delete(ids)) if ids else 0
 
     # --- claims (fleet: JetStream delivers a job at least once) ----------------------------
-    def claim(self, scan_id: str, runner: str, now: float) -> Job | None:
+    async def _compare_and_set(self, scan_id: str, change: Callable[[Job], bool]) -> Job | None:
+        """Apply `change` to the record (False: leave it) and write it only if nobody wrote it
+        since it was read; the index keys in the usual crash-safe order (new ones first, the
+        stale ones after the record). None when the record is gone, left, or was written meanwhile."""
+        key = f"job.{scan_id}"
+        try:
+            entry = await self.kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        if not entry.value:
+            return None
+        job = Job.from_record(json.loads(entry.value))
+        old_keys = index_keys(job)
+        if not change(job):
+            return None
+        new_keys = index_keys(job)
+        for index_key in sorted(new_keys - old_keys):
+            await self.kv.put(index_key, job.state.encode())
+        try:
+            await self.kv.update(key, json.dumps(job.to_record(), separators=(",", ":")).encode(), last=entry.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None  # another appliance's write came first (its index keys are its own)
+        await self._delete_keys(sorted(old_keys - new_keys))
+        return job
+
+    def claim(self, scan_id: str, runner: str, now: float, *, takeover: bool = False) -> Job | None:
         """Make `runner` the one appliance that runs this queued job, by compare-and-set on its
         record's revision. None when the job is gone, finished, or already claimed (a
-        redelivery of a job another appliance has): the caller acks it without running it."""
+        redelivery of a job another appliance has): the caller acks it without running it.
 
-        async def compare_and_set() -> Job | None:
-            key = f"job.{scan_id}"
-            try:
-                entry = await self.kv.get(key)
-            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                return None
-            if not entry.value:
-                return None
-            job = Job.from_record(json.loads(entry.value))
-            if job.runner is not None or job.state != "queued":
-                return None
+        `takeover`: the message is a redelivery, so the appliance that claimed the job held it
+        past ack_wait without a heartbeat (it died or lost NATS): its claim, queued or running,
+        passes to `runner`, once (the compare-and-set still decides between two takers)."""
+
+        def take(job: Job) -> bool:
+            if job.state not in ("queued", "running") or (job.runner is not None and not takeover):
+                return False
+            if job.state == "running":  # taken over: it runs again from the start, as a new run
+                job.move("queued", now, f"taken over from {job.runner}, which stopped answering")
             job.runner, job.updated_at = runner, now
-            body = json.dumps(job.to_record(), separators=(",", ":")).encode()
-            try:
-                await self.kv.update(key, body, last=entry.revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                return None  # another appliance's claim (or a state change) came first
-            return job
+            return True
 
-        return self._write(f"claim scan {scan_id}", compare_and_set)
+        return self._write(f"claim scan {scan_id}", lambda: self._compare_and_set(scan_id, take))
+
+    def abandon(self, scan_id: str, runner: str, now: float, note: str) -> Job | None:
+        """End `interrupted` a job `runner` claimed and can no longer end (it went silent past
+        every redelivery), by compare-and-set: None when the record changed meanwhile (it ended,
+        or another appliance took it over). Its findings so far are kept."""
+
+        def end(job: Job) -> bool:
+            if job.runner != runner or job.state not in UNFINISHED:
+                return False
+            job.move("interrupted", now, note)
+            return True
+
+        return self._write(f"end abandoned scan {scan_id}", lambda: self._compare_and_set(scan_id, end))
 
     # --- cancel requests (operator CLI or another front -> the appliance running the scan) --
     def request_cancel(self, scan_id: str, requested_by: str, now: float) -> None:

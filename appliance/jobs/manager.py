@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ RESULT_VIEW_ENTRIES_KEPT = 50_000
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 ChangeFn = Callable[[Job], None]
+FollowFn = Callable[[str], AsyncIterator[Job | None]]
 
 
 @dataclass
@@ -93,8 +94,12 @@ class JobManager:
         *,
         clock: Callable[[], float] = time.time,
         on_change: ChangeFn | None = None,
+        follow: FollowFn | None = None,
     ) -> None:
         self.store = store
+        # A fleet front: its jobs run on segments. A wait follows the job's record (`follow`: its
+        # record now and after each change), and a cancel is a request the segment acts on.
+        self.follow = follow
         self.audit = audit
         self._clock = clock
         self.live: dict[str, LiveJob] = {}
@@ -103,11 +108,12 @@ class JobManager:
         self.on_change: list[ChangeFn] = [on_change] if on_change else []
 
     # --- start and recovery ----------------------------------------------------------------
-    def recover(self) -> list[Job]:
+    def recover(self, runner: str | None = None) -> list[Job]:
         """At start: a job left queued, running or awaiting approval by a stop or a crash is
         `interrupted` (an approval question dies with the process that asked it); its findings so
-        far stay as they were last recorded."""
-        left = self.store.unfinished()
+        far stay as they were last recorded. In a fleet (`runner`: this appliance's id) only the
+        jobs this appliance had claimed: the shared store holds everyone's."""
+        left = [job for job in self.store.unfinished() if runner is None or job.runner == runner]
         for job in left:
             self._move(
                 job, "interrupted", "the appliance stopped while this scan ran; findings so far are kept", audit=True
@@ -140,6 +146,7 @@ class JobManager:
         engagement: str | None = None,
         state: JobState = "queued",
         approval: dict[str, Any] | None = None,
+        segment: str | None = None,
     ) -> LiveJob:
         """A new job, `queued` (or `awaiting_approval` when a human must approve it first:
         `approval` is then what it waits for)."""
@@ -158,6 +165,7 @@ class JobManager:
             request_id=request_id,
             engagement=engagement,
             approval=approval,
+            segment=segment,
         )
         job.move(state, now)
         # The trail first, then the store, both fail closed: a job the trail does not show never
@@ -168,6 +176,30 @@ class JobManager:
         for notify in self.on_change:
             notify(job)
         return live
+
+    def adopt(self, job: Job) -> LiveJob:
+        """A job another appliance created and queued (a fleet front), now run by this one: it
+        is written only when its state next changes."""
+        live = LiveJob(job)
+        self.live[job.scan_id] = live
+        return live
+
+    def release(self, live: LiveJob) -> None:
+        """A job this appliance followed and no longer follows (its segment goes on running it):
+        its waiters get it as it stands."""
+        live.listeners.clear()
+        self.live.pop(live.job.scan_id, None)
+        live.done.set()
+
+    def settle(self, live: LiveJob, job: Job) -> None:
+        """A job this appliance followed while another ran it ended: `job` is its final record
+        (already stored by the appliance that ran it)."""
+        live.job = job
+        live.listeners.clear()
+        self.live.pop(job.scan_id, None)
+        live.done.set()
+        for notify in self.on_change:
+            notify(job)
 
     # --- changes ---------------------------------------------------------------------------
     def _move(
@@ -283,6 +315,8 @@ class JobManager:
     async def wait(self, job: Job, seconds: float, progress: ProgressFn | None = None) -> Job:
         """Up to `seconds` for the job to finish. Cancelling this wait never cancels the job."""
         live = self.live.get(job.scan_id)
+        if live is None and self.follow is not None and not job.finished and seconds > 0:
+            return await self._followed(job, seconds, progress)
         if live is None or seconds <= 0:
             return live.job if live is not None else job
         if progress is not None:
@@ -295,9 +329,38 @@ class JobManager:
                 live.listeners.discard(progress)
         return live.job
 
+    async def _followed(self, job: Job, seconds: float, progress: ProgressFn | None) -> Job:
+        """A fleet front's wait for a job a segment runs: its record's changes, up to `seconds`."""
+        assert self.follow is not None
+        latest = job
+
+        async def until_finished() -> None:
+            nonlocal latest
+            assert self.follow is not None
+            async for current in self.follow(job.scan_id):
+                if current is None:  # deleted meanwhile: the last record seen stands
+                    return
+                if progress is not None and current.progress is not None and current.progress != latest.progress:
+                    with contextlib.suppress(Exception):  # progress is best effort
+                        await progress(current.progress, 100.0, None)
+                latest = current
+                if current.finished:
+                    return
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(until_finished(), seconds)
+        return latest
+
     def cancel(self, job: Job) -> bool:
         """Stop a running job (its process group is killed; findings so far are kept).
-        False when it had already finished."""
+        False when it had already finished. On a fleet front: a cancel request for the
+        segment running it (it stops within a second or two; get_scan shows when)."""
+        if self.follow is not None:
+            current = self.store.get(job.scan_id) or job
+            if current.finished:
+                return False
+            self.store.request_cancel(job.scan_id, "cancel_scan", self._clock())
+            return True
         live = self.live.get(job.scan_id)
         if live is None or live.task is None or live.task.done():
             return False

@@ -121,6 +121,8 @@ class Job:
     engagement: str | None = None
     # The fleet appliance that claimed the job and runs it (None: a standalone appliance runs its own).
     runner: str | None = None
+    # The fleet segment the front routed it to (None: a standalone appliance's own scan).
+    segment: str | None = None
     # The human approval it needed (None: none): the argv's sha256, the reasons, then the decision.
     approval: dict[str, Any] | None = None
 
@@ -160,6 +162,7 @@ class Job:
             "raw_bytes": self.raw_bytes,
             "engagement": self.engagement,
             "runner": self.runner,
+            "segment": self.segment,
             "approval": self.approval,
         }
 

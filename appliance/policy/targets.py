@@ -350,8 +350,11 @@ def check_network(network: IPNetwork, scope: Scope) -> None:
         )
 
 
-async def check_target(text: str, scope: Scope, resolve: Resolver, *, allow_cidr: bool = True) -> CheckedTarget:
-    """The whole target check. Hostnames are resolved and every address must be in scope."""
+async def check_target(text: str, scope: Scope, resolve: Resolver | None, *, allow_cidr: bool = True) -> CheckedTarget:
+    """The whole target check. Hostnames are resolved and every address must be in scope.
+
+    `resolve` None (a fleet front): a name is checked up to its suffix and left unresolved; the
+    segment that runs it resolves it and checks every address against its own scope."""
     parsed = parse_target(text)
     if parsed.kind == "cidr":
         assert parsed.network is not None
@@ -365,6 +368,8 @@ async def check_target(text: str, scope: Scope, resolve: Resolver, *, allow_cidr
         check_address(address, scope)
         return CheckedTarget(text, "ip", str(address), None, (str(address),), 1)
     name = check_hostname(parsed.text, scope.suffixes)
+    if resolve is None:
+        return CheckedTarget(text, "hostname", name, name, (), 1)
     answers = await resolve(name)
     if not answers:
         raise _refuse(

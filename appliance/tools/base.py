@@ -26,7 +26,8 @@ class PlanContext:
 
     policy: Policy
     scope: Scope
-    resolve: Resolver
+    # None on a fleet front: names are routed by suffix and resolved by the segment that runs them.
+    resolve: Resolver | None
     settings: Settings
     facts: NetworkFacts = field(default_factory=NetworkFacts)
 
@@ -62,6 +63,7 @@ class ScanPlan:
     progress: Callable[[bytes], float | None] | None = None
     rate: int = 0  # packets per second this plan claims from the shared masscan budget
     engagement: str | None = None  # the engagement the checks placed it in (None: no engagements)
+    segment: str | None = None  # on a fleet front: the segment it is routed to
 
 
 def check_timeout(requested: int | None, policy: Policy) -> int:

@@ -28,7 +28,8 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from appliance import __version__
@@ -146,3 +147,22 @@ async def in_job_span(run: Callable[[], Coroutine[Any, Any, T]], job: Job) -> T:
     # The task's context is a copy of the request's: the job span is the request span's child.
     with _span(f"scan {job.tool}", attributes, kind=SpanKind.INTERNAL, links=links):
         return await run()
+
+
+def carrier() -> dict[str, str]:
+    """The current span's context as W3C trace headers (`traceparent`, `tracestate`), for a
+    message that crosses to another appliance (a fleet job on NATS); empty without a provider."""
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers
+
+
+@contextlib.contextmanager
+def continued(headers: Mapping[str, str]) -> Iterator[None]:
+    """Make the trace context a message carried the current one (a segment's job span is then
+    the child of the front's, in the same trace); tasks created inside inherit it."""
+    token = otel_context.attach(propagate.extract(dict(headers)))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)

@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from prometheus_client import CollectorRegistry
+
+from appliance.audit import AuditSink
+from appliance.config import Settings
 from appliance.fleet.bus import BusSettings, BusThread
+from appliance.fleet.queue import JobQueue, QueueSettings
+from appliance.fleet.roles import FleetParts
+from appliance.fleet.segments import SegmentRegistry
+from appliance.fleet.worker import SegmentWorker
 from appliance.jobs.jetstream import JetStreamJobStore
+from appliance.jobs.manager import JobManager
+from appliance.metrics import Metrics
+from appliance.policy.store import PolicyStore
+from appliance.service import ScanService
+from appliance.tools import TOOLS
+from support.lab import FakeResolver, LabService
+from support.policies import LOOPBACK_POLICY, write_policy
+from support.runners import SpyRunner
 
 
 def started_bus(url: str, **settings: float) -> BusThread:
@@ -33,3 +53,141 @@ def jetstream_store_factory(url: str) -> Iterator[Callable[[], JetStreamJobStore
     finally:
         for bus in buses:
             bus.close()
+
+
+# --- an in-process fleet: fronts and segments, each on its own NATS connection -------------
+
+
+@dataclass(frozen=True)
+class FleetNames:
+    """One test's fleet: buckets and a job stream of its own on the session's nats-server."""
+
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def queue(self, **overrides: Any) -> QueueSettings:
+        return QueueSettings(stream=f"JOBS_{self.suffix}", subject_prefix=f"jobs_{self.suffix}", **overrides)
+
+
+def fleet_parts(url: str, names: FleetNames, queue: QueueSettings) -> FleetParts:
+    bus = started_bus(url)
+    store = JetStreamJobStore(bus, bucket=f"jobs_{names.suffix}", raw_bucket=f"raw_{names.suffix}")
+    registry = SegmentRegistry(bus, bucket=f"segments_{names.suffix}")
+    return FleetParts(bus, store, registry, JobQueue(bus, queue))
+
+
+@dataclass
+class FleetMember:
+    """One fleet appliance of a test: its parts, its service, its audit lines."""
+
+    parts: FleetParts
+    lab: LabService
+    worker: SegmentWorker | None = None
+
+    @property
+    def service(self) -> ScanService:
+        return self.lab.service
+
+
+def fleet_member(
+    url: str,
+    names: FleetNames,
+    policy_path: Path,
+    *,
+    queue: QueueSettings,
+    segment: str | None = None,
+    appliance_id: str = "front-1",
+    runner: Any = None,
+    resolves: Mapping[str, Sequence[str]] | None = None,
+) -> FleetMember:
+    """A front (segment None: routes and follows; the spy runner proves it starts nothing) or an
+    appliance of `segment` (the real runner unless a test gives one, the dict resolver)."""
+    parts = fleet_parts(url, names, queue)
+    audit, registry, resolver = io.StringIO(), CollectorRegistry(), FakeResolver(resolves)
+    runner = SpyRunner() if runner is None and segment is None else runner
+    sink = AuditSink(stream=audit)
+    front = parts.front() if segment is None else None
+    service = ScanService(
+        Settings(privilege_mode="connect", policy_path=policy_path, role="standalone"),  # type: ignore[arg-type]
+        PolicyStore(policy_path),
+        sink,
+        resolve=resolver,
+        **({} if runner is None else {"runner": runner}),
+        metrics=Metrics(registry, TOOLS, process=False),
+        jobs=JobManager(parts.store, sink, follow=None if front is None else front.follow),
+        fleet=front,
+    )
+    member = FleetMember(parts, LabService(service, audit, registry, resolver, runner))
+    if segment is not None:
+        member.worker = SegmentWorker(
+            service, parts.store, parts.queue.consumer(segment), parts.registry, segment, appliance_id, queue
+        )
+        member.worker.advertise()
+    return member
+
+
+# Two segments on loopback addresses the tests listen on themselves: seg-a holds 127.0.0.0/24
+# and seg-b 127.0.1.0/24. Loopback is one network to the scope check (insecure_allow_loopback
+# opens all of 127.0.0.0/8), so seg-a's policy denies seg-b's block outright: a job for seg-b's
+# target is out of seg-a's scope by seg-a's own policy.
+SEGMENT_POLICIES: dict[str, dict[str, Any]] = {
+    "seg-a": {
+        "scope": {
+            "allow_networks": ["127.0.0.0/24"],
+            "deny_networks": ["127.0.1.0/24"],
+            "allow_hostname_suffixes": [".seg-a.lab.internal"],
+        }
+    },
+    "seg-b": {
+        "scope": {
+            "allow_networks": ["127.0.1.0/24"],
+            "deny_networks": ["127.0.0.0/24"],
+            "allow_hostname_suffixes": [".seg-b.lab.internal"],
+        }
+    },
+}
+# The front's own rules: loopback and both suffixes (the global rules; routing does the rest).
+FRONT_POLICY: dict[str, Any] = {
+    "scope": {"allow_networks": [], "allow_hostname_suffixes": [".seg-a.lab.internal", ".seg-b.lab.internal"]}
+}
+
+
+class FleetLab:
+    """Fronts and segment appliances of one test on the session's nats-server; every connection
+    is closed at the end."""
+
+    def __init__(self, url: str, directory: Path, **queue: Any) -> None:
+        self.url = url
+        self.directory = directory
+        self.names = FleetNames()
+        self.queue = self.names.queue(**queue)
+        self.members: list[FleetMember] = []
+
+    def _policy(self, name: str, extra: dict[str, Any]) -> Path:
+        return write_policy(self.directory, LOOPBACK_POLICY, extra, name=f"{name}.yaml")
+
+    def front(self) -> FleetMember:
+        member = fleet_member(self.url, self.names, self._policy("front", FRONT_POLICY), queue=self.queue)
+        self.members.append(member)
+        return member
+
+    def segment(self, segment: str, appliance_id: str, **options: Any) -> FleetMember:
+        path = self._policy(segment, SEGMENT_POLICIES[segment])
+        member = fleet_member(
+            self.url, self.names, path, queue=self.queue, segment=segment, appliance_id=appliance_id, **options
+        )
+        self.members.append(member)
+        return member
+
+    def queue_messages(self) -> int:
+        """Job messages left in this fleet's stream (none once every job is acked)."""
+        return self.members[0].parts.queue.messages()
+
+    def close(self) -> None:
+        for member in self.members:
+            member.parts.close()
+
+    def __enter__(self) -> FleetLab:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

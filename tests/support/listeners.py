@@ -14,12 +14,14 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def accepting(on_connection: Callable[[socket.socket], None]) -> Iterator[int]:
-    """A TCP listener on 127.0.0.1 (a port of its own) whose thread hands each accepted
-    connection to `on_connection`; yields the port. The one accept loop of the test listeners."""
+def accepting(on_connection: Callable[[socket.socket], None], host: str = "127.0.0.1") -> Iterator[int]:
+    """A TCP listener on `host` (a loopback address: all of 127.0.0.0/8 is this host's own),
+    on a port of its own, whose thread hands each accepted connection to `on_connection`;
+    yields the port. The one accept loop of the test listeners."""
+    assert host.startswith("127."), "host tests listen on loopback only"
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("127.0.0.1", 0))
+    server.bind((host, 0))
     server.listen(64)
     server.settimeout(0.1)
     stop = threading.Event()
@@ -45,8 +47,8 @@ def accepting(on_connection: Callable[[socket.socket], None]) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def tcp_listener(banner: bytes = b"") -> Iterator[int]:
-    """A TCP listener on 127.0.0.1 that accepts, optionally sends a banner, and closes."""
+def tcp_listener(banner: bytes = b"", host: str = "127.0.0.1") -> Iterator[int]:
+    """A TCP listener on `host` (loopback) that accepts, optionally sends a banner, and closes."""
 
     def answer(conn: socket.socket) -> None:
         with conn:
@@ -54,7 +56,7 @@ def tcp_listener(banner: bytes = b"") -> Iterator[int]:
                 with contextlib.suppress(OSError):
                     conn.sendall(banner)
 
-    with accepting(answer) as port:
+    with accepting(answer, host) as port:
         yield port
 
 

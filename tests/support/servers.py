@@ -241,10 +241,12 @@ def served(policy: Path, port: int | None = None, **extra: str) -> Iterator[Serv
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
+        # A fleet segment has no MCP endpoint: its sidecar says it is up.
+        mcp = extra.get("APPLIANCE_ROLE") != "segment"
 
         def up() -> bool:
             assert proc.poll() is None, f"server exited at start: {server.stderr_tail()}"
-            return loopback_listening(port) and loopback_listening(health)
+            return (not mcp or loopback_listening(port)) and loopback_listening(health)
 
         wait_until(up, timeout=START_SECONDS)
         yield server

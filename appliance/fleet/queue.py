@@ -1,0 +1,231 @@
+"""The fleet's job queue: one JetStream work-queue stream, one subject and one durable consumer per segment.
+
+A front publishes a job's scan_id on `jobs.<segment>` once the job's record is in the store (the
+record is the job; the message only says "run it"). Every appliance of a segment pulls from the
+segment's one durable consumer, so each message goes to one of them at a time (a queue group in
+NATS' words). JetStream delivers at least once: an appliance that does not ack within `ack_wait`
+(it died, or lost its link) has its message redelivered to another, up to `max_deliver` times in
+all; the store's compare-and-set claim (`JetStreamJobStore.claim`) keeps a redelivery from
+running a job twice. A long scan keeps its message by sending in-progress heartbeats, well
+inside `ack_wait`.
+
+Nothing in a message is trusted: the segment reads the job's record from the store and re-checks
+the whole request against its own policy before it starts anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from appliance.errors import ApplianceError, ValidationError
+from appliance.fleet.bus import BusThread
+
+STREAM = "APPLIANCE_JOBS"
+SUBJECT_PREFIX = "jobs"
+# A job message is a scan_id and a trace context; anything bigger is not ours.
+MAX_MESSAGE_BYTES = 4096
+SCAN_ID = re.compile(r"^scan_[0-9a-f]{20,40}$")
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    # How long an appliance may hold a job without a heartbeat before JetStream hands it to another.
+    ack_wait_seconds: float = 30.0
+    # Deliveries in all: the first and one redelivery to another appliance of the segment.
+    max_deliver: int = 2
+    # Jobs waiting in the whole fleet; a full queue refuses new jobs at the front (`queue_full`).
+    max_jobs: int = 100_000
+    replicas: int = 1
+    # A fleet has one stream; tests give each fleet its own (subjects of two streams must not overlap).
+    stream: str = STREAM
+    subject_prefix: str = SUBJECT_PREFIX
+
+    def subject_of(self, segment: str) -> str:
+        return f"{self.subject_prefix}.{segment}"
+
+    def consumer_of(self, segment: str) -> str:
+        return f"segment_{segment}"
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        # Three heartbeats per ack_wait: one lost or late heartbeat does not lose the job.
+        return self.ack_wait_seconds / 3
+
+    @property
+    def given_up_after_seconds(self) -> float:
+        """After this long without an ack, JetStream delivers a job no more (ack_wait x max_deliver)."""
+        return self.ack_wait_seconds * self.max_deliver
+
+
+@dataclass
+class Delivery:
+    """One delivery of a job message to this appliance."""
+
+    scan_id: str
+    attempt: int  # 1 for the first delivery, 2 for the first redelivery, ...
+    headers: dict[str, str]
+    msg: Msg
+
+
+def job_body(scan_id: str) -> bytes:
+    return json.dumps({"scan_id": scan_id}, separators=(",", ":")).encode()
+
+
+def parse_job_body(data: bytes) -> str:
+    """The scan_id a job message names; ValidationError for anything else (the bus is not trusted)."""
+    try:
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise ValueError("too long")
+        body = json.loads(data)
+        scan_id = body["scan_id"] if isinstance(body, dict) else None
+        if not isinstance(scan_id, str) or not SCAN_ID.fullmatch(scan_id):
+            raise ValueError("no scan_id")
+    except (ValueError, KeyError) as exc:
+        raise ValidationError(
+            f"a job message that is not a job: {exc}",
+            rule="job_message_invalid",
+            recovery_suggestion='Publish jobs through a front; a job message is {"scan_id": ...} of a stored job.',
+        ) from exc
+    return scan_id
+
+
+class JobQueue:
+    """The stream, for fronts (publish, depth) and segments (their consumer)."""
+
+    def __init__(self, bus: BusThread, settings: QueueSettings | None = None) -> None:
+        self._bus = bus
+        self.settings = settings or QueueSettings()
+        self._bus.call(self._ensure_stream, "open the job queue")
+
+    async def _ensure_stream(self) -> None:
+        js: JetStreamContext = self._bus.js
+        config = StreamConfig(
+            name=self.settings.stream,
+            subjects=[f"{self.settings.subject_prefix}.*"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=self.settings.replicas,
+            max_msgs=self.settings.max_jobs,
+            discard=DiscardPolicy.NEW,  # a full queue refuses the publish; it never drops a queued job
+            max_msg_size=MAX_MESSAGE_BYTES,
+        )
+        try:
+            await js.stream_info(self.settings.stream)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(config)
+
+    async def publish(self, segment: str, scan_id: str, headers: dict[str, str] | None = None) -> None:
+        """Queue `scan_id` for `segment` (on the caller's loop; the bus loop does the work)."""
+
+        async def send() -> None:
+            # Nats-Msg-Id: a publish retried after a lost ack is stored once (the stream's duplicate window).
+            await self._bus.js.publish(
+                self.settings.subject_of(segment),
+                job_body(scan_id),
+                stream=self.settings.stream,
+                headers={**(headers or {}), "Nats-Msg-Id": scan_id},
+            )
+
+        await self._bus.run(send, f"queue scan {scan_id} for segment {segment}")
+
+    def depth(self, segment: str) -> int:
+        """Jobs of `segment` waiting to be delivered or acked."""
+
+        async def read() -> int:
+            try:
+                info = await self._bus.js.consumer_info(self.settings.stream, self.settings.consumer_of(segment))
+            except nats.js.errors.NotFoundError:
+                return 0
+            return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+        return self._bus.call(read, f"read the queue depth of segment {segment}")
+
+    def messages(self) -> int:
+        """Job messages in the stream (queued, or delivered and not yet acked)."""
+
+        async def read() -> int:
+            info = await self._bus.js.stream_info(self.settings.stream)
+            return int(info.state.messages)
+
+        return self._bus.call(read, "read the job queue")
+
+    def consumer(self, segment: str) -> SegmentConsumer:
+        return SegmentConsumer(self._bus, segment, self.settings)
+
+
+class SegmentConsumer:
+    """A segment appliance's pull from its segment's durable consumer (shared by the segment's appliances)."""
+
+    def __init__(self, bus: BusThread, segment: str, settings: QueueSettings) -> None:
+        self._bus = bus
+        self.segment = segment
+        self.settings = settings
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._bus.call(self._subscribe, f"subscribe to the jobs of segment {segment}")
+
+    async def _subscribe(self) -> None:
+        settings = self.settings
+        durable, subject = settings.consumer_of(self.segment), settings.subject_of(self.segment)
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait_seconds,
+            max_deliver=settings.max_deliver,
+            filter_subject=subject,
+            max_ack_pending=1000,
+        )
+        self._sub = await self._bus.js.pull_subscribe(subject, durable=durable, stream=settings.stream, config=config)
+
+    async def next(self, wait_seconds: float) -> Delivery | None:
+        """The next job message for this segment, or None after `wait_seconds` without one."""
+
+        async def fetch() -> Msg | None:
+            assert self._sub is not None
+            try:
+                messages = await self._sub.fetch(1, timeout=wait_seconds)
+            except nats.errors.TimeoutError:
+                return None
+            return messages[0] if messages else None
+
+        msg = await self._bus.run(fetch, f"fetch a job of segment {self.segment}", seconds=wait_seconds + 5)
+        if msg is None:
+            return None
+        headers = dict(msg.headers or {})
+        try:
+            scan_id = parse_job_body(msg.data)
+        except ValidationError:
+            await self.settle(msg, "term")  # never redelivered: no appliance could run it
+            raise
+        return Delivery(scan_id, int(msg.metadata.num_delivered), headers, msg)
+
+    async def settle(self, msg: Msg, how: str) -> None:
+        """`ack` (done: ran, refused, or not ours to run), `term` (never deliver again) or
+        `in_progress` (still running: restart ack_wait)."""
+
+        async def send() -> None:
+            if how == "ack":
+                await msg.ack_sync(timeout=self._bus.settings.operation_timeout_seconds)
+            elif how == "term":
+                await msg.term()
+            else:
+                await msg.in_progress()
+
+        await self._bus.run(send, f"{how} a job message of segment {self.segment}")
+
+    async def heartbeats(self, msg: Msg) -> None:
+        """Keep `msg` ours while its job runs (cancel this task when the job ends)."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            try:
+                await self.settle(msg, "in_progress")
+            except (ApplianceError, nats.errors.Error):
+                continue  # a lost heartbeat: the next one may get through before ack_wait

@@ -1,0 +1,61 @@
+"""What a fleet role is built from: one NATS connection and what runs on it (README "Fleet").
+
+Imported by a front or a segment only: a standalone appliance never imports nats-py.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+from appliance.config import Settings
+from appliance.fleet.bus import BusSettings, BusThread
+from appliance.fleet.front import FrontFleet
+from appliance.fleet.queue import JobQueue, QueueSettings
+from appliance.fleet.segments import SegmentRegistry
+from appliance.jobs.jetstream import JetStreamJobStore
+
+
+@dataclass
+class FleetParts:
+    bus: BusThread
+    store: JetStreamJobStore
+    registry: SegmentRegistry
+    queue: JobQueue
+
+    def front(self) -> FrontFleet:
+        return FrontFleet(self.registry, self.queue, self.store)
+
+    def close(self) -> None:
+        self.bus.close()
+
+
+def bus_settings(settings: Settings) -> BusSettings:
+    tls = None
+    if settings.nats_ca_file is not None:
+        tls = ssl.create_default_context(cafile=str(settings.nats_ca_file))
+    return BusSettings(
+        servers=settings.nats_servers(),
+        name=f"mcp-scanner-appliance {settings.role} {settings.appliance_id}",
+        tls=tls,
+        credentials=settings.nats_credentials_file,
+    )
+
+
+def queue_settings(settings: Settings) -> QueueSettings:
+    return QueueSettings(ack_wait_seconds=settings.fleet_ack_wait_seconds, max_deliver=settings.fleet_max_deliver)
+
+
+def connect(settings: Settings) -> FleetParts:
+    """Connect and open the buckets and the queue; BusUnavailable (the start is refused) when
+    NATS does not answer: a fleet appliance without its bus has nothing to serve."""
+    bus = BusThread(bus_settings(settings))
+    bus.start()
+    try:
+        store = JetStreamJobStore(bus)
+        registry = SegmentRegistry(bus)
+        queue = JobQueue(bus, queue_settings(settings))
+    except BaseException:
+        bus.close()
+        raise
+    return FleetParts(bus, store, registry, queue)

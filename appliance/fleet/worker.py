@@ -1,0 +1,185 @@
+"""A fleet segment's loop: take the segment's jobs off the queue, claim, re-check, run, ack.
+
+Each job message is handled the same way whatever happens to it, and acked only once its end is
+recorded (or it is not ours to run), so a crash at any point leaves the message to be delivered
+again, and the claim in the store decides whether the next delivery runs it:
+
+- the record is gone, finished, or claimed by another appliance: ack, run nothing;
+- claimed here (a redelivery takes over the claim of an appliance that stopped answering):
+  `ScanService.adopt` re-checks the whole request against this segment's policy; a refusal ends
+  the job `failed` with its rule (audited), and the message is acked;
+- admitted: it runs like a standalone scan; in-progress heartbeats keep the message while it
+  runs; the ack follows the job's final record.
+
+The segment also advertises its scope (appliance.fleet.segments) every heartbeat, and marks
+`interrupted` a job of its segment whose claiming appliance has been silent for longer than
+JetStream keeps redelivering (`ack_wait x max_deliver`): nobody is left to run or end it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from appliance.errors import ApplianceError
+from appliance.fleet.queue import Delivery, QueueSettings, SegmentConsumer
+from appliance.fleet.segments import SegmentRegistry, advertisement
+from appliance.jobs.jetstream import JetStreamJobStore
+from appliance.jobs.model import UNFINISHED
+from appliance.service import ScanService
+from appliance.tracing import spans
+
+log = logging.getLogger(__name__)
+
+# How long one fetch waits for a job before the loop looks at its stop flag again.
+FETCH_WAIT_SECONDS = 1.0
+# After a failed fetch (NATS down): wait before the next try; the bus reconnects meanwhile.
+RETRY_SECONDS = 1.0
+
+
+@dataclass
+class WorkerCounts:
+    """What the loop did, for the sidecar's metrics and /healthz."""
+
+    received: int = 0
+    redelivered: int = 0
+    not_ours: int = 0
+    refused: int = 0
+    started: int = 0
+    abandoned: int = 0  # marked interrupted: their appliance went silent
+
+
+@dataclass
+class SegmentWorker:
+    service: ScanService
+    store: JetStreamJobStore
+    consumer: SegmentConsumer
+    registry: SegmentRegistry
+    segment: str
+    appliance_id: str
+    queue: QueueSettings
+    clock: Callable[[], float] = time.time
+    counts: WorkerCounts = field(default_factory=WorkerCounts)
+
+    def __post_init__(self) -> None:
+        self._running: set[asyncio.Task[None]] = set()
+        self.stopping = asyncio.Event()
+
+    @property
+    def capacity(self) -> int:
+        """Jobs this appliance runs at once: the policy's global running limit."""
+        return max(1, self.service.store.current.policy.limits.concurrency.global_.running)
+
+    def advertise(self) -> None:
+        scope = advertisement(self.service.store.current.policy, self.segment, self.clock())
+        self.registry.advertise(scope, self.appliance_id)
+
+    def withdraw(self) -> None:
+        """A clean stop: fronts route no more jobs here on this appliance's account."""
+        try:
+            self.registry.withdraw(self.segment, self.appliance_id)
+        except ApplianceError as exc:
+            log.warning("segment advertisement not withdrawn", extra={"rule": exc.rule})
+
+    async def run(self) -> None:
+        """Until `stopping` is set: advertise, fetch and start jobs while there is capacity."""
+        beats = asyncio.create_task(self._advertise_forever())
+        try:
+            while not self.stopping.is_set():
+                if len(self._running) >= self.capacity:
+                    await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    delivery = await self.consumer.next(FETCH_WAIT_SECONDS)
+                except ApplianceError as exc:
+                    log.warning("no job fetched", extra={"rule": exc.rule, "reason": exc.message})
+                    await asyncio.sleep(RETRY_SECONDS)
+                    continue
+                if delivery is not None:
+                    await self.handle(delivery)
+        finally:
+            beats.cancel()
+
+    async def drain(self) -> None:
+        """Wait for the jobs this appliance runs to end (the service's stop ends them)."""
+        if self._running:
+            await asyncio.wait(self._running)
+
+    async def handle(self, delivery: Delivery) -> None:
+        """One delivery, to its start (the job then runs as its own task) or its ack."""
+        self.counts.received += 1
+        takeover = delivery.attempt > 1
+        if takeover:
+            self.counts.redelivered += 1
+        try:
+            job = self.store.claim(delivery.scan_id, self.appliance_id, self.clock(), takeover=takeover)
+        except ApplianceError as exc:
+            # Not acked: JetStream delivers it again after ack_wait, when the store may answer.
+            log.warning("job not claimed", extra={"scan_id": delivery.scan_id, "rule": exc.rule})
+            return
+        if job is None:
+            self.counts.not_ours += 1
+            await self._ack(delivery)
+            return
+        with spans.continued(delivery.headers):  # the job's span joins the front's trace
+            task = await self.service.adopt(job)
+        if task is None:
+            self.counts.refused += 1
+            await self._ack(delivery)
+            return
+        self.counts.started += 1
+        watched = asyncio.create_task(self._until_done(task, delivery))
+        self._running.add(watched)
+        watched.add_done_callback(self._running.discard)
+
+    async def _until_done(self, task: asyncio.Task[object], delivery: Delivery) -> None:
+        beats = asyncio.create_task(self.consumer.heartbeats(delivery.msg))
+        try:
+            await asyncio.wait({task})
+        finally:
+            beats.cancel()
+        await self._ack(delivery)
+
+    async def _ack(self, delivery: Delivery) -> None:
+        try:
+            await self.consumer.settle(delivery.msg, "ack")
+        except ApplianceError as exc:
+            # Delivered again after ack_wait; the claim then finds the job finished and acks it.
+            log.warning("job message not acked", extra={"scan_id": delivery.scan_id, "rule": exc.rule})
+
+    async def _advertise_forever(self) -> None:
+        while True:
+            try:
+                self.advertise()
+                self.abandon_orphans()
+            except ApplianceError as exc:
+                log.warning("segment heartbeat failed", extra={"rule": exc.rule, "reason": exc.message})
+            await asyncio.sleep(self.queue.heartbeat_seconds)
+
+    def abandon_orphans(self) -> list[str]:
+        """Mark `interrupted` the jobs of this segment that an appliance claimed and then went
+        silent on for longer than JetStream redelivers (its advertisement is that old or gone)."""
+        now = self.clock()
+        alive = {
+            appliance: at
+            for appliance, at in self.registry.heartbeats(self.segment).items()
+            if now - at <= self.queue.given_up_after_seconds
+        }
+        ended: list[str] = []
+        for job in self.store.unfinished():
+            if job.segment != self.segment or job.runner is None or job.runner in alive:
+                continue
+            if job.runner == self.appliance_id or job.scan_id in self.service.jobs.live:
+                continue
+            if now - job.updated_at <= self.queue.given_up_after_seconds or job.state not in UNFINISHED:
+                continue
+            note = f"appliance {job.runner} stopped answering and no other appliance took the job over"
+            abandoned = self.store.abandon(job.scan_id, job.runner, now, note)
+            if abandoned is not None:
+                self.service.jobs.audit_state(abandoned, "interrupted", note)
+                self.counts.abandoned += 1
+                ended.append(job.scan_id)
+        return ended

@@ -1,0 +1,175 @@
+"""A fleet front end to end on a real nats-server: routing, the hand-over, following the record.
+
+The segments run real nmap against listeners these tests start on loopback addresses; the
+fronts hold the spy runner, so a front that started a scanner itself would fail the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from support.fleet import FleetLab, FleetMember
+from support.listeners import tcp_listener
+from support.runners import SpyRunner
+from support.traces import recorded_spans
+
+from appliance.errors import ValidationError
+from appliance.tools import TOOLS
+from appliance.tools.nmap import NmapRequest
+
+pytestmark = pytest.mark.anyio
+
+NMAP = TOOLS["nmap_scan"]
+
+
+@contextlib.asynccontextmanager
+async def running(*segments: FleetMember):  # type: ignore[no-untyped-def]
+    """The segments' job loops, stopped at the end."""
+    tasks = []
+    for member in segments:
+        assert member.worker is not None
+        tasks.append(asyncio.create_task(member.worker.run()))
+    try:
+        yield
+    finally:
+        for member in segments:
+            assert member.worker is not None
+            member.worker.stopping.set()
+        await asyncio.wait(tasks, timeout=10)
+
+
+async def test_scans_of_both_segments_run_on_their_segment_and_the_front_runs_nothing(fleet: FleetLab) -> None:
+    front = fleet.front()
+    seg_a = fleet.segment("seg-a", "seg-a-1", resolves={"web.seg-a.lab.internal": ["127.0.0.1"]})
+    seg_b = fleet.segment("seg-b", "seg-b-1")
+    with tcp_listener() as port_a, tcp_listener(host="127.0.1.5") as port_b:
+        async with running(seg_a, seg_b):
+            by_name = await front.service.call(
+                NMAP, NmapRequest(target="web.seg-a.lab.internal", ports=str(port_a), wait_seconds=60), "rid-a"
+            )
+            by_address = await front.service.call(
+                NMAP, NmapRequest(target="127.0.1.5", ports=str(port_b), wait_seconds=60), "rid-b"
+            )
+    assert by_name.status == "completed"
+    assert [(p.port, p.state) for p in by_name.hosts[0].ports] == [(port_a, "open")]  # type: ignore[attr-defined]
+    assert by_address.status == "completed"
+    assert [(p.port, p.state) for p in by_address.hosts[0].ports] == [(port_b, "open")]  # type: ignore[attr-defined]
+    assert front.lab.runner.calls == []  # the spy: the front started no scanner
+    stored_a = front.parts.store.get(by_name.scan_id)
+    stored_b = front.parts.store.get(by_address.scan_id)
+    assert stored_a is not None and stored_b is not None
+    assert (stored_a.segment, stored_a.runner, stored_a.scanned_address) == ("seg-a", "seg-a-1", "127.0.0.1")
+    assert (stored_b.segment, stored_b.runner) == ("seg-b", "seg-b-1")
+    # Only seg-a's resolver was asked, and only for its own name: the front resolved nothing.
+    assert seg_a.lab.resolver.calls == ["web.seg-a.lab.internal"]
+    assert seg_b.lab.resolver.calls == []
+    dispatched = [line for line in front.lab.audit_lines() if line.get("event") == "dispatched"]
+    assert [(line["scan_id"], line["segment"]) for line in dispatched] == [
+        (by_name.scan_id, "seg-a"),
+        (by_address.scan_id, "seg-b"),
+    ]
+    started = [line for line in seg_a.lab.audit_lines() if line.get("event") == "start"]
+    assert [line["scan_id"] for line in started] == [by_name.scan_id]
+    assert started[0]["argv"][-1] == "127.0.0.1"  # the address seg-a resolved, as it ran
+    assert fleet.queue_messages() == 0  # every job message acked
+
+
+async def test_a_target_in_no_segment_is_refused_at_the_front_and_nothing_is_queued(fleet: FleetLab) -> None:
+    front = fleet.front()
+    fleet.segment("seg-a", "seg-a-1")
+    fleet.segment("seg-b", "seg-b-1")
+    with pytest.raises(ValidationError) as refused:
+        await front.service.call(NMAP, NmapRequest(target="127.0.2.9", ports="80"), "rid-none")
+    assert refused.value.rule == "target_in_no_segment"
+    assert "seg-a (127.0.0.0/24, *.seg-a.lab.internal)" in refused.value.message
+    assert "seg-b (127.0.1.0/24, *.seg-b.lab.internal)" in refused.value.message
+    assert fleet.queue_messages() == 0
+    assert front.parts.store.count() == 0
+    [line] = front.lab.audit_lines()
+    assert (line["verdict"], line["rule"]) == ("refused", "target_in_no_segment")
+
+
+async def test_a_name_under_no_segment_suffix_is_refused_without_a_lookup(fleet: FleetLab) -> None:
+    front = fleet.front()
+    fleet.segment("seg-a", "seg-a-1")
+    with pytest.raises(ValidationError) as refused:
+        await front.service.call(NMAP, NmapRequest(target="web.seg-b.lab.internal", ports="80"), "rid-b")
+    assert refused.value.rule == "target_in_no_segment"
+    assert front.lab.resolver.calls == []
+    assert fleet.queue_messages() == 0
+
+
+async def test_a_scan_started_through_one_front_is_followed_through_the_other(fleet: FleetLab) -> None:
+    first, second = fleet.front(), fleet.front()
+    seg_a = fleet.segment("seg-a", "seg-a-1")
+    with tcp_listener() as port:
+        async with running(seg_a):
+            started = await first.service.call(
+                NMAP, NmapRequest(target="127.0.0.1", ports=str(port), wait_seconds=0), "rid-1"
+            )
+            assert started.status in ("queued", "running")
+            seen = second.service.jobs.visible(started.scan_id, "stdio")
+            assert seen.scan_id == started.scan_id
+            final = await second.service.jobs.wait(seen, 60)  # get_scan's wait: the record's changes
+    assert final.state == "completed"
+    assert final.result is not None
+    assert [p["port"] for p in final.result["hosts"][0]["ports"]] == [port]
+
+
+async def test_a_name_the_segment_resolves_out_of_its_scope_ends_failed_with_the_segments_rule(
+    fleet: FleetLab,
+) -> None:
+    # The front routes the name by its suffix to seg-a without resolving it; seg-a's resolver
+    # answers with seg-b's address, which seg-a's own policy denies: the segment's check
+    # decides, nothing runs (seg-a holds the spy runner), and the front reports the refusal.
+    front = fleet.front()
+    seg_a = fleet.segment("seg-a", "seg-a-1", runner=SpyRunner(), resolves={"web.seg-a.lab.internal": ["127.0.1.5"]})
+    async with running(seg_a):
+        with pytest.raises(ValidationError) as refused:
+            await front.service.call(
+                NMAP, NmapRequest(target="web.seg-a.lab.internal", ports="80", wait_seconds=30), "rid-x"
+            )
+    assert refused.value.rule == "target_hostname_resolves_out_of_scope"
+    scan_id = refused.value.details["scan_id"]
+    stored = front.parts.store.get(scan_id)
+    assert stored is not None
+    assert stored.state == "failed"
+    assert seg_a.lab.runner.calls == []
+    [line] = [line for line in seg_a.lab.audit_lines() if line.get("verdict") == "refused"]
+    assert (line["scan_id"], line["segment"]) == (scan_id, "seg-a")
+    assert line["rule"] == "target_hostname_resolves_out_of_scope"
+    assert fleet.queue_messages() == 0
+
+
+async def test_the_segments_job_span_continues_the_fronts_trace_through_the_message_headers(
+    fleet: FleetLab,
+) -> None:
+    front = fleet.front()
+    seg_a = fleet.segment("seg-a", "seg-a-1")
+    with recorded_spans() as exporter, tcp_listener() as port:
+        async with running(seg_a):
+            report = await front.service.call(
+                NMAP, NmapRequest(target="127.0.0.1", ports=str(port), wait_seconds=60), "rid-t"
+            )
+        spans = exporter.get_finished_spans()
+    assert report.status == "completed"
+    jobs = [span for span in spans if span.name == "scan nmap_scan"]
+    assert len(jobs) == 2  # the front's (hand-over and follow) and the segment's (the run)
+    [segment_job] = [span for span in jobs if _has_run_under(spans, span)]  # the scanner ran under it
+    [front_job] = [span for span in jobs if span is not segment_job]
+    assert front_job.context is not None and segment_job.context is not None
+    assert segment_job.context.trace_id == front_job.context.trace_id
+    assert segment_job.parent is not None
+    assert segment_job.parent.span_id == front_job.context.span_id
+
+
+def _has_run_under(spans: Sequence[ReadableSpan], job: ReadableSpan) -> bool:
+    assert job.context is not None
+    return any(
+        span.name == "scanner run" and span.parent is not None and span.parent.span_id == job.context.span_id
+        for span in spans
+    )

@@ -1,0 +1,87 @@
+"""`appliance serve --role front` and `--role segment` as processes on a nats-server of the test's
+own: a real MCP client scans through a front, a segment appliance runs real nmap, a second
+front answers for the scan, and a front without its NATS is not ready."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.fleet import FRONT_POLICY, SEGMENT_POLICIES
+from support.listeners import tcp_listener
+from support.nats import NatsServer, nats_server
+from support.policies import LOOPBACK_POLICY, write_policy
+from support.servers import Served, http_client, served
+from support.waiting import wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A server of this test's own: the roles use the default bucket and stream names."""
+    with nats_server(tmp_path / "nats") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def front(directory: Path, url: str) -> Iterator[Served]:
+    policy = write_policy(directory, LOOPBACK_POLICY, FRONT_POLICY, name="front.yaml")
+    with served(policy, APPLIANCE_ROLE="front", APPLIANCE_NATS_URL=url) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def segment(directory: Path, url: str, name: str, appliance_id: str) -> Iterator[Served]:
+    policy = write_policy(directory, LOOPBACK_POLICY, SEGMENT_POLICIES[name], name=f"{name}.yaml")
+    with served(
+        policy,
+        APPLIANCE_ROLE="segment",
+        APPLIANCE_NATS_URL=url,
+        APPLIANCE_SEGMENT=name,
+        APPLIANCE_APPLIANCE_ID=appliance_id,
+        APPLIANCE_DATA_DIR=str(directory / appliance_id),
+    ) as server:
+        yield server
+
+
+async def test_a_scan_through_a_front_runs_on_the_segment_and_another_front_answers_for_it(
+    tmp_path: Path, own_nats: NatsServer
+) -> None:
+    with (
+        tcp_listener() as port,
+        segment(tmp_path, own_nats.url, "seg-a", "seg-a-1") as seg_a,
+        front(tmp_path, own_nats.url) as first,
+        front(tmp_path, own_nats.url) as second,
+    ):
+        # The segment advertises itself once it runs; a front routes only to what it has seen.
+        wait_until(lambda: first.get("/healthz")[1]["checks"]["fleet"].get("segments"), timeout=20)
+        async with http_client(first.url, "2026-07-28") as client:
+            result = await client.call_tool(
+                "nmap_scan", {"target": "127.0.0.1", "ports": str(port), "wait_seconds": 60}
+            )
+            refused = await client.call_tool("nmap_scan", {"target": "127.0.2.9", "ports": "80"})
+        async with http_client(second.url, "2026-07-28") as other:
+            seen = await other.call_tool("get_scan", {"scan_id": result.structured_content["scan_id"]})  # type: ignore[index]
+        status, ready = seg_a.get("/readyz")
+    assert not result.is_error, result.structured_content
+    body = result.structured_content
+    assert body is not None
+    assert body["status"] == "completed"
+    assert [(p["port"], p["state"]) for p in body["hosts"][0]["ports"]] == [(port, "open")]
+    assert refused.is_error
+    assert refused.structured_content["rule"] == "target_in_no_segment"  # type: ignore[index]
+    assert not seen.is_error
+    assert seen.structured_content["status"] == "completed"  # type: ignore[index]
+    assert seen.structured_content["hosts"][0]["ports"][0]["port"] == port  # type: ignore[index]
+    assert status == 200, ready
+
+
+async def test_a_front_without_nats_refuses_to_start_and_says_why(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, LOOPBACK_POLICY, FRONT_POLICY, name="front.yaml")
+    dead = "nats://127.0.0.1:1"  # nothing listens on port 1 of loopback
+    with pytest.raises(AssertionError) as exited, served(policy, APPLIANCE_ROLE="front", APPLIANCE_NATS_URL=dead):
+        pass
+    assert "bus_unavailable" in str(exited.value) or "could not connect to NATS" in str(exited.value)

@@ -1,0 +1,190 @@
+"""A segment's job loop on a real nats-server: what it refuses, what it takes over, what it gives up.
+
+A refusal is tested with the spy runner (a scanner start fails the test); the takeover runs real
+nmap against a listener the test starts. An appliance "dies" here by claiming a job and then
+closing its NATS connection without an ack, which is what JetStream and the store see of a
+SIGKILL (the kill of a real process is the compose fleet's long-mode test, README "Fleet").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from support.fleet import FleetLab, FleetMember
+from support.listeners import tcp_listener
+from support.nats import NatsServer
+from support.runners import SpyRunner
+
+from appliance.fleet.queue import job_body
+from appliance.jobs.model import Job, new_scan_id
+from appliance.tools import TOOLS
+from appliance.tools.nmap import NmapRequest
+
+pytestmark = pytest.mark.anyio
+
+NMAP = TOOLS["nmap_scan"]
+
+
+@contextlib.asynccontextmanager
+async def running(member: FleetMember) -> AsyncIterator[None]:
+    assert member.worker is not None
+    task = asyncio.create_task(member.worker.run())
+    try:
+        yield
+    finally:
+        member.worker.stopping.set()
+        await asyncio.wait({task}, timeout=10)
+
+
+async def until(member: FleetMember, scan_id: str, *states: str, seconds: float = 30.0) -> Job:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job = member.parts.store.get(scan_id)
+        if job is not None and job.state in states:
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{scan_id} did not reach {states} within {seconds} s: {member.parts.store.get(scan_id)}")
+
+
+def forged_job(target: str, port: int, segment: str) -> Job:
+    now = time.time()
+    return Job(
+        scan_id=new_scan_id(now),
+        tool="nmap_scan",
+        target=target,
+        scanned_address=target,
+        principal="mallory",
+        request={"target": target, "ports": str(port)},
+        argv=["nmap", target],
+        state="queued",
+        created_at=now,
+        updated_at=now,
+        request_id="forged-1",
+        segment=segment,
+    )
+
+
+async def publish(member: FleetMember, subject: str, body: bytes) -> None:
+    async def send() -> None:
+        await member.parts.bus.js.publish(subject, body)
+
+    await member.parts.bus.run(send, "publish a forged message")
+
+
+async def test_a_forged_job_for_another_segments_target_is_refused_audited_and_never_run(fleet: FleetLab) -> None:
+    seg_a = fleet.segment("seg-a", "seg-a-1", runner=SpyRunner())
+    with tcp_listener(host="127.0.1.5") as port:  # seg-b's target, one this test created
+        job = forged_job("127.0.1.5", port, "seg-a")
+        seg_a.parts.store.put(job)  # straight into the store and onto seg-a's subject, no front
+        await publish(seg_a, fleet.queue.subject_of("seg-a"), job_body(job.scan_id))
+        async with running(seg_a):
+            ended = await until(seg_a, job.scan_id, "failed")
+    assert seg_a.lab.runner.calls == []
+    assert ended.error is not None
+    assert ended.error["rule"] == "target_denied_policy"
+    [line] = [line for line in seg_a.lab.audit_lines() if line.get("verdict") == "refused"]
+    assert (line["scan_id"], line["rule"], line["principal"]) == (job.scan_id, "target_denied_policy", "mallory")
+    assert seg_a.worker is not None
+    assert seg_a.worker.counts.refused == 1
+    assert fleet.queue_messages() == 0
+
+
+async def test_a_message_that_is_not_a_job_is_dropped_for_good_and_the_loop_goes_on(fleet: FleetLab) -> None:
+    seg_a = fleet.segment("seg-a", "seg-a-1", runner=SpyRunner())
+    await publish(seg_a, fleet.queue.subject_of("seg-a"), b'{"scan_id": "../../etc"}')
+    job = forged_job("127.0.1.5", 80, "seg-a")
+    seg_a.parts.store.put(job)
+    await publish(seg_a, fleet.queue.subject_of("seg-a"), job_body(job.scan_id))
+    async with running(seg_a):
+        await until(seg_a, job.scan_id, "failed")  # the next message is still handled
+    assert seg_a.lab.runner.calls == []
+    assert fleet.queue_messages() == 0  # the bad one terminated, not left for redelivery
+
+
+async def test_a_job_already_claimed_by_another_appliance_is_acked_and_not_run(fleet: FleetLab) -> None:
+    seg_a = fleet.segment("seg-a", "seg-a-1", runner=SpyRunner())
+    job = forged_job("127.0.0.1", 80, "seg-a")
+    job.runner = "seg-a-2"
+    seg_a.parts.store.put(job)
+    await publish(seg_a, fleet.queue.subject_of("seg-a"), job_body(job.scan_id))
+    async with running(seg_a):
+        for _ in range(200):
+            if fleet.queue_messages() == 0:
+                break
+            await asyncio.sleep(0.05)
+    assert fleet.queue_messages() == 0
+    assert seg_a.lab.runner.calls == []
+    assert seg_a.worker is not None
+    assert seg_a.worker.counts.not_ours == 1
+    stored = seg_a.parts.store.get(job.scan_id)
+    assert stored is not None
+    assert (stored.state, stored.runner) == ("queued", "seg-a-2")
+
+
+async def die_holding_the_next_job(dead: FleetMember) -> Job:
+    """What a SIGKILL mid-scan leaves: the job claimed and `running`, its message unacked, the
+    appliance's connection gone."""
+    assert dead.worker is not None
+    delivery = await dead.worker.consumer.next(10)
+    assert delivery is not None
+    job = dead.parts.store.claim(delivery.scan_id, "seg-a-dead", time.time())
+    assert job is not None
+    job.move("running", time.time())
+    dead.parts.store.put(job)
+    dead.parts.close()
+    return job
+
+
+async def test_a_dead_appliances_job_is_redelivered_and_finished_by_another_once(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    with FleetLab(nats.url, tmp_path, ack_wait_seconds=1.0, max_deliver=2) as lab:
+        front = lab.front()
+        dead = lab.segment("seg-a", "seg-a-dead")
+        survivor = lab.segment("seg-a", "seg-a-2")
+        with tcp_listener() as port:
+            queued = await front.service.call(
+                NMAP, NmapRequest(target="127.0.0.1", ports=str(port), wait_seconds=0), "rid-1"
+            )
+            held = await die_holding_the_next_job(dead)
+            assert held.scan_id == queued.scan_id
+            async with running(survivor):
+                ended = await until(survivor, queued.scan_id, "completed")
+        assert ended.runner == "seg-a-2"
+        assert any("taken over from seg-a-dead" in event.get("note", "") for event in ended.events)
+        assert ended.result is not None
+        assert [p["port"] for p in ended.result["hosts"][0]["ports"]] == [port]
+        assert survivor.worker is not None
+        assert (survivor.worker.counts.redelivered, survivor.worker.counts.started) == (1, 1)
+        starts = [line for line in survivor.lab.audit_lines() if line.get("event") == "start"]
+        assert len(starts) == 1  # run once by the survivor (the dead one never got to start it)
+        assert lab.queue_messages() == 0
+
+
+async def test_a_dead_appliances_job_past_every_redelivery_becomes_interrupted(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    with FleetLab(nats.url, tmp_path, ack_wait_seconds=1.0, max_deliver=1) as lab:
+        front = lab.front()
+        dead = lab.segment("seg-a", "seg-a-dead")
+        survivor = lab.segment("seg-a", "seg-a-2", runner=SpyRunner())
+        queued = await front.service.call(NMAP, NmapRequest(target="127.0.0.1", ports="80", wait_seconds=0), "rid-1")
+        await die_holding_the_next_job(dead)
+        assert survivor.worker is not None
+        assert survivor.worker.abandon_orphans() == []  # not yet: ack_wait x max_deliver has not passed
+        await asyncio.sleep(lab.queue.given_up_after_seconds + 0.2)
+        survivor.worker.advertise()  # the survivor is alive; the dead one's heartbeat is now stale
+        assert survivor.worker.abandon_orphans() == [queued.scan_id]
+        ended = survivor.parts.store.get(queued.scan_id)
+        assert ended is not None
+        assert ended.state == "interrupted"
+        assert "seg-a-dead stopped answering" in ended.events[-1]["note"]
+        assert survivor.lab.runner.calls == []  # given up, never run a second time
+        [line] = [line for line in survivor.lab.audit_lines() if line.get("state") == "interrupted"]
+        assert line["scan_id"] == queued.scan_id
+        assert survivor.worker.abandon_orphans() == []  # once
