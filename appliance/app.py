@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # imported when used: the stdio start-up needs neither uvicor
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
+    from appliance.fleet.observe import FleetObserver
     from appliance.fleet.roles import FleetParts
     from appliance.fleet.worker import SegmentWorker
     from appliance.http import ActiveRequests, QuietUvicorn
@@ -174,6 +175,12 @@ class Appliance:
                 settings.appliance_id,
                 fleet.queue.settings,
             )
+        self.observer: FleetObserver | None = None
+        if self.fleet is not None:
+            from appliance.fleet.observe import FleetCollector, FleetObserver
+
+            self.observer = FleetObserver(self.fleet, settings.role, settings.appliance_id, self.worker, front)
+            self.metrics.registry.register(FleetCollector(self.observer.status))
         self.tokens: TokenSource | None = None
         # Both listeners' TLS (HTTP transport only: stdio has no listener but the sidecar, which
         # gets it too); built before anything listens, so a bad certificate refuses the start.
@@ -296,6 +303,13 @@ class Appliance:
             await asyncio.sleep(CANCEL_POLL_SECONDS)
             self.take_cancel_requests()
 
+    async def _flush_unsaved_forever(self) -> None:
+        """Jobs whose store write failed are written again (a full disk freed, NATS back)."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            if self.jobs.unsaved:
+                self.jobs.flush_unsaved()
+
     # --- reload -----------------------------------------------------------------------------
     async def reload_policy(self) -> bool:
         ok = self.store.reload()
@@ -345,6 +359,7 @@ class Appliance:
                     "version": __version__,
                     "mode": self.settings.privilege_mode,
                     "transport": self.settings.transport,
+                    "role": self.settings.role,
                     "policy": str(self.settings.policy_path),
                     "tools_unavailable": self.service.unavailable,
                 }
@@ -423,40 +438,8 @@ class Appliance:
             tokens=None if self.tokens is None else self._auth_status,
             jobs=self.job_store.describe,
             tls=None if self.tls is None else self.tls.status,
-            fleet=None if self.fleet is None else self._fleet_status,
+            fleet=None if self.observer is None else self.observer.status,
         )
-
-    def _fleet_status(self) -> dict[str, Any]:
-        """/healthz `fleet`: this appliance's role, its NATS link, the segments it sees (how many
-        appliances, how fresh, how many jobs queued) and, on a segment, what its loop did."""
-        assert self.fleet is not None
-        fleet = self.fleet
-        status: dict[str, Any] = {
-            "role": self.settings.role,
-            "appliance_id": self.settings.appliance_id,
-            "servers": fleet.bus.settings.redacted_servers(),
-            "connected": fleet.bus.connected,
-        }
-        if self.worker is not None:
-            status["segment"] = self.settings.segment
-            status["jobs"] = vars(self.worker.counts)
-        try:
-            view = fleet.registry.view()
-            now = time.time()
-            status["segments"] = {
-                scope.name: {
-                    "scope": scope.describe(),
-                    "appliances": view.appliances.get(scope.name, 0),
-                    "heartbeat_age_seconds": round(max(now - scope.heartbeat_at, 0.0), 1),
-                    "queued": fleet.queue.depth(scope.name),
-                }
-                for scope in view.segments
-            }
-            status["disagreements"] = list(view.disagreements)
-            status["skipped_advertisements"] = view.skipped
-        except ApplianceError as exc:
-            status["problem"] = exc.message
-        return status
 
     async def _start_sidecar(self) -> web.AppRunner:
         """Start the sidecar; aiohttp's import (~0.2 s) happens in a worker thread, so calls
@@ -482,6 +465,7 @@ class Appliance:
             asyncio.create_task(self._watch()),
             asyncio.create_task(self._sweep_forever()),
             asyncio.create_task(self._audit_head_forever()),
+            asyncio.create_task(self._flush_unsaved_forever()),
         ]
         if self.settings.role != "front":  # a front runs no job to cancel: the segments take the requests
             tasks.append(asyncio.create_task(self._cancel_requests_forever()))

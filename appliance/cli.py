@@ -25,8 +25,7 @@ from appliance.errors import ApplianceError, ConfigError, ExecutionError, NotFou
 from appliance.jobs import operator
 from appliance.jobs.export import FORMATS, export_json, export_nmap_xml
 from appliance.jobs.model import STATES
-from appliance.jobs.sqlite import SqliteJobStore
-from appliance.jobs.store import JobFilter
+from appliance.jobs.store import JobFilter, JobStore
 from appliance.jobs.views import summary_of
 from appliance.logs import configure_logging
 from appliance.policy.netinfo import read_network_facts
@@ -265,16 +264,25 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-JobsCommand = Callable[[argparse.Namespace, SqliteJobStore, Settings], int]
+JobsCommand = Callable[[argparse.Namespace, JobStore, Settings], int]
 
 
 def _on_store(command: JobsCommand) -> Callable[[argparse.Namespace], int]:
-    """Open the appliance's store for a `jobs` command and close it after; a SQLite failure
-    (locked past the busy timeout, a broken file) becomes a refusal that names the store."""
+    """Open the appliance's store for a `jobs` command and close it after: the SQLite store, or on
+    a fleet appliance (APPLIANCE_ROLE front or segment) the fleet's JetStream store. A SQLite
+    failure (locked past the busy timeout, a broken file) becomes a refusal that names the store."""
 
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
         settings = load_settings()
+        if settings.role != "standalone":
+            from appliance.fleet.roles import connect  # nats-py: fleet roles only
+
+            fleet = connect(settings)
+            try:
+                return command(args, fleet.store, settings)
+            finally:
+                fleet.close()
         store = operator.open_store(args.data_dir, settings.data_dir)
         try:
             return command(args, store, settings)
@@ -291,7 +299,7 @@ def _on_store(command: JobsCommand) -> Callable[[argparse.Namespace], int]:
 
 
 @_on_store
-def cmd_jobs_list(args: argparse.Namespace, store: SqliteJobStore, settings: Settings) -> int:
+def cmd_jobs_list(args: argparse.Namespace, store: JobStore, settings: Settings) -> int:
     if args.cursor is not None:
         operator.checked_scan_id(args.cursor)  # a cursor is the last scan id a page showed
     where = JobFilter(
@@ -312,7 +320,7 @@ def cmd_jobs_list(args: argparse.Namespace, store: SqliteJobStore, settings: Set
 
 
 @_on_store
-def cmd_jobs_show(args: argparse.Namespace, store: SqliteJobStore, settings: Settings) -> int:
+def cmd_jobs_show(args: argparse.Namespace, store: JobStore, settings: Settings) -> int:
     job = operator.find(store, args.scan_id)
     if not args.raw:
         _print(operator.shown(job))
@@ -330,7 +338,7 @@ def cmd_jobs_show(args: argparse.Namespace, store: SqliteJobStore, settings: Set
 
 
 @_on_store
-def cmd_jobs_cancel(args: argparse.Namespace, store: SqliteJobStore, settings: Settings) -> int:
+def cmd_jobs_cancel(args: argparse.Namespace, store: JobStore, settings: Settings) -> int:
     audit = AuditSink.from_settings(settings)
     try:
         _print(operator.cancel(store, audit, args.scan_id, pickup_seconds=args.wait, force=args.force))
@@ -340,7 +348,7 @@ def cmd_jobs_cancel(args: argparse.Namespace, store: SqliteJobStore, settings: S
 
 
 @_on_store
-def cmd_jobs_export(args: argparse.Namespace, store: SqliteJobStore, settings: Settings) -> int:
+def cmd_jobs_export(args: argparse.Namespace, store: JobStore, settings: Settings) -> int:
     job = operator.find(store, args.scan_id)
     body = export_json(job) if args.format == "json" else export_nmap_xml(job, store.raw(job.scan_id))
     sys.stdout.buffer.write(body)
@@ -349,7 +357,7 @@ def cmd_jobs_export(args: argparse.Namespace, store: SqliteJobStore, settings: S
 
 
 @_on_store
-def cmd_jobs_purge(args: argparse.Namespace, store: SqliteJobStore, settings: Settings) -> int:
+def cmd_jobs_purge(args: argparse.Namespace, store: JobStore, settings: Settings) -> int:
     doomed = operator.purge_candidates(
         store,
         now=time.time(),

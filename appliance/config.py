@@ -216,6 +216,13 @@ class Settings(BaseSettings):
     fleet_max_deliver: int = Field(
         default=2, ge=1, le=10, description="Deliveries of one job in all (2: one redelivery to another appliance)."
     )
+    fleet_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Copies JetStream keeps of the fleet's buckets and queue when it creates them (3 on a "
+        "three-node cluster: one node may fail without losing a job).",
+    )
 
     @field_validator("allowed_origins")
     @classmethod

@@ -187,6 +187,9 @@ def build_http_app(
         max_request_body_size=MAX_REQUEST_BODY_BYTES,
         session_idle_timeout=SESSION_IDLE_TIMEOUT_SECONDS,
         max_sessions=MAX_SESSIONS,
+        # A fleet front keeps no session (README "Fleet"): any front answers any request, of either
+        # protocol era (2026-07-28 requests are stateless on every role).
+        stateless_http=settings.role == "front",
         transport_security=TransportSecuritySettings(
             enable_dns_rebinding_protection=True,
             allowed_hosts=settings.allowed_hosts,

@@ -17,7 +17,7 @@ from support import REPO, run_cli
 from support.pod_security import LEVELS, baseline, restricted
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
-OVERLAYS = ("connect", "raw", "seccomp-localhost")
+OVERLAYS = ("connect", "raw", "seccomp-localhost", "fleet")
 KUBERNETES_VERSION = "1.32.0"
 VALIDATE = Path(sys.executable).with_name("kubernetes-validate")
 
@@ -67,9 +67,11 @@ def test_pods_meet_the_level_their_namespace_enforces(overlay: str) -> None:
     docs = render(overlay)
     [namespace] = of_kind(docs, "Namespace")
     level = namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
-    [deployment] = of_kind(docs, "Deployment")
-    assert deployment["metadata"]["namespace"] == namespace["metadata"]["name"]
-    assert LEVELS[level](pod_spec(docs)) == set()
+    deployments = of_kind(docs, "Deployment")
+    assert deployments  # the fleet overlay has two: the fronts and a segment's appliances
+    for deployment in deployments:
+        assert deployment["metadata"]["namespace"] == namespace["metadata"]["name"]
+        assert LEVELS[level](deployment["spec"]["template"]["spec"]) == set(), deployment["metadata"]["name"]
 
 
 def test_connect_mode_is_restricted_with_the_job_store_on_one_writer() -> None:
@@ -249,3 +251,24 @@ def test_networkpolicy_bad_arguments_name_their_rule(tmp_path: Path, args: tuple
     code, _out, err = run_cli("policy", "networkpolicy", str(KUBERNETES / "base" / "scope.yaml"), *args)
     assert code == 1
     assert rule in err
+
+
+def test_fleet_overlay_runs_stateless_fronts_and_a_segments_appliances_on_nats() -> None:
+    docs = render("fleet")
+    deployments = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Deployment"}
+    assert set(deployments) == {"appliance", "segment-seg-a"}
+    assert not [doc for doc in docs if doc["kind"] == "PersistentVolumeClaim"]  # the jobs live in JetStream
+
+    def env(name: str) -> dict[str, Any]:
+        container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
+
+    front, segment = env("appliance"), env("segment-seg-a")
+    assert (front["APPLIANCE_ROLE"], segment["APPLIANCE_ROLE"]) == ("front", "segment")
+    assert front["APPLIANCE_NATS_URL"] == segment["APPLIANCE_NATS_URL"]
+    assert segment["APPLIANCE_SEGMENT"] == "seg-a"
+    assert deployments["appliance"]["spec"]["replicas"] == 2
+    # The MCP Service selects the fronts only: a segment has no MCP endpoint.
+    [service] = [doc for doc in docs if doc["kind"] == "Service"]
+    segment_labels = deployments["segment-seg-a"]["spec"]["template"]["metadata"]["labels"]
+    assert not set(service["spec"]["selector"].items()) <= set(segment_labels.items())

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import nats
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -42,6 +43,34 @@ OPERATION_TIMEOUT_SECONDS = 10.0
 CLOSE_TIMEOUT_SECONDS = 2.0
 
 
+# What a JetStream cluster answers while it elects a new leader for a stream (a node lost, a
+# restart): no responder, a timeout, 503. An operation that is safe to repeat is tried again for
+# up to TRANSIENT_RETRY_SECONDS; an election after one node's loss takes a few seconds.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    nats.errors.NoRespondersError,
+    nats.errors.TimeoutError,
+    nats.js.errors.ServiceUnavailableError,
+)
+TRANSIENT_RETRY_SECONDS = 8.0
+
+
+async def transient_retry(operation: Callable[[], Awaitable[T]], seconds: float = TRANSIENT_RETRY_SECONDS) -> T:
+    """`operation()`, tried again after a transient JetStream error until `seconds` have passed
+    (then the last error is raised). Only for operations that may run twice: a write of the same
+    value, a read, a compare-and-set that re-reads first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    delay = 0.1
+    while True:
+        try:
+            return await operation()
+        except TRANSIENT_ERRORS:
+            if loop.time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 @dataclass(frozen=True)
 class BusSettings:
     servers: tuple[str, ...]
@@ -50,6 +79,8 @@ class BusSettings:
     credentials: Path | None = None  # a NATS .creds file (per-segment permissions, fleet issue item 6)
     connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS
     operation_timeout_seconds: float = OPERATION_TIMEOUT_SECONDS
+    # Retries of a repeatable operation over a leader election (transient_retry).
+    transient_retry_seconds: float = TRANSIENT_RETRY_SECONDS
 
     def redacted_servers(self) -> list[str]:
         """The server URLs without any user:password part, for logs and /healthz."""
@@ -75,6 +106,7 @@ class BusThread:
         self._thread = threading.Thread(target=self._loop.run_forever, name="nats-bus", daemon=True)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._closing = False
 
     @property
     def js(self) -> JetStreamContext:
@@ -119,6 +151,8 @@ class BusThread:
         log.warning("NATS connection error", extra={"reason": repr(exc)})
 
     async def _on_disconnected(self) -> None:
+        if self._closing:  # our own close drains and disconnects: nothing to warn about
+            return
         log.warning("NATS disconnected; reconnecting", extra={"servers": self.settings.redacted_servers()})
 
     async def _on_reconnected(self) -> None:
@@ -180,6 +214,7 @@ class BusThread:
 
     def close(self) -> None:
         """Drain and close the connection (bounded), then stop the thread."""
+        self._closing = True
         if self._nc is not None and self._thread.is_alive():
             nc = self._nc
 

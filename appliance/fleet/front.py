@@ -40,6 +40,7 @@ class FrontFleet:
     def __post_init__(self) -> None:
         self._view: SegmentView | None = None
         self._read_at = 0.0
+        self.routed: dict[str, int] = {}  # jobs handed to each segment (appliance_fleet_jobs_routed)
 
     def view(self) -> SegmentView:
         """The segments as last read (read again after VIEW_SECONDS)."""
@@ -54,6 +55,7 @@ class FrontFleet:
 
     async def dispatch(self, segment: str, scan_id: str, headers: dict[str, str]) -> None:
         await self.queue.publish(segment, scan_id, headers)
+        self.routed[segment] = self.routed.get(segment, 0) + 1
 
     async def follow(self, scan_id: str) -> AsyncIterator[Job | None]:
         """The job's record now and after each change (None: it was deleted)."""

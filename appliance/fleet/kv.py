@@ -12,14 +12,14 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from appliance.errors import ApplianceError
 from appliance.fleet.bus import BusThread
 
 # The header a key-value delete or purge marker carries (ADR-8), and its two values.
 KV_OPERATION_HEADER = "KV-Operation"
 _REMOVALS = frozenset({"DEL", "PURGE"})
-# How long a listing waits for its next message before it calls the server stalled (an ordered
-# consumer's missed heartbeats restart it well within this).
-_LISTING_STALL_SECONDS = 30.0
+# A watch without news for this long reads its key directly (watch_key).
+WATCH_QUIET_SECONDS = 2.0
 
 
 async def key_value_bucket(js: JetStreamContext, name: str, *, replicas: int, direct: bool = False) -> KeyValue:
@@ -33,75 +33,90 @@ async def key_value_bucket(js: JetStreamContext, name: str, *, replicas: int, di
 
 async def live_entries(js: JetStreamContext, bucket: str, pattern: str, *, values: bool) -> list[tuple[str, bytes]]:
     """The live keys of `bucket` matching `pattern` (a subject filter the server applies), with
-    their values when asked (else headers only, and empty values).
+    their values when asked (else empty values), in key order.
 
-    Our own reading rather than nats-py's `KeyValue.watch`: its end-of-listing marker races
-    (it compares the server's pending count with what the client has dispatched so far, so a
-    message still in the client's queue makes it report an empty or short listing; a loaded
-    CI machine showed it). Here the end is the message the server says has nothing after it,
-    and an empty listing is one where the server has neither delivered nor holds anything.
+    The keys are the stream's subjects as its state reports them (one request, answered by the
+    stream's leader; `remove_key` takes a key's subject out of the stream, so a subject present
+    is a live key), and each value a direct read of the key's last message. No consumer is made:
+    nats-py's `KeyValue.watch` ends its listing on a marker that races (CI saw an empty listing),
+    and the ordered consumers a listing would need were seen to stall for minutes on nats-server
+    2.9 after a cluster node's loss (placed on the lost node), holding every listing up.
     """
+    stream = f"KV_{bucket}"
     prefix = f"$KV.{bucket}."
-    arrived: asyncio.Queue[Msg] = asyncio.Queue()
-
-    async def receive(msg: Msg) -> None:
-        await arrived.put(msg)
-
-    subscription = await js.subscribe(
-        prefix + pattern,
-        stream=f"KV_{bucket}",
-        cb=receive,
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        headers_only=not values,
-        inactive_threshold=60.0,
-    )
-    live: dict[str, bytes] = {}
-    try:
-        info = await subscription.consumer_info()
-        if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
-            return []
-        while True:
-            msg = await asyncio.wait_for(arrived.get(), timeout=_LISTING_STALL_SECONDS)
-            key = msg.subject[len(prefix) :]
-            if msg.headers is not None and msg.headers.get(KV_OPERATION_HEADER) in _REMOVALS:
-                live.pop(key, None)  # a delete marker: the key is gone
-            else:
-                live[key] = msg.data or b""
-            if msg.metadata.num_pending == 0:  # the last message stored when it was sent
-                break
-    finally:
-        await subscription.unsubscribe()
-    return sorted(live.items())
+    state = (await js.stream_info(stream, subjects_filter=prefix + pattern)).state
+    found: list[tuple[str, bytes]] = []
+    for subject in sorted(state.subjects or {}):
+        key = subject[len(prefix) :]
+        if not values:
+            found.append((key, b""))
+            continue
+        try:
+            msg = await js.get_last_msg(stream, subject)
+        except nats.js.errors.NotFoundError:
+            continue  # removed since the state was read
+        if msg.headers is not None and msg.headers.get(KV_OPERATION_HEADER) in _REMOVALS:
+            continue
+        found.append((key, msg.data or b""))
+    return found
 
 
-async def watch_key(bus: BusThread, bucket: str, key: str) -> AsyncIterator[bytes | None]:
+async def remove_key(js: JetStreamContext, bucket: str, key: str) -> None:
+    """Take `key` out of `bucket` altogether (a purge of its subject, no delete marker left): a
+    listing's subjects are then exactly the live keys. A watcher of the key sees no change."""
+    await js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}")
+
+
+async def watch_key(
+    bus: BusThread, bucket: str, key: str, *, quiet_seconds: float = WATCH_QUIET_SECONDS
+) -> AsyncIterator[bytes | None]:
     """The value of `key` now and after each change, on the caller's loop (the subscription
-    lives on the bus loop); None when the key is deleted. A lost connection resumes where it
-    stopped (an ordered consumer). Stop by leaving the iteration."""
+    lives on the bus loop); None when the key is gone. A lost connection resumes where it
+    stopped (an ordered consumer); and when no change arrives for `quiet_seconds` the key is read
+    directly, so a watch that stalled (after a cluster node's loss) or a key removed without a
+    marker (`remove_key`) is still seen. Each value is yielded once. Stop by leaving the iteration."""
     caller = asyncio.get_running_loop()
     changes: asyncio.Queue[Msg] = asyncio.Queue()
-    prefix = f"$KV.{bucket}."
+    stream, subject = f"KV_{bucket}", f"$KV.{bucket}.{key}"
 
     async def subscribe() -> JetStreamContext.PushSubscription:
         async def receive(msg: Msg) -> None:
             caller.call_soon_threadsafe(changes.put_nowait, msg)
 
         return await bus.js.subscribe(
-            prefix + key,
-            stream=f"KV_{bucket}",
+            subject,
+            stream=stream,
             cb=receive,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
             inactive_threshold=60.0,
         )
 
+    async def read() -> bytes | None:
+        try:
+            msg = await bus.js.get_last_msg(stream, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        removed = msg.headers is not None and msg.headers.get(KV_OPERATION_HEADER) in _REMOVALS
+        return None if removed else (msg.data or b"")
+
     subscription = await bus.run(subscribe, f"watch {key}")
+    last: bytes | None = b"\x00unseen"
     try:
         while True:
-            msg = await changes.get()
-            removed = msg.headers is not None and msg.headers.get(KV_OPERATION_HEADER) in _REMOVALS
-            yield None if removed else msg.data
+            try:
+                msg = await asyncio.wait_for(changes.get(), quiet_seconds)
+            except TimeoutError:
+                try:
+                    value = await bus.run(read, f"read {key}")
+                except ApplianceError:
+                    continue  # the bus is down: the next quiet period tries again
+            else:
+                removed = msg.headers is not None and msg.headers.get(KV_OPERATION_HEADER) in _REMOVALS
+                value = None if removed else msg.data
+            if value != last:
+                last = value
+                yield value
     finally:
         with contextlib.suppress(Exception):  # the connection may be gone at stop; the server drops it
             await bus.run(subscription.unsubscribe, f"stop watching {key}")

@@ -43,7 +43,11 @@ def bus_settings(settings: Settings) -> BusSettings:
 
 
 def queue_settings(settings: Settings) -> QueueSettings:
-    return QueueSettings(ack_wait_seconds=settings.fleet_ack_wait_seconds, max_deliver=settings.fleet_max_deliver)
+    return QueueSettings(
+        ack_wait_seconds=settings.fleet_ack_wait_seconds,
+        max_deliver=settings.fleet_max_deliver,
+        replicas=settings.fleet_replicas,
+    )
 
 
 def connect(settings: Settings) -> FleetParts:
@@ -52,8 +56,8 @@ def connect(settings: Settings) -> FleetParts:
     bus = BusThread(bus_settings(settings))
     bus.start()
     try:
-        store = JetStreamJobStore(bus)
-        registry = SegmentRegistry(bus)
+        store = JetStreamJobStore(bus, replicas=settings.fleet_replicas)
+        registry = SegmentRegistry(bus, replicas=settings.fleet_replicas)
         queue = JobQueue(bus, queue_settings(settings))
     except BaseException:
         bus.close()

@@ -25,7 +25,7 @@ from pydantic import ValidationError as ModelError
 
 from appliance.errors import ExecutionError, ValidationError
 from appliance.fleet.bus import BusThread, BusUnavailable
-from appliance.fleet.kv import key_value_bucket, live_entries
+from appliance.fleet.kv import key_value_bucket, live_entries, remove_key
 from appliance.fleet.routing import SegmentScope
 from appliance.policy.model import Policy
 
@@ -102,7 +102,7 @@ class SegmentRegistry:
         key = _key(segment, appliance)
 
         async def delete() -> None:
-            await self.kv.delete(key)
+            await remove_key(self._bus.js, self.bucket, key)
 
         self._call(f"withdraw from segment {segment}", delete)
 

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 FETCH_WAIT_SECONDS = 1.0
 # After a failed fetch (NATS down): wait before the next try; the bus reconnects meanwhile.
 RETRY_SECONDS = 1.0
+# How often an ended job whose final record the store refused is written again.
+FLUSH_RETRY_SECONDS = 1.0
 
 
 @dataclass
@@ -139,6 +141,10 @@ class SegmentWorker:
         beats = asyncio.create_task(self.consumer.heartbeats(delivery.msg))
         try:
             await asyncio.wait({task})
+            # The ack says the job's end is recorded: a final write the store refused (NATS
+            # electing a leader) is written again first, the message kept meanwhile.
+            while delivery.scan_id in self.service.jobs.flush_unsaved():  # noqa: ASYNC110 - a retry, no event
+                await asyncio.sleep(FLUSH_RETRY_SECONDS)
         finally:
             beats.cancel()
         await self._ack(delivery)

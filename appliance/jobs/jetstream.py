@@ -38,8 +38,8 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from appliance.errors import ExecutionError
-from appliance.fleet.bus import BusThread, BusUnavailable
-from appliance.fleet.kv import key_value_bucket, live_entries
+from appliance.fleet.bus import BusThread, BusUnavailable, transient_retry
+from appliance.fleet.kv import key_value_bucket, live_entries, remove_key
 from appliance.jobs.model import FINISHED, UNFINISHED, Job, target_key
 from appliance.jobs.store import JobFilter, JobPage, take_oldest
 
@@ -153,9 +153,18 @@ class JetStreamJobStore:
         return self._objects
 
     # --- plumbing --------------------------------------------------------------------------
+    def _retrying(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """One store operation through the bus, tried again over a leader election (bounded)."""
+        settings = self._bus.settings
+        retry = settings.transient_retry_seconds
+        return self._bus.call(
+            lambda: transient_retry(operation, retry), action, timeout=retry + settings.operation_timeout_seconds
+        )
+
     def _write(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
+        # Every write here may run twice (puts of the same value; compare-and-sets re-read first).
         try:
-            result = self._bus.call(operation, action)
+            result = self._retrying(action, operation)
         except BusUnavailable as exc:
             self._fault = ("store_unwritable", exc.message)
             raise ExecutionError(
@@ -170,7 +179,7 @@ class JetStreamJobStore:
 
     def _read(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
         try:
-            return self._bus.call(operation, action)
+            return self._retrying(action, operation)
         except BusUnavailable as exc:
             raise ExecutionError(
                 exc.message, rule="store_unreachable", recovery_suggestion=exc.recovery_suggestion
@@ -202,7 +211,7 @@ class JetStreamJobStore:
 
     async def _delete_keys(self, keys: Iterable[str]) -> None:
         for key in keys:
-            await self.kv.delete(key)
+            await remove_key(self._bus.js, self.bucket, key)
 
     # --- writes ----------------------------------------------------------------------------
     async def _put(self, job: Job, raw: bytes | None) -> None:
@@ -239,7 +248,7 @@ class JetStreamJobStore:
             await self._delete_keys(sorted(index_keys(job)))
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await self.objects.delete(scan_id)
-            await self.kv.delete(f"job.{scan_id}")
+            await remove_key(self._bus.js, self.bucket, f"job.{scan_id}")
             removed += 1
         return removed
 
@@ -283,6 +292,8 @@ class JetStreamJobStore:
         passes to `runner`, once (the compare-and-set still decides between two takers)."""
 
         def take(job: Job) -> bool:
+            if job.runner == runner and job.state == "queued":
+                return True  # this appliance's own claim, landed before a retry of it
             if job.state not in ("queued", "running") or (job.runner is not None and not takeover):
                 return False
             if job.state == "running":  # taken over: it runs again from the start, as a new run

@@ -104,6 +104,10 @@ class JobManager:
         self._clock = clock
         self.live: dict[str, LiveJob] = {}
         self.result_views = ResultViews()
+        # Jobs whose last store write failed (with the raw output it carried, if any): written
+        # again, whole, by flush_unsaved until the store takes them. An ended scan's record is
+        # never left behind in memory alone.
+        self.unsaved: dict[str, tuple[Job, bytes | None]] = {}
         # Called after each state change is stored: metrics, resource update notifications.
         self.on_change: list[ChangeFn] = [on_change] if on_change else []
 
@@ -257,9 +261,26 @@ class JobManager:
         except ApplianceError:
             if strict:
                 raise
-            # Kept in memory (get_scan still answers); the next change writes the whole job again.
+            # Kept in memory (get_scan still answers) and written again, whole, by flush_unsaved.
+            kept = self.unsaved.get(job.scan_id)
+            self.unsaved[job.scan_id] = (job, raw if raw is not None else None if kept is None else kept[1])
             log.error("job store write failed; the job is kept in memory", extra={"scan_id": job.scan_id})
+        else:
+            if job.scan_id in self.unsaved and (raw is not None or self.unsaved[job.scan_id][1] is None):
+                del self.unsaved[job.scan_id]
         return time.perf_counter() - started
+
+    def flush_unsaved(self) -> list[str]:
+        """Write again every job whose last write failed; the scan ids still unsaved."""
+        for scan_id, (job, raw) in list(self.unsaved.items()):
+            try:
+                self.store.put(job, raw)
+            except ApplianceError:
+                continue
+            if self.unsaved.get(scan_id, (None, None))[0] is job:
+                del self.unsaved[scan_id]
+                log.info("job written after an earlier store failure", extra={"scan_id": scan_id})
+        return list(self.unsaved)
 
     def approved(self, live: LiveJob) -> None:
         """Out of awaiting_approval into the queue; the whole job is written, with its decision."""

@@ -5,15 +5,18 @@ front answers for the scan, and a front without its NATS is not ready."""
 from __future__ import annotations
 
 import contextlib
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 from support.fleet import FRONT_POLICY, SEGMENT_POLICIES
 from support.listeners import tcp_listener
 from support.nats import NatsServer, nats_server
 from support.policies import LOOPBACK_POLICY, write_policy
-from support.servers import Served, http_client, served
+from support.raw_mcp import HANDSHAKE_VERSION, initialize_request, mcp_headers, rpc_messages
+from support.servers import TOKEN, Served, http_client, served
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -65,7 +68,12 @@ async def test_a_scan_through_a_front_runs_on_the_segment_and_another_front_answ
             refused = await client.call_tool("nmap_scan", {"target": "127.0.2.9", "ports": "80"})
         async with http_client(second.url, "2026-07-28") as other:
             seen = await other.call_tool("get_scan", {"scan_id": result.structured_content["scan_id"]})  # type: ignore[index]
+        # A handshake-era client too: the fronts keep no session, so each of its requests may
+        # land on any front (here: the whole session on the second one, which never saw it).
+        async with http_client(second.url, "legacy") as legacy:
+            listed = await legacy.call_tool("list_scans", {})
         status, ready = seg_a.get("/readyz")
+        front_metrics, segment_metrics = metrics(first), metrics(seg_a)
     assert not result.is_error, result.structured_content
     body = result.structured_content
     assert body is not None
@@ -77,6 +85,18 @@ async def test_a_scan_through_a_front_runs_on_the_segment_and_another_front_answ
     assert seen.structured_content["status"] == "completed"  # type: ignore[index]
     assert seen.structured_content["hosts"][0]["ports"][0]["port"] == port  # type: ignore[index]
     assert status == 200, ready
+    assert not listed.is_error
+    assert [scan["status"] for scan in listed.structured_content["scans"]] == ["completed"]  # type: ignore[index]
+    assert 'appliance_fleet_jobs_routed_total{segment="seg-a"} 1.0' in front_metrics
+    assert 'appliance_fleet_segment_appliances{segment="seg-a"} 1.0' in front_metrics
+    assert "appliance_fleet_connected 1.0" in front_metrics
+    assert 'appliance_fleet_jobs_handled_total{outcome="started"} 1.0' in segment_metrics
+    assert 'appliance_fleet_queue_depth{segment="seg-a"} 0.0' in segment_metrics
+
+
+def metrics(server: Served) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.health_port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
 
 
 async def test_a_front_without_nats_refuses_to_start_and_says_why(tmp_path: Path) -> None:
@@ -85,3 +105,24 @@ async def test_a_front_without_nats_refuses_to_start_and_says_why(tmp_path: Path
     with pytest.raises(AssertionError) as exited, served(policy, APPLIANCE_ROLE="front", APPLIANCE_NATS_URL=dead):
         pass
     assert "bus_unavailable" in str(exited.value) or "could not connect to NATS" in str(exited.value)
+
+
+async def test_fronts_keep_no_session_so_a_handshake_era_client_may_go_to_any_front(
+    tmp_path: Path, own_nats: NatsServer
+) -> None:
+    with front(tmp_path, own_nats.url) as first, front(tmp_path, own_nats.url) as second:
+        async with httpx2.AsyncClient(timeout=30) as http:
+            opened = await http.post(first.url, json=initialize_request(), headers=mcp_headers(TOKEN))
+            headers = {**mcp_headers(TOKEN), "MCP-Protocol-Version": HANDSHAKE_VERSION}
+            call = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "list_scans", "arguments": {}},
+            }
+            answered = await http.post(second.url, json=call, headers=headers)
+    assert opened.status_code == 200, opened.text
+    assert "mcp-session-id" not in opened.headers  # stateless: nothing to be sticky to
+    assert answered.status_code == 200, answered.text
+    [message] = rpc_messages(answered.text)
+    assert message["result"]["structuredContent"]["scans"] == []

@@ -27,6 +27,7 @@ from dockerlab import (
     LAB_IMAGE,
     REPO,
     ComposeStack,
+    FleetStack,
     Lab,
     free_port,
     wait_healthy,
@@ -262,3 +263,80 @@ def compose_stack(
             "--remove-orphans",
             timeout=COMPOSE_DOWN_TIMEOUT_SECONDS,
         )
+
+
+# The compose fleet (profile `fleet`) beside the session's compose deployment: its own project,
+# its own front subnet and lab subnets (compose.yaml's defaults hold for one deployment at a
+# time), short ack_wait so a takeover happens within the test.
+FLEET_SUBNETS = {
+    "APPLIANCE_FRONT_SUBNET": "10.77.11.0/28",
+    "FRONT_1_ADDRESS": "10.77.11.12",
+    "FRONT_2_ADDRESS": "10.77.11.13",
+    "APPLIANCE_LAB_SUBNET": "10.77.16.0/24",
+    "APPLIANCE_LAB_GATEWAY": "10.77.16.1",
+    "FLEET_SEG_A_SUBNET": "10.77.12.0/24",
+    "FLEET_SEG_B_SUBNET": "10.77.13.0/24",
+    "FLEET_BUS_SUBNET": "10.77.14.0/24",
+}
+FLEET_SERVICES = (
+    "nats-1", "nats-2", "nats-3", "seg-a-1", "seg-a-2", "seg-b-1", "front-1", "front-2", "web-seg-a", "web-seg-b",
+)  # fmt: skip
+FLEET_ACK_WAIT_SECONDS = 5
+
+
+@pytest.fixture(scope="session")
+def fleet_stack(
+    docker_client: docker.DockerClient,
+    images: tuple[str, str],
+    secrets_dir: Path,
+    record: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[FleetStack]:
+    """compose.yaml's profile `fleet`, up and healthy: three NATS nodes, seg-a x2, seg-b x1, two
+    fronts published on free loopback ports, the two lab targets. The segments' and the front's
+    policies are the repository's, with their subnets moved to this deployment's."""
+    for name in ("FLEET_SEG_A_SUBNET", "FLEET_SEG_B_SUBNET", "FLEET_BUS_SUBNET", "APPLIANCE_FRONT_SUBNET"):
+        overlaps = lab_subnet_overlaps(FLEET_SUBNETS[name])
+        if overlaps:
+            pytest.fail(f"{FLEET_SUBNETS[name]} ({name}) overlaps routes of this host: {overlaps}")
+    policy_dir = tmp_path_factory.mktemp("fleet-policies")
+    shutil.copytree(REPO / "policies", policy_dir, dirs_exist_ok=True)
+    for path in policy_dir.glob("fleet-*.yaml"):
+        text = path.read_text().replace("10.77.2.", "10.77.12.").replace("10.77.3.", "10.77.13.")
+        path.write_text(text)
+    policy_dir.chmod(0o755)
+    ports = {name: free_port() for name in ("front-1", "front-2", "front-1-health", "front-2-health")}
+    stack = FleetStack(
+        project=f"mcp-fleet-{uuid.uuid4().hex[:8]}",
+        env=compose_env(
+            **secrets_env(secrets_dir),
+            **FLEET_SUBNETS,
+            APPLIANCE_POLICY_DIR=str(policy_dir),
+            FRONT_1_PUBLISH_PORT=str(ports["front-1"]),
+            FRONT_2_PUBLISH_PORT=str(ports["front-2"]),
+            FRONT_1_HEALTH_PUBLISH_PORT=str(ports["front-1-health"]),
+            FRONT_2_HEALTH_PUBLISH_PORT=str(ports["front-2-health"]),
+            FLEET_ACK_WAIT_SECONDS=str(FLEET_ACK_WAIT_SECONDS),
+        ),
+        http_port=ports["front-1"],
+        health_port=ports["front-1-health"],
+        token=TEST_TOKEN,
+        ca_file=Certs(secrets_dir).ca,
+        health_token=TEST_HEALTH_TOKEN,
+        policy_dir=policy_dir,
+        second_http_port=ports["front-2"],
+    )
+    try:
+        started = time.monotonic()
+        up = stack.compose(
+            "--profile", "fleet", "up", "--detach", "--wait", "--wait-timeout", "150", *FLEET_SERVICES
+        )  # fmt: skip
+        if up.returncode != 0:
+            logs = stack.compose("--profile", "fleet", "logs", "--no-color", "--tail", "40").stdout
+            pytest.fail(f"docker compose --profile fleet up failed:\n{up.stderr[-3000:]}\n--- logs ---\n{logs[-8000:]}")
+        record(f"docker compose --profile fleet up --wait (10 services healthy): {time.monotonic() - started:.1f} s")
+        yield stack
+    finally:
+        stack.compose(
+            "--profile", "fleet", "down", "--volumes", "--remove-orphans", timeout=COMPOSE_DOWN_TIMEOUT_SECONDS
+        )  # fmt: skip

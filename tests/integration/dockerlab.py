@@ -250,6 +250,17 @@ class ComposeStack:
         return done.stdout.split()[0]
 
 
+@dataclass(frozen=True)
+class FleetStack(ComposeStack):
+    """compose.yaml's profile `fleet` under its own project: `url` is front-1's, `second_url` front-2's."""
+
+    second_http_port: int = 0
+
+    @property
+    def second_url(self) -> str:
+        return f"https://localhost:{self.second_http_port}/mcp"
+
+
 def container_health(container: DockerContainer) -> str:
     wrapped = container.get_wrapped_container()
     wrapped.reload()

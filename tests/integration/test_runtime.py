@@ -20,6 +20,7 @@ from dockerlab import (
     APP_UID,
     CAP_NET_RAW,
     ComposeStack,
+    FleetStack,
     Lab,
     ServiceSpec,
     start_appliance,
@@ -213,6 +214,15 @@ def test_cis_compose_deployment(
     compose_stack: ComposeStack, docker_client: docker.DockerClient, service: str, check: Check
 ) -> None:
     check(docker_client.containers.get(compose_stack.container_id(service)).attrs, set())
+
+
+# The fleet's services of each kind (seg-b-1: the kill test in test_fleet.py may have stopped a seg-a one).
+@pytest.mark.parametrize("service", ["nats-1", "seg-b-1", "front-1", "web-seg-a"])
+@pytest.mark.parametrize("check", CIS_CHECKS, ids=check_id)
+def test_cis_fleet_deployment(
+    fleet_stack: FleetStack, docker_client: docker.DockerClient, service: str, check: Check
+) -> None:
+    check(docker_client.containers.get(fleet_stack.container_id(service)).attrs, set())
 
 
 def test_compose_publishes_only_on_loopback(compose_stack: ComposeStack, docker_client: docker.DockerClient) -> None:

@@ -63,7 +63,7 @@ def test_a_ghost_index_key_never_answers_previous_completed(nats: NatsServer) ->
 def test_a_store_whose_nats_went_away_refuses_writes_by_rule_and_heals_when_it_returns(tmp_path: Path) -> None:
     with nats_server(tmp_path / "first") as first:
         port = int(first.url.rpartition(":")[2])
-        bus = started_bus(first.url, operation_timeout_seconds=1.0)
+        bus = started_bus(first.url, operation_timeout_seconds=1.0, transient_retry_seconds=1.0)
         try:
             store = JetStreamJobStore(bus, bucket="jobs_restart", raw_bucket="raw_restart")
             kept = stored_job("completed", target="10.20.0.5")

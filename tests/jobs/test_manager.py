@@ -1,9 +1,15 @@
-"""JobManager's in-memory parts: the diff views kept for rescans."""
+"""JobManager's in-memory parts: the diff views kept for rescans, the writes the store refused."""
 
 from __future__ import annotations
 
+import io
+
+from appliance.audit import AuditSink
+from appliance.errors import ExecutionError
 from appliance.jobs.diff import result_view
-from appliance.jobs.manager import ResultViews
+from appliance.jobs.manager import JobManager, ResultViews
+from appliance.jobs.model import Job
+from appliance.jobs.sqlite import SqliteJobStore
 
 
 def _nmap(hosts: int) -> dict[str, object]:
@@ -44,3 +50,47 @@ def test_a_view_kept_again_under_its_scan_id_replaces_the_first() -> None:
     views.keep("scan", result_view("nmap_scan", _nmap(100)))  # counted once, not twice
     views.keep("other", result_view("nmap_scan", _nmap(10)))
     assert views.get("scan") is not None and views.get("other") is not None
+
+
+class Refusing(SqliteJobStore):
+    """An in-memory store that refuses writes while `down` (NATS electing a leader, a full disk)."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.down = False
+
+    def put(self, job: Job, raw: bytes | None = None) -> None:
+        if self.down:
+            raise ExecutionError("the store is down", rule="store_unwritable")
+        super().put(job, raw)
+
+    def put_state(self, job: Job) -> None:
+        if self.down:
+            raise ExecutionError("the store is down", rule="store_unwritable")
+        super().put_state(job)
+
+
+def test_an_end_the_store_refused_is_written_again_with_its_raw_output_once_the_store_takes_it() -> None:
+    store = Refusing()
+    jobs = JobManager(store, AuditSink(stream=io.StringIO()))
+    live = jobs.create(
+        tool="nmap_scan",
+        target="127.0.0.1",
+        scanned_address="127.0.0.1",
+        owner="alice",
+        request={"target": "127.0.0.1"},
+        argv=["nmap", "127.0.0.1"],
+        request_id="rid-1",
+    )
+    jobs.running(live)
+    store.down = True
+    jobs.finish(live, "completed", result={"tool": "nmap_scan", "hosts": []}, raw=b"<nmaprun/>")
+    stored = store.get(live.job.scan_id)
+    assert stored is not None and stored.state == "running"  # the end is in memory only
+    assert jobs.flush_unsaved() == [live.job.scan_id]  # still down: kept
+    store.down = False
+    assert jobs.flush_unsaved() == []
+    stored = store.get(live.job.scan_id)
+    assert stored is not None and stored.state == "completed"
+    assert store.raw(live.job.scan_id) == b"<nmaprun/>"
+    assert jobs.unsaved == {}
