@@ -28,13 +28,32 @@ GOAL_NAME = "fleet: added ms per call through front and segment (median)"
 FLEET_BURST = 20
 
 
+# A call's stages from its job's record (bench/fleet_run.py's stages()), in the report's words.
+STAGE_LABELS = (
+    ("to_created", "to the job's record"),
+    ("created_to_running", "record to running"),
+    ("running_to_end", "running to the end"),
+    ("end_to_answer", "end to the answer"),
+)
+
+
+def stages_text(figures: dict[str, Any]) -> str:
+    """Each stage's median, the fleet's against the standalone appliance's (ms)."""
+
+    def v(side: str, key: str) -> str:
+        return spread(run_values(figures, FIGURE, "stages_ms", side, key, "median"))
+
+    return ", ".join(f"{label} {v('fleet', key)} vs {v('standalone', key)}" for key, label in STAGE_LABELS) + " ms"
+
+
 def _made_of(figures: dict[str, Any]) -> str:
     def v(*path: str) -> str:
         return spread(run_values(figures, FIGURE, *path))
 
     return (
         f"through the fleet {v('fleet_ms', 'median')} ms median / {v('fleet_ms', 'p99')} ms p99, "
-        f"standalone {v('standalone_ms', 'median')} / {v('standalone_ms', 'p99')} ms"
+        f"standalone {v('standalone_ms', 'median')} / {v('standalone_ms', 'p99')} ms; fleet vs standalone: "
+        f"{stages_text(figures)}"
     )
 
 
@@ -95,7 +114,7 @@ def row(results: dict[str, Any]) -> str:
             f"**{v('burst', 'jobs_per_s')} jobs/s** "
             f"(wall {spread(run_values(f, FIGURE, 'burst', 'wall_s'), 2)} s; the segment runs "
             f"{limits.get('nmap_scan_running', '?')} nmap scans at once, {limits.get('global_running', '?')} "
-            "scans in all)"
+            f"scans in all); stages, fleet vs standalone: {stages_text(f)}"
         )
     return f"| 9 | {figure} | {text} | <= 10 ms added (median) | {goal_met(results['goals'], GOAL_NAME)} |"
 

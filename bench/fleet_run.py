@@ -33,7 +33,8 @@ from mcp import Client
 from appliance.fleet.bus import BusSettings, BusThread
 from appliance.jobs.jetstream import JetStreamJobStore
 from appliance.jobs.model import Job, new_scan_id
-from appliance.jobs.store import JobFilter
+from appliance.jobs.sqlite import SqliteJobStore
+from appliance.jobs.store import JobFilter, JobStore
 from bench.clients import HOST_HEADER, error_type, http_session, port_open
 from bench.docker import BenchError, log, memory_bytes
 from bench.host_compare import listener
@@ -74,6 +75,7 @@ def write_policy(folder: Path, stored_jobs: int) -> Path:
 
 @dataclass
 class Fleet:
+    folder: Path
     nats_url: str
     front: Served
     segment: Served
@@ -113,7 +115,7 @@ def fleet(folder: Path, *, stored_jobs: int = 0, standalone: bool = True) -> Ite
             lambda: front.get("/healthz")[1].get("checks", {}).get("fleet", {}).get("segments"),
             timeout=SEGMENT_SEEN_TIMEOUT_SECONDS,
         )
-        yield Fleet(nats.url, front, seg, alone, yaml.safe_load(policy.read_text()))
+        yield Fleet(folder, nats.url, front, seg, alone, yaml.safe_load(policy.read_text()))
 
 
 def _call_ok(result: Any) -> bool:
@@ -121,24 +123,57 @@ def _call_ok(result: Any) -> bool:
 
 
 class _Side:
-    """One endpoint's session and samples in the interleaved loop."""
+    """One endpoint's session and samples in the interleaved loop; per timed call its scan_id
+    and the wall clock (time.time, the clock the appliances stamp job events with) around it."""
 
     def __init__(self, name: str, client: Client) -> None:
         self.name = name
         self.client = client
         self.seconds: list[float] = []
+        self.calls: list[tuple[str, float, float]] = []
         self.failures = 0
 
     async def call(self, timed: bool = True) -> None:
+        wall = time.time()
         started = time.perf_counter()
         result = await self.client.call_tool("nmap_scan", {"target": TARGET, "ports": str(PORT)})
         if timed:
             self.seconds.append(time.perf_counter() - started)
+            self.calls.append((str((result.structured_content or {}).get("scan_id")), wall, time.time()))
         self.failures += 0 if _call_ok(result) else 1
 
 
-async def interleaved(standalone_url: str, front_url: str, calls: int, warmup: int) -> dict[str, Any]:
+def _event_at(job: Job, state: str) -> float | None:
+    return next((float(e["at"]) for e in job.events if e.get("state") == state), None)
+
+
+def stages(calls: list[tuple[str, float, float]], store: JobStore) -> dict[str, Any]:
+    """Where a call's time went, from its job's record (event times in ms, same host clock):
+    client to the job's creation, creation to `running` (in the fleet: the queue, the segment's
+    fetch, claim and re-check), `running` to `completed` (the scanner and its bookkeeping), and
+    the end to the client's answer (the result's record, the front's watch, the reply)."""
+    parts: dict[str, list[float]] = {
+        "to_created": [],
+        "created_to_running": [],
+        "running_to_end": [],
+        "end_to_answer": [],
+    }
+    for scan_id, start, end in calls:
+        job = store.get(scan_id)
+        running = None if job is None else _event_at(job, "running")
+        if job is None or running is None or job.finished_at is None:
+            continue
+        parts["to_created"].append(job.created_at - start)
+        parts["created_to_running"].append(running - job.created_at)
+        parts["running_to_end"].append(job.finished_at - running)
+        parts["end_to_answer"].append(end - job.finished_at)
+    return {name: summary_ms(values) for name, values in parts.items() if values}
+
+
+async def interleaved(the_fleet: Fleet, calls: int, warmup: int) -> dict[str, Any]:
     """`calls` rounds of one call per endpoint, the order alternating; added = fleet - standalone."""
+    assert the_fleet.standalone is not None
+    standalone_url, front_url = the_fleet.standalone.url, the_fleet.front.url
     async with http_session(standalone_url, TOKEN, 4) as alone, http_session(front_url, TOKEN, 4) as front:
         sides = [_Side("standalone", alone), _Side("fleet", front)]
         for side in sides:
@@ -151,6 +186,17 @@ async def interleaved(standalone_url: str, front_url: str, calls: int, warmup: i
             if (index + 1) % 100 == 0:
                 log(f"fleet calls: {index + 1}/{calls} rounds")
     standalone, through = (summary_ms(side.seconds) for side in sides)
+    sqlite = SqliteJobStore(the_fleet.folder / "standalone")
+    bus = BusThread(BusSettings(servers=(the_fleet.nats_url,)))
+    bus.start()
+    try:
+        breakdown = {
+            "standalone": stages(sides[0].calls, sqlite),
+            "fleet": stages(sides[1].calls, JetStreamJobStore(bus)),
+        }
+    finally:
+        bus.close()
+        sqlite.close()
     return {
         "calls_per_side": calls,
         "standalone_ms": standalone,
@@ -158,6 +204,7 @@ async def interleaved(standalone_url: str, front_url: str, calls: int, warmup: i
         "added_ms_median": round(through["median"] - standalone["median"], 3),
         "added_ms_p99": round(through["p99"] - standalone["p99"], 3),
         "failures": {side.name: side.failures for side in sides},
+        "stages_ms": breakdown,
     }
 
 
@@ -216,8 +263,7 @@ def segment_limits(policy: dict[str, Any]) -> dict[str, Any]:
 async def run(params: dict[str, Any]) -> dict[str, Any]:
     """One run of the latency and throughput figures (params: folder, calls, warmup, burst)."""
     with listener(), fleet(Path(params["folder"])) as the_fleet:
-        assert the_fleet.standalone is not None
-        latency = await interleaved(the_fleet.standalone.url, the_fleet.front.url, params["calls"], params["warmup"])
+        latency = await interleaved(the_fleet, params["calls"], params["warmup"])
         jobs = await burst(the_fleet.front.url, params["burst"])
         limits = segment_limits(the_fleet.policy)
     unexpected = sum(latency["failures"].values()) + params["burst"] - jobs["completed"]
@@ -242,6 +288,7 @@ def finished_job(number: int, now: float) -> Job:
         segment=SEGMENT,
         runner=f"{SEGMENT}-1",
     )
+    job.move("running", at - 0.2)
     job.move("completed", at)
     job.progress = 100.0
     job.result = {"hosts": [{"address": TARGET, "ports": [{"port": PORT, "state": "open", "service": "http-proxy"}]}]}

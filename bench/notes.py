@@ -119,9 +119,13 @@ def _added_notes(f: dict[str, Any], p: dict[str, Any]) -> list[str]:
             "appliance and one through the front (the order alternating round by round), one streamable-HTTP "
             "session each (SDK 2.x client, bench/clients.py), after "
             f"{p['overhead_warmup']} warm-up calls each; `time.perf_counter()` in the namespace's benchmark process; "
-            "added = median(fleet) - median(standalone). Burst: 20 calls released at once through the front "
-            "(one session); jobs/s = calls that came back completed with the port open / the time from "
-            "the release to the last answer. The segment's limits are its policy's (the shipped defaults)."
+            "added = median(fleet) - median(standalone). Stages: from each timed call's job record "
+            "(its store read after the calls; event times and the client's `time.time()`, one host clock, ms "
+            "resolution): the call's start to the record's creation, creation to `running` (in the fleet: the "
+            "queue, the segment's fetch, claim and re-check), `running` to the end, the end to the answer. "
+            "Burst: 20 calls released at once through the front (one session); jobs/s = calls that came back "
+            "completed with the port open / the time from the release to the last answer. The segment's "
+            "limits are its policy's (the shipped defaults)."
         )
     if "fleet_store" in f:
         notes.append(

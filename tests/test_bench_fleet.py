@@ -21,8 +21,19 @@ from bench import fleet, fleet_run, notes
 from bench.lab import REPO
 
 
+def _stages(created_to_running: float) -> dict[str, Any]:
+    medians = {
+        "to_created": 3.5,
+        "created_to_running": created_to_running,
+        "running_to_end": 42.0,
+        "end_to_answer": 4.0,
+    }
+    return {key: {"median": value} for key, value in medians.items()}
+
+
 def _run(added: float, *, completed: int = fleet.FLEET_BURST) -> dict[str, Any]:
     return {
+        "stages_ms": {"fleet": _stages(9.0), "standalone": _stages(1.0)},
         "calls_per_side": 400,
         "standalone_ms": {"median": 50.0, "p99": 70.0},
         "fleet_ms": {"median": 50.0 + added, "p99": 90.0},
@@ -48,6 +59,7 @@ def test_the_fleet_goal_is_met_only_when_every_run_adds_at_most_10_ms() -> None:
     assert _goal(met)["runs"] == [8.0, 10.0]
     assert _goal(missed)["met"] is False
     assert "through the fleet 58.0 (58.0-60.5) ms median" in _goal(missed)["made_of"]
+    assert "record to running 9.0 (9.0-9.0) vs 1.0 (1.0-1.0)" in _goal(missed)["made_of"]
 
 
 def test_a_failed_fleet_run_leaves_the_goal_unmeasured_and_the_row_says_why() -> None:
@@ -64,6 +76,7 @@ def test_the_fleet_row_shows_both_sides_the_difference_and_the_burst() -> None:
     assert "fleet 62.0 ms median / 90.0 ms p99, standalone 50.0 / 70.0 ms: **+12.0 ms** at the median" in row
     assert f"{fleet.FLEET_BURST} of {fleet.FLEET_BURST} completed, **12.5 jobs/s**" in row
     assert "the segment runs 2 nmap scans at once, 4 scans in all" in row
+    assert "to the job's record 3.5 vs 3.5, record to running 9.0 vs 1.0, running to the end 42.0 vs 42.0" in row
     assert row.endswith("| <= 10 ms added (median) | **no** |")
 
 
@@ -94,6 +107,27 @@ def test_the_fleet_policy_keeps_every_stored_job_and_opens_only_the_listener(tmp
     assert policy["scope"]["allow_networks"] == ["127.0.0.1/32"]
     assert policy["retention"]["max_count"] >= 10_000
     assert policy["limits"]["concurrency"]["per_principal"]["stored_jobs"] >= 10_000
+
+
+def test_a_calls_stages_come_from_its_jobs_events_and_a_job_without_them_is_left_out() -> None:
+    job = fleet_run.finished_job(0, 1000.0)  # created 999.8, running at 999.8, completed at 1000.0
+    unfinished = fleet_run.finished_job(1, 1000.0)
+    unfinished.events = [e for e in unfinished.events if e["state"] != "running"]
+    store = {job.scan_id: job, unfinished.scan_id: unfinished}
+
+    class Store:
+        def get(self, scan_id: str) -> Any:
+            return store.get(scan_id)
+
+    calls = [(job.scan_id, 999.7, 1000.05), (unfinished.scan_id, 998.0, 999.5), ("scan_gone", 1.0, 2.0)]
+    parts = fleet_run.stages(calls, Store())  # type: ignore[arg-type]
+    assert {key: part["n"] for key, part in parts.items()} == dict.fromkeys(
+        ("to_created", "created_to_running", "running_to_end", "end_to_answer"), 1
+    )
+    assert parts["to_created"]["median"] == pytest.approx(100.0, abs=0.01)
+    assert parts["created_to_running"]["median"] == pytest.approx(0.0, abs=0.01)
+    assert parts["running_to_end"]["median"] == pytest.approx(200.0, abs=0.01)
+    assert parts["end_to_answer"]["median"] == pytest.approx(50.0, abs=0.01)
 
 
 def test_a_stored_job_is_a_finished_scan_of_the_tokens_principal() -> None:
@@ -128,6 +162,8 @@ def test_calls_through_the_fleet_and_the_standalone_appliance_are_measured_in_th
     assert nats_missing() is None, nats_missing()
     data = anyio.run(fleet_run.run, {"folder": str(tmp_path), "calls": 3, "warmup": 1, "burst": 4})
     assert data["failures"] == {"standalone": 0, "fleet": 0}
+    # Every timed call's job was found in its store with its running and end times.
+    assert {part["n"] for side in ("standalone", "fleet") for part in data["stages_ms"][side].values()} == {3}
     assert data["standalone_ms"]["n"] == data["fleet_ms"]["n"] == 3
     assert isinstance(data["added_ms_median"], float)
     assert data["burst"]["outcomes"] == {"completed": 4}
