@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from bench import coldstart, concurrency, footprint, host, jobs, mcp1, overhead, peers, shutdown
+from bench import coldstart, concurrency, fleet, footprint, host, jobs, mcp1, overhead, peers, shutdown
 from bench.docker import BenchError, log
 from bench.lab import REPO, Lab, lab
 from bench.report import Goal, goals, machine, markdown
@@ -66,8 +66,9 @@ class Provider:
 
 
 def extra_figures(requests: Sequence[peers.PeerRequest] = ()) -> list[Provider]:
-    """The added figure providers: the host comparison (with the `--peer` checkouts) and the 1.x
-    client's per-call figure, both measured in every timing run."""
+    """The added figure providers: the host comparison (with the `--peer` checkouts), the 1.x
+    client's per-call figure and the fleet's per-call and burst figure, measured in every timing
+    run; the fleet's store figure, once."""
     return [
         Provider(
             host.FIGURE,
@@ -87,6 +88,20 @@ def extra_figures(requests: Sequence[peers.PeerRequest] = ()) -> list[Provider]:
                 lab, mcp1.Mcp1Params(sizes.overhead_calls, sizes.overhead_warmup), run
             ),
             row=mcp1.row,
+        ),
+        Provider(
+            fleet.FIGURE,
+            lambda lab, sizes, run: fleet.measure(
+                lab, fleet.FleetParams(sizes.overhead_calls, sizes.overhead_warmup), run
+            ),
+            goals=(fleet.GOAL,),
+            row=fleet.row,
+        ),
+        Provider(
+            fleet.STORE_FIGURE,
+            lambda lab, sizes, run: fleet.measure_store(lab, fleet.StoreParams(sizes.stored_jobs, sizes.job_reads)),
+            timed=False,
+            row=fleet.store_row,
         ),
     ]
 

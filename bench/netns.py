@@ -3,7 +3,8 @@ there (`unshare --net -- python -m bench.netns MODE`, parameters as JSON on stdi
 one JSON line on stdout), brings loopback up and refuses to measure when any other interface
 exists. Whatever a server under test does, its packets cannot leave loopback.
 
-Modes: "host" (bench/host_compare.py), "mcp1" (bench/mcp1.py's host half).
+Modes: "host" (bench/host_compare.py), "mcp1" (bench/mcp1.py's host half), "fleet" and
+"fleet_store" (bench/fleet_run.py).
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ def _loopback_only() -> None:
 
 
 def _modes() -> dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
-    from bench import host_compare, mcp1
+    from bench import fleet_run, host_compare, mcp1
 
-    return {"host": host_compare.run, "mcp1": mcp1.host_run}
+    return {"host": host_compare.run, "mcp1": mcp1.host_run, "fleet": fleet_run.run, "fleet_store": fleet_run.store_run}
 
 
 def main(argv: list[str]) -> int:

@@ -89,7 +89,7 @@ def measurement_notes(results: dict[str, Any]) -> list[str]:
 
 
 def _added_notes(f: dict[str, Any], p: dict[str, Any]) -> list[str]:
-    """The notes of the added figures (bench/host.py, bench/mcp1.py) that this run has."""
+    """The notes of the added figures (bench/host.py, bench/mcp1.py, bench/fleet.py) that this run has."""
     notes = []
     if "host" in f:
         notes.append(
@@ -108,5 +108,32 @@ def _added_notes(f: dict[str, Any], p: dict[str, Any]) -> list[str]:
             "8. As 1 (container) and 7 (host, the appliance only), with the MCP 1.x Python client (mcp 1.30.0 "
             "in .venv-mcp1, bench/mcp1_client.py) timing each call in its own process; its direct side "
             "alternates call by call as in 1."
+        )
+    if "fleet" in f:
+        notes.append(
+            "9. Host, in an empty network namespace as 7, against the same listener: a nats-server of the run's "
+            "own (JetStream, its own store directory) and three `.venv/bin/appliance serve` processes over HTTP, "
+            "all with the host comparison's policy (127.0.0.1/32, loopback opened): a standalone appliance, a "
+            "`--role segment` appliance and a `--role front`. Per run, "
+            f"{p['overhead_calls']} rounds of one `nmap_scan` (one port, connect scan) through the standalone "
+            "appliance and one through the front (the order alternating round by round), one streamable-HTTP "
+            "session each (SDK 2.x client, bench/clients.py), after "
+            f"{p['overhead_warmup']} warm-up calls each; `time.perf_counter()` in the namespace's benchmark process; "
+            "added = median(fleet) - median(standalone). Stages: from each timed call's job record "
+            "(its store read after the calls; event times and the client's `time.time()`, one host clock, ms "
+            "resolution): the call's start to the record's creation, creation to `running` (in the fleet: the "
+            "queue, the segment's fetch, claim and re-check), `running` to the end, the end to the answer. "
+            "Burst: 20 calls released at once through the front (one session); jobs/s = calls that came back "
+            "completed with the port open / the time from the release to the last answer. The segment's "
+            "limits are its policy's (the shipped defaults)."
+        )
+    if "fleet_store" in f:
+        notes.append(
+            f"10. As 9 without the standalone appliance: {p['stored_jobs']:,} completed one-port jobs of the "
+            "token's principal (a small result each, no raw output) put into the fleet's buckets with "
+            "`JetStreamJobStore.put` on a connection of the benchmark's own (retention raised to keep them), "
+            f"then {p['job_reads']} rounds of one `list_scans` (no arguments: the first page, limit 20) through "
+            "the front over MCP and one `store.page()` with the same filter (what `appliance jobs list` reads), "
+            "each timed with `time.perf_counter()`; the front's VmRSS before the fill and after the reads."
         )
     return notes

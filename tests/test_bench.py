@@ -31,7 +31,7 @@ BUILD_TIMEOUT_SECONDS = 1800
 CLEANUP_TIMEOUT_SECONDS = 120
 DOCKER_TIMEOUT_SECONDS = 60
 # The timing figures keep one entry per run under "runs" (quick mode: one run).
-TIMING = ("overhead", "cold_start", "host", "mcp1_client")
+TIMING = ("overhead", "cold_start", "host", "mcp1_client", "fleet")
 FIGURES = {
     "image": ["size_bytes"],
     "overhead": [
@@ -89,6 +89,16 @@ FIGURES = {
         "get_scan_one_job_store_ms.median",
         "bytes_per_job",
     ],
+    "fleet": [
+        "standalone_ms.median",
+        "fleet_ms.median",
+        "fleet_ms.p99",
+        "added_ms_median",
+        "added_ms_p99",
+        "burst.jobs_per_s",
+        "burst.wall_s",
+    ],
+    "fleet_store": ["list_scans_mcp_ms.median", "store_page_ms.median", "front_rss_bytes", "fill.put_ms_per_job"],
 }
 
 
@@ -152,6 +162,10 @@ def test_quick_bench_measures_every_figure_and_cleans_up(tmp_path: Path) -> None
     assert figures["flood"]["partial_reason"] == "output_cap"
     # Every stored job was still there when the appliance answered the reads (no sweep ate them).
     assert figures["jobs"]["jobs_seen_by_appliance"] == results["parameters"]["stored_jobs"]
+    # Every call of the fleet's burst completed; a full page came back over the stored jobs.
+    assert figures["fleet"]["runs"][0]["burst"]["outcomes"] == {"completed": 20}
+    assert figures["fleet_store"]["fill"]["jobs"] == results["parameters"]["stored_jobs"]
+    assert figures["fleet_store"]["scans_per_page"] == [20]
     # The goals table, the figures table and the description of the machine it ran on.
     assert stdout.startswith("| goal | median of runs (min-max) |")
     assert "\n| # | figure |" in stdout
