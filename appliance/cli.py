@@ -276,13 +276,13 @@ def _on_store(command: JobsCommand) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         settings = load_settings()
         if settings.role != "standalone":
-            from appliance.fleet.roles import connect  # nats-py: fleet roles only
+            from appliance.fleet.roles import connect_store  # nats-py: fleet roles only
 
-            fleet = connect(settings)
+            bus, fleet_store = connect_store(settings)
             try:
-                return command(args, fleet.store, settings)
+                return command(args, fleet_store, settings)
             finally:
-                fleet.close()
+                bus.close()
         store = operator.open_store(args.data_dir, settings.data_dir)
         try:
             return command(args, store, settings)

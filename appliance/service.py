@@ -447,6 +447,12 @@ class ScanService:
                 approver,
                 live.job.approval,
             )
+        if self.fleet is not None:
+            try:
+                await self._hand_over(spec, plan, live, record)
+            except BaseException:
+                breaker.record_neutral()  # the probe slot, if it held one, is free again
+                raise
         listener = _best_effort(progress)
         if listener is not None:
             live.listeners.add(listener)
@@ -507,22 +513,10 @@ class ScanService:
         record: dict[str, Any],
         breaker: CircuitBreaker,
     ) -> ScanReport:
-        """A fleet front's job task: queue the job for its segment, then follow its record until
-        the segment ends it. The segment audits and records the run; the front audits the
-        hand-over, and ends the job itself only when it could not hand it over."""
-        assert self.fleet is not None
-        assert plan.segment is not None
+        """A fleet front's job task, once the job is handed over (`_hand_over`): follow its record
+        until the segment ends it. The segment audits and records the run."""
         breaker.record_neutral()  # the front runs no scanner: its breakers say nothing about one
-        scan_id = live.job.scan_id
         try:
-            try:
-                await self.fleet.dispatch(plan.segment, scan_id, spans.carrier())
-            except ApplianceError as exc:
-                self.refuse(exc, {**record, "state": "failed"}, tool=spec.name)
-                self.jobs.finish(live, "failed", error=job_error(exc, live, "failed"))
-                raise
-            self.audit.write({**record, "event": "dispatched", "segment": plan.segment, "state": "queued"})
-            self._count(spec.name, "dispatched")
             final = await self._watch_record(live)
         except asyncio.CancelledError:
             # The call's wait ended first, the caller gave up (call() then asked the segment to
@@ -532,6 +526,29 @@ class ScanService:
         if final.state == "failed" and final.error is not None:
             raise error_from_dict(final.error)
         return report_of(final, spec.result_model, time.time())
+
+    async def _hand_over(self, spec: ToolSpec, plan: ScanPlan, live: LiveJob, record: dict[str, Any]) -> None:
+        """A fleet front queues the recorded job for its segment (audited `dispatched`); when the
+        queue refuses it, the job ends `failed` with that refusal. It runs to its end even when
+        the call is cancelled under it (the client left): a recorded job whose message was never
+        sent would stay queued with nobody to run it."""
+        assert self.fleet is not None
+        assert plan.segment is not None
+        segment, fleet = plan.segment, self.fleet
+
+        async def hand_over() -> None:
+            try:
+                await fleet.dispatch(segment, live.job.scan_id, spans.carrier())
+            except ApplianceError as exc:
+                self.refuse(exc, {**record, "state": "failed"}, tool=spec.name)
+                self.jobs.finish(live, "failed", error=job_error(exc, live, "failed"))
+                raise
+            self.audit.write({**record, "event": "dispatched", "segment": segment, "state": "queued"})
+            self._count(spec.name, "dispatched")
+
+        handed = asyncio.ensure_future(hand_over())
+        handed.add_done_callback(_seen)  # its failure is recorded by itself, even if nobody awaits it
+        await asyncio.shield(handed)
 
     async def _watch_record(self, live: LiveJob) -> Job:
         assert self.fleet is not None

@@ -180,6 +180,14 @@ class BusThread:
         except OSError as exc:  # refused, unreachable: before the first connection succeeded
             raise self._unavailable(what, exc.strerror or type(exc).__name__) from exc
 
+    def call_repeatable(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
+        """`call` for an operation that may run twice (a read, a write of the same value, a
+        compare-and-set that re-reads first): tried again over a leader election, bounded."""
+        retry = self.settings.transient_retry_seconds
+        return self.call(
+            lambda: transient_retry(operation, retry), what, timeout=retry + self.settings.operation_timeout_seconds
+        )
+
     async def run(self, operation: Callable[[], Awaitable[T]], what: str, *, seconds: float | None = None) -> T:
         """`call` for a caller on another event loop: awaits the operation on the bus loop without
         blocking the caller's loop (a segment's fetch waits seconds for a job)."""

@@ -104,7 +104,7 @@ class JobQueue:
     def __init__(self, bus: BusThread, settings: QueueSettings | None = None) -> None:
         self._bus = bus
         self.settings = settings or QueueSettings()
-        self._bus.call(self._ensure_stream, "open the job queue")
+        self._bus.call_repeatable(self._ensure_stream, "open the job queue")
 
     async def _ensure_stream(self) -> None:
         js: JetStreamContext = self._bus.js
@@ -147,7 +147,7 @@ class JobQueue:
                 return 0
             return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
 
-        return self._bus.call(read, f"read the queue depth of segment {segment}")
+        return self._bus.call_repeatable(read, f"read the queue depth of segment {segment}")
 
     def messages(self) -> int:
         """Job messages in the stream (queued, or delivered and not yet acked)."""
@@ -156,7 +156,7 @@ class JobQueue:
             info = await self._bus.js.stream_info(self.settings.stream)
             return int(info.state.messages)
 
-        return self._bus.call(read, "read the job queue")
+        return self._bus.call_repeatable(read, "read the job queue")
 
     def consumer(self, segment: str) -> SegmentConsumer:
         return SegmentConsumer(self._bus, segment, self.settings)

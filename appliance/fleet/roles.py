@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from appliance.config import Settings
 from appliance.fleet.bus import BusSettings, BusThread
-from appliance.fleet.front import FrontFleet
+from appliance.fleet.front import STALE_AFTER_SECONDS, FrontFleet
 from appliance.fleet.queue import JobQueue, QueueSettings
 from appliance.fleet.segments import SegmentRegistry
 from appliance.jobs.jetstream import JetStreamJobStore
@@ -24,7 +24,10 @@ class FleetParts:
     queue: JobQueue
 
     def front(self) -> FrontFleet:
-        return FrontFleet(self.registry, self.queue, self.store)
+        # Stale after three missed advertisements (segments advertise every ack_wait / 3), and
+        # never sooner than the default.
+        stale = max(STALE_AFTER_SECONDS, 3 * self.queue.settings.heartbeat_seconds)
+        return FrontFleet(self.registry, self.queue, self.store, stale_after_seconds=stale)
 
     def close(self) -> None:
         self.bus.close()
@@ -48,6 +51,17 @@ def queue_settings(settings: Settings) -> QueueSettings:
         max_deliver=settings.fleet_max_deliver,
         replicas=settings.fleet_replicas,
     )
+
+
+def connect_store(settings: Settings) -> tuple[BusThread, JetStreamJobStore]:
+    """The bus and the job store alone (the operator CLI's `appliance jobs`); close the bus after."""
+    bus = BusThread(bus_settings(settings))
+    bus.start()
+    try:
+        return bus, JetStreamJobStore(bus, replicas=settings.fleet_replicas)
+    except BaseException:
+        bus.close()
+        raise
 
 
 def connect(settings: Settings) -> FleetParts:

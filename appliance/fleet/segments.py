@@ -77,7 +77,7 @@ class SegmentRegistry:
 
     def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         try:
-            return self._bus.call(operation, what)
+            return self._bus.call_repeatable(operation, what)
         except BusUnavailable:
             raise
         except (nats.errors.Error, nats.js.errors.Error) as exc:

@@ -100,6 +100,10 @@ class SegmentWorker:
                     log.warning("no job fetched", extra={"rule": exc.rule, "reason": exc.message})
                     await asyncio.sleep(RETRY_SECONDS)
                     continue
+                except Exception:  # an unmapped NATS error: the loop outlives it
+                    log.exception("no job fetched")
+                    await asyncio.sleep(RETRY_SECONDS)
+                    continue
                 if delivery is not None:
                     await self.handle(delivery)
         finally:
@@ -111,11 +115,25 @@ class SegmentWorker:
             await asyncio.wait(self._running)
 
     async def handle(self, delivery: Delivery) -> None:
-        """One delivery, to its start (the job then runs as its own task) or its ack."""
+        """One delivery, to its start (the job then runs as its own task) or its ack. Whatever
+        goes wrong with one delivery is logged and leaves the loop running (the message, not
+        acked, comes again after ack_wait)."""
+        try:
+            await self._handle(delivery)
+        except Exception:
+            log.exception("job delivery could not be handled", extra={"scan_id": delivery.scan_id})
+
+    async def _handle(self, delivery: Delivery) -> None:
         self.counts.received += 1
         takeover = delivery.attempt > 1
         if takeover:
             self.counts.redelivered += 1
+            if self._runner_alive(delivery.scan_id):
+                # Redelivered because a heartbeat was late, not because its runner died: the
+                # runner goes on (and acks it); taking it over would run the scan twice.
+                self.counts.not_ours += 1
+                await self._ack(delivery)
+                return
         try:
             job = self.store.claim(delivery.scan_id, self.appliance_id, self.clock(), takeover=takeover)
         except ApplianceError as exc:
@@ -130,23 +148,37 @@ class SegmentWorker:
             task = await self.service.adopt(job)
         if task is None:
             self.counts.refused += 1
-            await self._ack(delivery)
+            await self._stored_then_ack(delivery)  # the refusal's `failed` record first
             return
         self.counts.started += 1
         watched = asyncio.create_task(self._until_done(task, delivery))
         self._running.add(watched)
         watched.add_done_callback(self._running.discard)
 
+    def _runner_alive(self, scan_id: str) -> bool:
+        """Is the appliance that claimed this job still heard from (this one, running it; or
+        another whose advertisement is younger than two heartbeats)?"""
+        current = self.store.get(scan_id)
+        if current is None or current.runner is None or current.finished:
+            return False
+        if current.runner == self.appliance_id:
+            return scan_id in self.service.jobs.live
+        heard = self.registry.heartbeats(self.segment).get(current.runner)
+        return heard is not None and self.clock() - heard <= 2 * self.queue.heartbeat_seconds
+
     async def _until_done(self, task: asyncio.Task[object], delivery: Delivery) -> None:
         beats = asyncio.create_task(self.consumer.heartbeats(delivery.msg))
         try:
             await asyncio.wait({task})
-            # The ack says the job's end is recorded: a final write the store refused (NATS
-            # electing a leader) is written again first, the message kept meanwhile.
-            while delivery.scan_id in self.service.jobs.flush_unsaved():  # noqa: ASYNC110 - a retry, no event
-                await asyncio.sleep(FLUSH_RETRY_SECONDS)
+            await self._stored_then_ack(delivery)
         finally:
             beats.cancel()
+
+    async def _stored_then_ack(self, delivery: Delivery) -> None:
+        """The ack says the job's end is recorded: a final write the store refused (NATS electing
+        a leader) is written again first, the message kept meanwhile."""
+        while delivery.scan_id in self.service.jobs.flush_unsaved():  # noqa: ASYNC110 - a retry, no event
+            await asyncio.sleep(FLUSH_RETRY_SECONDS)
         await self._ack(delivery)
 
     async def _ack(self, delivery: Delivery) -> None:
@@ -155,6 +187,8 @@ class SegmentWorker:
         except ApplianceError as exc:
             # Delivered again after ack_wait; the claim then finds the job finished and acks it.
             log.warning("job message not acked", extra={"scan_id": delivery.scan_id, "rule": exc.rule})
+        except Exception:
+            log.exception("job message not acked", extra={"scan_id": delivery.scan_id})
 
     async def _advertise_forever(self) -> None:
         while True:
@@ -163,6 +197,8 @@ class SegmentWorker:
                 self.abandon_orphans()
             except ApplianceError as exc:
                 log.warning("segment heartbeat failed", extra={"rule": exc.rule, "reason": exc.message})
+            except Exception:  # a bad record or an unmapped NATS error must not end the heartbeats
+                log.exception("segment heartbeat failed unexpectedly")
             await asyncio.sleep(self.queue.heartbeat_seconds)
 
     def abandon_orphans(self) -> list[str]:

@@ -24,6 +24,7 @@ a page costs one pass over the keys of the principal asked about (all keys for a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -38,7 +39,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from appliance.errors import ExecutionError
-from appliance.fleet.bus import BusThread, BusUnavailable, transient_retry
+from appliance.fleet.bus import BusThread, BusUnavailable
 from appliance.fleet.kv import key_value_bucket, live_entries, remove_key
 from appliance.jobs.model import FINISHED, UNFINISHED, Job, target_key
 from appliance.jobs.store import JobFilter, JobPage, take_oldest
@@ -153,18 +154,10 @@ class JetStreamJobStore:
         return self._objects
 
     # --- plumbing --------------------------------------------------------------------------
-    def _retrying(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
-        """One store operation through the bus, tried again over a leader election (bounded)."""
-        settings = self._bus.settings
-        retry = settings.transient_retry_seconds
-        return self._bus.call(
-            lambda: transient_retry(operation, retry), action, timeout=retry + settings.operation_timeout_seconds
-        )
-
     def _write(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
         # Every write here may run twice (puts of the same value; compare-and-sets re-read first).
         try:
-            result = self._retrying(action, operation)
+            result = self._bus.call_repeatable(operation, action)
         except BusUnavailable as exc:
             self._fault = ("store_unwritable", exc.message)
             raise ExecutionError(
@@ -179,7 +172,7 @@ class JetStreamJobStore:
 
     def _read(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
         try:
-            return self._retrying(action, operation)
+            return self._bus.call_repeatable(operation, action)
         except BusUnavailable as exc:
             raise ExecutionError(
                 exc.message, rule="store_unreachable", recovery_suggestion=exc.recovery_suggestion
@@ -210,20 +203,24 @@ class JetStreamJobStore:
         return [entry for key, _ in await self._keys(pattern) if (entry := IndexEntry.parse(key)) is not None]
 
     async def _delete_keys(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            await remove_key(self._bus.js, self.bucket, key)
+        # At once: the keys of one step are independent (the crash-safe order is between steps).
+        await asyncio.gather(*(remove_key(self._bus.js, self.bucket, key) for key in keys))
 
     # --- writes ----------------------------------------------------------------------------
     async def _put(self, job: Job, raw: bytes | None) -> None:
+        """Three steps in the crash-safe order, the writes within a step sent at once (each is a
+        round trip to the stream's leader): the index keys the record does not have yet and the
+        raw output; the record; the old state's keys. A write that changes no index key (findings
+        so far) is the read of the old record and the record's write."""
         old = await self._job(job.scan_id)
+        old_keys = set() if old is None else index_keys(old)
         new_keys = index_keys(job)
-        stale = set() if old is None else index_keys(old) - new_keys
-        for key in sorted(new_keys):
-            await self.kv.put(key, job.state.encode())
+        first: list[Awaitable[object]] = [self.kv.put(key, job.state.encode()) for key in sorted(new_keys - old_keys)]
         if raw is not None:
-            await self.objects.put(job.scan_id, raw)
+            first.append(self.objects.put(job.scan_id, raw))
+        await asyncio.gather(*first)
         await self.kv.put(f"job.{job.scan_id}", json.dumps(job.to_record(), separators=(",", ":")).encode())
-        await self._delete_keys(sorted(stale))
+        await self._delete_keys(sorted(old_keys - new_keys))
 
     def put(self, job: Job, raw: bytes | None = None) -> None:
         self._write(f"record scan {job.scan_id}", lambda: self._put(job, raw))

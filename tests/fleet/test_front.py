@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Sequence
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from support.fleet import FleetLab, FleetMember
 from support.listeners import tcp_listener
@@ -145,26 +146,31 @@ async def test_a_name_the_segment_resolves_out_of_its_scope_ends_failed_with_the
     assert fleet.queue_messages() == 0
 
 
-async def test_the_segments_job_span_continues_the_fronts_trace_through_the_message_headers(
+async def test_the_segments_job_span_joins_the_fronts_trace_through_the_message_headers(
     fleet: FleetLab,
 ) -> None:
     front = fleet.front()
     seg_a = fleet.segment("seg-a", "seg-a-1")
+    tracer = trace.get_tracer("tests")
     with recorded_spans() as exporter, tcp_listener() as port:
         async with running(seg_a):
-            report = await front.service.call(
-                NMAP, NmapRequest(target="127.0.0.1", ports=str(port), wait_seconds=60), "rid-t"
-            )
+            # What the SDK's request span is on an HTTP front (no SDK server here: one of ours).
+            with tracer.start_as_current_span("tools/call nmap_scan") as request:
+                report = await front.service.call(
+                    NMAP, NmapRequest(target="127.0.0.1", ports=str(port), wait_seconds=60), "rid-t"
+                )
         spans = exporter.get_finished_spans()
     assert report.status == "completed"
     jobs = [span for span in spans if span.name == "scan nmap_scan"]
-    assert len(jobs) == 2  # the front's (hand-over and follow) and the segment's (the run)
+    assert len(jobs) == 2  # the front's (it follows the record) and the segment's (the run)
     [segment_job] = [span for span in jobs if _has_run_under(spans, span)]  # the scanner ran under it
     [front_job] = [span for span in jobs if span is not segment_job]
-    assert front_job.context is not None and segment_job.context is not None
-    assert segment_job.context.trace_id == front_job.context.trace_id
-    assert segment_job.parent is not None
-    assert segment_job.parent.span_id == front_job.context.span_id
+    context = request.get_span_context()
+    for job in (front_job, segment_job):
+        assert job.context is not None
+        assert job.context.trace_id == context.trace_id  # one trace across front and segment
+        assert job.parent is not None
+        assert job.parent.span_id == context.span_id  # both under the request the front answered
 
 
 def _has_run_under(spans: Sequence[ReadableSpan], job: ReadableSpan) -> bool:

@@ -126,16 +126,23 @@ async def test_a_job_already_claimed_by_another_appliance_is_acked_and_not_run(f
     assert (stored.state, stored.runner) == ("queued", "seg-a-2")
 
 
+async def hold_the_next_job(member: FleetMember, appliance_id: str) -> Job:
+    """The next job claimed by `member` and recorded `running`, its message never acked nor
+    heartbeated (the appliance's loop is not running)."""
+    assert member.worker is not None
+    delivery = await member.worker.consumer.next(10)
+    assert delivery is not None
+    job = member.parts.store.claim(delivery.scan_id, appliance_id, time.time())
+    assert job is not None
+    job.move("running", time.time())
+    member.parts.store.put(job)
+    return job
+
+
 async def die_holding_the_next_job(dead: FleetMember) -> Job:
     """What a SIGKILL mid-scan leaves: the job claimed and `running`, its message unacked, the
     appliance's connection gone."""
-    assert dead.worker is not None
-    delivery = await dead.worker.consumer.next(10)
-    assert delivery is not None
-    job = dead.parts.store.claim(delivery.scan_id, "seg-a-dead", time.time())
-    assert job is not None
-    job.move("running", time.time())
-    dead.parts.store.put(job)
+    job = await hold_the_next_job(dead, "seg-a-dead")
     dead.parts.close()
     return job
 
@@ -188,3 +195,37 @@ async def test_a_dead_appliances_job_past_every_redelivery_becomes_interrupted(
         [line] = [line for line in survivor.lab.audit_lines() if line.get("state") == "interrupted"]
         assert line["scan_id"] == queued.scan_id
         assert survivor.worker.abandon_orphans() == []  # once
+
+
+async def test_a_redelivery_of_a_job_whose_runner_is_still_heard_from_is_not_taken_over(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    with FleetLab(nats.url, tmp_path, ack_wait_seconds=1.0, max_deliver=2) as lab:
+        front = lab.front()
+        slow = lab.segment("seg-a", "seg-a-slow")  # runs it but its message heartbeats stop
+        other = lab.segment("seg-a", "seg-a-2", runner=SpyRunner())
+        queued = await front.service.call(NMAP, NmapRequest(target="127.0.0.1", ports="80", wait_seconds=0), "rid-1")
+        assert slow.worker is not None and other.worker is not None
+        await hold_the_next_job(slow, "seg-a-slow")
+
+        async def still_advertising() -> None:
+            assert slow.worker is not None
+            while True:
+                slow.worker.advertise()
+                await asyncio.sleep(0.1)
+
+        beats = asyncio.create_task(still_advertising())
+        try:
+            async with running(other):
+                for _ in range(100):  # the redelivery comes after ack_wait (1 s)
+                    if other.worker.counts.redelivered:
+                        break
+                    await asyncio.sleep(0.05)
+        finally:
+            beats.cancel()
+        assert other.worker.counts.redelivered == 1
+        assert other.worker.counts.not_ours == 1
+        assert other.lab.runner.calls == []  # not run a second time
+        stored = other.parts.store.get(queued.scan_id)
+        assert stored is not None
+        assert (stored.state, stored.runner) == ("running", "seg-a-slow")

@@ -70,7 +70,7 @@ def record_of(stack: FleetStack, docker_client: docker.DockerClient, scan_id: st
             record: dict[str, Any] = json.loads(stdout)
             return record
         problem = (stderr or b"").decode(errors="replace")
-        assert "store_unreachable" in problem or "store_unwritable" in problem, problem
+        assert any(rule in problem for rule in ("store_unreachable", "store_unwritable", "bus_unavailable")), problem
         assert time.monotonic() < deadline, problem
         time.sleep(1)
 
