@@ -40,6 +40,8 @@ FETCH_WAIT_SECONDS = 1.0
 RETRY_SECONDS = 1.0
 # How often an ended job whose final record the store refused is written again.
 FLUSH_RETRY_SECONDS = 1.0
+# After an advertisement that failed: the next try (sooner than a heartbeat).
+ADVERTISE_RETRY_SECONDS = 0.5
 
 
 @dataclass
@@ -191,15 +193,20 @@ class SegmentWorker:
             log.exception("job message not acked", extra={"scan_id": delivery.scan_id})
 
     async def _advertise_forever(self) -> None:
+        """The advertisement every heartbeat; after a failed one (JetStream still electing its
+        leaders at start, a node lost) the next try comes sooner: a segment nobody sees gets no
+        jobs. The orphan sweep rides along."""
         while True:
+            advertised = False
             try:
                 self.advertise()
+                advertised = True
                 self.abandon_orphans()
             except ApplianceError as exc:
                 log.warning("segment heartbeat failed", extra={"rule": exc.rule, "reason": exc.message})
             except Exception:  # a bad record or an unmapped NATS error must not end the heartbeats
                 log.exception("segment heartbeat failed unexpectedly")
-            await asyncio.sleep(self.queue.heartbeat_seconds)
+            await asyncio.sleep(self.queue.heartbeat_seconds if advertised else ADVERTISE_RETRY_SECONDS)
 
     def abandon_orphans(self) -> list[str]:
         """Mark `interrupted` the jobs of this segment that an appliance claimed and then went

@@ -9,11 +9,13 @@ container, network and compose project is removed in `finally` blocks.
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +36,7 @@ from dockerlab import (
     write_pinned_policy,
 )
 from support.certs import Certs, create_certs
+from support.waiting import wait_until
 from testcontainers.core.network import Network
 
 from appliance.testing import LabTargetContainer
@@ -284,6 +287,20 @@ FLEET_SERVICES = (
 FLEET_ACK_WAIT_SECONDS = 5
 
 
+def fleet_segments_seen(stack: FleetStack) -> dict[str, int]:
+    """The segments front-1's /healthz lists, with how many appliances advertise each."""
+    request = urllib.request.Request(  # noqa: S310 (https, built here)
+        f"{stack.health_url}/healthz", headers={"Authorization": f"Bearer {stack.health_token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=stack.verify) as response:  # noqa: S310 (https)
+            body = json.loads(response.read())
+    except (OSError, ValueError):
+        return {}
+    segments = body["checks"].get("fleet", {}).get("segments", {})
+    return {name: int(seen["appliances"]) for name, seen in segments.items()}
+
+
 @pytest.fixture(scope="session")
 def fleet_stack(
     docker_client: docker.DockerClient,
@@ -335,6 +352,9 @@ def fleet_stack(
             logs = stack.compose("--profile", "fleet", "logs", "--no-color", "--tail", "40").stdout
             pytest.fail(f"docker compose --profile fleet up failed:\n{up.stderr[-3000:]}\n--- logs ---\n{logs[-8000:]}")
         record(f"docker compose --profile fleet up --wait (10 services healthy): {time.monotonic() - started:.1f} s")
+        # Healthy is the sidecar's /livez; a front routes only to segments it has seen advertise.
+        wait_until(lambda: fleet_segments_seen(stack) == {"seg-a": 2, "seg-b": 1}, timeout=60, interval=0.5)
+        record(f"the fronts see both segments after {time.monotonic() - started:.1f} s")
         yield stack
     finally:
         stack.compose(
