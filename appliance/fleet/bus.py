@@ -13,10 +13,11 @@ announce of their own cluster, which `no_discovery` turns off).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,11 +171,18 @@ class BusThread:
 
         future = asyncio.run_coroutine_threadsafe(run(), self._loop)
         wait = self.settings.operation_timeout_seconds if timeout is None else timeout
+        with self._lost_is_unavailable(what):
+            try:
+                return future.result(wait)
+            except FutureTimeout:
+                future.cancel()
+                raise self._unavailable(what, f"no answer within {wait:g} s") from None
+
+    @contextlib.contextmanager
+    def _lost_is_unavailable(self, what: str) -> Iterator[None]:
+        """A lost or never-made connection, as BusUnavailable naming `what` (call and run)."""
         try:
-            return future.result(wait)
-        except FutureTimeout:
-            future.cancel()
-            raise self._unavailable(what, f"no answer within {wait:g} s") from None
+            yield
         except (nats.errors.NoServersError, nats.errors.ConnectionClosedError, nats.errors.TimeoutError) as exc:
             raise self._unavailable(what, type(exc).__name__) from exc
         except OSError as exc:  # refused, unreachable: before the first connection succeeded
@@ -199,17 +207,14 @@ class BusThread:
         if self._loop.is_closed() or not self._thread.is_alive():
             raise self._unavailable(what, "the connection is closed")
         future = asyncio.run_coroutine_threadsafe(bounded(), self._loop)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except TimeoutError:
-            raise self._unavailable(what, "no answer in time") from None
-        except (nats.errors.NoServersError, nats.errors.ConnectionClosedError, nats.errors.TimeoutError) as exc:
-            raise self._unavailable(what, type(exc).__name__) from exc
-        except OSError as exc:
-            raise self._unavailable(what, exc.strerror or type(exc).__name__) from exc
+        with self._lost_is_unavailable(what):
+            try:
+                return await asyncio.wrap_future(future)
+            except asyncio.CancelledError:
+                future.cancel()
+                raise
+            except TimeoutError:
+                raise self._unavailable(what, "no answer in time") from None
 
     def _unavailable(self, what: str, why: str) -> BusUnavailable:
         servers = ", ".join(self.settings.redacted_servers())

@@ -22,6 +22,11 @@ _REMOVALS = frozenset({"DEL", "PURGE"})
 WATCH_QUIET_SECONDS = 2.0
 
 
+def _removed(headers: dict[str, str] | None) -> bool:
+    """A delete or purge marker (a key nats-py's own delete or purge removed)."""
+    return headers is not None and headers.get(KV_OPERATION_HEADER) in _REMOVALS
+
+
 async def key_value_bucket(js: JetStreamContext, name: str, *, replicas: int, direct: bool = False) -> KeyValue:
     """The bucket `name`, created (file storage, history 1) when it does not exist yet."""
     try:
@@ -55,7 +60,7 @@ async def live_entries(js: JetStreamContext, bucket: str, pattern: str, *, value
             msg = await js.get_last_msg(stream, subject)
         except nats.js.errors.NotFoundError:
             continue  # removed since the state was read
-        if msg.headers is not None and msg.headers.get(KV_OPERATION_HEADER) in _REMOVALS:
+        if _removed(msg.headers):
             continue
         found.append((key, msg.data or b""))
     return found
@@ -97,8 +102,7 @@ async def watch_key(
             msg = await bus.js.get_last_msg(stream, subject)
         except nats.js.errors.NotFoundError:
             return None
-        removed = msg.headers is not None and msg.headers.get(KV_OPERATION_HEADER) in _REMOVALS
-        return None if removed else (msg.data or b"")
+        return None if _removed(msg.headers) else (msg.data or b"")
 
     subscription = await bus.run(subscribe, f"watch {key}")
     last: bytes | None = b"\x00unseen"
@@ -112,8 +116,7 @@ async def watch_key(
                 except ApplianceError:
                     continue  # the bus is down: the next quiet period tries again
             else:
-                removed = msg.headers is not None and msg.headers.get(KV_OPERATION_HEADER) in _REMOVALS
-                value = None if removed else msg.data
+                value = None if _removed(msg.headers) else msg.data
             if value != last:
                 last = value
                 yield value

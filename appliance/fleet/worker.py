@@ -28,7 +28,6 @@ from appliance.errors import ApplianceError
 from appliance.fleet.queue import Delivery, QueueSettings, SegmentConsumer
 from appliance.fleet.segments import SegmentRegistry, advertisement
 from appliance.jobs.jetstream import JetStreamJobStore
-from appliance.jobs.model import UNFINISHED
 from appliance.service import ScanService
 from appliance.tracing import spans
 
@@ -223,7 +222,7 @@ class SegmentWorker:
                 continue
             if job.runner == self.appliance_id or job.scan_id in self.service.jobs.live:
                 continue
-            if now - job.updated_at <= self.queue.given_up_after_seconds or job.state not in UNFINISHED:
+            if now - job.updated_at <= self.queue.given_up_after_seconds:
                 continue
             note = f"appliance {job.runner} stopped answering and no other appliance took the job over"
             abandoned = self.store.abandon(job.scan_id, job.runner, now, note)

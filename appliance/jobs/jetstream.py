@@ -214,12 +214,28 @@ class JetStreamJobStore:
         so far) is the read of the old record and the record's write."""
         old = await self._job(job.scan_id)
         old_keys = set() if old is None else index_keys(old)
+
+        async def record(body: bytes) -> None:
+            await self.kv.put(f"job.{job.scan_id}", body)
+
+        await self._write_in_order(job, old_keys, record, raw)
+
+    async def _write_in_order(
+        self,
+        job: Job,
+        old_keys: set[str],
+        write_record: Callable[[bytes], Awaitable[object]],
+        raw: bytes | None = None,
+    ) -> None:
+        """The crash-safe order of every record write: the index keys the record does not have
+        yet (and the raw output), all at once; the record (`write_record` of its body); the old
+        state's keys. A record write that raises leaves the old keys in place."""
         new_keys = index_keys(job)
         first: list[Awaitable[object]] = [self.kv.put(key, job.state.encode()) for key in sorted(new_keys - old_keys)]
         if raw is not None:
             first.append(self.objects.put(job.scan_id, raw))
         await asyncio.gather(*first)
-        await self.kv.put(f"job.{job.scan_id}", json.dumps(job.to_record(), separators=(",", ":")).encode())
+        await write_record(json.dumps(job.to_record(), separators=(",", ":")).encode())
         await self._delete_keys(sorted(old_keys - new_keys))
 
     def put(self, job: Job, raw: bytes | None = None) -> None:
@@ -269,14 +285,14 @@ class JetStreamJobStore:
         old_keys = index_keys(job)
         if not change(job):
             return None
-        new_keys = index_keys(job)
-        for index_key in sorted(new_keys - old_keys):
-            await self.kv.put(index_key, job.state.encode())
+
+        async def record(body: bytes) -> None:
+            await self.kv.update(key, body, last=entry.revision)
+
         try:
-            await self.kv.update(key, json.dumps(job.to_record(), separators=(",", ":")).encode(), last=entry.revision)
+            await self._write_in_order(job, old_keys, record)
         except nats.js.errors.KeyWrongLastSequenceError:
             return None  # another appliance's write came first (its index keys are its own)
-        await self._delete_keys(sorted(old_keys - new_keys))
         return job
 
     def claim(self, scan_id: str, runner: str, now: float, *, takeover: bool = False) -> Job | None:
