@@ -402,7 +402,7 @@ def test_networkpolicy_of_a_front_has_no_scope_egress_and_a_segment_no_mcp_ingre
         (("--role", "segment"), "networkpolicy_segment_mismatch"),  # which segment's pods?
         (("--segment", "seg-a"), "networkpolicy_segment_mismatch"),  # a segment without its role
         (("--role", "front", "--segment", "seg-a"), "networkpolicy_segment_mismatch"),
-        (("--role", "segment", "--segment", "Seg_A"), "networkpolicy_segment_mismatch"),  # not a segment name
+        (("--role", "segment", "--segment", "Seg_A"), "networkpolicy_segment_invalid"),  # not a segment name
         (("--role", "worker"), "networkpolicy_role_invalid"),
         (("--egress-pods", "nats:4222"), "networkpolicy_endpoint_invalid"),  # no KEY=VALUE
         (("--egress-pods", "app=nats"), "networkpolicy_endpoint_invalid"),  # no port

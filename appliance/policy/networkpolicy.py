@@ -129,7 +129,7 @@ def pods_of(role: str, segment: str | None = None) -> Pods:
         if not SEGMENT_NAME.fullmatch(segment):
             raise PolicyError(
                 f"{segment!r} is not a segment name (lower-case letters, digits, inner '-', 1-32)",
-                rule="networkpolicy_segment_mismatch",
+                rule="networkpolicy_segment_invalid",
                 recovery_suggestion="Give the segment's APPLIANCE_SEGMENT, e.g. seg-a.",
             )
         # The labels of deploy/kubernetes/overlays/fleet/segment-<name>.yaml's pods.
