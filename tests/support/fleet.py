@@ -116,6 +116,7 @@ def fleet_member(
         metrics=Metrics(registry, TOOLS, process=False),
         jobs=JobManager(parts.store, sink, follow=None if front is None else front.follow),
         fleet=front,
+        budgets=parts.budgets(),
     )
     member = FleetMember(parts, LabService(service, audit, registry, resolver, runner))
     if segment is not None:
@@ -182,15 +183,16 @@ class FleetLab:
     """Fronts and segment appliances of one test on the session's nats-server; every connection
     is closed at the end."""
 
-    def __init__(self, url: str, directory: Path, **queue: Any) -> None:
+    def __init__(self, url: str, directory: Path, *, policy: dict[str, Any] | None = None, **queue: Any) -> None:
         self.url = url
         self.directory = directory
+        self.policy = policy or {}  # merged into every member's policy (engagements, say)
         self.names = FleetNames()
         self.queue = self.names.queue(**queue)
         self.members: list[FleetMember] = []
 
     def _policy(self, name: str, extra: dict[str, Any]) -> Path:
-        return write_policy(self.directory, LOOPBACK_POLICY, extra, name=f"{name}.yaml")
+        return write_policy(self.directory, LOOPBACK_POLICY, extra, self.policy, name=f"{name}.yaml")
 
     def front(self) -> FleetMember:
         member = fleet_member(self.url, self.names, self._policy("front", FRONT_POLICY), queue=self.queue)
