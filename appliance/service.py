@@ -6,6 +6,7 @@ Transport-independent: the MCP server, the `check` CLI and the tests all come th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -27,9 +28,10 @@ from appliance.errors import (
     ValidationError,
     error_from_dict,
 )
+from appliance.fleet.shards import shard_blocks, shard_job
 from appliance.identity.scopes import check_scopes
 from appliance.jobs.manager import JobManager, LiveJob
-from appliance.jobs.model import ANONYMOUS_PRINCIPAL, STDIO_PRINCIPAL, Job, JobState, Viewer
+from appliance.jobs.model import ANONYMOUS_PRINCIPAL, STDIO_PRINCIPAL, Job, JobState, Viewer, new_scan_id
 from appliance.jobs.queries import changes_since
 from appliance.jobs.sqlite import SqliteJobStore
 from appliance.jobs.views import job_fields, report_of, result_base
@@ -292,6 +294,8 @@ class ScanService:
         if self.fleet is not None:
             # Last: the rules above refuse without reading the bus; a target no segment holds is refused here.
             plan = replace(plan, segment=self.fleet.route(plan.target.requested).name)
+            # A block over the policy's threshold runs as shards, each a job of the same segment.
+            plan = replace(plan, shards=shard_blocks(plan, snapshot.policy))
         return plan
 
     def caller(self, principal: str | None) -> Caller:
@@ -425,6 +429,7 @@ class ScanService:
                 state="awaiting_approval" if reasons else "queued",
                 approval=approval_summary(plan.argv, reasons, rules.approval_timeout_seconds) if reasons else None,
                 segment=plan.segment,
+                shards=[new_scan_id() for _ in plan.shards] if plan.shards else None,
             )
         except ApplianceError as exc:
             # Refused before a job exists (queue full, shutting down, the store cannot record it).
@@ -537,6 +542,9 @@ class ScanService:
         segment, fleet = plan.segment, self.fleet
 
         async def hand_over() -> None:
+            if plan.shards:
+                await self._hand_over_shards(spec, plan, live, record)
+                return
             try:
                 await fleet.dispatch(segment, live.job.scan_id, spans.carrier())
             except ApplianceError as exc:
@@ -549,6 +557,44 @@ class ScanService:
         handed = asyncio.ensure_future(hand_over())
         handed.add_done_callback(_seen)  # its failure is recorded by itself, even if nobody awaits it
         await asyncio.shield(handed)
+
+    async def _hand_over_shards(self, spec: ToolSpec, plan: ScanPlan, live: LiveJob, record: dict[str, Any]) -> None:
+        """A sharded scan's hand-over: each shard recorded (audited as a job) and queued for the
+        segment, one `dispatched` line each. When the store or the queue refuses one, the scan
+        ends `failed` with that refusal: the shards not yet queued are ended with it and those
+        queued are asked to stop (their merge then finds the scan already ended)."""
+        assert self.fleet is not None
+        assert plan.segment is not None
+        parent = live.job
+        assert parent.shards is not None
+        assert len(parent.shards) == len(plan.shards)
+        now = time.time()
+        shards = [
+            shard_job(parent, block, scan_id, index, now)
+            for index, (block, scan_id) in enumerate(zip(plan.shards, parent.shards, strict=True))
+        ]
+        queued: list[Job] = []
+        try:
+            for shard in shards:
+                self.jobs.audit_state(shard, "queued", shard.events[-1].get("note"), strict=True)
+                self.jobs.store.put(shard)
+                await self.fleet.dispatch(plan.segment, shard.scan_id, spans.carrier())
+                queued.append(shard)
+                line = {**record, "event": "dispatched", "segment": plan.segment, "state": "queued"}
+                self.audit.write({**line, "scan_id": shard.scan_id, "parent": parent.scan_id, "target": shard.target})
+        except ApplianceError as exc:
+            self.refuse(exc, {**record, "state": "failed"}, tool=spec.name)
+            self.jobs.finish(live, "failed", error=job_error(exc, live, "failed"))
+            for shard in shards:
+                with contextlib.suppress(ApplianceError):  # best effort: the scan's own end is recorded
+                    if shard in queued:
+                        self.jobs.store.request_cancel(shard.scan_id, "shard_hand_over_failed", time.time())
+                    else:
+                        shard.error = parent.error
+                        shard.move("failed", time.time(), "its sharded scan could not be handed over")
+                        self.jobs.store.put(shard)
+            raise
+        self._count(spec.name, "dispatched")
 
     async def _watch_record(self, live: LiveJob) -> Job:
         assert self.fleet is not None

@@ -151,9 +151,11 @@ class JobManager:
         state: JobState = "queued",
         approval: dict[str, Any] | None = None,
         segment: str | None = None,
+        shards: list[str] | None = None,
     ) -> LiveJob:
         """A new job, `queued` (or `awaiting_approval` when a human must approve it first:
-        `approval` is then what it waits for)."""
+        `approval` is then what it waits for). `shards`: the scan ids of its shards (a fleet
+        front's sharded scan)."""
         now = self._clock()
         job = Job(
             scan_id=new_scan_id(now),
@@ -170,6 +172,7 @@ class JobManager:
             engagement=engagement,
             approval=approval,
             segment=segment,
+            shards=shards,
         )
         job.move(state, now)
         # The trail first, then the store, both fail closed: a job the trail does not show never
@@ -381,6 +384,10 @@ class JobManager:
             if current.finished:
                 return False
             self.store.request_cancel(job.scan_id, "cancel_scan", self._clock())
+            # A sharded scan runs as its shards: each gets the request (one not yet started is
+            # ended by the segment that claims it, before it starts).
+            for shard in current.shards or ():
+                self.store.request_cancel(shard, "cancel_scan", self._clock())
             return True
         live = self.live.get(job.scan_id)
         if live is None or live.task is None or live.task.done():
