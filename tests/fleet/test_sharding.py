@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from support.fleet import FleetLab, FleetMember
 from support.listeners import tcp_listener
+from support.nats import NatsServer
 from support.runners import SpyRunner
 
+from appliance.audit import AuditSink
+from appliance.errors import ApplianceError
 from appliance.fleet.queue import job_body
 from appliance.fleet.shards import shard_job
+from appliance.jobs import operator
 from appliance.jobs.model import Job, new_scan_id
 from appliance.jobs.store import JobFilter
 from appliance.tools import TOOLS
@@ -218,3 +224,51 @@ async def test_a_cancel_of_a_sharded_scan_ends_every_shard_before_any_starts(fle
     assert seg_a.worker.counts.cancelled == 4
     assert front.parts.store.cancel_requests().keys().isdisjoint({shard.scan_id for shard in shards})
     assert fleet.queue_messages() == 0
+
+
+async def test_the_operator_clis_cancel_of_a_sharded_scan_reaches_every_shard(fleet: FleetLab) -> None:
+    front = fleet.front(SHARDING)
+    seg_a = fleet.segment("seg-a", "seg-a-1", runner=SpyRunner())
+    started = await front.service.call(NMAP, NmapRequest(target=BLOCK, ports="80", wait_seconds=0), "rid-o")
+    parent = front.parts.store.get(started.scan_id)
+    assert parent is not None
+    assert parent.shards is not None
+    asked = asyncio.create_task(
+        asyncio.to_thread(operator.cancel, front.parts.store, AuditSink(stream=io.StringIO()), parent.scan_id)
+    )
+    deadline = time.monotonic() + 10
+    while not set(parent.shards) <= front.parts.store.cancel_requests().keys():
+        assert time.monotonic() < deadline, "the CLI's cancel requests did not reach the shards"
+        await asyncio.sleep(0.05)
+    async with running(seg_a):  # the shards are claimed only now, each with its request waiting
+        said = await asyncio.wait_for(asked, 30)
+    assert (said["action"], said["status"]) == ("cancel_requested", "cancelled")
+    assert [shard.state for shard in shards_of(front, parent)] == ["cancelled"] * 4
+    assert seg_a.lab.runner.calls == []
+
+
+async def test_a_sharded_scan_the_queue_cannot_take_whole_ends_failed_and_none_of_its_shards_runs(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    with FleetLab(nats.url, tmp_path, max_jobs=2) as lab:  # room for two of the four shards
+        front = lab.front(SHARDING)
+        seg_a = lab.segment("seg-a", "seg-a-1", runner=SpyRunner())
+        with pytest.raises(ApplianceError) as refused:
+            await front.service.call(NMAP, NmapRequest(target=BLOCK, ports="80", wait_seconds=0), "rid-q")
+        scan_id = refused.value.details["scan_id"]
+        parent = front.parts.store.get(scan_id)
+        assert parent is not None
+        assert parent.state == "failed"
+        assert parent.error is not None
+        assert parent.error["rule"] == refused.value.rule
+        async with running(seg_a):
+            shards = [await until(seg_a, shard, "failed", "cancelled") for shard in parent.shards or ()]
+            while lab.queue_messages():  # noqa: ASYNC110 - the queue has no event to wait on
+                await asyncio.sleep(0.05)
+        assert [shard.state for shard in shards] == ["cancelled", "cancelled", "failed", "failed"]
+        assert seg_a.lab.runner.calls == []
+        after = front.parts.store.get(scan_id)
+        assert after is not None
+        assert after.to_record() == parent.to_record()  # its shards' ends do not merge into an ended scan
+        [line] = [line for line in front.lab.audit_lines() if line.get("verdict") == "refused"]
+        assert (line["scan_id"], line["rule"]) == (scan_id, refused.value.rule)
