@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fleet import FleetLab, FleetMember
+from support.fleet import FleetLab, FleetMember, jetstream_store_factory
 from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.runners import SpyRunner
@@ -26,7 +26,7 @@ from support.runners import SpyRunner
 from appliance.audit import AuditSink
 from appliance.errors import ApplianceError
 from appliance.fleet.queue import job_body
-from appliance.fleet.shards import shard_job
+from appliance.fleet.shards import merge_parent, shard_job
 from appliance.jobs import operator
 from appliance.jobs.model import Job, new_scan_id
 from appliance.jobs.store import JobFilter
@@ -272,3 +272,67 @@ async def test_a_sharded_scan_the_queue_cannot_take_whole_ends_failed_and_none_o
         assert after.to_record() == parent.to_record()  # its shards' ends do not merge into an ended scan
         [line] = [line for line in front.lab.audit_lines() if line.get("verdict") == "refused"]
         assert (line["scan_id"], line["rule"]) == (scan_id, refused.value.rule)
+
+
+def ended_shards(parent: Job, state: str = "completed") -> list[Job]:
+    """The parent's shards as their segment ends them, each with one host found."""
+    assert parent.shards is not None
+    blocks = [str(block) for block in ipaddress.ip_network(parent.target).subnets(new_prefix=30)]
+    shards = []
+    for index, (block, scan_id) in enumerate(zip(blocks, parent.shards, strict=True)):
+        shard = shard_job(parent, block, scan_id, index, time.time())
+        shard.runner = "seg-a-1"
+        shard.result = {"hosts": [{"address": block.split("/")[0], "status": "up", "ports": []}], "exit_code": 0}
+        shard.move(state, time.time())  # type: ignore[arg-type]
+        shards.append(shard)
+    return shards
+
+
+def two_shard_parent(segment: str = "seg-a") -> Job:
+    parent = forged_parent("127.0.0.64/29")
+    parent.shards = [new_scan_id(), new_scan_id()]
+    parent.segment = segment
+    return parent
+
+
+async def test_the_sweep_merges_a_sharded_scan_whose_merge_was_lost_and_only_its_own_segments(
+    fleet: FleetLab,
+) -> None:
+    seg_a = fleet.segment("seg-a", "seg-a-1", runner=SpyRunner())
+    ours, theirs = two_shard_parent("seg-a"), two_shard_parent("seg-b")
+    for parent in (ours, theirs):
+        seg_a.parts.store.put(parent)
+        for shard in ended_shards(parent):
+            seg_a.parts.store.put(shard)  # ended, and no merge followed (the appliance died there)
+    assert seg_a.worker is not None
+    assert seg_a.worker.merge_parents() == [ours.scan_id]
+    merged = seg_a.parts.store.get(ours.scan_id)
+    assert merged is not None
+    assert merged.state == "completed"
+    assert merged.result is not None
+    assert [host["address"] for host in merged.result["hosts"]] == ["127.0.0.64", "127.0.0.68"]
+    untouched = seg_a.parts.store.get(theirs.scan_id)
+    assert untouched is not None
+    assert untouched.state == "queued"  # seg-b's sweep merges seg-b's
+    assert seg_a.worker.merge_parents() == []
+
+
+async def test_of_two_appliances_merging_the_same_scan_at_once_exactly_one_ends_it(nats: NatsServer) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        first, second = open_store(), open_store()
+        for _ in range(10):
+            parent = two_shard_parent()
+            first.put(parent)
+            for shard in ended_shards(parent):
+                first.put(shard)
+            now = time.time()
+            results = await asyncio.gather(
+                asyncio.to_thread(merge_parent, first, parent.scan_id, now, 60.0),
+                asyncio.to_thread(merge_parent, second, parent.scan_id, now + 0.5, 60.0),
+            )
+            written = [job for job in results if job is not None]
+            assert len(written) == 1  # one compare-and-set wins; the other finds it ended
+            stored = first.get(parent.scan_id)
+            assert stored is not None
+            assert stored.to_record() == written[0].to_record()
+            assert [event["state"] for event in stored.events] == ["queued", "completed"]
