@@ -573,13 +573,13 @@ class ScanService:
             shard_job(parent, block, scan_id, index, now)
             for index, (block, scan_id) in enumerate(zip(plan.shards, parent.shards, strict=True))
         ]
-        queued: list[Job] = []
+        queued: set[str] = set()
         try:
             for shard in shards:
                 self.jobs.audit_state(shard, "queued", shard.events[-1].get("note"), strict=True)
                 self.jobs.store.put(shard)
                 await self.fleet.dispatch(plan.segment, shard.scan_id, spans.carrier())
-                queued.append(shard)
+                queued.add(shard.scan_id)
                 line = {**record, "event": "dispatched", "segment": plan.segment, "state": "queued"}
                 self.audit.write({**line, "scan_id": shard.scan_id, "parent": parent.scan_id, "target": shard.target})
         except ApplianceError as exc:
@@ -587,7 +587,7 @@ class ScanService:
             self.jobs.finish(live, "failed", error=job_error(exc, live, "failed"))
             for shard in shards:
                 with contextlib.suppress(ApplianceError):  # best effort: the scan's own end is recorded
-                    if shard in queued:
+                    if shard.scan_id in queued:
                         self.jobs.store.request_cancel(shard.scan_id, "shard_hand_over_failed", time.time())
                     else:
                         shard.error = parent.error
