@@ -4,9 +4,12 @@ A front publishes a job's scan_id on `jobs.<segment>` once the job's record is i
 record is the job; the message only says "run it"). Every appliance of a segment pulls from the
 segment's one durable consumer, so each message goes to one of them at a time (a queue group in
 NATS' words). JetStream delivers at least once: an appliance that does not ack within `ack_wait`
-(it died, or lost its link) has its message redelivered to another, up to `max_deliver` times in
-all; the store's compare-and-set claim (`JetStreamJobStore.claim`) keeps a redelivery from
-running a job twice. A long scan keeps its message by sending in-progress heartbeats, well
+(it died, or lost its link) has its message redelivered to another; the store's compare-and-set
+claim (`JetStreamJobStore.claim`) keeps a redelivery from running a job twice. JetStream is told
+to deliver without limit and the segment counts deliveries itself (appliance/fleet/worker.py): a
+job may pass to another appliance up to `max_deliver` deliveries in all, but a message whose
+claim failed (the store unreachable) is delivered again until its job is claimed or ended, so
+no job is left `queued` with no message behind it. A long scan keeps its message by sending in-progress heartbeats, well
 inside `ack_wait`.
 
 Nothing in a message is trusted: the segment reads the job's record from the store and re-checks
@@ -44,7 +47,8 @@ INSUFFICIENT_RESOURCES = 10047
 class QueueSettings:
     # How long an appliance may hold a job without a heartbeat before JetStream hands it to another.
     ack_wait_seconds: float = 30.0
-    # Deliveries in all: the first and one redelivery to another appliance of the segment.
+    # Deliveries that may take a job over: the first and one redelivery to another appliance of the
+    # segment (counted by the worker; JetStream itself redelivers without limit).
     max_deliver: int = 2
     # Jobs waiting in the whole fleet; a full queue refuses new jobs at the front (`queue_full`).
     max_jobs: int = 100_000
@@ -198,10 +202,13 @@ class SegmentConsumer:
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=settings.ack_wait_seconds,
-            max_deliver=settings.max_deliver,
+            max_deliver=-1,  # the worker counts (see the module's docstring)
             filter_subject=subject,
             max_ack_pending=1000,
         )
+        # Created, or updated to these settings: a changed ack_wait reaches a consumer an earlier
+        # start made (pull_subscribe alone binds to it as it is).
+        await self._bus.js.add_consumer(settings.stream, config)
         self._sub = await self._bus.js.pull_subscribe(subject, durable=durable, stream=settings.stream, config=config)
 
     async def next(self, wait_seconds: float) -> Delivery | None:
