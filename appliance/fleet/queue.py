@@ -172,6 +172,17 @@ class JobQueue:
 
         return self._bus.call_repeatable(read, f"read the queue depth of segment {segment}")
 
+    def waiting(self) -> dict[str, int]:
+        """Job messages in the stream by segment (queued, or delivered and not yet acked), from the
+        stream's own subject counts: segments nobody advertises any more are in it too."""
+        prefix = f"{self.settings.subject_prefix}."
+
+        async def read() -> dict[str, int]:
+            info = await self._bus.js.stream_info(self.settings.stream, subjects_filter=prefix + "*")
+            return {subject[len(prefix) :]: int(count) for subject, count in (info.state.subjects or {}).items()}
+
+        return self._bus.call_repeatable(read, "read the job queue by segment")
+
     def messages(self) -> int:
         """Job messages in the stream (queued, or delivered and not yet acked)."""
 
