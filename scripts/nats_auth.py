@@ -144,8 +144,7 @@ def segment_permissions(names: BusNames, segment: str) -> dict[str, object]:
         f"$KV.{names.segments_bucket}.seg.{segment}.*",
         *_kv_read(names.jobs_bucket),
         *_kv_write(names.jobs_bucket),
-        *_objects(names.raw_bucket),
-        *_ordered_reads(f"OBJ_{names.raw_bucket}"),
+        *_objects(names.raw_bucket),  # writes raw output; reads none (no consumer of its own there)
     ]
     return _permissions(segment_user(segment), publish)
 
