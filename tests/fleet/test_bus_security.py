@@ -23,8 +23,8 @@ from support.bus_security import SecuredBus, nats_auth, secured_nats
 from support.fleet import FleetLab, FleetNames, started_bus
 from support.listeners import tcp_listener
 
-from appliance.config import Settings
-from appliance.errors import ApplianceError, ExecutionError
+from appliance.config import Settings, load_settings
+from appliance.errors import ApplianceError, ConfigError, ExecutionError
 from appliance.fleet.bus import BusSettings, BusThread, BusUnauthorized
 from appliance.fleet.roles import bus_settings, connect
 from appliance.fleet.routing import SegmentScope
@@ -364,3 +364,44 @@ def test_the_generators_default_names_are_the_appliances() -> None:
     assert (names.stream, names.subject_prefix) == (STREAM, SUBJECT_PREFIX)
     assert (names.jobs_bucket, names.raw_bucket, names.segments_bucket) == (BUCKET, RAW_BUCKET, SEGMENTS_BUCKET)
     assert names.consumer("seg-a") == QueueSettings().consumer_of("seg-a")
+
+
+# --- the settings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"nats_password_file": None}, "APPLIANCE_NATS_USER needs APPLIANCE_NATS_PASSWORD_FILE"),
+        ({"nats_credentials_file": Path("/dev/null")}, "not both"),
+    ],
+)
+def test_a_nats_user_needs_its_password_file_and_no_creds_file_beside_it(
+    tmp_path: Path, extra: dict[str, Any], problem: str
+) -> None:
+    password = tmp_path / "password"
+    password.write_text("x" * 43)
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(
+            role="segment",
+            segment="seg-a",
+            nats_url="tls://127.0.0.1:4222",
+            nats_user="segment-seg-a",
+            **{"nats_password_file": password, "nats_credentials_file": None, **extra},
+        )
+
+
+def test_an_empty_password_file_refuses_the_start_without_connecting(tmp_path: Path) -> None:
+    empty = tmp_path / "password"
+    empty.write_text("\n")
+    settings = load_settings(
+        role="segment",
+        segment="seg-a",
+        nats_url="tls://127.0.0.1:1",
+        nats_user="segment-seg-a",
+        nats_password_file=empty,
+        nats_credentials_file=None,
+    )
+    with pytest.raises(ConfigError, match="is empty") as refusal:
+        connect(settings)
+    assert refusal.value.rule == "settings_invalid"

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,3 +130,56 @@ def secured_nats(directory: Path, names: FleetNames, segments: Sequence[str] = S
     config.write_text(test_config(directory / "root"))
     with nats_server(directory / "server", config=config) as server:
         yield SecuredBus(server, secrets, names)
+
+
+def free_loopback_port() -> int:
+    with contextlib.closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def node_config(root: Path, name: str, cluster_port: int, peers: Sequence[int]) -> str:
+    """deploy/nats/nats.conf for one node of a loopback cluster, its cluster block kept (TLS
+    routes as shipped) but for its listen address and its routes, which name loopback ports."""
+    text = NATS_CONF.read_text()
+    shipped_routes = (
+        "  routes: [\n    nats-route://nats-1:6222\n    nats-route://nats-2:6222\n    nats-route://nats-3:6222\n  ]\n"
+    )
+    ours = "".join(f"    nats-route://127.0.0.1:{port}\n" for port in peers)
+    for shipped, here in [
+        ('"/run/secrets/', f'"{root}/run/secrets/'),
+        ("server_name: $NATS_SERVER_NAME", f"server_name: {name}"),
+        ("store_dir: /data", f"store_dir: {root / 'jetstream'}"),
+        ("http: 127.0.0.1:8222", "http: 127.0.0.1:-1"),
+        ("listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{cluster_port}"),
+        (shipped_routes, f"  routes: [\n{ours}  ]\n"),
+    ]:
+        assert shipped in text, f"deploy/nats/nats.conf no longer has {shipped!r}"
+        text = text.replace(shipped, here)
+    return text
+
+
+def mount_node(directory: Path, secrets: Path, cert: str = "nats_tls_cert.pem", key: str = "nats_tls_key.pem") -> Path:
+    """A node's folders as its container has them: /etc/nats/nats.conf's place and /run/secrets."""
+    mounted = directory / "run" / "secrets"
+    (directory / "etc" / "nats").mkdir(parents=True)
+    mounted.mkdir(parents=True)
+    for source, target in [
+        (cert, "nats_tls_cert"),
+        (key, "nats_tls_key"),
+        ("appliance_tls_ca.pem", "nats_tls_ca"),
+        ("nats_auth.conf", "nats_auth.conf"),
+    ]:
+        shutil.copyfile(secrets / source, mounted / target)
+    return directory / "etc" / "nats" / "nats.conf"
+
+
+def monitoring_url(server: NatsServer, directory: Path) -> str:
+    [ports] = list((directory / "ports").glob(f"*_{server.proc.pid}.ports"))
+    return str(json.loads(ports.read_text())["monitoring"][0])
+
+
+def routes(server: NatsServer, directory: Path) -> int:
+    """The routes a node has up (its /routez)."""
+    with urllib.request.urlopen(f"{monitoring_url(server, directory)}/routez", timeout=5) as answer:  # noqa: S310 - loopback
+        return int(json.loads(answer.read())["num_routes"])
