@@ -179,7 +179,7 @@ def cmd_policy_networkpolicy(args: argparse.Namespace) -> int:
     import yaml
 
     from appliance.policy.model import load_policy
-    from appliance.policy.networkpolicy import Endpoint, network_policy
+    from appliance.policy.networkpolicy import Endpoint, PodEndpoint, network_policy, pods_of
 
     try:
         document = network_policy(
@@ -187,6 +187,8 @@ def cmd_policy_networkpolicy(args: argparse.Namespace) -> int:
             pod_cidrs=args.pod_cidr,
             service_cidrs=args.service_cidr,
             egress=[Endpoint.parse(text) for text in args.egress],
+            egress_pods=[PodEndpoint.parse(text) for text in args.egress_pods],
+            pods=pods_of(args.role, args.segment),
             namespace=args.namespace,
         )
     except ApplianceError as exc:
@@ -528,6 +530,19 @@ def parser() -> argparse.ArgumentParser:
     netpol.add_argument(
         "--egress", action="append", default=[], metavar="CIDR:PORT", help="also allow (identity provider, NATS, OTLP)"
     )
+    netpol.add_argument(
+        "--egress-pods",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,...]:PORT",
+        help="also allow these pods of the namespace (NATS in the cluster), e.g. app.kubernetes.io/name=nats:4222",
+    )
+    netpol.add_argument(
+        "--role",
+        default="standalone",
+        help="whose pods: standalone (default), front (no scope egress) or segment (health ingress only)",
+    )
+    netpol.add_argument("--segment", help="the segment of --role segment (its pods: Deployment segment-NAME)")
     netpol.add_argument("--namespace", help="metadata.namespace of the NetworkPolicy")
     netpol.set_defaults(func=cmd_policy_networkpolicy)
 

@@ -86,7 +86,7 @@ def _objects(bucket: str) -> list[str]:
 
 
 def _ordered_reads(stream: str) -> list[str]:
-    # An ordered push consumer (a key watch, an object read): its ephemeral consumer, made and
+    # An ordered push consumer (an object read): its ephemeral consumer, made and
     # deleted by the client, and the flow-control replies it sends; nats-py's object read looks
     # its stream up by subject first (the names of the account's streams, nothing else).
     return [
@@ -114,14 +114,14 @@ def front_permissions(names: BusNames) -> dict[str, object]:
         *_kv_read(names.jobs_bucket),
         *_kv_write(names.jobs_bucket),
         *_create(f"KV_{names.jobs_bucket}"),
-        *_ordered_reads(f"KV_{names.jobs_bucket}"),
         *_objects(names.raw_bucket),
         *_create(f"OBJ_{names.raw_bucket}"),
         *_ordered_reads(f"OBJ_{names.raw_bucket}"),
         *_kv_read(names.segments_bucket),
         *_create(f"KV_{names.segments_bucket}"),
     ]
-    return _permissions(FRONT_USER, publish)
+    # A front follows a job's record with a core subscription to its key (appliance.fleet.kv.watch_key).
+    return _permissions(FRONT_USER, publish, [f"$KV.{names.jobs_bucket}.job.*"])
 
 
 def segment_permissions(names: BusNames, segment: str) -> dict[str, object]:
@@ -149,8 +149,8 @@ def segment_permissions(names: BusNames, segment: str) -> dict[str, object]:
     return _permissions(segment_user(segment), publish)
 
 
-def _permissions(user: str, publish: list[str]) -> dict[str, object]:
-    return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{inbox_prefix(user)}.>"]}}
+def _permissions(user: str, publish: list[str], subscribe: tuple[str, ...] | list[str] = ()) -> dict[str, object]:
+    return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{inbox_prefix(user)}.>", *subscribe]}}
 
 
 def authorization(names: BusNames, passwords: dict[str, str], segments: list[str]) -> str:

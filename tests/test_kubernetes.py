@@ -57,9 +57,13 @@ def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_validates_strictly_against_the_schemas(overlay: str, tmp_path: Path) -> None:
+    docs = render(overlay)
     rendered = tmp_path / f"{overlay}.yaml"
-    rendered.write_text(yaml.safe_dump_all(render(overlay)))
-    assert "passed for resource deployment/appliance" in validate(rendered)
+    rendered.write_text(yaml.safe_dump_all(docs))
+    output = validate(rendered)
+    # Every resource is checked, the NetworkPolicies too, not only the first one.
+    for doc in docs:
+        assert f"passed for resource {doc['kind'].lower()}/{doc['metadata']['name']} " in output, doc["kind"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -291,3 +295,142 @@ def test_fleet_overlay_runs_stateless_fronts_and_a_segments_appliances_on_nats()
     [service] = [doc for doc in docs if doc["kind"] == "Service"]
     segment_labels = deployments["segment-seg-a"]["spec"]["template"]["metadata"]["labels"]
     assert not set(service["spec"]["selector"].items()) <= set(segment_labels.items())
+
+
+# --- the fleet overlay's NetworkPolicies: a front reaches NATS, a segment NATS and its scope ---
+FLEET = KUBERNETES / "overlays" / "fleet"
+NATS_PODS = ("--egress-pods", "app.kubernetes.io/name=nats:4222")
+FLEET_POLICIES = {
+    "networkpolicy-front.yaml": ("deploy/kubernetes/base/scope.yaml", "--role", "front"),
+    "networkpolicy-segment-seg-a.yaml": (
+        "deploy/kubernetes/overlays/fleet/seg-a-scope.yaml",
+        "--role",
+        "segment",
+        "--segment",
+        "seg-a",
+    ),
+}
+
+
+@pytest.mark.parametrize("committed", sorted(FLEET_POLICIES))
+def test_committed_fleet_networkpolicy_is_what_the_generator_prints(committed: str) -> None:
+    code, out, err = run_cli(
+        "policy",
+        "networkpolicy",
+        *FLEET_POLICIES[committed],
+        *CLUSTER,
+        *NATS_PODS,
+        "--namespace",
+        "mcp-scanner-fleet",
+        cwd=REPO,
+    )
+    assert code == 0, err
+    assert yaml.safe_load((FLEET / committed).read_text()) == yaml.safe_load(out)
+
+
+def selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    return set(policy["spec"]["podSelector"]["matchLabels"].items()) <= set(labels.items())
+
+
+def test_fleet_overlay_puts_each_role_under_its_own_networkpolicy() -> None:
+    docs = render("fleet")
+    policies = {doc["metadata"]["name"]: doc for doc in of_kind(docs, "NetworkPolicy")}
+    deployments = {doc["metadata"]["name"]: doc for doc in of_kind(docs, "Deployment")}
+    # Each role's pods fall under exactly one policy, its own: none runs without one, and the
+    # fronts' (no scope egress) never also opens a segment's pods, or the other way round.
+    chosen = {}
+    for name, deployment in deployments.items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        [chosen[name]] = [policy for policy, doc in policies.items() if selects(doc, labels)]
+    assert chosen == {"appliance": "front", "segment-seg-a": "segment-seg-a"}
+    for policy in policies.values():
+        assert policy["metadata"]["namespace"] == "mcp-scanner-fleet"
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+
+    def ports(rule: dict[str, Any]) -> set[int]:
+        return {port["port"] for port in rule["ports"]}
+
+    def nats_port(deployment: str) -> int:
+        container = deployments[deployment]["spec"]["template"]["spec"]["containers"][0]
+        url = {item["name"]: item.get("value") for item in container["env"]}["APPLIANCE_NATS_URL"]
+        return int(url.rsplit(":", 1)[1])
+
+    front, segment = policies["front"]["spec"], policies["segment-seg-a"]["spec"]
+    # The front: MCP and the sidecar in; out, DNS and the NATS pods, nothing of any scope.
+    [front_in] = front["ingress"]
+    assert ports(front_in) == {8080, 9090}
+    dns, nats = front["egress"]
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert nats == {
+        "to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats"}}}],
+        "ports": [{"protocol": "TCP", "port": nats_port("appliance")}],
+    }
+    assert not [to for rule in front["egress"] for to in rule["to"] if "ipBlock" in to]
+    # The segment: the sidecar in (no MCP endpoint); out, DNS, seg-a's scope and the same NATS.
+    [segment_in] = segment["ingress"]
+    assert ports(segment_in) == {9090}
+    dns, scope, nats = segment["egress"]
+    assert ports(dns) == {53}
+    assert [to["ipBlock"] for to in scope["to"]] == [{"cidr": "10.77.2.0/24", "except": ["10.77.2.1/32"]}]
+    assert "ports" not in scope
+    assert nats["to"][0]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "nats"}}
+    assert ports(nats) == {nats_port("segment-seg-a")}
+
+
+def test_networkpolicy_of_a_front_has_no_scope_egress_and_a_segment_no_mcp_ingress(tmp_path: Path) -> None:
+    policy = tmp_path / "scope.yaml"
+    policy.write_text("version: 2\nscope:\n  allow_networks: [192.0.2.0/24]\n")
+    issuer = ("--egress", "203.0.113.10/32:443")
+    code, out, err = run_cli("policy", "networkpolicy", str(policy), *CLUSTER, "--role", "front", *issuer)
+    assert code == 0, err
+    front = yaml.safe_load(out)
+    assert front["metadata"]["name"] == "front"
+    assert front["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "mcp-scanner-appliance"}}
+    _dns, to_issuer = front["spec"]["egress"]
+    assert to_issuer == {"to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}], "ports": [{"protocol": "TCP", "port": 443}]}
+    code, out, err = run_cli(
+        "policy",
+        "networkpolicy",
+        str(policy),
+        *CLUSTER,
+        "--role",
+        "segment",
+        "--segment",
+        "lab-2",
+        "--egress-pods",
+        "app.kubernetes.io/name=nats,app.kubernetes.io/instance=hub:4222",
+    )
+    assert code == 0, err
+    segment = yaml.safe_load(out)
+    assert segment["metadata"]["name"] == "segment-lab-2"
+    assert segment["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/component": "segment-lab-2"}}
+    assert segment["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 9090}]}]
+    _dns, scope, nats = segment["spec"]["egress"]
+    assert scope == {"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]}
+    assert nats["to"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": "hub"}}}
+    ]
+    validated = tmp_path / "np.yaml"
+    validated.write_text(yaml.safe_dump_all([front, segment]))
+    validate(validated)
+
+
+@pytest.mark.parametrize(
+    ("args", "rule"),
+    [
+        (("--role", "segment"), "networkpolicy_segment_mismatch"),  # which segment's pods?
+        (("--segment", "seg-a"), "networkpolicy_segment_mismatch"),  # a segment without its role
+        (("--role", "front", "--segment", "seg-a"), "networkpolicy_segment_mismatch"),
+        (("--role", "segment", "--segment", "Seg_A"), "networkpolicy_segment_invalid"),  # not a segment name
+        (("--role", "worker"), "networkpolicy_role_invalid"),
+        (("--egress-pods", "nats:4222"), "networkpolicy_endpoint_invalid"),  # no KEY=VALUE
+        (("--egress-pods", "app=nats"), "networkpolicy_endpoint_invalid"),  # no port
+        (("--egress-pods", "app=nats:0"), "networkpolicy_endpoint_invalid"),
+        (("--egress-pods", "app=na ts:4222"), "networkpolicy_endpoint_invalid"),  # not a label value
+        (("--egress-pods", "app=nats,:4222"), "networkpolicy_endpoint_invalid"),
+    ],
+)
+def test_networkpolicy_fleet_arguments_name_their_rule(args: tuple[str, ...], rule: str) -> None:
+    code, _out, err = run_cli("policy", "networkpolicy", str(KUBERNETES / "base" / "scope.yaml"), *CLUSTER, *args)
+    assert code == 1, err
+    assert rule in err

@@ -44,6 +44,12 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 OPERATION_TIMEOUT_SECONDS = 10.0
 # The thread's loop must stop even when the server went away: draining waits at most this long.
 CLOSE_TIMEOUT_SECONDS = 2.0
+# How soon a server that vanished without closing the connection is noticed: a PING every
+# PING_INTERVAL_SECONDS, the connection given up (and another server of the list dialled) after
+# MAX_OUTSTANDING_PINGS unanswered. A SIGKILLed node or a cut link sends no FIN; with nats-py's
+# defaults (120 s, 2) a client kept writing into a dead connection for up to four minutes.
+PING_INTERVAL_SECONDS = 5.0
+MAX_OUTSTANDING_PINGS = 2
 
 
 # What a JetStream cluster answers while it elects a new leader for a stream (a node lost, a
@@ -88,6 +94,7 @@ class BusSettings:
     operation_timeout_seconds: float = OPERATION_TIMEOUT_SECONDS
     # Retries of a repeatable operation over a leader election (transient_retry).
     transient_retry_seconds: float = TRANSIENT_RETRY_SECONDS
+    ping_interval_seconds: float = PING_INTERVAL_SECONDS
 
     def redacted_servers(self) -> list[str]:
         """The server URLs without any user:password part, for logs and /healthz."""
@@ -130,15 +137,14 @@ class BusThread:
         self._auth_refused = asyncio.Event()
 
     @property
+    def nc(self) -> Client:
+        assert self._nc is not None, "BusThread.start() first"
+        return self._nc
+
+    @property
     def js(self) -> JetStreamContext:
         assert self._js is not None, "BusThread.start() first"
         return self._js
-
-    @property
-    def nc(self) -> Client:
-        """The connection itself (core NATS requests; tests of the bus's permissions)."""
-        assert self._nc is not None, "BusThread.start() first"
-        return self._nc
 
     @property
     def connected(self) -> bool:
@@ -165,6 +171,8 @@ class BusThread:
             "allow_reconnect": True,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.5,
+            "ping_interval": settings.ping_interval_seconds,
+            "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
             "no_echo": True,
             "error_cb": self._on_error,
             "disconnected_cb": self._on_disconnected,

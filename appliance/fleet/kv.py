@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from appliance.errors import ApplianceError, ExecutionError
@@ -90,51 +91,52 @@ async def remove_key(js: JetStreamContext, bucket: str, key: str) -> None:
 async def watch_key(
     bus: BusThread, bucket: str, key: str, *, quiet_seconds: float = WATCH_QUIET_SECONDS
 ) -> AsyncIterator[bytes | None]:
-    """The value of `key` now and after each change, on the caller's loop (the subscription
-    lives on the bus loop); None when the key is gone. A lost connection resumes where it
-    stopped (an ordered consumer); and when no change arrives for `quiet_seconds` the key is read
-    directly, so a watch that stalled (after a cluster node's loss) or a key removed without a
-    marker (`remove_key`) is still seen. Each value is yielded once. Stop by leaving the iteration."""
+    """The value of `key` now and after each change, on the caller's loop; None when the key is
+    gone. Each value is yielded once, never an older one after a newer (stream sequences only
+    grow). Stop by leaving the iteration.
+
+    No JetStream consumer is made: a plain subscription to the key's subject (a put is a message
+    published there) says *that* the key changed, and each change, like the first value, is read
+    directly from the stream. The ordered consumer this used to open had to be created by the
+    stream's leader: after a cluster node's loss nats-server 2.9 answered that creation with
+    timeouts for minutes, and a front could not follow any job. A core subscription moves to the
+    next server with the connection by itself. When no change arrives for `quiet_seconds` the key
+    is read anyway: a change published while the connection moved, a change this connection
+    made itself (the bus asks for no echo), or a key removed without a marker (`remove_key`), is
+    still seen; a bus that is down only delays the next read."""
     caller = asyncio.get_running_loop()
-    changes: asyncio.Queue[Msg] = asyncio.Queue()
+    changed = asyncio.Event()
     stream, subject = f"KV_{bucket}", f"$KV.{bucket}.{key}"
 
-    async def subscribe() -> JetStreamContext.PushSubscription:
-        async def receive(msg: Msg) -> None:
-            caller.call_soon_threadsafe(changes.put_nowait, msg)
+    async def subscribe() -> Subscription:
+        async def receive(_msg: Msg) -> None:
+            caller.call_soon_threadsafe(changed.set)
 
-        return await bus.js.subscribe(
-            subject,
-            stream=stream,
-            cb=receive,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            inactive_threshold=60.0,
-        )
+        return await bus.nc.subscribe(subject, cb=receive)
 
-    async def read() -> bytes | None:
+    async def read() -> tuple[int, bytes | None]:
         try:
             msg = await bus.js.get_last_msg(stream, subject)
         except nats.js.errors.NotFoundError:
-            return None
-        return None if _removed(msg.headers) else (msg.data or b"")
+            return 0, None
+        return msg.seq or 0, None if _removed(msg.headers) else (msg.data or b"")
 
     subscription = await bus.run(subscribe, f"watch {key}")
     last: bytes | None = b"\x00unseen"
+    last_seq = 0
     try:
         while True:
             try:
-                msg = await asyncio.wait_for(changes.get(), quiet_seconds)
-            except TimeoutError:
-                try:
-                    value = await bus.run(read, f"read {key}")
-                except ApplianceError:
-                    continue  # the bus is down: the next quiet period tries again
-            else:
-                value = None if _removed(msg.headers) else msg.data
-            if value != last:
-                last = value
+                seq, value = await bus.run(read, f"read {key}")
+            except ApplianceError:
+                seq, value = -1, last  # the bus is down: the next change or quiet period reads again
+            gone = seq == 0  # purged or never written: no sequence to compare
+            if value != last and (gone or seq >= last_seq):  # a lagging replica's older copy is skipped
+                last, last_seq = value, max(seq, last_seq)
                 yield value
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), quiet_seconds)
+            changed.clear()
     finally:
         with contextlib.suppress(Exception):  # the connection may be gone at stop; the server drops it
             await bus.run(subscription.unsubscribe, f"stop watching {key}")

@@ -98,6 +98,8 @@ async def test_a_real_scan_runs_front_to_segment_under_their_own_users_over_tls(
         seg_a.worker.withdraw()  # a clean stop's delete marker, on its own key
     assert result.status == "completed"
     assert [(p.port, p.state) for p in result.hosts[0].ports] == [(port, "open")]  # type: ignore[attr-defined]
+    # Nothing on the way was refused (a refused subscription, the front's watch, fails quietly).
+    assert front.parts.bus.recent_refusal() is None and seg_a.parts.bus.recent_refusal() is None
     assert front.lab.runner.calls == []  # the front started no scanner
     stored = front.parts.store.get(result.scan_id)
     assert stored is not None and (stored.segment, stored.runner) == ("seg-a", "seg-a-1")

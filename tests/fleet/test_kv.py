@@ -68,3 +68,32 @@ async def test_a_watch_sees_each_change_once_and_a_removal_without_a_marker_by_r
     seen.append(await asyncio.wait_for(anext(watch), 5))  # no marker: the quiet read finds it gone
     await watch.aclose()
     assert seen == [b"queued", b"running", None]
+
+
+async def test_a_watch_hears_a_change_at_once_and_makes_no_consumer_on_the_bucket(
+    bus: BusThread, bucket: str, nats: NatsServer
+) -> None:
+    # No JetStream consumer: after a cluster node's loss nats-server 2.9 stalled consumer
+    # creation for minutes; the watch's subscription is a plain one on the key's subject. The
+    # writer is another connection, as a segment is to a front (the bus hears no echo of its own).
+    writer = started_bus(nats.url)
+
+    async def put(value: bytes) -> None:
+        kv = await key_value_bucket(writer.js, bucket, replicas=1)
+        await kv.put("job.y", value)
+
+    async def consumers() -> int:
+        return (await bus.js.stream_info(f"KV_{bucket}")).state.consumer_count
+
+    await writer.run(lambda: put(b"queued"), "put")
+    watch = watch_key(bus, bucket, "job.y", quiet_seconds=60)  # never read for being quiet here
+    assert await asyncio.wait_for(anext(watch), 5) == b"queued"
+    assert await bus.run(consumers, "count consumers") == 0
+    started = asyncio.get_running_loop().time()
+    try:
+        await writer.run(lambda: put(b"running"), "put")
+        assert await asyncio.wait_for(anext(watch), 5) == b"running"
+        assert asyncio.get_running_loop().time() - started < 2  # the subscription, not a quiet read
+    finally:
+        await watch.aclose()
+        writer.close()

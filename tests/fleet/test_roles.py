@@ -4,50 +4,19 @@ front answers for the scan, and a front without its NATS is not ready."""
 
 from __future__ import annotations
 
-import contextlib
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
-from support.fleet import FRONT_POLICY, SEGMENT_POLICIES
+from support.fleet import FRONT_POLICY, served_front, served_segment
 from support.listeners import tcp_listener
-from support.nats import NatsServer, nats_server
+from support.nats import NatsServer
 from support.policies import LOOPBACK_POLICY, write_policy
 from support.raw_mcp import HANDSHAKE_VERSION, initialize_request, mcp_headers, rpc_messages
-from support.servers import TOKEN, Served, http_client, served
+from support.servers import TOKEN, http_client, served
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    """A server of this test's own: the roles use the default bucket and stream names."""
-    with nats_server(tmp_path / "nats") as server:
-        yield server
-
-
-@contextlib.contextmanager
-def front(directory: Path, url: str) -> Iterator[Served]:
-    policy = write_policy(directory, LOOPBACK_POLICY, FRONT_POLICY, name="front.yaml")
-    with served(policy, APPLIANCE_ROLE="front", APPLIANCE_NATS_URL=url) as server:
-        yield server
-
-
-@contextlib.contextmanager
-def segment(directory: Path, url: str, name: str, appliance_id: str) -> Iterator[Served]:
-    policy = write_policy(directory, LOOPBACK_POLICY, SEGMENT_POLICIES[name], name=f"{name}.yaml")
-    with served(
-        policy,
-        APPLIANCE_ROLE="segment",
-        APPLIANCE_NATS_URL=url,
-        APPLIANCE_SEGMENT=name,
-        APPLIANCE_APPLIANCE_ID=appliance_id,
-        APPLIANCE_DATA_DIR=str(directory / appliance_id),
-    ) as server:
-        yield server
 
 
 async def test_a_scan_through_a_front_runs_on_the_segment_and_another_front_answers_for_it(
@@ -55,9 +24,9 @@ async def test_a_scan_through_a_front_runs_on_the_segment_and_another_front_answ
 ) -> None:
     with (
         tcp_listener() as port,
-        segment(tmp_path, own_nats.url, "seg-a", "seg-a-1") as seg_a,
-        front(tmp_path, own_nats.url) as first,
-        front(tmp_path, own_nats.url) as second,
+        served_segment(tmp_path, own_nats.url, "seg-a", "seg-a-1") as seg_a,
+        served_front(tmp_path, own_nats.url) as first,
+        served_front(tmp_path, own_nats.url) as second,
     ):
         # The segment advertises itself once it runs; a front routes only to what it has seen.
         wait_until(lambda: first.get("/healthz")[1]["checks"]["fleet"].get("segments"), timeout=20)
@@ -73,7 +42,7 @@ async def test_a_scan_through_a_front_runs_on_the_segment_and_another_front_answ
         async with http_client(second.url, "legacy") as legacy:
             listed = await legacy.call_tool("list_scans", {})
         status, ready = seg_a.get("/readyz")
-        front_metrics, segment_metrics = metrics(first), metrics(seg_a)
+        front_metrics, segment_metrics = first.metrics(), seg_a.metrics()
     assert not result.is_error, result.structured_content
     body = result.structured_content
     assert body is not None
@@ -94,11 +63,6 @@ async def test_a_scan_through_a_front_runs_on_the_segment_and_another_front_answ
     assert 'appliance_fleet_queue_depth{segment="seg-a"} 0.0' in segment_metrics
 
 
-def metrics(server: Served) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.health_port}/metrics", timeout=10) as response:
-        return str(response.read().decode())
-
-
 async def test_a_front_without_nats_refuses_to_start_and_says_why(tmp_path: Path) -> None:
     policy = write_policy(tmp_path, LOOPBACK_POLICY, FRONT_POLICY, name="front.yaml")
     dead = "nats://127.0.0.1:1"  # nothing listens on port 1 of loopback
@@ -110,7 +74,7 @@ async def test_a_front_without_nats_refuses_to_start_and_says_why(tmp_path: Path
 async def test_fronts_keep_no_session_so_a_handshake_era_client_may_go_to_any_front(
     tmp_path: Path, own_nats: NatsServer
 ) -> None:
-    with front(tmp_path, own_nats.url) as first, front(tmp_path, own_nats.url) as second:
+    with served_front(tmp_path, own_nats.url) as first, served_front(tmp_path, own_nats.url) as second:
         async with httpx2.AsyncClient(timeout=30) as http:
             opened = await http.post(first.url, json=initialize_request(), headers=mcp_headers(TOKEN))
             headers = {**mcp_headers(TOKEN), "MCP-Protocol-Version": HANDSHAKE_VERSION}

@@ -28,6 +28,7 @@ from appliance.tools import TOOLS
 from support.lab import FakeResolver, LabService
 from support.policies import LOOPBACK_POLICY, write_policy
 from support.runners import SpyRunner
+from support.servers import Served, served
 
 
 def started_bus(url: str, **settings: Any) -> BusThread:
@@ -171,6 +172,32 @@ SEGMENT_POLICIES: dict[str, dict[str, Any]] = {
 FRONT_POLICY: dict[str, Any] = {
     "scope": {"allow_networks": [], "allow_hostname_suffixes": [".seg-a.lab.internal", ".seg-b.lab.internal"]}
 }
+
+
+# --- the roles as `appliance serve` processes (a nats-server of the test's own: default names) --
+
+
+@contextlib.contextmanager
+def served_front(directory: Path, url: str) -> Iterator[Served]:
+    """`appliance serve --role front` with FRONT_POLICY on NATS at `url`."""
+    policy = write_policy(directory, LOOPBACK_POLICY, FRONT_POLICY, name="front.yaml")
+    with served(policy, APPLIANCE_ROLE="front", APPLIANCE_NATS_URL=url) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def served_segment(directory: Path, url: str, name: str, appliance_id: str) -> Iterator[Served]:
+    """`appliance serve --role segment` of segment `name` (SEGMENT_POLICIES) on NATS at `url`."""
+    policy = write_policy(directory, LOOPBACK_POLICY, SEGMENT_POLICIES[name], name=f"{name}.yaml")
+    with served(
+        policy,
+        APPLIANCE_ROLE="segment",
+        APPLIANCE_NATS_URL=url,
+        APPLIANCE_SEGMENT=name,
+        APPLIANCE_APPLIANCE_ID=appliance_id,
+        APPLIANCE_DATA_DIR=str(directory / appliance_id),
+    ) as server:
+        yield server
 
 
 class FleetLab:

@@ -189,6 +189,11 @@ class Served:
         """GET a sidecar endpoint: (status, JSON body); status 0 when nothing answers."""
         return sidecar_get(self.health_port, path)
 
+    def metrics(self) -> str:
+        """The sidecar's /metrics text (a server without a health token)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/metrics", timeout=10) as response:
+            return str(response.read().decode())
+
     def stop(self) -> int:
         """SIGTERM and wait; the exit code."""
         if self.proc.poll() is None:
