@@ -195,7 +195,7 @@ class BusThread:
         refused = asyncio.ensure_future(self._auth_refused.wait())
         await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
         refused.cancel()
-        if not connecting.done():
+        if self._auth_refused.is_set():  # first, even when the connect gave up at the same moment
             connecting.cancel()
             with contextlib.suppress(BaseException):
                 await connecting
@@ -210,9 +210,10 @@ class BusThread:
         reason = str(exc)
         if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in reason.lower():
             # At start: the start is refused. Later (a reconnect after the password changed): said
-            # at each attempt, without the password or the user's other settings.
+            # once until a reconnect succeeds (nats-py tries twice a second), without the password.
+            if not self._auth_refused.is_set():
+                log.error("NATS refused this appliance's credentials", extra={"rule": "bus_unauthorized"})
             self._auth_refused.set()
-            log.error("NATS refused this appliance's credentials", extra={"rule": "bus_unauthorized"})
             return
         if "permissions violation" in reason.lower():
             self._refused = (time.monotonic(), reason)
@@ -226,6 +227,7 @@ class BusThread:
         log.warning("NATS disconnected; reconnecting", extra={"servers": self.settings.redacted_servers()})
 
     async def _on_reconnected(self) -> None:
+        self._auth_refused.clear()
         log.info("NATS reconnected", extra={"servers": self.settings.redacted_servers()})
 
     def call(self, operation: Callable[[], Awaitable[T]], what: str, *, timeout: float | None = None) -> T:
