@@ -159,7 +159,15 @@ class Appliance:
         front = self.fleet.front() if self.fleet is not None and settings.role == "front" else None
         follow = None if front is None else front.follow
         self.jobs = JobManager(self.job_store, self.audit, on_change=self._job_changed, follow=follow)
-        self.service = ScanService(settings, self.store, self.audit, metrics=self.metrics, jobs=self.jobs, fleet=front)
+        self.service = ScanService(
+            settings,
+            self.store,
+            self.audit,
+            metrics=self.metrics,
+            jobs=self.jobs,
+            fleet=front,
+            budgets=None if self.fleet is None else self.fleet.budgets(),
+        )
         self.worker: SegmentWorker | None = None
         if self.fleet is not None and settings.role == "segment":
             from appliance.fleet.worker import SegmentWorker

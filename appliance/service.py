@@ -43,7 +43,7 @@ from appliance.policy.model import Policy
 from appliance.policy.resolve import system_resolve
 from appliance.policy.store import PolicySnapshot, PolicyStore
 from appliance.resilience.breaker import BreakerSettings, BreakerState, CircuitBreaker
-from appliance.resilience.budgets import Claim, EngagementBudgets
+from appliance.resilience.budgets import Budgets, Claim, EngagementBudgets
 from appliance.resilience.limits import ConcurrencyLimiter, PrincipalLimit, ToolLimit
 from appliance.resilience.retry import retry_transient
 from appliance.results import ScanReport
@@ -194,6 +194,7 @@ class ScanService:
         jobs: JobManager | None = None,
         wall_clock: Clock = time.time,
         fleet: FrontFleet | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.settings = settings
         # A fleet front (README "Fleet"): jobs are routed to segments and followed, never run here,
@@ -210,7 +211,8 @@ class ScanService:
         self._rates = RateBudget()
         # Engagement windows are wall-clock times; tests stand before, in and after them.
         self._now = wall_clock
-        self.budgets = EngagementBudgets(wall_clock)
+        # Engagement budgets: this process's own, or a fleet's (reserved at the front, README "Fleet").
+        self.budgets: Budgets = budgets if budgets is not None else EngagementBudgets(wall_clock)
         # Questions to approvers that jobs of this process wait for (README "Approval").
         self.approvals = ApprovalDesk(audit)
         # Tools whose scanner could not be run at start, with the reason (set by the app).
@@ -411,8 +413,10 @@ class ScanService:
             if refusal is not None:
                 raise refusal
             self.jobs.admissible()
-            # A front holds no engagement budget: the segment that runs the job claims it.
-            claim = None if self.fleet is not None else self._claim_budget(plan, snapshot.policy)
+            # The budget is reserved before the job exists (on a fleet front: in the fleet's
+            # bucket, for the segment that runs it to find), under the id the job will have.
+            scan_id = self.jobs.new_scan_id()
+            claim = self._claim_budget(plan, snapshot.policy, scan_id)
             live = self.jobs.create(
                 tool=spec.name,
                 target=plan.target.requested,
@@ -425,6 +429,7 @@ class ScanService:
                 state="awaiting_approval" if reasons else "queued",
                 approval=approval_summary(plan.argv, reasons, rules.approval_timeout_seconds) if reasons else None,
                 segment=plan.segment,
+                scan_id=scan_id,
             )
         except ApplianceError as exc:
             # Refused before a job exists (queue full, shutting down, the store cannot record it).
@@ -609,12 +614,14 @@ class ScanService:
             refusal = self.limiter.refusal(spec.name, job.principal)
             if refusal is not None:
                 raise refusal
-            claim = self._claim_budget(plan, snapshot.policy)
+            claim = self._adopted_budget(plan, snapshot.policy, job.scan_id)
         except ApplianceError as exc:
             if breaker is not None:
                 breaker.record_neutral()
             self.refuse(exc, {**record, "state": "failed"}, tool=job.tool if spec is not None else None)
             self.jobs.finish(live, "failed", error=job_error(exc, live, "failed"))
+            if job.engagement is not None:
+                self._forget_budget(job.engagement, job.scan_id)
             return None
         job.argv, job.scanned_address = list(plan.argv), plan.target.scan_arg  # as this segment resolved it
         record.update(argv=list(plan.argv), verdict="allowed", scanned_address=plan.target.scan_arg)
@@ -633,7 +640,7 @@ class ScanService:
         task.add_done_callback(_seen)
         return task
 
-    def _claim_budget(self, plan: ScanPlan, policy: Policy) -> Claim | None:
+    def _claim_budget(self, plan: ScanPlan, policy: Policy, scan_id: str) -> Claim | None:
         engagement = None if plan.engagement is None else policy.engagement(plan.engagement)
         if engagement is None:
             return None
@@ -642,6 +649,28 @@ class ScanService:
             hosts=max(plan.target.host_count, 1),
             rate=plan.rate,
             default_concurrent=policy.limits.concurrency.per_engagement.running,
+            scan_id=scan_id,
+        )
+
+    def _forget_budget(self, engagement: str, scan_id: str) -> None:
+        """A refused job's reserved place, given back (else the next full admission drops it)."""
+        try:
+            self.budgets.forget(engagement, scan_id)
+        except ApplianceError as exc:
+            log.warning("budget place not given back", extra={"scan_id": scan_id, "rule": exc.rule})
+
+    def _adopted_budget(self, plan: ScanPlan, policy: Policy, scan_id: str) -> Claim | None:
+        """A segment's share of a job's budget: the place the front reserved for it (fleet
+        budgets), or a claim of this process's own (budgets in memory)."""
+        engagement = None if plan.engagement is None else policy.engagement(plan.engagement)
+        if engagement is None:
+            return None
+        return self.budgets.adopted(
+            engagement,
+            hosts=max(plan.target.host_count, 1),
+            rate=plan.rate,
+            default_concurrent=policy.limits.concurrency.per_engagement.running,
+            scan_id=scan_id,
         )
 
     async def _run_job(

@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from appliance.config import Settings
 from appliance.errors import ConfigError
+from appliance.fleet.budgets import FleetBudgets
 from appliance.fleet.bus import BusSettings, BusThread
 from appliance.fleet.front import STALE_AFTER_SECONDS, FrontFleet
 from appliance.fleet.queue import JobQueue, QueueSettings
@@ -32,6 +33,10 @@ class FleetParts:
         # never sooner than the default.
         stale = max(STALE_AFTER_SECONDS, 3 * self.queue.settings.heartbeat_seconds)
         return FrontFleet(self.registry, self.queue, self.store, stale_after_seconds=stale)
+
+    def budgets(self) -> FleetBudgets:
+        """Engagement budgets in the job bucket: reserved by a front, found by the segment."""
+        return FleetBudgets(self.store)
 
     def close(self) -> None:
         self.bus.close()

@@ -8,7 +8,8 @@ and `list_scans` (fleet issue). The keys are those appliance/jobs/store.py write
 - `s.<principal>.<tool>.<target_key>.<state>.<scan_id>`: list_scans' filters and "the previous
   completed scan" from the key alone;
 - `u.<scan_id>` while unfinished, `f.<finished_at ms>.<scan_id>` once finished (retention);
-- `c.<scan_id>`: a pending cancel request (JSON: who asked, when).
+- `c.<scan_id>`: a pending cancel request (JSON: who asked, when);
+- `b.<engagement>`: an engagement's budget in use (appliance/fleet/budgets.py).
 
 Principal, engagement and target parts are hex-encoded (keys allow `[-/_=.a-zA-Z0-9]`).
 JetStream has no multi-key transaction, so writes are ordered to keep one rule: **a stored
@@ -53,9 +54,11 @@ RAW_BUCKET = "appliance_raw"
 # JetStream's error code for a stream or account out of storage (nats-server errors.json).
 INSUFFICIENT_RESOURCES = 10047
 STREAM_STORE_FAILED = 10077
+# Writers of one key racing each other (change_value): each lost compare-and-set is read again.
+CAS_TRIES = 16
 
 
-def _hex(text: str) -> str:
+def hex_part(text: str) -> str:
     # An empty part would make an invalid key; no principal, tool or target is empty, but "_" keeps it valid.
     return text.encode().hex() or "_"
 
@@ -87,13 +90,13 @@ class IndexEntry:
 
 def index_keys(job: Job) -> set[str]:
     """The index keys a stored `job` has in its current state."""
-    principal = _hex(job.principal)
+    principal = hex_part(job.principal)
     keys = {
         f"p.{principal}.{job.scan_id}",
-        f"s.{principal}.{job.tool}.{_hex(target_key(job.target))}.{job.state}.{job.scan_id}",
+        f"s.{principal}.{job.tool}.{hex_part(target_key(job.target))}.{job.state}.{job.scan_id}",
     }
     if job.engagement is not None:
-        keys.add(f"e.{_hex(job.engagement)}.{job.scan_id}")
+        keys.add(f"e.{hex_part(job.engagement)}.{job.scan_id}")
     if job.state in UNFINISHED:
         keys.add(f"u.{job.scan_id}")
     if job.finished_at is not None:
@@ -209,7 +212,7 @@ class JetStreamJobStore:
         return await live_entries(self._bus.js, self.bucket, pattern, values=values)
 
     async def _index(self, principal: str | None) -> list[IndexEntry]:
-        pattern = "s.>" if principal is None else f"s.{_hex(principal)}.>"
+        pattern = "s.>" if principal is None else f"s.{hex_part(principal)}.>"
         return [entry for key, _ in await self._keys(pattern) if (entry := IndexEntry.parse(key)) is not None]
 
     async def _delete_keys(self, keys: Iterable[str]) -> None:
@@ -360,6 +363,45 @@ class JetStreamJobStore:
         if keys:
             self._write("drop cancel requests", lambda: self._delete_keys(keys))
 
+    # --- other keys of the bucket (the fleet's engagement budgets: appliance/fleet/budgets.py)
+    def read_value(self, key: str) -> bytes | None:
+        return self._read(f"read {key}", lambda: self._get(key))
+
+    async def read_job(self, scan_id: str) -> Job | None:
+        """The record, read on the bus loop (from a `change_value` function)."""
+        return await self._job(scan_id)
+
+    def change_value(self, key: str, change: Callable[[bytes | None], Awaitable[bytes | None]], action: str) -> None:
+        """Compare-and-set of one key: `change(value)` gives the new value (None: leave it as it
+        is; a refusal it raises propagates), written only if nobody wrote the key since it was
+        read; a lost race reads it and asks `change` again."""
+
+        async def attempt() -> None:
+            for _ in range(CAS_TRIES):
+                try:
+                    entry = await self.kv.get(key)
+                    value, revision = entry.value, entry.revision
+                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                    value, revision = None, None
+                new = await change(value)
+                if new is None:
+                    return
+                try:
+                    if revision is None:
+                        await self.kv.create(key, new)
+                    else:
+                        await self.kv.update(key, new, last=revision)
+                    return
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue  # another appliance wrote it first: read it and decide again
+            raise ExecutionError(
+                f"could not {action}: other appliances changed it first {CAS_TRIES} times",
+                rule="store_contended",
+                recovery_suggestion="Retry the call; many appliances are changing the same record at once.",
+            )
+
+        self._write(action, attempt)
+
     # --- reads -----------------------------------------------------------------------------
     def get(self, scan_id: str) -> Job | None:
         return self._read(f"read scan {scan_id}", lambda: self._job(scan_id))
@@ -380,7 +422,7 @@ class JetStreamJobStore:
         if where.principal is not None and where.engagements:
             readable = {e.scan_id for e in entries if e.principal == where.principal}
             for engagement in sorted(where.engagements):
-                readable.update(key.rpartition(".")[2] for key, _ in await self._keys(f"e.{_hex(engagement)}.*"))
+                readable.update(key.rpartition(".")[2] for key, _ in await self._keys(f"e.{hex_part(engagement)}.*"))
         wanted_target = None if where.target is None else target_key(where.target)
 
         def matches(principal: str, tool: str, target: str, state: str, scan_id: str) -> bool:
@@ -414,7 +456,7 @@ class JetStreamJobStore:
         return self._read("list scans", lambda: self._page(where, limit, cursor))
 
     async def _previous_completed_id(self, tool: str, target: str, principal: str, before: str) -> str | None:
-        pattern = f"s.{_hex(principal)}.{tool}.{_hex(target_key(target))}.completed.*"
+        pattern = f"s.{hex_part(principal)}.{tool}.{hex_part(target_key(target))}.completed.*"
         ids = [key.rpartition(".")[2] for key, _ in await self._keys(pattern)]
         older = [scan_id for scan_id in ids if scan_id < before]
         return max(older) if older else None
@@ -432,7 +474,7 @@ class JetStreamJobStore:
         async def read() -> int:
             if principal is None:
                 return len(await self._keys("job.*"))
-            return len(await self._keys(f"p.{_hex(principal)}.*"))
+            return len(await self._keys(f"p.{hex_part(principal)}.*"))
 
         return self._read("count scans", read)
 

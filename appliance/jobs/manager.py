@@ -137,6 +137,10 @@ class JobManager:
                 "(APPLIANCE_DATA_DIR). Stored scans stay readable.",
             )
 
+    def new_scan_id(self) -> str:
+        """An id for a job about to be created (`create(scan_id=...)`), on this manager's clock."""
+        return new_scan_id(self._clock())
+
     def create(
         self,
         *,
@@ -151,12 +155,14 @@ class JobManager:
         state: JobState = "queued",
         approval: dict[str, Any] | None = None,
         segment: str | None = None,
+        scan_id: str | None = None,
     ) -> LiveJob:
         """A new job, `queued` (or `awaiting_approval` when a human must approve it first:
-        `approval` is then what it waits for)."""
+        `approval` is then what it waits for). `scan_id`: one the caller made already (a fleet
+        front reserves the engagement's budget under it before the job exists)."""
         now = self._clock()
         job = Job(
-            scan_id=new_scan_id(now),
+            scan_id=scan_id or new_scan_id(now),
             tool=tool,
             target=target,
             scanned_address=scanned_address,

@@ -138,6 +138,7 @@ def fleet_member(
         metrics=Metrics(registry, TOOLS, process=False),
         jobs=JobManager(parts.store, sink, follow=None if front is None else front.follow),
         fleet=front,
+        budgets=parts.budgets(),
     )
     member = FleetMember(parts, LabService(service, audit, registry, resolver, runner))
     if segment is not None:
@@ -209,15 +210,18 @@ class FleetLab:
         url: str,
         directory: Path,
         *,
+        policy: dict[str, Any] | None = None,
         names: FleetNames | None = None,
         credentials: Callable[[str | None], Mapping[str, Any]] | None = None,
         **queue: Any,
     ) -> None:
-        """`credentials(segment)`: the BusSettings of a front (None) or of a segment's appliance
-        (a secured server's user, password and TLS); with them, as in the deployment, only fronts
-        create the stream and buckets (start a front first)."""
+        """`policy`: merged into every member's policy (engagements, say). `credentials(segment)`:
+        the BusSettings of a front (None) or of a segment's appliance (a secured server's user,
+        password and TLS); with them, as in the deployment, only fronts create the stream and
+        buckets (start a front first)."""
         self.url = url
         self.directory = directory
+        self.policy = policy or {}
         self.names = names or FleetNames()
         self.queue = self.names.queue(**queue)
         self.credentials = credentials
@@ -229,7 +233,7 @@ class FleetLab:
         return {"bus": self.credentials(segment), "create": segment is None}
 
     def _policy(self, name: str, extra: dict[str, Any]) -> Path:
-        return write_policy(self.directory, LOOPBACK_POLICY, extra, name=f"{name}.yaml")
+        return write_policy(self.directory, LOOPBACK_POLICY, extra, self.policy, name=f"{name}.yaml")
 
     def front(self) -> FleetMember:
         member = fleet_member(
