@@ -7,7 +7,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field, PrivateAttr
 
-PartialReason = Literal["timeout", "output_cap", "shutdown", "engagement_ended"]
+PartialReason = Literal["timeout", "output_cap", "shutdown", "engagement_ended", "shards_incomplete"]
 # The job states (appliance.jobs.model.JobState) plus `dry_run`, which starts no job.
 ScanStatus = Literal[
     "queued",
@@ -58,8 +58,8 @@ class ScanReport(BaseModel):
     partial: bool = Field(default=False, description="True when the scanner was stopped before it finished.")
     partial_reason: PartialReason | None = Field(
         default=None,
-        description="Why the result is partial: the time budget, the output cap, shutdown, or the end of its "
-        "engagement's window.",
+        description="Why the result is partial: the time budget, the output cap, shutdown, the end of its "
+        "engagement's window, or (a sharded fleet scan) shards that did not complete.",
     )
     # This report as JSON when the job's end already built it (the stored result): the answer
     # reuses it instead of dumping the same report again. Not a field: never in the schema.

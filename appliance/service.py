@@ -6,6 +6,7 @@ Transport-independent: the MCP server, the `check` CLI and the tests all come th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -27,9 +28,10 @@ from appliance.errors import (
     ValidationError,
     error_from_dict,
 )
+from appliance.fleet.shards import shard_blocks, shard_job
 from appliance.identity.scopes import check_scopes
 from appliance.jobs.manager import JobManager, LiveJob
-from appliance.jobs.model import ANONYMOUS_PRINCIPAL, STDIO_PRINCIPAL, Job, JobState, Viewer
+from appliance.jobs.model import ANONYMOUS_PRINCIPAL, STDIO_PRINCIPAL, Job, JobState, Viewer, new_scan_id
 from appliance.jobs.queries import changes_since
 from appliance.jobs.sqlite import SqliteJobStore
 from appliance.jobs.views import job_fields, report_of, result_base
@@ -294,6 +296,8 @@ class ScanService:
         if self.fleet is not None:
             # Last: the rules above refuse without reading the bus; a target no segment holds is refused here.
             plan = replace(plan, segment=self.fleet.route(plan.target.requested).name)
+            # A block over the policy's threshold runs as shards, each a job of the same segment.
+            plan = replace(plan, shards=shard_blocks(plan, snapshot.policy))
         return plan
 
     def caller(self, principal: str | None) -> Caller:
@@ -430,6 +434,7 @@ class ScanService:
                 approval=approval_summary(plan.argv, reasons, rules.approval_timeout_seconds) if reasons else None,
                 segment=plan.segment,
                 scan_id=scan_id,
+                shards=[new_scan_id() for _ in plan.shards] if plan.shards else None,
             )
         except ApplianceError as exc:
             # Refused before a job exists (queue full, shutting down, the store cannot record it).
@@ -542,6 +547,9 @@ class ScanService:
         segment, fleet = plan.segment, self.fleet
 
         async def hand_over() -> None:
+            if plan.shards:
+                await self._hand_over_shards(spec, plan, live, record)
+                return
             try:
                 await fleet.dispatch(segment, live.job.scan_id, spans.carrier())
             except ApplianceError as exc:
@@ -554,6 +562,44 @@ class ScanService:
         handed = asyncio.ensure_future(hand_over())
         handed.add_done_callback(_seen)  # its failure is recorded by itself, even if nobody awaits it
         await asyncio.shield(handed)
+
+    async def _hand_over_shards(self, spec: ToolSpec, plan: ScanPlan, live: LiveJob, record: dict[str, Any]) -> None:
+        """A sharded scan's hand-over: each shard recorded (audited as a job) and queued for the
+        segment, one `dispatched` line each. When the store or the queue refuses one, the scan
+        ends `failed` with that refusal: the shards not yet queued are ended with it and those
+        queued are asked to stop (their merge then finds the scan already ended)."""
+        assert self.fleet is not None
+        assert plan.segment is not None
+        parent = live.job
+        assert parent.shards is not None
+        assert len(parent.shards) == len(plan.shards)
+        now = time.time()
+        shards = [
+            shard_job(parent, block, scan_id, index, now)
+            for index, (block, scan_id) in enumerate(zip(plan.shards, parent.shards, strict=True))
+        ]
+        queued: set[str] = set()
+        try:
+            for shard in shards:
+                self.jobs.audit_state(shard, "queued", shard.events[-1].get("note"), strict=True)
+                self.jobs.store.put(shard)
+                await self.fleet.dispatch(plan.segment, shard.scan_id, spans.carrier())
+                queued.add(shard.scan_id)
+                line = {**record, "event": "dispatched", "segment": plan.segment, "state": "queued"}
+                self.audit.write({**line, "scan_id": shard.scan_id, "parent": parent.scan_id, "target": shard.target})
+        except ApplianceError as exc:
+            self.refuse(exc, {**record, "state": "failed"}, tool=spec.name)
+            self.jobs.finish(live, "failed", error=job_error(exc, live, "failed"))
+            for shard in shards:
+                with contextlib.suppress(ApplianceError):  # best effort: the scan's own end is recorded
+                    if shard.scan_id in queued:
+                        self.jobs.store.request_cancel(shard.scan_id, "shard_hand_over_failed", time.time())
+                    else:
+                        shard.error = parent.error
+                        shard.move("failed", time.time(), "its sharded scan could not be handed over")
+                        self.jobs.store.put(shard)
+            raise
+        self._count(spec.name, "dispatched")
 
     async def _watch_record(self, live: LiveJob) -> Job:
         assert self.fleet is not None
@@ -614,14 +660,18 @@ class ScanService:
             refusal = self.limiter.refusal(spec.name, job.principal)
             if refusal is not None:
                 raise refusal
-            claim = self._adopted_budget(plan, snapshot.policy, job.scan_id)
+            # A shard runs on its parent's place (the front reserved one for the whole block); the
+            # parent's end gives it back, not each shard's.
+            claim = self._adopted_budget(plan, snapshot.policy, job.parent or job.scan_id)
+            if job.parent is not None:
+                claim = None
         except ApplianceError as exc:
             if breaker is not None:
                 breaker.record_neutral()
             self.refuse(exc, {**record, "state": "failed"}, tool=job.tool if spec is not None else None)
             self.jobs.finish(live, "failed", error=job_error(exc, live, "failed"))
-            if job.engagement is not None:
-                self._forget_budget(job.engagement, job.scan_id)
+            if job.engagement is not None and job.parent is None:
+                self.forget_budget(job.engagement, job.scan_id)
             return None
         job.argv, job.scanned_address = list(plan.argv), plan.target.scan_arg  # as this segment resolved it
         record.update(argv=list(plan.argv), verdict="allowed", scanned_address=plan.target.scan_arg)
@@ -652,8 +702,9 @@ class ScanService:
             scan_id=scan_id,
         )
 
-    def _forget_budget(self, engagement: str, scan_id: str) -> None:
-        """A refused job's reserved place, given back (else the next full admission drops it)."""
+    def forget_budget(self, engagement: str, scan_id: str) -> None:
+        """A reserved place given back by a job that will not release a claim of its own (one its
+        segment refused, a sharded scan once merged); else the next full admission drops it."""
         try:
             self.budgets.forget(engagement, scan_id)
         except ApplianceError as exc:

@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from appliance.errors import ApplianceError, ValidationError
+from appliance.errors import ApplianceError, ExecutionError, ResourceExhaustedError, ValidationError
 from appliance.fleet.bus import BusThread
 from appliance.fleet.kv import not_provisioned
 
@@ -35,6 +35,10 @@ SUBJECT_PREFIX = "jobs"
 # A job message is a scan_id and a trace context; anything bigger is not ours.
 MAX_MESSAGE_BYTES = 4096
 SCAN_ID = re.compile(r"^scan_[0-9a-f]{20,40}$")
+# JetStream's error codes for a publish the stream has no room for (nats-server errors.json):
+# "maximum messages exceeded" comes as a store failure.
+STREAM_STORE_FAILED = 10077
+INSUFFICIENT_RESOURCES = 10047
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,22 @@ class JobQueue:
                 headers={**(headers or {}), "Nats-Msg-Id": scan_id},
             )
 
-        await self._bus.run(send, f"queue scan {scan_id} for segment {segment}")
+        try:
+            await self._bus.run(send, f"queue scan {scan_id} for segment {segment}")
+        except nats.js.errors.APIError as exc:
+            # The stream refuses a publish past max_msgs (DiscardPolicy.NEW) or its storage limits.
+            if exc.err_code in (STREAM_STORE_FAILED, INSUFFICIENT_RESOURCES):
+                raise ResourceExhaustedError(
+                    f"the fleet's job queue refused scan {scan_id}: {exc.description}",
+                    rule="queue_full",
+                    recovery_suggestion=f"Retry when the segments have worked through the queue (at most "
+                    f"{self.settings.max_jobs} jobs wait); the operator can add segment appliances.",
+                ) from exc
+            raise ExecutionError(
+                f"the fleet's job queue refused scan {scan_id}: {exc!r}",
+                rule="queue_unwritable",
+                recovery_suggestion="Retry shortly; the operator must check the NATS JetStream servers.",
+            ) from exc
 
     def depth(self, segment: str) -> int:
         """Jobs of `segment` waiting to be delivered or acked."""

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from appliance.errors import ApplianceError
 from appliance.fleet.queue import Delivery, QueueSettings, SegmentConsumer
 from appliance.fleet.segments import SegmentRegistry, advertisement
+from appliance.fleet.shards import merge_parent
 from appliance.jobs.jetstream import JetStreamJobStore
+from appliance.jobs.model import Job
 from appliance.service import ScanService
 from appliance.tracing import spans
 
@@ -53,6 +55,8 @@ class WorkerCounts:
     refused: int = 0
     started: int = 0
     abandoned: int = 0  # marked interrupted: their appliance went silent
+    cancelled: int = 0  # a cancel request came before they started: ended without running
+    merged: int = 0  # sharded scans this appliance ended by merging their shards
 
 
 @dataclass
@@ -145,14 +149,23 @@ class SegmentWorker:
             self.counts.not_ours += 1
             await self._ack(delivery)
             return
+        if self.store.cancel_requested(job.scan_id):
+            # Cancelled while it waited in the queue (a sharded scan's cancel reaches every
+            # shard): it ends here without starting a scanner.
+            self.counts.cancelled += 1
+            self._cancel_unstarted(job)
+            await self._stored_then_ack(delivery)
+            self.merge(job.parent)
+            return
         with spans.continued(delivery.headers):  # the job's span joins the front's trace
             task = await self.service.adopt(job)
         if task is None:
             self.counts.refused += 1
             await self._stored_then_ack(delivery)  # the refusal's `failed` record first
+            self.merge(job.parent)
             return
         self.counts.started += 1
-        watched = asyncio.create_task(self._until_done(task, delivery))
+        watched = asyncio.create_task(self._until_done(task, delivery, job.parent))
         self._running.add(watched)
         watched.add_done_callback(self._running.discard)
 
@@ -167,13 +180,52 @@ class SegmentWorker:
         heard = self.registry.heartbeats(self.segment).get(current.runner)
         return heard is not None and self.clock() - heard <= 2 * self.queue.heartbeat_seconds
 
-    async def _until_done(self, task: asyncio.Task[object], delivery: Delivery) -> None:
+    async def _until_done(self, task: asyncio.Task[object], delivery: Delivery, parent: str | None) -> None:
         beats = asyncio.create_task(self.consumer.heartbeats(delivery.msg))
         try:
             await asyncio.wait({task})
             await self._stored_then_ack(delivery)
         finally:
             beats.cancel()
+        self.merge(parent)  # after its final record: see appliance.fleet.shards
+
+    def _cancel_unstarted(self, job: Job) -> None:
+        note = "cancelled before it started (a cancel request was waiting for it)"
+        live = self.service.jobs.adopt(job)
+        self.service.jobs.finish(live, "cancelled", note=note)
+        self.service.jobs.audit_state(live.job, "cancelled", note)
+        try:
+            self.store.drop_cancel_requests([job.scan_id])
+        except ApplianceError as exc:  # dropped by the next sweep of cancel requests (the job is over)
+            log.warning("cancel request not dropped", extra={"scan_id": job.scan_id, "rule": exc.rule})
+
+    def merge(self, parent: str | None) -> Job | None:
+        """Bring a sharded scan up to date with its shards (its end, once they all ended);
+        audited when it ends here. A store that does not answer leaves it to the next sweep."""
+        if parent is None:
+            return None
+        try:
+            merged = merge_parent(self.store, parent, self.clock(), self.queue.given_up_after_seconds)
+        except ApplianceError as exc:
+            log.warning("sharded scan not merged", extra={"scan_id": parent, "rule": exc.rule})
+            return None
+        if merged is not None and merged.finished:
+            self.counts.merged += 1
+            self.service.jobs.audit_state(merged, merged.state, merged.events[-1].get("note"))
+            if merged.engagement is not None:  # the place the front reserved for the whole block
+                self.service.forget_budget(merged.engagement, merged.scan_id)
+        return merged
+
+    def merge_parents(self) -> list[str]:
+        """The sweep's safety net: merge every unfinished sharded scan of this segment (a merge
+        lost to a crash or a store outage between a shard's end and its parent's write)."""
+        ended: list[str] = []
+        for job in self.store.unfinished():
+            if job.shards and job.segment == self.segment:
+                merged = self.merge(job.scan_id)
+                if merged is not None and merged.finished:
+                    ended.append(job.scan_id)
+        return ended
 
     async def _stored_then_ack(self, delivery: Delivery) -> None:
         """The ack says the job's end is recorded: a final write the store refused (NATS electing
@@ -201,6 +253,7 @@ class SegmentWorker:
                 self.advertise()
                 advertised = True
                 self.abandon_orphans()
+                self.merge_parents()
             except ApplianceError as exc:
                 log.warning("segment heartbeat failed", extra={"rule": exc.rule, "reason": exc.message})
             except Exception:  # a bad record or an unmapped NATS error must not end the heartbeats
@@ -230,4 +283,5 @@ class SegmentWorker:
                 self.service.jobs.audit_state(abandoned, "interrupted", note)
                 self.counts.abandoned += 1
                 ended.append(job.scan_id)
+                self.merge(abandoned.parent)
         return ended

@@ -91,12 +91,14 @@ class IndexEntry:
 def index_keys(job: Job) -> set[str]:
     """The index keys a stored `job` has in its current state."""
     principal = hex_part(job.principal)
-    keys = {
-        f"p.{principal}.{job.scan_id}",
-        f"s.{principal}.{job.tool}.{hex_part(target_key(job.target))}.{job.state}.{job.scan_id}",
-    }
-    if job.engagement is not None:
-        keys.add(f"e.{hex_part(job.engagement)}.{job.scan_id}")
+    keys: set[str] = set()
+    # A shard of a sharded scan is listed, counted and diffed as its parent (README "Fleet"):
+    # it keeps only the keys the fleet's sweeps read (unfinished, finished-at).
+    if job.parent is None:
+        keys.add(f"p.{principal}.{job.scan_id}")
+        keys.add(f"s.{principal}.{job.tool}.{hex_part(target_key(job.target))}.{job.state}.{job.scan_id}")
+        if job.engagement is not None:
+            keys.add(f"e.{hex_part(job.engagement)}.{job.scan_id}")
     if job.state in UNFINISHED:
         keys.add(f"u.{job.scan_id}")
     if job.finished_at is not None:
@@ -271,6 +273,8 @@ class JetStreamJobStore:
             job = await self._job(scan_id)
             if job is None:
                 continue
+            if job.shards:  # a sharded scan's shards go with it (they are listed as it)
+                removed += await self._delete([shard for shard in job.shards if shard not in scan_ids])
             await self._delete_keys(sorted(index_keys(job)))
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await self.objects.delete(scan_id)
@@ -283,30 +287,38 @@ class JetStreamJobStore:
         return self._write("delete scans", lambda: self._delete(ids)) if ids else 0
 
     # --- claims (fleet: JetStream delivers a job at least once) ----------------------------
-    async def _compare_and_set(self, scan_id: str, change: Callable[[Job], bool]) -> Job | None:
+    async def _compare_and_set(self, scan_id: str, change: Callable[[Job], bool], attempts: int = 1) -> Job | None:
         """Apply `change` to the record (False: leave it) and write it only if nobody wrote it
         since it was read; the index keys in the usual crash-safe order (new ones first, the
-        stale ones after the record). None when the record is gone, left, or was written meanwhile."""
+        stale ones after the record). None when the record is gone, left, or was written
+        meanwhile `attempts` times (each conflict reads the record again and applies `change` again)."""
         key = f"job.{scan_id}"
-        try:
-            entry = await self.kv.get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return None
-        if not entry.value:
-            return None
-        job = Job.from_record(json.loads(entry.value))
-        old_keys = index_keys(job)
-        if not change(job):
-            return None
+        for _ in range(attempts):
+            try:
+                entry = await self.kv.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None
+            if not entry.value:
+                return None
+            job = Job.from_record(json.loads(entry.value))
+            old_keys = index_keys(job)
+            if not change(job):
+                return None
 
-        async def record(body: bytes) -> None:
-            await self.kv.update(key, body, last=entry.revision)
+            async def record(body: bytes, revision: int | None = entry.revision) -> None:
+                await self.kv.update(key, body, last=revision)
 
-        try:
-            await self._write_in_order(job, old_keys, record)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return None  # another appliance's write came first (its index keys are its own)
-        return job
+            try:
+                await self._write_in_order(job, old_keys, record)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another appliance's write came first (its index keys are its own)
+            return job
+        return None
+
+    def update(self, scan_id: str, change: Callable[[Job], bool], attempts: int = 5) -> Job | None:
+        """Change a record by compare-and-set, read again and changed again on a conflict (a
+        sharded scan's merge: `change` is a function of the record and what it was given)."""
+        return self._write(f"update scan {scan_id}", lambda: self._compare_and_set(scan_id, change, attempts))
 
     def claim(self, scan_id: str, runner: str, now: float, *, takeover: bool = False) -> Job | None:
         """Make `runner` the one appliance that runs this queued job, by compare-and-set on its
@@ -405,6 +417,19 @@ class JetStreamJobStore:
     # --- reads -----------------------------------------------------------------------------
     def get(self, scan_id: str) -> Job | None:
         return self._read(f"read scan {scan_id}", lambda: self._job(scan_id))
+
+    def get_many(self, scan_ids: Iterable[str]) -> dict[str, Job | None]:
+        """Several records in one call, read at once (a sharded scan's shards)."""
+        ids = list(scan_ids)
+
+        async def read() -> dict[str, Job | None]:
+            return dict(zip(ids, await asyncio.gather(*(self._job(scan_id) for scan_id in ids)), strict=True))
+
+        return self._read(f"read {len(ids)} scans", read)
+
+    def cancel_requested(self, scan_id: str) -> bool:
+        """A pending cancel request for this job (read by a segment before it starts one)."""
+        return bool(self._read(f"read the cancel request of {scan_id}", lambda: self._get(f"c.{scan_id}")))
 
     def raw(self, scan_id: str) -> bytes | None:
         async def read() -> bytes | None:

@@ -156,10 +156,12 @@ class JobManager:
         approval: dict[str, Any] | None = None,
         segment: str | None = None,
         scan_id: str | None = None,
+        shards: list[str] | None = None,
     ) -> LiveJob:
         """A new job, `queued` (or `awaiting_approval` when a human must approve it first:
         `approval` is then what it waits for). `scan_id`: one the caller made already (a fleet
-        front reserves the engagement's budget under it before the job exists)."""
+        front reserves the engagement's budget under it before the job exists). `shards`: the
+        scan ids of its shards (a fleet front's sharded scan)."""
         now = self._clock()
         job = Job(
             scan_id=scan_id or new_scan_id(now),
@@ -176,6 +178,7 @@ class JobManager:
             engagement=engagement,
             approval=approval,
             segment=segment,
+            shards=shards,
         )
         job.move(state, now)
         # The trail first, then the store, both fail closed: a job the trail does not show never
@@ -387,6 +390,10 @@ class JobManager:
             if current.finished:
                 return False
             self.store.request_cancel(job.scan_id, "cancel_scan", self._clock())
+            # A sharded scan runs as its shards: each gets the request (one not yet started is
+            # ended by the segment that claims it, before it starts).
+            for shard in current.shards or ():
+                self.store.request_cancel(shard, "cancel_scan", self._clock())
             return True
         live = self.live.get(job.scan_id)
         if live is None or live.task is None or live.task.done():

@@ -125,6 +125,10 @@ class Job:
     segment: str | None = None
     # The human approval it needed (None: none): the argv's sha256, the reasons, then the decision.
     approval: dict[str, Any] | None = None
+    # Sharding (README "Fleet"): a parent job's shards, by scan_id (it runs nowhere itself: its
+    # state and result are merged from theirs), or the parent a shard is part of.
+    shards: list[str] | None = None
+    parent: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -164,6 +168,8 @@ class Job:
             "runner": self.runner,
             "segment": self.segment,
             "approval": self.approval,
+            "shards": self.shards,
+            "parent": self.parent,
         }
 
     @classmethod

@@ -138,6 +138,9 @@ def cancel(
     if job.finished:
         return {"scan_id": job.scan_id, "action": "none", "status": job.state, "message": "already finished"}
     store.request_cancel(job.scan_id, requested_by(), clock())
+    # A sharded fleet scan runs as its shards: they get the request; its merge then ends it.
+    for shard in job.shards or ():
+        store.request_cancel(shard, requested_by(), clock())
 
     def taken() -> bool:
         return job.scan_id not in store.cancel_requests() or _finished(store, job)

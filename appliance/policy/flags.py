@@ -25,6 +25,9 @@ DURATION = re.compile(r"(?P<n>0|[1-9][0-9]{0,5})(?P<unit>ms|s)")
 STATUS_LIST = re.compile(r"[1-5][0-9]{2}(?:-[1-5][0-9]{2})?(?:,[1-5][0-9]{2}(?:-[1-5][0-9]{2})?)*")
 INT_LIST = re.compile(r"(?:0|[1-9][0-9]{0,8})(?:,(?:0|[1-9][0-9]{0,8}))*")
 USER_AGENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._/();:+-]{0,199}")
+SHARD = re.compile(r"(?P<x>[1-9][0-9]{0,2})/(?P<y>[1-9][0-9]{0,2})")
+# Shards one masscan sweep may be split into (--shard x/y): enough for any lab fleet.
+MAX_MASSCAN_SHARDS = 256
 
 
 def _invalid(flag: str, value: str, expected: str) -> ValidationError:
@@ -72,6 +75,19 @@ def pattern(regex: re.Pattern[str], expected: str) -> Callable[[str], ValueCheck
         return check
 
     return for_flag
+
+
+def shard_spec(flag: str) -> ValueCheck:
+    """masscan --shard x/y: this instance sends every y-th packet, starting at the x-th (1 <= x <=
+    y). masscan itself takes 3/2 without a word; that would send nothing, so it is refused here."""
+
+    def check(value: str, policy: Policy) -> str:
+        match = SHARD.fullmatch(value)
+        if match is None or not 1 <= int(match["x"]) <= int(match["y"]) <= MAX_MASSCAN_SHARDS:
+            raise _invalid(flag, value, f"x/y with 1 <= x <= y <= {MAX_MASSCAN_SHARDS}, e.g. 1/4")
+        return value
+
+    return check
 
 
 @dataclass(frozen=True)
@@ -160,6 +176,10 @@ NMAP_DENIED = {
 MASSCAN_ALLOWED = (
     Flag(("--wait",), integer(0, lambda p: p.tools.masscan_scan.max_wait_seconds)),
     Flag(("--retries",), integer(0, 3)),
+    # masscan's own sharding: one sweep split by packet index across calls (or appliances); the
+    # calls must share --seed to partition the same random order (masscan.plan insists).
+    Flag(("--shard",), shard_spec),
+    Flag(("--seed",), integer(0, 9_999_999)),
 )
 MASSCAN_DENIED = {
     **_deny(

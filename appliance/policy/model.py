@@ -241,6 +241,32 @@ class Retention(Strict):
     max_count: int = Field(default=10000, ge=1, le=10_000_000, description="Stored scans; the oldest finished go.")
 
 
+class FleetRules(Strict):
+    """How a fleet front splits a large nmap block into shards its segment's appliances run in
+    parallel (README "Fleet", Sharding). Read by fronts only; a segment checks each shard as a job."""
+
+    shard_above_hosts: int | None = Field(
+        default=None,
+        ge=2,
+        le=65536,
+        description="An nmap CIDR block with more addresses than this is split into shards. Unset: no sharding.",
+    )
+    shard_hosts: int = Field(
+        default=64,
+        ge=1,
+        le=65536,
+        description="Addresses per shard: a power of two, so each shard is one CIDR-aligned block.",
+    )
+
+    @model_validator(mode="after")
+    def _shards_smaller(self) -> FleetRules:
+        if self.shard_hosts & (self.shard_hosts - 1):
+            raise ValueError(f"shard_hosts must be a power of two (1, 2, 4, ... 65536), not {self.shard_hosts}")
+        if self.shard_above_hosts is not None and self.shard_hosts > self.shard_above_hosts:
+            raise ValueError("shard_hosts must not exceed shard_above_hosts (a sharded block must split)")
+        return self
+
+
 class ToolRules(Strict):
     nmap_scan: NmapRules = Field(default_factory=NmapRules)
     masscan_scan: MasscanRules = Field(default_factory=MasscanRules)
@@ -259,6 +285,7 @@ class Policy(Strict):
     resilience: Resilience = Field(default_factory=Resilience)
     retention: Retention = Field(default_factory=Retention)
     approval: ApprovalRules = Field(default_factory=ApprovalRules)
+    fleet: FleetRules = Field(default_factory=FleetRules)
     engagements: list[Engagement] | None = Field(
         default=None,
         description="Version 3: named engagements. Unset: every principal has the global scope (no engagements).",

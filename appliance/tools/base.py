@@ -64,6 +64,7 @@ class ScanPlan:
     rate: int = 0  # packets per second this plan claims from the shared masscan budget
     engagement: str | None = None  # the engagement the checks placed it in (None: no engagements)
     segment: str | None = None  # on a fleet front: the segment it is routed to
+    shards: tuple[str, ...] = ()  # on a fleet front: the blocks it is split into (README "Fleet", Sharding)
 
 
 def check_timeout(requested: int | None, policy: Policy) -> int:

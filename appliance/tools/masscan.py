@@ -46,7 +46,9 @@ class MasscanRequest(BaseModel):
         default=None, ge=1, le=10_000_000, description="Packets per second; omit for the policy's low default."
     )
     extra_args: list[str] = Field(
-        default_factory=list, max_length=32, description="Allowlisted flags: --wait N, --retries N."
+        default_factory=list,
+        max_length=32,
+        description="Allowlisted flags: --wait N, --retries N, --shard X/Y with --seed N (one part of a sweep).",
     )
     timeout_seconds: int | None = Field(default=None, ge=1, le=86400, description="Time budget (policy-capped).")
     wait_seconds: int | None = WAIT_SECONDS
@@ -71,6 +73,15 @@ async def plan(request: MasscanRequest, ctx: PlanContext) -> ScanPlan:
         )
     ports = check_ports(request.ports, ctx.policy.limits.max_ports_per_call)
     extra = check_extra_args(request.extra_args, MASSCAN_ALLOWED, MASSCAN_DENIED, ctx.policy, "masscan_scan")
+    if "--shard" in extra and "--seed" not in extra:
+        # Without a shared seed each shard randomises the order its own way: together they scan
+        # some addresses twice and miss others.
+        raise ValidationError(
+            "masscan --shard needs --seed: shards of one sweep partition it only in the same random order",
+            rule="masscan_shard_needs_seed",
+            recovery_suggestion="Give every shard of the sweep the same seed, e.g. --shard 1/2 --seed 7 and "
+            "--shard 2/2 --seed 7.",
+        )
     timeout = check_timeout(request.timeout_seconds, ctx.policy)
     # Refuse names before any lookup: masscan scans addresses, and a lookup would leak the name.
     if parse_target(request.target).kind == "hostname":

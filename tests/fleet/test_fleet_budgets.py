@@ -173,3 +173,27 @@ async def test_a_job_its_segment_refuses_gives_its_place_back_at_once(budgeted: 
         await asyncio.wait({loop}, timeout=10)
     assert refused.value.rule == "target_hostname_resolves_out_of_scope"
     assert budgets.usage("red").held == {}
+
+
+async def test_a_sharded_scan_runs_on_its_parents_one_place_and_gives_it_back_at_its_end(budgeted: FleetLab) -> None:
+    # 127.0.0.64/27 in four shards of 8: one engagement place (concurrent_scans 1) for the block.
+    sharding = {"fleet": {"shard_above_hosts": 8, "shard_hosts": 8}}
+    seg_a = budgeted.segment("seg-a", "seg-a-1")
+    front = budgeted.front(sharding)
+    budgets = FleetBudgets(front.parts.store)
+    assert seg_a.worker is not None
+    with tcp_listener(host="127.0.0.70") as port:
+        loop = asyncio.create_task(seg_a.worker.run())
+        try:
+            report = await front.service.call(
+                NMAP, NmapRequest(target="127.0.0.64/27", ports=str(port), wait_seconds=60), "rid-1", principal="alice"
+            )
+            await eventually(lambda: not budgets.usage("red").held, 10, what="the parent's place given back")
+        finally:
+            seg_a.worker.stopping.set()
+            await asyncio.wait({loop}, timeout=10)
+    assert report.status == "completed"
+    open_hosts = [h.address for h in report.hosts if any(p.state == "open" for p in h.ports)]  # type: ignore[attr-defined]
+    assert open_hosts == ["127.0.0.70"]
+    assert "engagement_budget_not_reserved" not in seg_a.lab.audit.getvalue()
+    assert budgets.usage("red").hosts[0][2] == 32  # the whole block counted once, at the front

@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from support.fleet import FleetLab, FleetMember
 from support.listeners import tcp_listener
+from support.nats import NatsServer
 from support.runners import SpyRunner
 from support.traces import recorded_spans
 
-from appliance.errors import ValidationError
+from appliance.errors import ResourceExhaustedError, ValidationError
 from appliance.tools import TOOLS
 from appliance.tools.nmap import NmapRequest
 
@@ -179,3 +181,20 @@ def _has_run_under(spans: Sequence[ReadableSpan], job: ReadableSpan) -> bool:
         span.name == "scanner run" and span.parent is not None and span.parent.span_id == job.context.span_id
         for span in spans
     )
+
+
+async def test_a_full_queue_refuses_the_scan_with_queue_full_and_ends_its_job_failed(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    with FleetLab(nats.url, tmp_path, max_jobs=1) as lab:
+        front = lab.front()
+        lab.segment("seg-a", "seg-a-1")  # advertised, its loop not running: the first job stays queued
+        first = await front.service.call(NMAP, NmapRequest(target="127.0.0.1", ports="80", wait_seconds=0), "rid-1")
+        with pytest.raises(ResourceExhaustedError) as refused:
+            await front.service.call(NMAP, NmapRequest(target="127.0.0.2", ports="80", wait_seconds=0), "rid-2")
+        assert refused.value.rule == "queue_full"
+        stored = front.parts.store.get(refused.value.details["scan_id"])
+        assert stored is not None
+        assert (stored.state, stored.error and stored.error["rule"]) == ("failed", "queue_full")
+        assert lab.queue_messages() == 1  # the first, still queued and never dropped
+        assert first.status == "queued"

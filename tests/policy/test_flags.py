@@ -206,6 +206,8 @@ def test_nmap_flags_refused(args: list[str], rule: str, lab_policy: Policy) -> N
         (["--wait", "5"], ["--wait", "5"]),  # exactly the policy's max_wait_seconds
         (["--retries=2"], ["--retries", "2"]),
         (["--wait", "0", "--retries", "3"], ["--wait", "0", "--retries", "3"]),
+        (["--shard", "1/2", "--seed", "7"], ["--shard", "1/2", "--seed", "7"]),
+        (["--shard=256/256", "--seed=0"], ["--shard", "256/256", "--seed", "0"]),
     ],
 )
 def test_masscan_flags_accepted_in_canonical_form(args: list[str], fragment: list[str], lab_policy: Policy) -> None:
@@ -263,6 +265,14 @@ def test_masscan_flags_accepted_in_canonical_form(args: list[str], fragment: lis
         pytest.param(["--retries", "4"], "flag_value_invalid", id="retries_over_cap"),
         pytest.param(["--wait", "--echo"], "flag_value_invalid", id="option_as_wait_value"),
         pytest.param(["--wait", "1", "--wait", "2"], "flag_repeated", id="repeated_wait"),
+        pytest.param(["--shard", "3/2"], "flag_value_invalid", id="shard_past_its_count"),
+        pytest.param(["--shard", "0/2"], "flag_value_invalid", id="shard_zero"),
+        pytest.param(["--shard", "1/257"], "flag_value_invalid", id="shard_count_over_cap"),
+        pytest.param(["--shard", "1/2,10.0.0.0/8"], "flag_value_invalid", id="shard_smuggling_a_range"),
+        pytest.param(["--shard", "1"], "flag_value_invalid", id="shard_without_count"),
+        pytest.param(["--shards", "1/2"], "flag_not_allowed", id="shard_other_spelling"),
+        pytest.param(["--seed", "-1"], "flag_value_invalid", id="seed_negative"),
+        pytest.param(["--shard", "1/2", "--shard", "2/2"], "flag_repeated", id="two_shards"),
         pytest.param(["--ping"], "flag_not_allowed", id="ping_sweep"),
         pytest.param(["-Pn"], "flag_not_allowed", id="nmap_flag"),
     ],

@@ -232,18 +232,23 @@ class FleetLab:
             return {}
         return {"bus": self.credentials(segment), "create": segment is None}
 
-    def _policy(self, name: str, extra: dict[str, Any]) -> Path:
-        return write_policy(self.directory, LOOPBACK_POLICY, extra, self.policy, name=f"{name}.yaml")
+    def _policy(self, name: str, *extra: dict[str, Any]) -> Path:
+        return write_policy(self.directory, LOOPBACK_POLICY, *extra, self.policy, name=f"{name}.yaml")
 
-    def front(self) -> FleetMember:
+    def front(self, policy: dict[str, Any] | None = None) -> FleetMember:
+        """A front; `policy`: rules merged into its policy (a sharding threshold)."""
+        name = f"front-{len(self.members)}"
         member = fleet_member(
-            self.url, self.names, self._policy("front", FRONT_POLICY), queue=self.queue, **self._bus(None)
+            self.url, self.names, self._policy(name, FRONT_POLICY, policy or {}), queue=self.queue, **self._bus(None)
         )
         self.members.append(member)
         return member
 
-    def segment(self, segment: str, appliance_id: str, **options: Any) -> FleetMember:
-        path = self._policy(segment, SEGMENT_POLICIES[segment])
+    def segment(
+        self, segment: str, appliance_id: str, policy: dict[str, Any] | None = None, **options: Any
+    ) -> FleetMember:
+        """An appliance of `segment`; `policy`: rules merged into its segment's policy."""
+        path = self._policy(f"{segment}-{appliance_id}", SEGMENT_POLICIES[segment], policy or {})
         member = fleet_member(
             self.url,
             self.names,
