@@ -108,6 +108,32 @@ async def test_a_real_scan_runs_front_to_segment_under_their_own_users_over_tls(
     assert [s.name for s in front.parts.registry.view().segments] == []  # withdrawn
 
 
+async def test_a_sharded_scan_runs_to_its_merged_result_under_the_users_permissions(lab: FleetLab) -> None:
+    """Sharding's extra bus traffic (the front queues the shards; the segments merge them into the
+    parent's record) stays within the users' permissions."""
+    front = lab.front({"fleet": {"shard_above_hosts": 8, "shard_hosts": 8}})
+    one_at_a_time = {"limits": {"concurrency": {"global": {"running": 1}}}}
+    seg_1 = lab.segment("seg-a", "seg-a-1", one_at_a_time)
+    seg_2 = lab.segment("seg-a", "seg-a-2", one_at_a_time)
+    with tcp_listener(host="127.0.0.70") as first, tcp_listener(host="127.0.0.75") as second:
+        workers = [await running(seg_1), await running(seg_2)]
+        try:
+            request = NmapRequest(target="127.0.0.64/28", ports=f"{first},{second}", wait_seconds=120)
+            result = await front.service.call(NMAP, request, "rid-sharded")
+        finally:
+            for member in (seg_1, seg_2):
+                assert member.worker is not None
+                member.worker.stopping.set()
+            await asyncio.wait(workers, timeout=10)
+    assert result.status == "completed"
+    found = {(host.address, port.port) for host in result.hosts for port in host.ports}  # type: ignore[attr-defined]
+    assert found == {("127.0.0.70", first), ("127.0.0.75", second)}
+    parent = front.parts.store.get(result.scan_id)
+    assert parent is not None and parent.shards is not None and len(parent.shards) == 2
+    assert all(member.parts.bus.recent_refusal() is None for member in (front, seg_1, seg_2))
+    assert lab.queue_messages() == 0
+
+
 async def test_a_segment_started_before_any_front_is_refused_naming_the_missing_bucket(lab: FleetLab) -> None:
     with pytest.raises(ExecutionError) as refusal:
         lab.segment("seg-a", "seg-a-1")  # no front yet: nothing is provisioned, and it may not create
