@@ -31,6 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolic
 
 from appliance.errors import ApplianceError, ExecutionError, ResourceExhaustedError, ValidationError
 from appliance.fleet.bus import BusThread
+from appliance.fleet.kv import not_provisioned
 
 STREAM = "APPLIANCE_JOBS"
 SUBJECT_PREFIX = "jobs"
@@ -109,9 +110,12 @@ def parse_job_body(data: bytes) -> str:
 class JobQueue:
     """The stream, for fronts (publish, depth) and segments (their consumer)."""
 
-    def __init__(self, bus: BusThread, settings: QueueSettings | None = None) -> None:
+    def __init__(self, bus: BusThread, settings: QueueSettings | None = None, *, create: bool = True) -> None:
+        """Open the stream; create it when missing if `create` (fronts; a segment's NATS user may
+        not create it: ExecutionError `bus_not_provisioned`)."""
         self._bus = bus
         self.settings = settings or QueueSettings()
+        self._create = create
         self._bus.call_repeatable(self._ensure_stream, "open the job queue")
 
     async def _ensure_stream(self) -> None:
@@ -129,6 +133,8 @@ class JobQueue:
         try:
             await js.stream_info(self.settings.stream)
         except nats.js.errors.NotFoundError:
+            if not self._create:
+                raise not_provisioned(f"the job stream {self.settings.stream}") from None
             await js.add_stream(config)
 
     async def publish(self, segment: str, scan_id: str, headers: dict[str, str] | None = None) -> None:

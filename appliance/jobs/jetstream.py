@@ -42,7 +42,7 @@ from nats.js.object_store import ObjectStore
 
 from appliance.errors import ExecutionError
 from appliance.fleet.bus import BusThread, BusUnavailable
-from appliance.fleet.kv import key_value_bucket, live_entries, remove_key
+from appliance.fleet.kv import key_value_bucket, live_entries, not_provisioned, remove_key
 from appliance.jobs.model import FINISHED, UNFINISHED, Job, target_key
 from appliance.jobs.store import JobFilter, JobPage, take_oldest
 
@@ -124,11 +124,19 @@ class JetStreamJobStore:
     ephemeral = False  # JetStream keeps it (file storage, replicated as the bucket says)
 
     def __init__(
-        self, bus: BusThread, *, bucket: str = BUCKET, raw_bucket: str = RAW_BUCKET, replicas: int = 1
+        self,
+        bus: BusThread,
+        *,
+        bucket: str = BUCKET,
+        raw_bucket: str = RAW_BUCKET,
+        replicas: int = 1,
+        create: bool = True,
     ) -> None:
-        """Open (or create) the two buckets on a started `bus`. Raises BusUnavailable when NATS
-        does not answer, ExecutionError when JetStream refuses the buckets."""
+        """Open the two buckets on a started `bus`, creating them when missing if `create` (a
+        front; a segment's NATS user may not: ExecutionError `bus_not_provisioned`). Raises
+        ExecutionError when NATS does not answer or JetStream refuses the buckets."""
         self._bus = bus
+        self._create = create
         self.bucket = bucket
         self.raw_bucket = raw_bucket
         self.replicas = replicas
@@ -144,10 +152,12 @@ class JetStreamJobStore:
 
     async def _open(self) -> None:
         js = self._bus.js
-        self._kv = await key_value_bucket(js, self.bucket, replicas=self.replicas, direct=True)
+        self._kv = await key_value_bucket(js, self.bucket, replicas=self.replicas, direct=True, create=self._create)
         try:
             self._objects = await js.object_store(self.raw_bucket)
         except nats.js.errors.BucketNotFoundError:
+            if not self._create:
+                raise not_provisioned(f"the bucket {self.raw_bucket}") from None
             config_objects = ObjectStoreConfig(storage=StorageType.FILE, replicas=self.replicas)
             # nats-py sets the config's bucket from its own argument.
             self._objects = await js.create_object_store(self.raw_bucket, config=config_objects)
