@@ -461,8 +461,13 @@ class ScanService:
         if self.fleet is not None:
             try:
                 await self._hand_over(spec, plan, live, record)
-            except BaseException:
+            except ApplianceError:
                 breaker.record_neutral()  # the probe slot, if it held one, is free again
+                if claim is not None:  # the job ended failed, never queued: its place is free
+                    self.budgets.release(claim)
+                raise
+            except BaseException:
+                breaker.record_neutral()
                 raise
         listener = _best_effort(progress)
         if listener is not None:

@@ -185,3 +185,15 @@ async def test_a_sharded_scan_runs_on_its_parents_one_place_and_gives_it_back_at
     assert open_hosts == ["127.0.0.70"]
     assert "engagement_budget_not_reserved" not in seg_a.lab.audit.getvalue()
     assert budgets.usage("red").hosts[0][2] == 32  # the whole block counted once, at the front
+
+
+async def test_a_job_the_queue_refuses_gives_its_place_back_at_once(nats: NatsServer, tmp_path: Path) -> None:
+    with FleetLab(nats.url, tmp_path, policy=red_team(4), max_jobs=1) as lab:
+        lab.segment("seg-a", "seg-a-1")  # advertised only: the first job stays queued
+        front = lab.front()
+        budgets = FleetBudgets(front.parts.store)
+        first = await front.service.call(NMAP, slow(1), "rid-1", principal="alice")
+        with pytest.raises(ResourceExhaustedError) as refused:
+            await front.service.call(NMAP, slow(2), "rid-2", principal="alice")
+        assert refused.value.rule == "queue_full"
+        assert set(budgets.usage("red").held) == {first.scan_id}  # the refused job holds none
