@@ -158,9 +158,7 @@ FRONT_POLICY: dict[str, Any] = {
 
 
 @contextlib.contextmanager
-def served_front(
-    directory: Path, url: str, policy: dict[str, Any] | None = None, **env: str
-) -> Iterator[Served]:
+def served_front(directory: Path, url: str, policy: dict[str, Any] | None = None, **env: str) -> Iterator[Served]:
     """`appliance serve --role front` with FRONT_POLICY (and `policy` merged in) on NATS at
     `url`; `env`: more APPLIANCE_* settings (a request-state key file)."""
     path = write_policy(directory, LOOPBACK_POLICY, FRONT_POLICY, policy or {}, name="front.yaml")
