@@ -1183,13 +1183,16 @@ class ScanService:
                 decision = Decision("unanswerable", decision.approver, detail="the audit trail is not writable")
         if not decision.approved:
             raise self._end_unapproved(spec, job, decision, record)
-        queued = self.fleet.store.update(job.scan_id, front_approvals.approve(job, decision, self._now()), attempts=1)
+        queued = self.fleet.store.update(job.scan_id, front_approvals.approve(job, decision, self._now()), attempts=3)
         if queued is None:
             lost = mismatch(front_approvals.RACE_LOST.format(scan_id=job.scan_id))
             self.refuse(lost, record, tool=spec.name)
             raise lost
         self.jobs.audit_state(queued, "queued", "approved")
+        self.jobs.changed(queued)
         live = self.jobs.adopt(queued)
+        # To the segment the question was recorded for (its sweep owns the deadline); it re-checks.
+        plan = replace(plan, segment=queued.segment)
         await self._hand_over(spec, plan, live, record)
         return await self._follow_call(spec, plan, live, record, progress, wait)
 
@@ -1200,10 +1203,12 @@ class ScanService:
         assert job.approval is not None
         error = declined(job.scan_id, int(job.approval.get("timeout_seconds", 0)), decision)
         change = front_approvals.end_unapproved(decision, error, self._now())
-        if self.fleet.store.update(job.scan_id, change, attempts=1) is None:
+        ended = self.fleet.store.update(job.scan_id, change, attempts=3)
+        if ended is None:
             lost = mismatch(front_approvals.RACE_LOST.format(scan_id=job.scan_id))
             self.refuse(lost, record, tool=spec.name)
             return lost
+        self.jobs.changed(ended)
         with contextlib.suppress(ApplianceError):  # the refusal line below shows the end too
             self.audit.write({**record, **front_approvals.approval_line(job, decision)})
         self.refuse(error, {**record, "state": "failed"}, tool=spec.name)

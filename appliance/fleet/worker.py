@@ -306,7 +306,7 @@ class SegmentWorker:
             assert job.approval is not None  # expired() says it has a question
             decision = Decision("timed_out")
             error = declined(job.scan_id, int(job.approval.get("timeout_seconds", 0)), decision)
-            done = self.store.update(job.scan_id, approvals.end_unapproved(decision, error, now), attempts=1)
+            done = self.store.update(job.scan_id, approvals.end_unapproved(decision, error, now), attempts=3)
             if done is None:
                 continue
             self.counts.unapproved += 1

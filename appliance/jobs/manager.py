@@ -216,6 +216,11 @@ class JobManager:
         self.live.pop(live.job.scan_id, None)
         live.done.set()
 
+    def changed(self, job: Job) -> None:
+        """A record another way changed (a fleet front's compare-and-set): tell the listeners."""
+        for notify in self.on_change:
+            notify(job)
+
     def settle(self, live: LiveJob, job: Job) -> None:
         """A job this appliance followed while another ran it ended: `job` is its final record
         (already stored by the appliance that ran it)."""
@@ -404,13 +409,14 @@ class JobManager:
             if current.state == "awaiting_approval" and isinstance(self.store, ChangingStore):
                 # Nobody runs it yet (its question is in the record): ended here, by
                 # compare-and-set against an answer or the deadline's sweep.
-                ended = self.store.update(job.scan_id, cancel_awaiting(self._clock()), attempts=1)
-                if ended is None:
-                    return self.cancel(job)  # it moved meanwhile: queued (cancel it there) or ended
-                self.audit_state(ended, "cancelled", ended.events[-1].get("note"))
-                for notify in self.on_change:
-                    notify(ended)
-                return True
+                ended = self.store.update(job.scan_id, cancel_awaiting(self._clock()))
+                if ended is not None:
+                    self.audit_state(ended, "cancelled", ended.events[-1].get("note"))
+                    self.changed(ended)
+                    return True
+                moved = self.store.get(job.scan_id)  # answered or timed out meanwhile
+                if moved is None or moved.finished:
+                    return False
             self.store.request_cancel(job.scan_id, "cancel_scan", self._clock())
             # A sharded scan runs as its shards: each gets the request (one not yet started is
             # ended by the segment that claims it, before it starts).

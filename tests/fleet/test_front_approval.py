@@ -319,3 +319,56 @@ async def test_a_front_without_a_shared_key_keeps_refusing_approval_and_says_why
     assert refused.value.rule == "approval_unavailable"
     assert "APPLIANCE_REQUEST_STATE_KEY_FILE" in refused.value.recovery_suggestion
     assert front.parts.store.count() == 0
+
+
+def queued_job(scan_id: str, port: int, approval: dict[str, Any] | None) -> Job:
+    """A job put on the store as if a front had queued it (the segment trusts nothing on the bus)."""
+    now = time.time()
+    request = {"target": "127.0.0.1", "ports": str(port), "scripts": ["banner"]}
+    job = Job(
+        scan_id=scan_id,
+        tool="nmap_scan",
+        target="127.0.0.1",
+        scanned_address="127.0.0.1",
+        principal="alice",
+        request=request,
+        argv=["nmap", "127.0.0.1"],
+        state="queued",
+        created_at=now,
+        updated_at=now,
+        request_id="forged",
+        segment="seg-a",
+        approval=approval,
+    )
+    job.move("queued", now)
+    return job
+
+
+@pytest.mark.parametrize(
+    ("approval", "rule"),
+    [
+        # unsafe
+        (None, "approval_unavailable"),  # queued without a question
+        ({"argv_sha256": "0" * 64, "decision": "declined"}, "approval_unavailable"),
+        ({"argv_sha256": "0" * 64, "decision": "approved"}, "approval_state_mismatch"),  # another argv approved
+    ],
+)
+async def test_the_segment_runs_a_job_needing_approval_only_with_the_approval_of_its_own_argv(
+    fleet: FleetLab, approval: dict[str, Any] | None, rule: str
+) -> None:
+    fleet.policy = APPROVAL
+    recorder = RecordingRunner()
+    seg_a = fleet.segment("seg-a", "seg-a-1", runner=recorder)
+    store = seg_a.parts.store
+    job = queued_job("scan_unapproved00000000000001", 9, approval)
+    store.put(job)
+    claimed = store.claim(job.scan_id, "seg-a-1", time.time())
+    assert claimed is not None
+
+    assert await seg_a.service.adopt(claimed) is None
+
+    assert recorder.calls == []
+    final = stored(seg_a, job.scan_id)
+    assert final.state == "failed"
+    assert final.error is not None and final.error["rule"] == rule
+    assert events(seg_a, job.scan_id) == ["refused"]
