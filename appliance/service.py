@@ -81,6 +81,9 @@ JOB_STATE_OF_PARTIAL: dict[str | None, JobState] = {
 SCANNER_FAILURES = ("execution_error", "not_found")
 METRIC_OUTCOME = {"ok": "ok", "partial": "partial", "cancelled": "cancelled"}
 
+# Questions a fleet front keeps for the MCP boundary to send (taken at once; see `question`).
+ASKED_KEPT = 256
+
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
 
@@ -1077,6 +1080,13 @@ class ScanService:
         pending = self.approvals.pending.get(scan_id)
         return None if pending is None else pending.request
 
+    def _keep_question(self, request: ApprovalRequest) -> None:
+        # Taken by the MCP boundary as soon as the call returns; an internal caller never takes
+        # it, so only the newest few are kept.
+        while len(self._asked) >= ASKED_KEPT:
+            self._asked.pop(next(iter(self._asked)))
+        self._asked[request.scan_id] = request
+
     def _approval_refusal(
         self, reasons: tuple[ApprovalReason, ...], approver: Approver | None
     ) -> ApplianceError | None:
@@ -1134,7 +1144,7 @@ class ScanService:
                 self.forget_budget(plan.engagement, live.job.scan_id)
             raise
         self.jobs.release(live)  # nothing of it runs here: its record is the question
-        self._asked[live.job.scan_id] = request
+        self._keep_question(request)
         return report_of(live.job, spec.result_model, time.time())
 
     async def _resume_on_front(
@@ -1170,7 +1180,7 @@ class ScanService:
             rules = approval_rules(policy, plan.engagement)
             reasons = approval_reasons(plan, rules)
             timeout = int(job.approval["timeout_seconds"]) if job.approval else rules.approval_timeout_seconds
-            self._asked[job.scan_id] = self._approval_request(job, plan, reasons, timeout)
+            self._keep_question(self._approval_request(job, plan, reasons, timeout))
             return report_of(job, spec.result_model, time.time())
         if decision.approved:
             try:
