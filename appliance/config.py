@@ -192,9 +192,21 @@ class Settings(BaseSettings):
         default=None,
         description="The fleet's NATS servers, comma-separated (nats:// or tls://); needed by front and segment.",
     )
+    nats_user: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="This appliance's NATS user (scripts/up makes `front` and `segment-<segment>`, with subject "
+        "permissions for the role; README: Fleet, bus security). Needs nats_password_file.",
+    )
+    nats_password_file: Path | None = Field(
+        default=_secret_file("appliance_nats_password"),
+        description="File holding nats_user's password (or the secret /run/secrets/appliance_nats_password); "
+        "read at start, never logged.",
+    )
     nats_credentials_file: Path | None = Field(
         default=_secret_file("appliance_nats_creds"),
-        description="NATS credentials (.creds) of this appliance (or the secret /run/secrets/appliance_nats_creds).",
+        description="NATS credentials (.creds, decentralized JWT auth) of this appliance instead of a user and "
+        "password (or the secret /run/secrets/appliance_nats_creds).",
     )
     request_state_key_file: Path | None = Field(
         default=_secret_file("appliance_request_state_key"),
@@ -204,7 +216,9 @@ class Settings(BaseSettings):
         "refuses calls that need approval.",
     )
     nats_ca_file: Path | None = Field(
-        default=None, description="Trust anchor (PEM) of the NATS servers' certificates, for tls:// URLs."
+        default=_secret_file("appliance_nats_ca"),
+        description="Trust anchor (PEM) of the NATS servers' certificates, for tls:// URLs (or the secret "
+        "/run/secrets/appliance_nats_ca).",
     )
     segment: str | None = Field(
         default=None, description="The segment a segment appliance runs scans for (its job subject jobs.<segment>)."
@@ -268,6 +282,13 @@ class Settings(BaseSettings):
             raise ValueError("role segment needs APPLIANCE_SEGMENT (the segment it runs scans for)")
         if self.role == "front" and self.transport != "http":
             raise ValueError("role front serves MCP over HTTP: set APPLIANCE_TRANSPORT=http")
+        if self.role != "standalone" and self.nats_user is not None:
+            if self.nats_password_file is None:
+                raise ValueError("APPLIANCE_NATS_USER needs APPLIANCE_NATS_PASSWORD_FILE (scripts/up writes it)")
+            if self.nats_credentials_file is not None:
+                raise ValueError(
+                    "set APPLIANCE_NATS_USER (with a password file) or APPLIANCE_NATS_CREDENTIALS_FILE, not both"
+                )
         return self
 
     def nats_servers(self) -> tuple[str, ...]:

@@ -442,6 +442,7 @@ class ScanService:
                 segment=plan.segment,
                 scan_id=scan_id,
                 shards=[new_scan_id() for _ in plan.shards] if plan.shards else None,
+                caller=None if self.fleet is None else fleet_caller(caller, scopes, snapshot.policy),
             )
         except ApplianceError as exc:
             # Refused before a job exists (queue full, shutting down, the store cannot record it).
@@ -655,7 +656,9 @@ class ScanService:
                 )
             snapshot = self.store.current
             request = parse_arguments(spec.request_model, job.request)
-            plan = await self.check(spec, request, snapshot, self.caller(job.principal))
+            caller, scopes = adopted_caller(job)
+            check_scopes(spec.name, request, scopes)
+            plan = await self.check(spec, request, snapshot, caller)
             if plan.engagement != job.engagement:
                 raise ValidationError(
                     f"the front placed this job in engagement {job.engagement!r}; this segment's policy places it "
@@ -1259,3 +1262,31 @@ class ScanService:
             return report_of(live.job, spec.result_model, time.time())
         final: ScanReport = task.result()  # the report, or the error the job ended with
         return final
+
+
+def fleet_caller(caller: Caller, scopes: Collection[str] | None, policy: Policy) -> dict[str, Any]:
+    """What a fleet job carries of its caller for the segment's re-check: the token's subject,
+    the claims this front's engagements name (no other claim leaves the front), its scopes."""
+    named = {name for engagement in policy.engagements or () for name in engagement.principals.claims}
+    return {
+        "subject": caller.subject,
+        "claims": {name: caller.claims[name] for name in sorted(named) if name in caller.claims},
+        "scopes": None if scopes is None else sorted(scopes),
+    }
+
+
+def adopted_caller(job: Job) -> tuple[Caller, list[str] | None]:
+    """The caller a segment re-checks a job as: the one its front recorded (a job without one,
+    from an older front, is checked as its principal alone, with no token scopes to check)."""
+    if job.caller is None:
+        return Caller(job.principal), None
+    scopes = job.caller.get("scopes")
+    return (
+        Caller(
+            job.principal,
+            subject=job.caller.get("subject"),
+            claims=dict(job.caller.get("claims") or {}),
+            scopes=tuple(scopes or ()),
+        ),
+        None if scopes is None else list(scopes),
+    )

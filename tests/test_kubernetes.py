@@ -271,6 +271,25 @@ def test_fleet_overlay_runs_stateless_fronts_and_a_segments_appliances_on_nats()
     assert (front["APPLIANCE_ROLE"], segment["APPLIANCE_ROLE"]) == ("front", "segment")
     assert front["APPLIANCE_NATS_URL"] == segment["APPLIANCE_NATS_URL"]
     assert segment["APPLIANCE_SEGMENT"] == "seg-a"
+    # Bus security: TLS, the role's own NATS user, its password and the CA from its own Secret.
+    assert front["APPLIANCE_NATS_URL"].startswith("tls://")
+    assert (front["APPLIANCE_NATS_USER"], segment["APPLIANCE_NATS_USER"]) == ("front", "segment-seg-a")
+
+    def secret_files(name: str) -> dict[str, str]:
+        [volume] = [v for v in deployments[name]["spec"]["template"]["spec"]["volumes"] if v["name"] == "secrets"]
+        sources = volume["projected"]["sources"] if "projected" in volume else [{"secret": volume["secret"]}]
+        return {
+            item["path"]: source["secret"].get("name", source["secret"].get("secretName"))
+            for source in sources
+            for item in source["secret"]["items"]
+        }
+
+    assert secret_files("appliance")["appliance_nats_password"] == "fleet-nats-front"
+    assert secret_files("appliance")["appliance_auth_token"] == "appliance-secrets"
+    assert secret_files("segment-seg-a") == {
+        "appliance_nats_password": "fleet-nats-segment-seg-a",
+        "appliance_nats_ca": "fleet-nats-segment-seg-a",
+    }
     assert deployments["appliance"]["spec"]["replicas"] == 2
     # The MCP Service selects the fronts only: a segment has no MCP endpoint.
     [service] = [doc for doc in docs if doc["kind"] == "Service"]

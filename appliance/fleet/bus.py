@@ -17,9 +17,10 @@ import contextlib
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,8 +29,9 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from pydantic import SecretStr
 
-from appliance.errors import ExecutionError
+from appliance.errors import ConfigError, ExecutionError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,11 @@ class BusSettings:
     servers: tuple[str, ...]
     name: str = "mcp-scanner-appliance"
     tls: ssl.SSLContext | None = None
-    credentials: Path | None = None  # a NATS .creds file (per-segment permissions, fleet issue item 6)
+    # A NATS .creds file (decentralized JWT auth, an operator's own NATS) or a user and password
+    # (the users scripts/nats_auth.py writes; README "Fleet", bus security). Never logged.
+    credentials: Path | None = None
+    user: str | None = None
+    password: SecretStr | None = field(default=None, repr=False)
     connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS
     operation_timeout_seconds: float = OPERATION_TIMEOUT_SECONDS
     # Retries of a repeatable operation over a leader election (transient_retry).
@@ -101,8 +107,18 @@ def _redact(url: str) -> str:
     return f"{scheme}{sep}{host}"
 
 
+def inbox_prefix(user: str | None) -> str:
+    """Where this connection's replies arrive: `_INBOX.<user>` for a user of scripts/nats_auth.py,
+    whose permissions let it subscribe there alone (no user reads another's replies)."""
+    return "_INBOX" if user is None else f"_INBOX.{user}"
+
+
 class BusUnavailable(ExecutionError):
     """NATS could not be reached or did not answer in time."""
+
+
+class BusUnauthorized(ConfigError):
+    """NATS refused this appliance's user, password or credentials: the start is refused."""
 
 
 class BusThread:
@@ -115,6 +131,10 @@ class BusThread:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._closing = False
+        # The last permission refusal the server sent: a refused request gets no answer, so a
+        # timeout after one names it (the operator's fix is the permissions, not the network).
+        self._refused: tuple[float, str] | None = None
+        self._auth_refused = asyncio.Event()
 
     @property
     def nc(self) -> Client:
@@ -135,6 +155,9 @@ class BusThread:
         self._thread.start()
         try:
             self.call(self._connect, "connect to NATS", timeout=self.settings.connect_timeout_seconds + 1)
+        except nats.errors.AuthorizationError as exc:
+            self._stop_loop()
+            raise self._unauthorized() from exc
         except BaseException:
             self._stop_loop()
             raise
@@ -159,10 +182,43 @@ class BusThread:
             options["tls"] = settings.tls
         if settings.credentials is not None:
             options["user_credentials"] = str(settings.credentials)
-        self._nc = await nats.connect(**options)
+        if settings.user is not None:
+            options["user"] = settings.user
+            options["password"] = "" if settings.password is None else settings.password.get_secret_value()
+            options["inbox_prefix"] = inbox_prefix(settings.user)
+        # A refused password is no reason to retry until the connect timeout: nats-py reports
+        # the server's "Authorization Violation" to error_cb and tries again, so the first such
+        # report ends the start (BusUnauthorized).
+        self._auth_refused.clear()
+        client = Client()
+        connecting = asyncio.ensure_future(client.connect(**options))
+        refused = asyncio.ensure_future(self._auth_refused.wait())
+        await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+        refused.cancel()
+        if self._auth_refused.is_set():  # first, even when the connect gave up at the same moment
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            with contextlib.suppress(Exception):
+                await client.close()
+            raise nats.errors.AuthorizationError
+        connecting.result()
+        self._nc = client
         self._js = self._nc.jetstream(timeout=settings.operation_timeout_seconds)
 
     async def _on_error(self, exc: Exception) -> None:
+        reason = str(exc)
+        if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in reason.lower():
+            # At start: the start is refused. Later (a reconnect after the password changed): said
+            # once until a reconnect succeeds (nats-py tries twice a second), without the password.
+            if not self._auth_refused.is_set():
+                log.error("NATS refused this appliance's credentials", extra={"rule": "bus_unauthorized"})
+            self._auth_refused.set()
+            return
+        if "permissions violation" in reason.lower():
+            self._refused = (time.monotonic(), reason)
+            log.warning("NATS refused an operation", extra={"rule": "bus_forbidden", "reason": reason})
+            return
         log.warning("NATS connection error", extra={"reason": repr(exc)})
 
     async def _on_disconnected(self) -> None:
@@ -171,6 +227,7 @@ class BusThread:
         log.warning("NATS disconnected; reconnecting", extra={"servers": self.settings.redacted_servers()})
 
     async def _on_reconnected(self) -> None:
+        self._auth_refused.clear()
         log.info("NATS reconnected", extra={"servers": self.settings.redacted_servers()})
 
     def call(self, operation: Callable[[], Awaitable[T]], what: str, *, timeout: float | None = None) -> T:
@@ -230,8 +287,38 @@ class BusThread:
             except TimeoutError:
                 raise self._unavailable(what, "no answer in time") from None
 
+    def recent_refusal(self) -> str | None:
+        """The server's last permission refusal, when it came within one repeatable operation's time."""
+        if self._refused is None:
+            return None
+        at, reason = self._refused
+        # The refusal comes at once, the timeout of the request it refused later: one retry
+        # period and two operation timeouts cover it.
+        window = self.settings.transient_retry_seconds + 2 * self.settings.operation_timeout_seconds
+        return reason if time.monotonic() - at <= window else None
+
+    def _unauthorized(self) -> BusUnauthorized:
+        servers = ", ".join(self.settings.redacted_servers())
+        who = f"user {self.settings.user}" if self.settings.user is not None else "these credentials"
+        return BusUnauthorized(
+            f"NATS ({servers}) refused {who}: authorization violation",
+            rule="bus_unauthorized",
+            recovery_suggestion="Give this appliance the user and password the NATS servers know: "
+            "APPLIANCE_NATS_USER and the file APPLIANCE_NATS_PASSWORD_FILE (scripts/up writes "
+            "secrets/nats_password_<user> and the servers' nats_auth.conf from the same files), or a valid "
+            "APPLIANCE_NATS_CREDENTIALS_FILE; then restart.",
+        )
+
     def _unavailable(self, what: str, why: str) -> BusUnavailable:
         servers = ", ".join(self.settings.redacted_servers())
+        refusal = self.recent_refusal()
+        if refusal is not None:
+            return BusUnavailable(
+                f"could not {what}: NATS ({servers}) {why}, after refusing this appliance: {refusal}",
+                rule="bus_forbidden",
+                recovery_suggestion="The operator must give this appliance's NATS user the subjects its role "
+                "needs (scripts/nats_auth.py writes them; README Fleet, bus security) or fix its role and segment.",
+            )
         return BusUnavailable(
             f"could not {what}: NATS ({servers}) {why}",
             rule="bus_unavailable",

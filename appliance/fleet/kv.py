@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, ExecutionError
 from appliance.fleet.bus import BusThread
 
 # The header a key-value delete or purge marker carries (ADR-8), and its two values.
@@ -28,11 +28,26 @@ def _removed(headers: dict[str, str] | None) -> bool:
     return headers is not None and headers.get(KV_OPERATION_HEADER) in _REMOVALS
 
 
-async def key_value_bucket(js: JetStreamContext, name: str, *, replicas: int, direct: bool = False) -> KeyValue:
-    """The bucket `name`, created (file storage, history 1) when it does not exist yet."""
+def not_provisioned(what: str) -> ExecutionError:
+    """A segment found its stream or bucket missing: fronts create them (a segment's NATS user may not)."""
+    return ExecutionError(
+        f"{what} does not exist on NATS yet, and this appliance's role does not create it",
+        rule="bus_not_provisioned",
+        recovery_suggestion="Start a front first (fronts create the fleet's stream and buckets at start), then "
+        "this segment appliance.",
+    )
+
+
+async def key_value_bucket(
+    js: JetStreamContext, name: str, *, replicas: int, direct: bool = False, create: bool = True
+) -> KeyValue:
+    """The bucket `name`, created (file storage, history 1) when it does not exist yet and
+    `create` is set (else ExecutionError `bus_not_provisioned`)."""
     try:
         return await js.key_value(name)
     except nats.js.errors.BucketNotFoundError:
+        if not create:
+            raise not_provisioned(f"the bucket {name}") from None
         config = KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE, replicas=replicas, direct=direct)
         return await js.create_key_value(config)
 

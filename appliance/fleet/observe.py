@@ -53,6 +53,13 @@ class FleetObserver:
                 }
                 for scope in view.segments
             }
+            # Jobs waiting for a segment no appliance advertises (all of them stopped, or withdrew):
+            # nothing will run them until one is back (the ApplianceFleetJobsStranded alert).
+            status["unadvertised"] = {
+                segment: count
+                for segment, count in sorted(parts.queue.waiting().items())
+                if count and segment not in status["segments"]
+            }
             status["disagreements"] = list(view.disagreements)
             status["skipped_advertisements"] = view.skipped
         except ApplianceError as exc:
@@ -93,6 +100,9 @@ class FleetCollector(Collector):
         for name, seen in sorted(segments.items()):
             for key, family in families.items():
                 family.add_metric([name], float(seen[key]))
+        for name, count in sorted(status.get("unadvertised", {}).items()):
+            families["appliances"].add_metric([name], 0.0)  # no heartbeat to show: none advertises it
+            families["queued"].add_metric([name], float(count))
         yield from families.values()
         routed = CounterMetricFamily(
             "appliance_fleet_jobs_routed", "Jobs this front handed to each segment.", labels=["segment"]

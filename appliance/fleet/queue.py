@@ -4,9 +4,12 @@ A front publishes a job's scan_id on `jobs.<segment>` once the job's record is i
 record is the job; the message only says "run it"). Every appliance of a segment pulls from the
 segment's one durable consumer, so each message goes to one of them at a time (a queue group in
 NATS' words). JetStream delivers at least once: an appliance that does not ack within `ack_wait`
-(it died, or lost its link) has its message redelivered to another, up to `max_deliver` times in
-all; the store's compare-and-set claim (`JetStreamJobStore.claim`) keeps a redelivery from
-running a job twice. A long scan keeps its message by sending in-progress heartbeats, well
+(it died, or lost its link) has its message redelivered to another; the store's compare-and-set
+claim (`JetStreamJobStore.claim`) keeps a redelivery from running a job twice. JetStream is told
+to deliver without limit and the segment counts deliveries itself (appliance/fleet/worker.py): a
+job may pass to another appliance up to `max_deliver` deliveries in all, but a message whose
+claim failed (the store unreachable) is delivered again until its job is claimed or ended, so
+no job is left `queued` with no message behind it. A long scan keeps its message by sending in-progress heartbeats, well
 inside `ack_wait`.
 
 Nothing in a message is trusted: the segment reads the job's record from the store and re-checks
@@ -28,6 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolic
 
 from appliance.errors import ApplianceError, ExecutionError, ResourceExhaustedError, ValidationError
 from appliance.fleet.bus import BusThread
+from appliance.fleet.kv import not_provisioned
 
 STREAM = "APPLIANCE_JOBS"
 SUBJECT_PREFIX = "jobs"
@@ -44,7 +48,8 @@ INSUFFICIENT_RESOURCES = 10047
 class QueueSettings:
     # How long an appliance may hold a job without a heartbeat before JetStream hands it to another.
     ack_wait_seconds: float = 30.0
-    # Deliveries in all: the first and one redelivery to another appliance of the segment.
+    # Deliveries that may take a job over: the first and one redelivery to another appliance of the
+    # segment (counted by the worker; JetStream itself redelivers without limit).
     max_deliver: int = 2
     # Jobs waiting in the whole fleet; a full queue refuses new jobs at the front (`queue_full`).
     max_jobs: int = 100_000
@@ -105,9 +110,12 @@ def parse_job_body(data: bytes) -> str:
 class JobQueue:
     """The stream, for fronts (publish, depth) and segments (their consumer)."""
 
-    def __init__(self, bus: BusThread, settings: QueueSettings | None = None) -> None:
+    def __init__(self, bus: BusThread, settings: QueueSettings | None = None, *, create: bool = True) -> None:
+        """Open the stream; create it when missing if `create` (fronts; a segment's NATS user may
+        not create it: ExecutionError `bus_not_provisioned`)."""
         self._bus = bus
         self.settings = settings or QueueSettings()
+        self._create = create
         self._bus.call_repeatable(self._ensure_stream, "open the job queue")
 
     async def _ensure_stream(self) -> None:
@@ -125,6 +133,8 @@ class JobQueue:
         try:
             await js.stream_info(self.settings.stream)
         except nats.js.errors.NotFoundError:
+            if not self._create:
+                raise not_provisioned(f"the job stream {self.settings.stream}") from None
             await js.add_stream(config)
 
     async def publish(self, segment: str, scan_id: str, headers: dict[str, str] | None = None) -> None:
@@ -168,6 +178,17 @@ class JobQueue:
 
         return self._bus.call_repeatable(read, f"read the queue depth of segment {segment}")
 
+    def waiting(self) -> dict[str, int]:
+        """Job messages in the stream by segment (queued, or delivered and not yet acked), from the
+        stream's own subject counts: segments nobody advertises any more are in it too."""
+        prefix = f"{self.settings.subject_prefix}."
+
+        async def read() -> dict[str, int]:
+            info = await self._bus.js.stream_info(self.settings.stream, subjects_filter=prefix + "*")
+            return {subject[len(prefix) :]: int(count) for subject, count in (info.state.subjects or {}).items()}
+
+        return self._bus.call_repeatable(read, "read the job queue by segment")
+
     def messages(self) -> int:
         """Job messages in the stream (queued, or delivered and not yet acked)."""
 
@@ -198,10 +219,13 @@ class SegmentConsumer:
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=settings.ack_wait_seconds,
-            max_deliver=settings.max_deliver,
+            max_deliver=-1,  # the worker counts (see the module's docstring)
             filter_subject=subject,
             max_ack_pending=1000,
         )
+        # Created, or updated to these settings: a changed ack_wait reaches a consumer an earlier
+        # start made (pull_subscribe alone binds to it as it is).
+        await self._bus.js.add_consumer(settings.stream, config)
         self._sub = await self._bus.js.pull_subscribe(subject, durable=durable, stream=settings.stream, config=config)
 
     async def next(self, wait_seconds: float) -> Delivery | None:

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
 
 from appliance.config import Settings
+from appliance.errors import ConfigError
 from appliance.fleet.budgets import FleetBudgets
 from appliance.fleet.bus import BusSettings, BusThread
 from appliance.fleet.front import STALE_AFTER_SECONDS, FrontFleet
@@ -42,12 +46,35 @@ def bus_settings(settings: Settings) -> BusSettings:
     tls = None
     if settings.nats_ca_file is not None:
         tls = ssl.create_default_context(cafile=str(settings.nats_ca_file))
+    password = None
+    if settings.nats_user is not None and settings.nats_password_file is not None:
+        password = SecretStr(_read_secret(settings.nats_password_file, "APPLIANCE_NATS_PASSWORD_FILE"))
     return BusSettings(
         servers=settings.nats_servers(),
         name=f"mcp-scanner-appliance {settings.role} {settings.appliance_id}",
         tls=tls,
         credentials=settings.nats_credentials_file,
+        user=settings.nats_user,
+        password=password,
     )
+
+
+def _read_secret(path: Path, setting: str) -> str:
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{setting} {path} cannot be read: {exc.strerror}",
+            rule="settings_invalid",
+            recovery_suggestion=f"Mount the file {setting} names (scripts/up writes secrets/nats_password_<user>).",
+        ) from exc
+    if not value:
+        raise ConfigError(
+            f"{setting} {path} is empty",
+            rule="settings_invalid",
+            recovery_suggestion="Run scripts/up (it writes the NATS passwords) or put the user's password in it.",
+        )
+    return value
 
 
 def queue_settings(settings: Settings) -> QueueSettings:
@@ -58,12 +85,21 @@ def queue_settings(settings: Settings) -> QueueSettings:
     )
 
 
+def creates(settings: Settings) -> bool:
+    """Fronts create the fleet's stream and buckets when missing. A segment with a NATS user or
+    credentials only opens them: its user may not create or delete any (README "Fleet", bus
+    security), and a clear `bus_not_provisioned` beats a request the server leaves unanswered.
+    On a bus without authentication (a developer's nats-server) any role creates them."""
+    secured = settings.nats_user is not None or settings.nats_credentials_file is not None
+    return settings.role == "front" or not secured
+
+
 def connect_store(settings: Settings) -> tuple[BusThread, JetStreamJobStore]:
     """The bus and the job store alone (the operator CLI's `appliance jobs`); close the bus after."""
     bus = BusThread(bus_settings(settings))
     bus.start()
     try:
-        return bus, JetStreamJobStore(bus, replicas=settings.fleet_replicas)
+        return bus, JetStreamJobStore(bus, replicas=settings.fleet_replicas, create=creates(settings))
     except BaseException:
         bus.close()
         raise
@@ -75,9 +111,10 @@ def connect(settings: Settings) -> FleetParts:
     bus = BusThread(bus_settings(settings))
     bus.start()
     try:
-        store = JetStreamJobStore(bus, replicas=settings.fleet_replicas)
-        registry = SegmentRegistry(bus, replicas=settings.fleet_replicas)
-        queue = JobQueue(bus, queue_settings(settings))
+        create = creates(settings)
+        store = JetStreamJobStore(bus, replicas=settings.fleet_replicas, create=create)
+        registry = SegmentRegistry(bus, replicas=settings.fleet_replicas, create=create)
+        queue = JobQueue(bus, queue_settings(settings), create=create)
     except BaseException:
         bus.close()
         raise

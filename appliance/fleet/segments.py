@@ -24,8 +24,8 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError as ModelError
 
 from appliance.errors import ExecutionError, ValidationError
-from appliance.fleet.bus import BusThread, BusUnavailable
-from appliance.fleet.kv import key_value_bucket, live_entries, remove_key
+from appliance.fleet.bus import BusThread
+from appliance.fleet.kv import key_value_bucket, live_entries
 from appliance.fleet.routing import SegmentScope
 from appliance.policy.model import Policy
 
@@ -60,15 +60,16 @@ class SegmentView:
 
 
 class SegmentRegistry:
-    def __init__(self, bus: BusThread, *, bucket: str = BUCKET, replicas: int = 1) -> None:
+    def __init__(self, bus: BusThread, *, bucket: str = BUCKET, replicas: int = 1, create: bool = True) -> None:
         self._bus = bus
         self.bucket = bucket
         self._replicas = replicas
+        self._create = create
         self._kv: KeyValue | None = None
         self._call("open the segment bucket", self._open)
 
     async def _open(self) -> None:
-        self._kv = await key_value_bucket(self._bus.js, self.bucket, replicas=self._replicas)
+        self._kv = await key_value_bucket(self._bus.js, self.bucket, replicas=self._replicas, create=self._create)
 
     @property
     def kv(self) -> KeyValue:
@@ -78,7 +79,7 @@ class SegmentRegistry:
     def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         try:
             return self._bus.call_repeatable(operation, what)
-        except BusUnavailable:
+        except ExecutionError:  # BusUnavailable, bus_not_provisioned: named already
             raise
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise ExecutionError(
@@ -98,11 +99,13 @@ class SegmentRegistry:
         self._call(f"advertise segment {scope.name}", put)
 
     def withdraw(self, segment: str, appliance: str) -> None:
-        """A clean stop: this appliance no longer runs jobs of `segment`."""
+        """A clean stop: this appliance no longer runs jobs of `segment`. A delete marker, not a
+        purge: a segment's NATS user may write its own keys only, and a purge request names its
+        subject where permissions cannot see it (readers skip the marker)."""
         key = _key(segment, appliance)
 
         async def delete() -> None:
-            await remove_key(self._bus.js, self.bucket, key)
+            await self.kv.delete(key)
 
         self._call(f"withdraw from segment {segment}", delete)
 

@@ -76,6 +76,7 @@ def shard_job(parent: Job, block: str, scan_id: str, index: int, now: float) -> 
         engagement=parent.engagement,
         segment=parent.segment,
         parent=parent.scan_id,
+        caller=parent.caller,
     )
     job.move("queued", now, f"shard {index + 1} of {len(parent.shards)} of {parent.scan_id}")
     return job

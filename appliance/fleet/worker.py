@@ -136,8 +136,11 @@ class SegmentWorker:
 
     async def _handle(self, delivery: Delivery) -> None:
         self.counts.received += 1
-        takeover = delivery.attempt > 1
-        if takeover:
+        # A redelivery takes the job over from a silent claimer up to max_deliver deliveries; past
+        # that it runs only a job nobody claimed yet (every earlier claim failed: the store was
+        # unreachable), and a silent claimer's job is left to the orphan sweep (`interrupted`).
+        takeover = 1 < delivery.attempt <= self.queue.max_deliver
+        if delivery.attempt > 1:
             self.counts.redelivered += 1
             if self._runner_alive(delivery.scan_id):
                 # Redelivered because a heartbeat was late, not because its runner died: the

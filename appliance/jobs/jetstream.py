@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -41,7 +42,7 @@ from nats.js.object_store import ObjectStore
 
 from appliance.errors import ExecutionError
 from appliance.fleet.bus import BusThread, BusUnavailable
-from appliance.fleet.kv import key_value_bucket, live_entries, remove_key
+from appliance.fleet.kv import key_value_bucket, live_entries, not_provisioned, remove_key
 from appliance.jobs.model import FINISHED, UNFINISHED, Job, target_key
 from appliance.jobs.store import JobFilter, JobPage, take_oldest
 
@@ -54,6 +55,8 @@ RAW_BUCKET = "appliance_raw"
 # JetStream's error code for a stream or account out of storage (nats-server errors.json).
 INSUFFICIENT_RESOURCES = 10047
 STREAM_STORE_FAILED = 10077
+# Jobs whose index keys this store remembers (`_written`): more than run at once on one appliance.
+WRITTEN_KEYS_KEPT = 4096
 # Writers of one key racing each other (change_value): each lost compare-and-set is read again.
 CAS_TRIES = 16
 
@@ -121,25 +124,40 @@ class JetStreamJobStore:
     ephemeral = False  # JetStream keeps it (file storage, replicated as the bucket says)
 
     def __init__(
-        self, bus: BusThread, *, bucket: str = BUCKET, raw_bucket: str = RAW_BUCKET, replicas: int = 1
+        self,
+        bus: BusThread,
+        *,
+        bucket: str = BUCKET,
+        raw_bucket: str = RAW_BUCKET,
+        replicas: int = 1,
+        create: bool = True,
     ) -> None:
-        """Open (or create) the two buckets on a started `bus`. Raises BusUnavailable when NATS
-        does not answer, ExecutionError when JetStream refuses the buckets."""
+        """Open the two buckets on a started `bus`, creating them when missing if `create` (a
+        front; a segment's NATS user may not: ExecutionError `bus_not_provisioned`). Raises
+        ExecutionError when NATS does not answer or JetStream refuses the buckets."""
         self._bus = bus
+        self._create = create
         self.bucket = bucket
         self.raw_bucket = raw_bucket
         self.replicas = replicas
         self._fault: tuple[str, str] | None = None
         self._kv: KeyValue | None = None
         self._objects: ObjectStore | None = None
+        # The index keys this store last wrote (or claimed) for a job, so that its next write
+        # need not read the record back first (a round trip per state change). Only this
+        # appliance writes a job's record between its claim and its end, bar a takeover; a
+        # stale entry leaves at most stale index keys, which every read skips (see above).
+        self._written: OrderedDict[str, set[str]] = OrderedDict()
         self._write("open the job buckets", self._open)
 
     async def _open(self) -> None:
         js = self._bus.js
-        self._kv = await key_value_bucket(js, self.bucket, replicas=self.replicas, direct=True)
+        self._kv = await key_value_bucket(js, self.bucket, replicas=self.replicas, direct=True, create=self._create)
         try:
             self._objects = await js.object_store(self.raw_bucket)
         except nats.js.errors.BucketNotFoundError:
+            if not self._create:
+                raise not_provisioned(f"the bucket {self.raw_bucket}") from None
             config_objects = ObjectStoreConfig(storage=StorageType.FILE, replicas=self.replicas)
             # nats-py sets the config's bucket from its own argument.
             self._objects = await js.create_object_store(self.raw_bucket, config=config_objects)
@@ -217,8 +235,10 @@ class JetStreamJobStore:
         round trip to the stream's leader): the index keys the record does not have yet and the
         raw output; the record; the old state's keys. A write that changes no index key (findings
         so far) is the read of the old record and the record's write."""
-        old = await self._job(job.scan_id)
-        old_keys = set() if old is None else index_keys(old)
+        old_keys = self._written.get(job.scan_id)
+        if old_keys is None:
+            old = await self._job(job.scan_id)
+            old_keys = set() if old is None else index_keys(old)
 
         async def record(body: bytes) -> None:
             await self.kv.put(f"job.{job.scan_id}", body)
@@ -236,12 +256,20 @@ class JetStreamJobStore:
         yet (and the raw output), all at once; the record (`write_record` of its body); the old
         state's keys. A record write that raises leaves the old keys in place."""
         new_keys = index_keys(job)
+        self._written.pop(job.scan_id, None)  # unknown until this write has landed
         first: list[Awaitable[object]] = [self.kv.put(key, job.state.encode()) for key in sorted(new_keys - old_keys)]
         if raw is not None:
             first.append(self.objects.put(job.scan_id, raw))
         await asyncio.gather(*first)
         await write_record(json.dumps(job.to_record(), separators=(",", ":")).encode())
         await self._delete_keys(sorted(old_keys - new_keys))
+        self._remember(job.scan_id, new_keys)
+
+    def _remember(self, scan_id: str, keys: set[str]) -> None:
+        self._written[scan_id] = keys
+        self._written.move_to_end(scan_id)
+        while len(self._written) > WRITTEN_KEYS_KEPT:
+            self._written.popitem(last=False)
 
     def put(self, job: Job, raw: bytes | None = None) -> None:
         self._write(f"record scan {job.scan_id}", lambda: self._put(job, raw))
@@ -269,6 +297,7 @@ class JetStreamJobStore:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await self.objects.delete(scan_id)
             await remove_key(self._bus.js, self.bucket, f"job.{scan_id}")
+            self._written.pop(scan_id, None)
             removed += 1
         return removed
 

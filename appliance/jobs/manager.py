@@ -169,6 +169,7 @@ class JobManager:
         segment: str | None = None,
         scan_id: str | None = None,
         shards: list[str] | None = None,
+        caller: dict[str, Any] | None = None,
     ) -> LiveJob:
         """A new job, `queued` (or `awaiting_approval` when a human must approve it first:
         `approval` is then what it waits for). `scan_id`: one the caller made already (a fleet
@@ -191,6 +192,7 @@ class JobManager:
             approval=approval,
             segment=segment,
             shards=shards,
+            caller=caller,
         )
         job.move(state, now)
         # The trail first, then the store, both fail closed: a job the trail does not show never

@@ -129,6 +129,10 @@ class Job:
     # state and result are merged from theirs), or the parent a shard is part of.
     shards: list[str] | None = None
     parent: str | None = None
+    # A fleet job's caller as the front's checks saw it, for the segment's re-check (README
+    # "Fleet"): the token's subject, the claims the front's engagements name, the token's scopes
+    # (None: a caller without a token). Standalone jobs carry none.
+    caller: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
@@ -170,6 +174,7 @@ class Job:
             "approval": self.approval,
             "shards": self.shards,
             "parent": self.parent,
+            "caller": self.caller,
         }
 
     @classmethod

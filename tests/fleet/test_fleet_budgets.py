@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support.engagements import engagement, with_engagements
+from support.engagements import engagement, open_window, with_engagements
 from support.fleet import FleetLab
 from support.listeners import tcp_listener
 from support.nats import NatsServer
@@ -26,17 +25,6 @@ pytestmark = pytest.mark.anyio
 
 NMAP = TOOLS["nmap_scan"]
 TARGET = "web.seg-a.lab.internal"
-
-
-def open_window() -> dict[str, str]:
-    """A window around the real clock (the fleet's appliances run on it)."""
-    now = datetime.now(UTC)
-    stamp = "%Y-%m-%dT%H:%M"
-    return {
-        "not_before": (now - timedelta(days=1)).strftime(stamp),
-        "not_after": (now + timedelta(days=1)).strftime(stamp),
-        "timezone": "UTC",
-    }
 
 
 def red_team(concurrent: int) -> dict[str, object]:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.runners import SpyRunner
 
+from appliance.errors import ExecutionError
 from appliance.fleet.queue import job_body
 from appliance.jobs.model import Job, new_scan_id
 from appliance.tools import TOOLS
@@ -229,3 +231,48 @@ async def test_a_redelivery_of_a_job_whose_runner_is_still_heard_from_is_not_tak
         stored = other.parts.store.get(queued.scan_id)
         assert stored is not None
         assert (stored.state, stored.runner) == ("running", "seg-a-slow")
+
+
+async def test_a_job_whose_claim_failed_on_its_last_delivery_is_delivered_again_and_run(
+    nats: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # max_deliver 1: JetStream used to stop there, and a claim refused by an unreachable store
+    # left the job `queued` with no message behind it.
+    with FleetLab(nats.url, tmp_path, ack_wait_seconds=1.0, max_deliver=1) as lab:
+        front = lab.front()
+        seg_a = lab.segment("seg-a", "seg-a-1")
+        store = seg_a.parts.store
+        real_claim = store.claim
+        refused: list[str] = []
+
+        def claim_once_unreachable(scan_id: str, runner: str, now: float, *, takeover: bool = False) -> Job | None:
+            if not refused:
+                refused.append(scan_id)
+                raise ExecutionError("NATS is electing a leader", rule="store_unwritable")
+            return real_claim(scan_id, runner, now, takeover=takeover)
+
+        monkeypatch.setattr(store, "claim", claim_once_unreachable)
+        with tcp_listener() as port:
+            queued = await front.service.call(
+                NMAP, NmapRequest(target="127.0.0.1", ports=str(port), wait_seconds=0), "rid-1"
+            )
+            async with running(seg_a):
+                ended = await until(seg_a, queued.scan_id, "completed", seconds=20)
+        assert refused == [queued.scan_id]
+        assert ended.runner == "seg-a-1"
+        assert seg_a.worker is not None and seg_a.worker.counts.redelivered >= 1
+        assert lab.queue_messages() == 0
+
+
+async def test_a_consumer_an_earlier_start_made_takes_the_new_ack_wait(nats: NatsServer, tmp_path: Path) -> None:
+    with FleetLab(nats.url, tmp_path, ack_wait_seconds=30.0) as lab:
+        first = lab.segment("seg-a", "seg-a-1")
+        settings = replace(lab.queue, ack_wait_seconds=6.0)
+        again = first.parts.queue.__class__(first.parts.bus, settings).consumer("seg-a")
+
+        async def config() -> tuple[float | None, int | None]:
+            info = await first.parts.bus.js.consumer_info(settings.stream, settings.consumer_of("seg-a"))
+            return info.config.ack_wait, info.config.max_deliver
+
+        assert again.settings.ack_wait_seconds == 6.0
+        assert first.parts.bus.call(config, "read the consumer") == (6.0, -1)

@@ -35,6 +35,7 @@ from dockerlab import (
     wait_healthy,
     write_pinned_policy,
 )
+from support.bus_security import create_nats_secrets
 from support.certs import Certs, create_certs
 from support.waiting import wait_until
 from testcontainers.core.network import Network
@@ -103,7 +104,8 @@ def images(docker_client: docker.DockerClient, record: Any) -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A token file, a health token and an audit key as scripts/create-token makes them (0444 in a
-    0700 folder), and the TLS files of scripts/create-cert, for the tests only."""
+    0700 folder), the TLS files of scripts/create-cert and the fleet bus's of scripts/create-nats-secrets,
+    for the tests only."""
     folder = tmp_path_factory.mktemp("secrets")
     folder.chmod(0o700)
     token_file = folder / "appliance_auth_token"
@@ -113,6 +115,7 @@ def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     health_token.write_text(TEST_HEALTH_TOKEN)
     health_token.chmod(0o444)
     create_certs(folder)
+    create_nats_secrets(folder)  # profile `fleet`: the bus's certificate, users and passwords
     key_file = folder / "appliance_audit_key"
     key_file.write_text(secrets.token_urlsafe(32))
     key_file.chmod(0o444)
@@ -129,6 +132,7 @@ def secrets_env(secrets_dir: Path) -> dict[str, str]:
         "APPLIANCE_TLS_CERT": str(certs.cert),
         "APPLIANCE_TLS_KEY": str(certs.key),
         "APPLIANCE_TLS_CA": str(certs.ca),
+        "NATS_SECRETS_DIR": str(secrets_dir),
     }
 
 

@@ -164,3 +164,74 @@ async def test_killing_one_nats_node_loses_no_queued_job_and_none_completes_twic
         states = [event["state"] for event in final["events"]]
         assert states.count("completed") == 1, final["events"]
         assert final["runner"] == "seg-b-1"
+
+
+# --- bus security (README "Fleet", bus security) ---------------------------------------------
+
+# Run inside seg-b-1 with its own NATS login (its password and CA secrets; the image has nats-py):
+# a job published on its own segment's subject, and a fetch from seg-a's consumer. Prints what
+# came back and the server's refusals.
+FORGE_AS_SEG_B = r"""
+import asyncio, json, ssl
+import nats
+
+async def main():
+    refusals = []
+
+    async def on_error(exc):
+        refusals.append(str(exc))
+
+    password = open("/run/secrets/appliance_nats_password").read().strip()
+    tls = ssl.create_default_context(cafile="/run/secrets/appliance_nats_ca")
+    nc = await nats.connect(
+        "tls://nats-1:4222", user="segment-seg-b", password=password, tls=tls,
+        inbox_prefix="_INBOX.segment-seg-b", error_cb=on_error, allow_reconnect=False,
+    )
+    outcomes = {}
+    try:
+        await nc.jetstream(timeout=3).publish("jobs.seg-b", b'{"scan_id": "scan_00000000000000000000"}')
+        outcomes["publish"] = "stored"
+    except Exception as exc:
+        outcomes["publish"] = type(exc).__name__
+    try:
+        await nc.request("$JS.API.CONSUMER.MSG.NEXT.APPLIANCE_JOBS.segment_seg-a", b'{"batch": 1}', timeout=3)
+        outcomes["fetch"] = "answered"
+    except Exception as exc:
+        outcomes["fetch"] = type(exc).__name__
+    await nc.flush()
+    await asyncio.sleep(0.5)
+    await nc.close()
+    print(json.dumps({"outcomes": outcomes, "refusals": refusals}))
+
+asyncio.run(main())
+"""
+
+
+def test_a_segments_own_nats_login_can_neither_queue_a_job_nor_fetch_another_segments(
+    fleet_stack: FleetStack, docker_client: docker.DockerClient
+) -> None:
+    seg_b = docker_client.containers.get(fleet_stack.container_id("seg-b-1"))
+    code, (stdout, stderr) = seg_b.exec_run(["/opt/venv/bin/python", "-c", FORGE_AS_SEG_B], demux=True)
+    assert code == 0, (stderr or b"").decode(errors="replace")
+    seen = json.loads(stdout)
+    assert seen["outcomes"] == {"publish": "TimeoutError", "fetch": "TimeoutError"}, seen  # no answer: refused
+    refusals = " ".join(seen["refusals"])
+    assert 'permissions violation for publish to "jobs.seg-b"' in refusals, seen
+    assert 'publish to "$js.api.consumer.msg.next.appliance_jobs.segment_seg-a"' in refusals, seen
+
+
+def test_the_nats_nodes_require_tls_and_passwords_and_route_over_verified_tls(
+    fleet_stack: FleetStack, docker_client: docker.DockerClient
+) -> None:
+    node = docker_client.containers.get(fleet_stack.container_id("nats-1"))
+
+    def monitor(path: str) -> dict[str, Any]:
+        code, output = node.exec_run(["/usr/bin/busybox", "wget", "-q", "-O", "-", f"http://127.0.0.1:8222{path}"])
+        assert code == 0, output
+        body: dict[str, Any] = json.loads(output)
+        return body
+
+    varz = monitor("/varz")
+    assert (varz["tls_required"], varz["auth_required"]) == (True, True)
+    assert (varz["cluster"]["tls_required"], varz["cluster"]["tls_verify"]) == (True, True)
+    assert monitor("/routez")["num_routes"] >= 2  # both other nodes, over those routes

@@ -184,3 +184,53 @@ def test_a_finished_or_missing_job_is_never_claimed(nats: NatsServer) -> None:
         assert store.claim(done.scan_id, "seg-a-1", 1_000_010.0) is None
         assert store.claim("scan_000000000000deadbeef", "seg-a-1", 1_000_010.0) is None
         assert store.get(done.scan_id) == done  # a refused claim writes nothing
+
+
+def test_a_state_change_after_its_own_write_reads_nothing_back_and_leaves_exactly_the_new_keys(
+    nats: NatsServer,
+) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        store, other = open_store(), open_store()
+        job = stored_job("queued", target="10.20.0.7")
+        store.put(job)  # not known yet: read back (there is nothing), then written
+        reads: list[str] = []
+        real_job = store._job
+
+        async def counted(scan_id: str) -> Job | None:
+            reads.append(scan_id)
+            return await real_job(scan_id)
+
+        store._job = counted  # type: ignore[method-assign]
+        job.move("running", job.updated_at + 1)
+        store.put_state(job)
+        job.move("completed", job.updated_at + 1)
+        store.put(job, b"<nmaprun/>")
+        assert reads == []  # each write after this store's own knew the keys it had left
+        # What another appliance's store sees: the record with exactly its state's keys.
+        seen = other.get(job.scan_id)
+        assert seen is not None and seen.state == "completed"
+
+        async def keys() -> set[str]:
+            return {key for key, _ in await other._keys(">")}
+
+        stored = other._bus.call(keys, "list keys")
+        assert stored == index_keys(job) | {f"job.{job.scan_id}"}
+
+
+def test_a_write_on_stale_remembered_keys_after_another_appliances_write_shows_the_record_as_it_is(
+    nats: NatsServer,
+) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        mine, theirs = open_store(), open_store()
+        job = stored_job("queued", target="10.20.0.8")
+        mine.put(job)
+        job.move("running", job.updated_at + 1)
+        mine.put_state(job)  # remembered: the running state's keys
+        taken = theirs.claim(job.scan_id, "seg-a-2", job.updated_at + 40, takeover=True)
+        assert taken is not None and taken.state == "queued"  # moved back to queued by the other one
+        job.move("completed", job.updated_at + 2)
+        mine.put(job)  # on the keys it remembers, not the other one's
+        assert theirs.counts() == {"completed": 1}
+        assert [j.scan_id for j in theirs.page(JobFilter(states=frozenset({"completed"})), 10).jobs] == [job.scan_id]
+        assert theirs.page(JobFilter(states=frozenset({"queued"})), 10).jobs == []  # a stale key, skipped
+        assert theirs.unfinished() == []

@@ -16,6 +16,7 @@ sidecars    the sidecar's health model and the status page's tokens (import supp
 traces      spans in memory for in-process servers; an OTLP/HTTP receiver and a silent collector (import support.traces)
 nats        a real nats-server with JetStream on 127.0.0.1 (import support.nats)
 fleet       JetStream job stores on buckets of a test's own; the roles as processes (import support.fleet)
+bus_security a nats-server from deploy/nats/nats.conf, TLS and scripts/up's users (import support.bus_security)
 prometheus  the host's Prometheus on 127.0.0.1 scraping loopback sidecars, and its API (import support.prometheus)
 dashboard   the Grafana dashboard's panel queries by row, variables substituted (import support.dashboard)
 approval    the human at an MCP client: an elicitation callback answering approvals (import support.approval)

@@ -7,7 +7,7 @@ Every window here is in Europe/Berlin (a zone with an offset, so a UTC mix-up sh
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -51,6 +51,17 @@ def engagement(
 def with_engagements(*engagements: dict[str, Any]) -> dict[str, Any]:
     """Policy overrides (for lab_service or write_policy) that add these engagements."""
     return {"version": 3, "engagements": list(engagements)}
+
+
+def open_window() -> dict[str, str]:
+    """A window around the real clock (for appliances that run on it: the fleet's, in processes)."""
+    now = datetime.now(UTC)
+    stamp = "%Y-%m-%dT%H:%M"
+    return {
+        "not_before": (now - timedelta(days=1)).strftime(stamp),
+        "not_after": (now + timedelta(days=1)).strftime(stamp),
+        "timezone": "UTC",
+    }
 
 
 class FixedClock:

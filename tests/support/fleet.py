@@ -31,8 +31,8 @@ from support.runners import SpyRunner
 from support.servers import Served, served
 
 
-def started_bus(url: str, **settings: float) -> BusThread:
-    bus = BusThread(BusSettings(servers=(url,), **settings))  # type: ignore[arg-type]
+def started_bus(url: str, **settings: Any) -> BusThread:
+    bus = BusThread(BusSettings(servers=(url,), **settings))
     bus.start()
     return bus
 
@@ -65,15 +65,35 @@ class FleetNames:
 
     suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
+    @property
+    def jobs_bucket(self) -> str:
+        return f"jobs_{self.suffix}"
+
+    @property
+    def raw_bucket(self) -> str:
+        return f"raw_{self.suffix}"
+
+    @property
+    def segments_bucket(self) -> str:
+        return f"segments_{self.suffix}"
+
     def queue(self, **overrides: Any) -> QueueSettings:
         return QueueSettings(stream=f"JOBS_{self.suffix}", subject_prefix=f"jobs_{self.suffix}", **overrides)
 
 
-def fleet_parts(url: str, names: FleetNames, queue: QueueSettings) -> FleetParts:
-    bus = started_bus(url)
-    store = JetStreamJobStore(bus, bucket=f"jobs_{names.suffix}", raw_bucket=f"raw_{names.suffix}")
-    registry = SegmentRegistry(bus, bucket=f"segments_{names.suffix}")
-    return FleetParts(bus, store, registry, JobQueue(bus, queue))
+def fleet_parts(
+    url: str, names: FleetNames, queue: QueueSettings, *, create: bool = True, bus: Mapping[str, Any] | None = None
+) -> FleetParts:
+    """One appliance's parts; `create` False opens only (a segment: its NATS user may not create),
+    `bus` more BusSettings (a user, a password, TLS)."""
+    connection = started_bus(url, **(bus or {}))
+    try:
+        store = JetStreamJobStore(connection, bucket=names.jobs_bucket, raw_bucket=names.raw_bucket, create=create)
+        registry = SegmentRegistry(connection, bucket=names.segments_bucket, create=create)
+        return FleetParts(connection, store, registry, JobQueue(connection, queue, create=create))
+    except BaseException:
+        connection.close()
+        raise
 
 
 @dataclass
@@ -100,10 +120,12 @@ def fleet_member(
     runner: Any = None,
     resolves: Mapping[str, Sequence[str]] | None = None,
     settings: Mapping[str, Any] | None = None,
+    bus: Mapping[str, Any] | None = None,
+    create: bool = True,
 ) -> FleetMember:
     """A front (segment None: routes and follows; the spy runner proves it starts nothing) or an
     appliance of `segment` (the real runner unless a test gives one, the dict resolver)."""
-    parts = fleet_parts(url, names, queue)
+    parts = fleet_parts(url, names, queue, create=create, bus=bus)
     audit, registry, resolver = io.StringIO(), CollectorRegistry(), FakeResolver(resolves)
     runner = SpyRunner() if runner is None and segment is None else runner
     sink = AuditSink(stream=audit)
@@ -189,13 +211,32 @@ class FleetLab:
     """Fronts and segment appliances of one test on the session's nats-server; every connection
     is closed at the end."""
 
-    def __init__(self, url: str, directory: Path, *, policy: dict[str, Any] | None = None, **queue: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        directory: Path,
+        *,
+        policy: dict[str, Any] | None = None,
+        names: FleetNames | None = None,
+        credentials: Callable[[str | None], Mapping[str, Any]] | None = None,
+        **queue: Any,
+    ) -> None:
+        """`policy`: merged into every member's policy (engagements, say). `credentials(segment)`:
+        the BusSettings of a front (None) or of a segment's appliance (a secured server's user,
+        password and TLS); with them, as in the deployment, only fronts create the stream and
+        buckets (start a front first)."""
         self.url = url
         self.directory = directory
-        self.policy = policy or {}  # merged into every member's policy (engagements, say)
-        self.names = FleetNames()
+        self.policy = policy or {}
+        self.names = names or FleetNames()
         self.queue = self.names.queue(**queue)
+        self.credentials = credentials
         self.members: list[FleetMember] = []
+
+    def _bus(self, segment: str | None) -> dict[str, Any]:
+        if self.credentials is None:
+            return {}
+        return {"bus": self.credentials(segment), "create": segment is None}
 
     def _policy(self, name: str, *extra: dict[str, Any]) -> Path:
         return write_policy(self.directory, LOOPBACK_POLICY, *extra, self.policy, name=f"{name}.yaml")
@@ -205,7 +246,12 @@ class FleetLab:
         its Settings' fields (a request-state key file)."""
         name = f"front-{len(self.members)}"
         member = fleet_member(
-            self.url, self.names, self._policy(name, FRONT_POLICY, policy or {}), queue=self.queue, settings=settings
+            self.url,
+            self.names,
+            self._policy(name, FRONT_POLICY, policy or {}),
+            queue=self.queue,
+            settings=settings,
+            **self._bus(None),
         )
         self.members.append(member)
         return member
@@ -216,7 +262,14 @@ class FleetLab:
         """An appliance of `segment`; `policy`: rules merged into its segment's policy."""
         path = self._policy(f"{segment}-{appliance_id}", SEGMENT_POLICIES[segment], policy or {})
         member = fleet_member(
-            self.url, self.names, path, queue=self.queue, segment=segment, appliance_id=appliance_id, **options
+            self.url,
+            self.names,
+            path,
+            queue=self.queue,
+            segment=segment,
+            appliance_id=appliance_id,
+            **self._bus(segment),
+            **options,
         )
         self.members.append(member)
         return member

@@ -46,9 +46,11 @@ class NatsServer:
 
 
 @contextlib.contextmanager
-def nats_server(directory: Path, port: int = -1) -> Iterator[NatsServer]:
+def nats_server(directory: Path, port: int = -1, config: Path | None = None) -> Iterator[NatsServer]:
     """A JetStream-enabled server on 127.0.0.1 with its store and ports file under `directory`;
-    `port` -1 lets it pick one (a restart test passes the port the first run had)."""
+    `port` -1 lets it pick one (a restart test passes the port the first run had). `config`: a
+    configuration file instead of the JetStream flags (these flags win over its listen address;
+    its store must be under `directory`)."""
     problem = nats_missing()
     if problem is not None:
         raise AssertionError(problem)
@@ -59,13 +61,12 @@ def nats_server(directory: Path, port: int = -1) -> Iterator[NatsServer]:
     proc = subprocess.Popen(
         [
             NATS_SERVER,
+            # A configuration names its own JetStream store (nats-server refuses it twice).
+            *(["-js", "-sd", str(store_dir)] if config is None else ["-c", str(config)]),
             "-a",
             "127.0.0.1",
             "-p",
             str(port),
-            "-js",
-            "-sd",
-            str(store_dir),
             "--ports_file_dir",
             str(ports_dir),
         ],
