@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from support.fleet import FleetLab, FleetMember
 from support.listeners import tcp_listener
+from support.nats import NatsServer
 from support.runners import RecordingRunner
 from support.waiting import eventually
 
@@ -372,3 +373,18 @@ async def test_the_segment_runs_a_job_needing_approval_only_with_the_approval_of
     assert final.state == "failed"
     assert final.error is not None and final.error["rule"] == rule
     assert events(seg_a, job.scan_id) == ["refused"]
+
+
+async def test_the_segments_heartbeat_ends_an_unanswered_question(nats: NatsServer, tmp_path: Path) -> None:
+    # Heartbeats every second (ack_wait 3 s): the sweep rides them, nobody calls it by hand.
+    with FleetLab(nats.url, tmp_path, ack_wait_seconds=3) as lab:
+        first, _ = fronts(lab, timeout=1)
+        recorder = RecordingRunner()
+        seg_a = lab.segment("seg-a", "seg-a-1", runner=recorder)
+        scan_id, _, _ = await ask(first, call(9))
+        async with running(seg_a):
+            await eventually(lambda: stored(first, scan_id).state == "failed", within=15, what="the sweep's end")
+        job = stored(first, scan_id)
+    assert job.error is not None and job.error["rule"] == "approval_declined"
+    assert events(seg_a, scan_id) == ["approval", "refused"]
+    assert recorder.calls == []

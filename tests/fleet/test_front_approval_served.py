@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp_types import InputRequiredResult
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, InputRequiredResult
 from support.approval import Human, approve
 from support.fleet import served_front, served_segment
 from support.listeners import tcp_listener
@@ -33,6 +34,8 @@ async def test_the_answer_to_one_fronts_question_runs_through_the_other_front(
 ) -> None:
     key = tmp_path / "request_state_key"
     key.write_text(secrets.token_urlsafe(32) + "\n")
+    other_key = tmp_path / "another_key"
+    other_key.write_text(secrets.token_urlsafe(32) + "\n")
     audits = [tmp_path / "front-1.audit", tmp_path / "front-2.audit"]
     with (
         tcp_listener(b"SSH-2.0-lab\r\n") as port,
@@ -51,6 +54,7 @@ async def test_the_answer_to_one_fronts_question_runs_through_the_other_front(
             APPLIANCE_REQUEST_STATE_KEY_FILE=str(key),
             APPLIANCE_AUDIT_PATH=str(audits[1]),
         ) as second,
+        served_front(tmp_path, own_nats.url, APPROVAL, APPLIANCE_REQUEST_STATE_KEY_FILE=str(other_key)) as stranger,
     ):
         wait_until(lambda: first.get("/healthz")[1]["checks"]["fleet"].get("segments"), timeout=20)
         wait_until(lambda: second.get("/healthz")[1]["checks"]["fleet"].get("segments"), timeout=20)
@@ -64,6 +68,16 @@ async def test_the_answer_to_one_fronts_question_runs_through_the_other_front(
         question = asked.input_requests["scan_approval"]
         message = question.params.message  # type: ignore[union-attr]
         assert "--script banner" in message and "127.0.0.1" in message
+        # A front with another key cannot open the first front's seal: the SDK refuses the state.
+        async with http_client(stranger.url, "2026-07-28", elicitation_callback=human) as client:
+            with pytest.raises(MCPError) as unsealed:
+                await client.call_tool(
+                    "nmap_scan",
+                    arguments,
+                    input_responses={"scan_approval": approve()},
+                    request_state=asked.request_state,
+                )
+        assert unsealed.value.error.code == INVALID_PARAMS
         # The retry goes to the other front: only the shared key opens the first front's seal.
         async with http_client(second.url, "2026-07-28", elicitation_callback=human) as other:
             result = await other.call_tool(
