@@ -1196,7 +1196,13 @@ class ScanService:
                 decision = Decision("unanswerable", decision.approver, detail="the audit trail is not writable")
         if not decision.approved:
             raise self._end_unapproved(spec, job, decision, record)
-        queued = self.fleet.store.update(job.scan_id, front_approvals.approve(job, decision, self._now()), attempts=3)
+        try:
+            queued = self.fleet.store.update(
+                job.scan_id, front_approvals.approve(job, decision, self._now()), attempts=3
+            )
+        except ApplianceError as exc:  # the store did not answer: the job still awaits (a retry may)
+            self.refuse(exc, record, tool=spec.name)
+            raise
         if queued is None:
             lost = mismatch(front_approvals.RACE_LOST.format(scan_id=job.scan_id))
             self.refuse(lost, record, tool=spec.name)
@@ -1216,7 +1222,11 @@ class ScanService:
         assert job.approval is not None
         error = declined(job.scan_id, int(job.approval.get("timeout_seconds", 0)), decision)
         change = front_approvals.end_unapproved(decision, error, self._now())
-        ended = self.fleet.store.update(job.scan_id, change, attempts=3)
+        try:
+            ended = self.fleet.store.update(job.scan_id, change, attempts=3)
+        except ApplianceError as exc:  # the store did not answer: the deadline's sweep ends it later
+            self.refuse(exc, record, tool=spec.name)
+            return exc
         if ended is None:
             lost = mismatch(front_approvals.RACE_LOST.format(scan_id=job.scan_id))
             self.refuse(lost, record, tool=spec.name)
