@@ -216,6 +216,9 @@ class SegmentConsumer:
         settings = self.settings
         durable, subject = settings.consumer_of(self.segment), settings.subject_of(self.segment)
         config = ConsumerConfig(
+            # `name` too: nats-py then creates (or updates) it on the API subject naming the
+            # filter, the one a segment's NATS user may use (its own consumer, its own subject).
+            name=durable,
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=settings.ack_wait_seconds,
