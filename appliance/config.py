@@ -208,6 +208,13 @@ class Settings(BaseSettings):
         description="NATS credentials (.creds, decentralized JWT auth) of this appliance instead of a user and "
         "password (or the secret /run/secrets/appliance_nats_creds).",
     )
+    request_state_key_file: Path | None = Field(
+        default=_secret_file("appliance_request_state_key"),
+        description="Keys (one a line, each 32 bytes or more; the first seals, all open: rotation) that seal the "
+        "2026-07-28 request state, shared by every front so that an approval answer may reach any front (or the "
+        "secret /run/secrets/appliance_request_state_key). Unset: a key of this process alone, and a front "
+        "refuses calls that need approval.",
+    )
     nats_ca_file: Path | None = Field(
         default=_secret_file("appliance_nats_ca"),
         description="Trust anchor (PEM) of the NATS servers' certificates, for tls:// URLs (or the secret "

@@ -40,6 +40,7 @@ from mcp_types import (
 from pydantic import BaseModel
 
 from appliance import __version__
+from appliance.approval.keys import load_keys, request_state_security
 from appliance.approval.mcp import approver_for, input_required
 from appliance.auth import STATIC_TOKENS_AUTH
 from appliance.catalog import CANCEL_JOB, READ_JOBS, tool_definition, without_argument
@@ -214,6 +215,9 @@ class ScannerServer:
             middleware=[self.sessions],
             token_verifier=token_verifier,
             auth=None if token_verifier is None else auth or STATIC_TOKENS_AUTH,
+            # Fleet fronts share one key ring: the state one front seals opens on the front that
+            # gets the retry (README "Approval"). Without a key file: the SDK's per-process key.
+            request_state_security=request_state_security(load_keys(service.settings.request_state_key_file)),
         )
         self.tools: dict[str, Tool] = {}  # what tools/list shows now, by name
         self.queries = JobQueries(service.jobs, lambda: service.store.current.policy)
@@ -334,10 +338,10 @@ class ScannerServer:
         except Exception:  # a bug must not reach the caller as a traceback; it is logged in full
             log.exception("tool call failed unexpectedly", extra={"tool": spec.name})
             return error_result(UnexpectedError(request_id), spec.name, target, request_id)
-        pending = self.service.approvals.pending.get(report.scan_id or "")
-        if report.status == "awaiting_approval" and approver.mode == "input_required" and pending is not None:
+        question = self.service.question(report.scan_id) if report.status == "awaiting_approval" else None
+        if approver.mode == "input_required" and question is not None:
             # 2026-07-28: the question goes back now; the client's retry brings the answer.
-            return input_required(pending.request)
+            return input_required(question)
         return scan_result(report, spec)
 
     async def _job_tool(

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
-from appliance.approval.desk import ApprovalDesk, PendingApproval, unavailable
-from appliance.approval.model import ApprovalRequest, Approver, approval_summary, argv_digest
+from appliance.approval.desk import ApprovalDesk, PendingApproval, declined, mismatch, unavailable
+from appliance.approval.model import ApprovalRequest, Approver, Decision, approval_summary, argv_digest
 from appliance.audit import AuditSink, output_digest
 from appliance.config import Settings
 from appliance.errors import (
@@ -28,6 +28,7 @@ from appliance.errors import (
     ValidationError,
     error_from_dict,
 )
+from appliance.fleet import approvals as front_approvals
 from appliance.fleet.shards import shard_blocks, shard_job
 from appliance.identity.scopes import check_scopes
 from appliance.jobs.manager import JobManager, LiveJob
@@ -79,6 +80,9 @@ JOB_STATE_OF_PARTIAL: dict[str | None, JobState] = {
 # Metric outcome of an admitted call that did not return a result: cancels apart, all else `error`.
 SCANNER_FAILURES = ("execution_error", "not_found")
 METRIC_OUTCOME = {"ok": "ok", "partial": "partial", "cancelled": "cancelled"}
+
+# Questions a fleet front keeps for the MCP boundary to send (taken at once; see `question`).
+ASKED_KEPT = 256
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
@@ -217,6 +221,9 @@ class ScanService:
         self.budgets: Budgets = budgets if budgets is not None else EngagementBudgets(wall_clock)
         # Questions to approvers that jobs of this process wait for (README "Approval").
         self.approvals = ApprovalDesk(audit)
+        # A fleet front's question of the call that just asked it, for the MCP boundary to send
+        # (`question`): the question itself lives in the job's record, where any front reads it.
+        self._asked: dict[str, ApprovalRequest] = {}
         # Tools whose scanner could not be run at start, with the reason (set by the app).
         self.unavailable: dict[str, str] = {}
         # Set at shutdown once the drain window is over: running scans stop and report partial.
@@ -394,13 +401,13 @@ class ScanService:
             self._count(spec.name, "dry_run")
             return spec.finish(plan, request_id, None).model_copy(update={"status": "dry_run"})
         if approver is not None and approver.resumed is not None:
+            if self.fleet is not None:
+                return await self._resume_on_front(spec, plan, snapshot.policy, approver, record, wait, progress)
             return await self._resume(spec, plan, approver, record, wait)
         rules = approval_rules(snapshot.policy, plan.engagement)
         reasons = approval_reasons(plan, rules)
-        if reasons and (approver is None or approver.mode == "unavailable" or self.fleet is not None):
-            # A fleet front does not hold approval questions yet (README "Fleet", Limits).
-            why = "; ".join(reason.text for reason in reasons)
-            no_approver = unavailable(why if self.fleet is None else f"{why} (not yet on a fleet front)")
+        no_approver = self._approval_refusal(reasons, approver)
+        if no_approver is not None:
             self.refuse(no_approver, record, tool=spec.name)
             raise no_approver
         breaker = self.breakers[spec.name]
@@ -449,6 +456,9 @@ class ScanService:
         timings.add("checks", time.perf_counter() - marked - live.store_seconds)
         record["scan_id"] = live.job.scan_id
         spans.annotate(scan_id=live.job.scan_id)  # on the request span: its job's trace links back to it
+        if reasons and self.fleet is not None:
+            breaker.record_neutral()  # a front runs no scanner
+            return self._ask_on_front(spec, plan, live, record, reasons, rules.approval_timeout_seconds)
         pending = None
         if reasons and approver is not None:
             pending = self.approvals.prepare(
@@ -662,7 +672,8 @@ class ScanService:
                     recovery_suggestion="The operator must give fronts and segments the same engagements.",
                 )
             if approval_reasons(plan, approval_rules(snapshot.policy, plan.engagement)):
-                raise unavailable("this segment's policy asks a human to approve it, and fleet jobs cannot ask yet")
+                # Approved at a front, for exactly the argv this segment would run (README "Approval").
+                front_approvals.check_on_segment(job, argv_digest(plan.argv))
             breaker = self.breakers[spec.name]
             breaker.before_call()
             refusal = self.limiter.refusal(spec.name, job.principal)
@@ -1027,9 +1038,9 @@ class ScanService:
 
     @staticmethod
     def _approval_request(
-        live: LiveJob, plan: ScanPlan, reasons: tuple[ApprovalReason, ...], timeout_seconds: int
+        live: LiveJob | Job, plan: ScanPlan, reasons: tuple[ApprovalReason, ...], timeout_seconds: int
     ) -> ApprovalRequest:
-        job = live.job
+        job = live.job if isinstance(live, LiveJob) else live
         return ApprovalRequest(
             scan_id=job.scan_id,
             tool=job.tool,
@@ -1063,6 +1074,208 @@ class ScanService:
         if not live.task.done() or live.task.cancelled():
             return report_of(live.job, spec.result_model, time.time())
         final: ScanReport = live.task.result()  # the report, or the error the job ended with
+        return final
+
+    # --- approval on a fleet front (README "Approval"): the question lives in the job's record --
+    def question(self, scan_id: str | None) -> ApprovalRequest | None:
+        """The question a call that returned `awaiting_approval` asks its client: the one a front
+        just recorded, or the one a job of this process waits on."""
+        if scan_id is None:
+            return None
+        asked = self._asked.pop(scan_id, None)
+        if asked is not None:
+            return asked
+        pending = self.approvals.pending.get(scan_id)
+        return None if pending is None else pending.request
+
+    def _keep_question(self, request: ApprovalRequest) -> None:
+        # Taken by the MCP boundary as soon as the call returns; an internal caller never takes
+        # it, so only the newest few are kept.
+        while len(self._asked) >= ASKED_KEPT:
+            self._asked.pop(next(iter(self._asked)))
+        self._asked[request.scan_id] = request
+
+    def _approval_refusal(
+        self, reasons: tuple[ApprovalReason, ...], approver: Approver | None
+    ) -> ApplianceError | None:
+        """Why this call's approval cannot be asked for here (None: it can, or none is needed)."""
+        if not reasons:
+            return None
+        why = "; ".join(reason.text for reason in reasons)
+        if approver is None or approver.mode == "unavailable":
+            return unavailable(why)
+        if self.fleet is None:
+            return None
+        if self.settings.request_state_key_file is None:
+            return unavailable(
+                why,
+                "this fleet front has no request-state key shared with the other fronts, so an answer could not "
+                "be checked by whichever front it reaches",
+                "The operator must give every front the same APPLIANCE_REQUEST_STATE_KEY_FILE (README 'Approval')",
+            )
+        if approver.mode != "input_required":
+            return unavailable(
+                why,
+                "a fleet front is stateless HTTP: it cannot ask your client in the middle of a call",
+                "Use an MCP client of protocol 2026-07-28 (input requests), or a standalone appliance",
+            )
+        return None
+
+    def _ask_on_front(
+        self,
+        spec: ToolSpec,
+        plan: ScanPlan,
+        live: LiveJob,
+        record: dict[str, Any],
+        reasons: tuple[ApprovalReason, ...],
+        timeout_seconds: int,
+    ) -> ScanReport:
+        """A front's call that needs approval: the job stays recorded `awaiting_approval` (not
+        queued), the question is audited, and the call returns it (the MCP boundary sends it as an
+        input-required result). The retry may come to any front (`_resume_on_front`)."""
+        request = self._approval_request(live, plan, reasons, timeout_seconds)
+        try:
+            # Fails closed: a question the trail does not show is never asked.
+            self.audit.write(
+                {
+                    **record,
+                    "event": "approval_requested",
+                    "argv_sha256": request.argv_sha256,
+                    "reasons": [reason.rule for reason in reasons],
+                    "timeout_seconds": timeout_seconds,
+                }
+            )
+        except ApplianceError as exc:
+            self.refuse(exc, {**record, "state": "failed"}, tool=spec.name)
+            self.jobs.finish(live, "failed", error=job_error(exc, live, "failed"))
+            if plan.engagement is not None:
+                self.forget_budget(plan.engagement, live.job.scan_id)
+            raise
+        self.jobs.release(live)  # nothing of it runs here: its record is the question
+        self._keep_question(request)
+        return report_of(live.job, spec.result_model, time.time())
+
+    async def _resume_on_front(
+        self,
+        spec: ToolSpec,
+        plan: ScanPlan,
+        policy: Policy,
+        approver: Approver,
+        record: dict[str, Any],
+        wait: float,
+        progress: ProgressFn | None,
+    ) -> ScanReport:
+        """A 2026-07-28 retry on a front (any front): the record its state names must still await
+        this caller's approval of this very argv. Approved: the job is queued by compare-and-set,
+        handed to its segment and followed like any fleet call. Declined, cancelled, unanswerable
+        or past its deadline: the job ends `failed` (approval_declined). No answer yet: the
+        question again."""
+        assert self.fleet is not None
+        assert approver.resumed is not None
+        state = approver.resumed.state
+        record = {**record, "scan_id": state.scan_id}
+        try:
+            job = front_approvals.check_retry(
+                self.fleet.store.get(state.scan_id), state, self.owner(approver.principal), argv_digest(plan.argv)
+            )
+        except ApplianceError as exc:
+            self.refuse(exc, record, tool=spec.name)
+            raise
+        decision = approver.resumed.decision
+        if front_approvals.expired(job, self._now()):
+            decision = Decision("timed_out")
+        if decision is None:
+            rules = approval_rules(policy, plan.engagement)
+            reasons = approval_reasons(plan, rules)
+            timeout = int(job.approval["timeout_seconds"]) if job.approval else rules.approval_timeout_seconds
+            self._keep_question(self._approval_request(job, plan, reasons, timeout))
+            return report_of(job, spec.result_model, time.time())
+        if decision.approved:
+            try:
+                self.audit.write({**record, **front_approvals.approval_line(job, decision)})
+            except ApplianceError:
+                # An approval the trail does not show must not let the scan run.
+                log.error(
+                    "approval decision could not be audited; the scan is declined", extra={"scan_id": state.scan_id}
+                )
+                decision = Decision("unanswerable", decision.approver, detail="the audit trail is not writable")
+        if not decision.approved:
+            raise self._end_unapproved(spec, job, decision, record)
+        try:
+            queued = self.fleet.store.update(
+                job.scan_id, front_approvals.approve(job, decision, self._now()), attempts=3
+            )
+        except ApplianceError as exc:  # the store did not answer: the job still awaits (a retry may)
+            self.refuse(exc, record, tool=spec.name)
+            raise
+        if queued is None:
+            lost = mismatch(front_approvals.RACE_LOST.format(scan_id=job.scan_id))
+            self.refuse(lost, record, tool=spec.name)
+            raise lost
+        self.jobs.audit_state(queued, "queued", "approved")
+        self.jobs.changed(queued)
+        live = self.jobs.adopt(queued)
+        # To the segment the question was recorded for (its sweep owns the deadline); it re-checks.
+        plan = replace(plan, segment=queued.segment)
+        await self._hand_over(spec, plan, live, record)
+        return await self._follow_call(spec, plan, live, record, progress, wait)
+
+    def _end_unapproved(self, spec: ToolSpec, job: Job, decision: Decision, record: dict[str, Any]) -> ApplianceError:
+        """End an awaiting job whose approval did not come (compare-and-set: the sweep or another
+        front may have ended it first; then the retry is told so). Returns the error to raise."""
+        assert self.fleet is not None
+        assert job.approval is not None
+        error = declined(job.scan_id, int(job.approval.get("timeout_seconds", 0)), decision)
+        change = front_approvals.end_unapproved(decision, error, self._now())
+        try:
+            ended = self.fleet.store.update(job.scan_id, change, attempts=3)
+        except ApplianceError as exc:  # the store did not answer: the deadline's sweep ends it later
+            self.refuse(exc, record, tool=spec.name)
+            return exc
+        if ended is None:
+            lost = mismatch(front_approvals.RACE_LOST.format(scan_id=job.scan_id))
+            self.refuse(lost, record, tool=spec.name)
+            return lost
+        self.jobs.changed(ended)
+        with contextlib.suppress(ApplianceError):  # the refusal line below shows the end too
+            self.audit.write({**record, **front_approvals.approval_line(job, decision)})
+        self.refuse(error, {**record, "state": "failed"}, tool=spec.name)
+        if job.engagement is not None:
+            self.forget_budget(job.engagement, job.scan_id)
+        return error
+
+    async def _follow_call(
+        self,
+        spec: ToolSpec,
+        plan: ScanPlan,
+        live: LiveJob,
+        record: dict[str, Any],
+        progress: ProgressFn | None,
+        wait: float,
+    ) -> ScanReport:
+        """An approved retry's wait for its job on the segment, like a fleet call's. The job is not
+        this call's alone (its scan_id was in the question), so a cancel of the call only stops
+        following it."""
+        run_job = partial(self._follow_job, spec, plan, live, record, self.breakers[spec.name])
+        task = asyncio.create_task(spans.in_job_span(run_job, live.job))
+        live.task = task
+        task.add_done_callback(_seen)
+        listener = _best_effort(progress)
+        if listener is not None:
+            live.listeners.add(listener)
+        try:
+            await asyncio.wait({task}, timeout=wait)
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.wait({task})
+            raise
+        finally:
+            if listener is not None:
+                live.listeners.discard(listener)
+        if not task.done() or task.cancelled():
+            task.cancel()  # get_scan waits again, on any front
+            return report_of(live.job, spec.result_model, time.time())
+        final: ScanReport = task.result()  # the report, or the error the job ended with
         return final
 
 

@@ -286,6 +286,8 @@ def test_fleet_overlay_runs_stateless_fronts_and_a_segments_appliances_on_nats()
 
     assert secret_files("appliance")["appliance_nats_password"] == "fleet-nats-front"
     assert secret_files("appliance")["appliance_auth_token"] == "appliance-secrets"
+    # Every front mounts the same request-state key (approval answered through any front).
+    assert secret_files("appliance")["appliance_request_state_key"] == "fleet-request-state"
     assert secret_files("segment-seg-a") == {
         "appliance_nats_password": "fleet-nats-segment-seg-a",
         "appliance_nats_ca": "fleet-nats-segment-seg-a",

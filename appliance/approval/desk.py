@@ -22,26 +22,30 @@ RECOVERY = (
 )
 
 
-def unavailable(reasons: str) -> PermissionDeniedError:
-    """The refusal of a call that needs approval from a client that cannot be asked (no job is made)."""
+def unavailable(
+    reasons: str,
+    cannot: str = "your client cannot show a form to ask for it",
+    instead: str = "Use an MCP client with form elicitation (2025-11-25) or input requests (2026-07-28)",
+) -> PermissionDeniedError:
+    """The refusal of a call that needs approval from a client that cannot be asked (no job is
+    made); `cannot` says why it cannot be asked here, `instead` what would work."""
     return PermissionDeniedError(
-        f"this scan needs a human's approval ({reasons}), and your client cannot show a form to ask for it",
+        f"this scan needs a human's approval ({reasons}), and {cannot}",
         rule="approval_unavailable",
-        recovery_suggestion="Use an MCP client with form elicitation (2025-11-25) or input requests (2026-07-28), "
-        f"or {RECOVERY}",
+        recovery_suggestion=f"{instead}, or {RECOVERY}",
     )
 
 
-def declined(request: ApprovalRequest, decision: Decision) -> PermissionDeniedError:
-    """The error a job ends with when its approval did not come."""
+def declined(scan_id: str, timeout_seconds: int, decision: Decision) -> PermissionDeniedError:
+    """The error a job ends with when its approval did not come (here, or on a fleet front)."""
     why = {
         "declined": f"the approver ({decision.approver or 'unknown'}) declined it",
         "cancelled": f"the approver ({decision.approver or 'unknown'}) cancelled the question",
-        "timed_out": f"no answer within {request.timeout_seconds} s",
+        "timed_out": f"no answer within {timeout_seconds} s",
         "unanswerable": f"the client could not ask: {decision.detail or 'no reason given'}",
     }[decision.outcome]
     return PermissionDeniedError(
-        f"scan {request.scan_id} was not approved: {why}",
+        f"scan {scan_id} was not approved: {why}",
         rule="approval_declined",
         recovery_suggestion=f"Ask again once someone can approve this exact command, or {RECOVERY}",
     )
@@ -120,7 +124,7 @@ class ApprovalDesk:
             if not pending.decided.done():
                 pending.decided.cancel()
         if not decision.approved:
-            raise declined(pending.request, decision)
+            raise declined(pending.request.scan_id, pending.request.timeout_seconds, decision)
         return decision
 
     def _open(self, pending: PendingApproval) -> None:

@@ -23,9 +23,23 @@ STATE_VERSION = 1
 Outcome = Literal["approved", "declined", "cancelled", "timed_out", "unanswerable"]
 
 
+# What stands for the value of the appliance's own `--datadir` in the hashed argv (see argv_digest).
+DATADIR_PLACEHOLDER = "<appliance nmap datadir>"
+
+
 def argv_digest(argv: Sequence[str]) -> str:
-    """sha256 of the argv as a JSON list: unambiguous where a joined line is not ('a b' vs 'a','b')."""
-    return hashlib.sha256(json.dumps(list(argv), separators=(",", ":")).encode()).hexdigest()
+    """sha256 of the argv as a JSON list: unambiguous where a joined line is not ('a b' vs 'a','b').
+
+    The value after `--datadir` is hashed as a placeholder: it is a private directory each process
+    builds for itself (appliance.policy.nse; callers may not pass --datadir), so the fronts and the
+    segment of a fleet would never agree on it. What it holds is the policy's script allowlist;
+    the scripts that run are named by `--script`, which is hashed as it is.
+    """
+    words = list(argv)
+    for index, word in enumerate(words[:-1]):
+        if word == "--datadir":
+            words[index + 1] = DATADIR_PLACEHOLDER
+    return hashlib.sha256(json.dumps(words, separators=(",", ":")).encode()).hexdigest()
 
 
 def approval_summary(argv: Sequence[str], reasons: Sequence[ApprovalReason], timeout_seconds: int) -> dict[str, Any]:

@@ -13,7 +13,9 @@ again, and the claim in the store decides whether the next delivery runs it:
 
 The segment also advertises its scope (appliance.fleet.segments) every heartbeat, and marks
 `interrupted` a job of its segment whose claiming appliance has been silent for longer than
-JetStream keeps redelivering (`ack_wait x max_deliver`): nobody is left to run or end it.
+JetStream keeps redelivering (`ack_wait x max_deliver`): nobody is left to run or end it. A job
+of its segment left `awaiting_approval` past its deadline (the question a front asked, README
+"Approval") is ended `failed` (approval_declined) by the same sweep.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from appliance.approval.desk import declined
+from appliance.approval.model import Decision
 from appliance.errors import ApplianceError
+from appliance.fleet import approvals
 from appliance.fleet.queue import Delivery, QueueSettings, SegmentConsumer
 from appliance.fleet.segments import SegmentRegistry, advertisement
 from appliance.fleet.shards import merge_parent
@@ -57,6 +62,7 @@ class WorkerCounts:
     abandoned: int = 0  # marked interrupted: their appliance went silent
     cancelled: int = 0  # a cancel request came before they started: ended without running
     merged: int = 0  # sharded scans this appliance ended by merging their shards
+    unapproved: int = 0  # awaiting approval past their deadline: ended approval_declined
 
 
 @dataclass
@@ -257,6 +263,7 @@ class SegmentWorker:
                 advertised = True
                 self.abandon_orphans()
                 self.merge_parents()
+                self.expire_approvals()
             except ApplianceError as exc:
                 log.warning("segment heartbeat failed", extra={"rule": exc.rule, "reason": exc.message})
             except Exception:  # a bad record or an unmapped NATS error must not end the heartbeats
@@ -287,4 +294,43 @@ class SegmentWorker:
                 self.counts.abandoned += 1
                 ended.append(job.scan_id)
                 self.merge(abandoned.parent)
+        return ended
+
+    def expire_approvals(self) -> list[str]:
+        """End `failed` (approval_declined, timed out) the jobs of this segment still awaiting the
+        approval a front asked for past their deadline; audited by the appliance whose
+        compare-and-set wins (another segment appliance, or a front reading the late retry, may
+        end it first). The engagement place the front reserved is given back."""
+        now = self.clock()
+        ended: list[str] = []
+        for job in self.store.unfinished():
+            if job.segment != self.segment or not approvals.expired(job, now):
+                continue
+            assert job.approval is not None  # expired() says it has a question
+            decision = Decision("timed_out")
+            error = declined(job.scan_id, int(job.approval.get("timeout_seconds", 0)), decision)
+            done = self.store.update(job.scan_id, approvals.end_unapproved(decision, error, now), attempts=3)
+            if done is None:
+                continue
+            self.counts.unapproved += 1
+            ended.append(job.scan_id)
+            service = self.service
+            try:
+                service.audit.write(approvals.approval_line(done, decision))
+            except ApplianceError:
+                log.error("approval timeout could not be audited", extra={"scan_id": job.scan_id})
+            record = {
+                "request_id": done.request_id,
+                "principal": done.principal,
+                "tool": done.tool,
+                "scan_id": done.scan_id,
+                "segment": self.segment,
+                "state": "failed",
+            }
+            try:
+                service.refuse(error, record, tool=done.tool)
+            except ApplianceError:
+                log.error("approval timeout could not be audited", extra={"scan_id": job.scan_id})
+            if done.engagement is not None:
+                service.forget_budget(done.engagement, done.scan_id)
         return ended

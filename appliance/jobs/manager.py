@@ -20,7 +20,7 @@ from appliance.audit import AuditSink
 from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError
 from appliance.jobs.diff import ResultView
 from appliance.jobs.model import Job, JobState, Viewer, new_scan_id, viewer_of
-from appliance.jobs.store import JobFilter, JobPage, JobStore
+from appliance.jobs.store import ChangingStore, JobFilter, JobPage, JobStore
 from appliance.tracing import spans
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,18 @@ RESULT_VIEW_ENTRIES_KEPT = 50_000
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 ChangeFn = Callable[[Job], None]
 FollowFn = Callable[[str], AsyncIterator[Job | None]]
+
+
+def cancel_awaiting(now: float) -> Callable[[Job], bool]:
+    """The compare-and-set change of cancel_scan on a fleet job nobody runs yet (awaiting approval)."""
+
+    def change(current: Job) -> bool:
+        if current.state != "awaiting_approval":
+            return False
+        current.move("cancelled", now, "cancelled while it awaited approval")
+        return True
+
+    return change
 
 
 @dataclass
@@ -205,6 +217,11 @@ class JobManager:
         live.listeners.clear()
         self.live.pop(live.job.scan_id, None)
         live.done.set()
+
+    def changed(self, job: Job) -> None:
+        """A record another way changed (a fleet front's compare-and-set): tell the listeners."""
+        for notify in self.on_change:
+            notify(job)
 
     def settle(self, live: LiveJob, job: Job) -> None:
         """A job this appliance followed while another ran it ended: `job` is its final record
@@ -391,6 +408,17 @@ class JobManager:
             current = self.store.get(job.scan_id) or job
             if current.finished:
                 return False
+            if current.state == "awaiting_approval" and isinstance(self.store, ChangingStore):
+                # Nobody runs it yet (its question is in the record): ended here, by
+                # compare-and-set against an answer or the deadline's sweep.
+                ended = self.store.update(job.scan_id, cancel_awaiting(self._clock()))
+                if ended is not None:
+                    self.audit_state(ended, "cancelled", ended.events[-1].get("note"))
+                    self.changed(ended)
+                    return True
+                moved = self.store.get(job.scan_id)  # answered or timed out meanwhile
+                if moved is None or moved.finished:
+                    return False
             self.store.request_cancel(job.scan_id, "cancel_scan", self._clock())
             # A sharded scan runs as its shards: each gets the request (one not yet started is
             # ended by the segment that claims it, before it starts).

@@ -22,9 +22,9 @@ is the last scan id a page showed. Principal and target parts of a key are hex-e
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from appliance.jobs.model import Job
 
@@ -114,6 +114,13 @@ class JobStore(Protocol):
         """Forget requests that were acted on, or that name no job this appliance runs."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ChangingStore(Protocol):
+    """A store that changes a record by compare-and-set (the fleet's JetStream store)."""
+
+    def update(self, scan_id: str, change: Callable[[Job], bool], attempts: int = 5) -> Job | None: ...
 
 
 def take_oldest(scan_ids: Iterable[str], over: int, doomed: list[str], gone: set[str]) -> None:

@@ -52,6 +52,14 @@ def test_argv_digest_tells_joined_words_apart() -> None:
     assert argv_digest(["-p", "80 443"]) != argv_digest(["-p", "80", "443"])
 
 
+def test_argv_digest_is_the_same_for_every_process_datadir_but_not_for_another_script() -> None:
+    # Each appliance builds its own private --datadir: a fleet's fronts and segment must agree.
+    one = ["/usr/bin/nmap", "--datadir", "/tmp/appliance-nmap-aaaa", "--script", "banner", "10.20.0.5"]
+    other = ["/usr/bin/nmap", "--datadir", "/tmp/appliance-nmap-bbbb", "--script", "banner", "10.20.0.5"]
+    assert argv_digest(one) == argv_digest(other)
+    assert argv_digest(one) != argv_digest([*one[:4], "http-title", one[5]])
+
+
 def test_state_round_trips_and_other_text_is_not_an_approval_state() -> None:
     request = question()
     assert parse_state(request.state()) == ApprovalState("scan_1", request.argv_sha256)

@@ -119,6 +119,7 @@ def fleet_member(
     appliance_id: str = "front-1",
     runner: Any = None,
     resolves: Mapping[str, Sequence[str]] | None = None,
+    settings: Mapping[str, Any] | None = None,
     bus: Mapping[str, Any] | None = None,
     create: bool = True,
 ) -> FleetMember:
@@ -130,7 +131,7 @@ def fleet_member(
     sink = AuditSink(stream=audit)
     front = parts.front() if segment is None else None
     service = ScanService(
-        Settings(privilege_mode="connect", policy_path=policy_path, role="standalone"),  # type: ignore[arg-type]
+        Settings(privilege_mode="connect", policy_path=policy_path, role="standalone", **(settings or {})),  # type: ignore[arg-type]
         PolicyStore(policy_path),
         sink,
         resolve=resolver,
@@ -179,24 +180,29 @@ FRONT_POLICY: dict[str, Any] = {
 
 
 @contextlib.contextmanager
-def served_front(directory: Path, url: str) -> Iterator[Served]:
-    """`appliance serve --role front` with FRONT_POLICY on NATS at `url`."""
-    policy = write_policy(directory, LOOPBACK_POLICY, FRONT_POLICY, name="front.yaml")
-    with served(policy, APPLIANCE_ROLE="front", APPLIANCE_NATS_URL=url) as server:
+def served_front(directory: Path, url: str, policy: dict[str, Any] | None = None, **env: str) -> Iterator[Served]:
+    """`appliance serve --role front` with FRONT_POLICY (and `policy` merged in) on NATS at
+    `url`; `env`: more APPLIANCE_* settings (a request-state key file)."""
+    path = write_policy(directory, LOOPBACK_POLICY, FRONT_POLICY, policy or {}, name="front.yaml")
+    with served(path, APPLIANCE_ROLE="front", APPLIANCE_NATS_URL=url, **env) as server:
         yield server
 
 
 @contextlib.contextmanager
-def served_segment(directory: Path, url: str, name: str, appliance_id: str) -> Iterator[Served]:
-    """`appliance serve --role segment` of segment `name` (SEGMENT_POLICIES) on NATS at `url`."""
-    policy = write_policy(directory, LOOPBACK_POLICY, SEGMENT_POLICIES[name], name=f"{name}.yaml")
+def served_segment(
+    directory: Path, url: str, name: str, appliance_id: str, policy: dict[str, Any] | None = None, **env: str
+) -> Iterator[Served]:
+    """`appliance serve --role segment` of segment `name` (SEGMENT_POLICIES, `policy` merged in)
+    on NATS at `url`; `env`: more APPLIANCE_* settings."""
+    path = write_policy(directory, LOOPBACK_POLICY, SEGMENT_POLICIES[name], policy or {}, name=f"{name}.yaml")
     with served(
-        policy,
+        path,
         APPLIANCE_ROLE="segment",
         APPLIANCE_NATS_URL=url,
         APPLIANCE_SEGMENT=name,
         APPLIANCE_APPLIANCE_ID=appliance_id,
         APPLIANCE_DATA_DIR=str(directory / appliance_id),
+        **env,
     ) as server:
         yield server
 
@@ -235,11 +241,17 @@ class FleetLab:
     def _policy(self, name: str, *extra: dict[str, Any]) -> Path:
         return write_policy(self.directory, LOOPBACK_POLICY, *extra, self.policy, name=f"{name}.yaml")
 
-    def front(self, policy: dict[str, Any] | None = None) -> FleetMember:
-        """A front; `policy`: rules merged into its policy (a sharding threshold)."""
+    def front(self, policy: dict[str, Any] | None = None, **settings: Any) -> FleetMember:
+        """A front; `policy`: rules merged into its policy (a sharding threshold); `settings`:
+        its Settings' fields (a request-state key file)."""
         name = f"front-{len(self.members)}"
         member = fleet_member(
-            self.url, self.names, self._policy(name, FRONT_POLICY, policy or {}), queue=self.queue, **self._bus(None)
+            self.url,
+            self.names,
+            self._policy(name, FRONT_POLICY, policy or {}),
+            queue=self.queue,
+            settings=settings,
+            **self._bus(None),
         )
         self.members.append(member)
         return member

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from appliance.parsers.lines import output_lines
-from appliance.runner import RunLimits, RunResult
+from appliance.runner import RunLimits, RunResult, run
 
 
 async def replay_output(stdout: bytes, stderr: bytes, callbacks: dict[str, Any]) -> None:
@@ -34,6 +34,17 @@ class SpyRunner:
     async def __call__(self, argv: Sequence[str], limits: RunLimits, **kwargs: Any) -> RunResult:
         self.calls.append(list(argv))
         raise AssertionError(f"a scanner process would have started: {list(argv)}")
+
+
+class RecordingRunner:
+    """The real runner, recording each argv it is handed (a test proves what ran, and when)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    async def __call__(self, argv: Sequence[str], limits: RunLimits, **kwargs: Any) -> RunResult:
+        self.calls.append(list(argv))
+        return await run(argv, limits, **kwargs)
 
 
 class GatedRunner:
