@@ -82,6 +82,18 @@ async def live_entries(js: JetStreamContext, bucket: str, pattern: str, *, value
     return found
 
 
+async def read_entry(js: JetStreamContext, bucket: str, key: str) -> tuple[bytes | None, int | None]:
+    """The key's value (None: removed or never written) and its revision (None: no message at
+    all), read from the stream's leader. Not nats-py's `KeyValue.get`: on a bucket that allows
+    direct gets, any replica answers that one, and a replica that fell behind (after a cluster
+    node's loss) answers with an older value, which a compare-and-set then cannot write on."""
+    try:
+        msg = await js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.{key}")
+    except nats.js.errors.NotFoundError:
+        return None, None
+    return (None if _removed(msg.headers) else (msg.data or b"")), msg.seq
+
+
 async def remove_key(js: JetStreamContext, bucket: str, key: str) -> None:
     """Take `key` out of `bucket` altogether (a purge of its subject, no delete marker left): a
     listing's subjects are then exactly the live keys. A watcher of the key sees no change."""

@@ -42,7 +42,7 @@ from nats.js.object_store import ObjectStore
 
 from appliance.errors import ExecutionError
 from appliance.fleet.bus import BusThread, BusUnavailable
-from appliance.fleet.kv import key_value_bucket, live_entries, not_provisioned, remove_key
+from appliance.fleet.kv import key_value_bucket, live_entries, not_provisioned, read_entry, remove_key
 from appliance.jobs.model import FINISHED, UNFINISHED, Job, target_key
 from appliance.jobs.store import JobFilter, JobPage, take_oldest
 
@@ -208,11 +208,7 @@ class JetStreamJobStore:
             ) from exc
 
     async def _get(self, key: str) -> bytes | None:
-        try:
-            entry = await self.kv.get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return None
-        return entry.value
+        return (await read_entry(self._bus.js, self.bucket, key))[0]
 
     async def _job(self, scan_id: str) -> Job | None:
         value = await self._get(f"job.{scan_id}")
@@ -313,18 +309,15 @@ class JetStreamJobStore:
         meanwhile `attempts` times (each conflict reads the record again and applies `change` again)."""
         key = f"job.{scan_id}"
         for _ in range(attempts):
-            try:
-                entry = await self.kv.get(key)
-            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            value, revision = await read_entry(self._bus.js, self.bucket, key)
+            if not value or revision is None:
                 return None
-            if not entry.value:
-                return None
-            job = Job.from_record(json.loads(entry.value))
+            job = Job.from_record(json.loads(value))
             old_keys = index_keys(job)
             if not change(job):
                 return None
 
-            async def record(body: bytes, revision: int | None = entry.revision) -> None:
+            async def record(body: bytes, revision: int = revision) -> None:
                 await self.kv.update(key, body, last=revision)
 
             try:
@@ -409,11 +402,7 @@ class JetStreamJobStore:
 
         async def attempt() -> None:
             for _ in range(CAS_TRIES):
-                try:
-                    entry = await self.kv.get(key)
-                    value, revision = entry.value, entry.revision
-                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                    value, revision = None, None
+                value, revision = await read_entry(self._bus.js, self.bucket, key)
                 new = await change(value)
                 if new is None:
                     return

@@ -119,6 +119,10 @@ def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     key_file = folder / "appliance_audit_key"
     key_file.write_text(secrets.token_urlsafe(32))
     key_file.chmod(0o444)
+    # The fleet fronts' shared request-state key (approval on fronts), made like scripts/up makes it.
+    state_key = folder / "appliance_request_state_key"
+    state_key.write_text(secrets.token_urlsafe(32))
+    state_key.chmod(0o444)
     return folder
 
 
@@ -129,6 +133,7 @@ def secrets_env(secrets_dir: Path) -> dict[str, str]:
         "APPLIANCE_TOKEN_FILE": str(secrets_dir / "appliance_auth_token"),
         "APPLIANCE_HEALTH_TOKEN_FILE": str(secrets_dir / "appliance_health_token"),
         "APPLIANCE_AUDIT_KEY_HOST_FILE": str(secrets_dir / "appliance_audit_key"),
+        "APPLIANCE_REQUEST_STATE_KEY_HOST_FILE": str(secrets_dir / "appliance_request_state_key"),
         "APPLIANCE_TLS_CERT": str(certs.cert),
         "APPLIANCE_TLS_KEY": str(certs.key),
         "APPLIANCE_TLS_CA": str(certs.ca),

@@ -130,14 +130,21 @@ async def settled(stack: FleetStack, scan_id: str, seconds: float) -> dict[str, 
         elif body["status"] not in ("queued", "running"):
             return body
         if time.monotonic() >= deadline:
-            logs = stack.compose("--profile", "fleet", "logs", "--no-color", "--tail", "60", "seg-b-1", "nats-1").stdout
-            raise AssertionError(f"{scan_id} still unfinished: {body}\n--- logs ---\n{logs[-12000:]}")
+            # The job's own lines first (its segment's and the front's), then the ends of the logs.
+            services = ("seg-b-1", "front-2")
+            logs = stack.compose("--profile", "fleet", "logs", "--no-color", "--tail", "400", *services).stdout
+            own = "\n".join(line for line in logs.splitlines() if scan_id in line)
+            raise AssertionError(
+                f"{scan_id} still unfinished: {body}\n--- its lines ---\n{own[-8000:]}\n--- logs ---\n{logs[-8000:]}"
+            )
         await asyncio.sleep(1)
 
 
-# It once failed in CI under load: a front's watch of a job made a JetStream consumer, whose
-# creation nats-server 2.9 answered with timeouts for minutes after the node's loss. The watch
-# makes none now (appliance/fleet/kv.py watch_key); scripts/test-long runs both kill tests again.
+# Long mode (scripts/test-long): it failed in CI under load while a front's watch made a JetStream
+# consumer (fixed: the watch makes none), then passed six runs in a row and failed a seventh (one
+# job still `running` at the front 150 s after the node's loss; README "Fleet"): not claimed as
+# passing in CI until that is understood. Its failure now prints the job's own log lines.
+@pytest.mark.long
 async def test_killing_one_nats_node_loses_no_queued_job_and_none_completes_twice(
     fleet_stack: FleetStack, docker_client: docker.DockerClient
 ) -> None:
