@@ -202,6 +202,11 @@ class BusThread:
             with contextlib.suppress(Exception):
                 await client.close()
             raise nats.errors.AuthorizationError
+        if connecting.exception() is not None:
+            # A refused or failed connect (no server, a TLS handshake refused) must not leave its
+            # socket to the garbage collector after this loop is closed.
+            with contextlib.suppress(Exception):
+                await client.close()
         connecting.result()
         self._nc = client
         self._js = self._nc.jetstream(timeout=settings.operation_timeout_seconds)
@@ -345,8 +350,23 @@ class BusThread:
                 log.warning("NATS connection did not close in time")
         self._stop_loop()
 
+    async def _release(self) -> None:
+        """On the bus loop, before it stops: the connection closed and every task left on it
+        (a reconnect in flight, a callback) cancelled and awaited, so no socket outlives the loop."""
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), CLOSE_TIMEOUT_SECONDS / 2)
+        current = asyncio.current_task()
+        pending = [task for task in asyncio.all_tasks() if task is not current]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=CLOSE_TIMEOUT_SECONDS / 4)
+
     def _stop_loop(self) -> None:
         if self._thread.is_alive():
+            with contextlib.suppress(Exception):  # bounded: a stop never waits on a dead server
+                asyncio.run_coroutine_threadsafe(self._release(), self._loop).result(CLOSE_TIMEOUT_SECONDS)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(CLOSE_TIMEOUT_SECONDS)
         if not self._thread.is_alive() and not self._loop.is_closed():
