@@ -710,16 +710,7 @@ class ScanService:
         return task
 
     def _claim_budget(self, plan: ScanPlan, policy: Policy, scan_id: str) -> Claim | None:
-        engagement = None if plan.engagement is None else policy.engagement(plan.engagement)
-        if engagement is None:
-            return None
-        return self.budgets.claim(
-            engagement,
-            hosts=max(plan.target.host_count, 1),
-            rate=plan.rate,
-            default_concurrent=policy.limits.concurrency.per_engagement.running,
-            scan_id=scan_id,
-        )
+        return self._budget(plan, policy, scan_id, self.budgets.claim)
 
     def forget_budget(self, engagement: str, scan_id: str) -> None:
         """A reserved place given back by a job that will not release a claim of its own (one its
@@ -732,10 +723,15 @@ class ScanService:
     def _adopted_budget(self, plan: ScanPlan, policy: Policy, scan_id: str) -> Claim | None:
         """A segment's share of a job's budget: the place the front reserved for it (fleet
         budgets), or a claim of this process's own (budgets in memory)."""
+        return self._budget(plan, policy, scan_id, self.budgets.adopted)
+
+    @staticmethod
+    def _budget(plan: ScanPlan, policy: Policy, scan_id: str, take: Callable[..., Claim]) -> Claim | None:
+        """`take` (a claim, or a segment's adoption) of the plan's share of its engagement's budget."""
         engagement = None if plan.engagement is None else policy.engagement(plan.engagement)
         if engagement is None:
             return None
-        return self.budgets.adopted(
+        return take(
             engagement,
             hosts=max(plan.target.host_count, 1),
             rate=plan.rate,

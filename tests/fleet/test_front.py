@@ -6,15 +6,13 @@ fronts hold the spy runner, so a front that started a scanner itself would fail 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
-from support.fleet import FleetLab, FleetMember
+from support.fleet import FleetLab, running
 from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.runners import SpyRunner
@@ -27,22 +25,6 @@ from appliance.tools.nmap import NmapRequest
 pytestmark = pytest.mark.anyio
 
 NMAP = TOOLS["nmap_scan"]
-
-
-@contextlib.asynccontextmanager
-async def running(*segments: FleetMember):  # type: ignore[no-untyped-def]
-    """The segments' job loops, stopped at the end."""
-    tasks = []
-    for member in segments:
-        assert member.worker is not None
-        tasks.append(asyncio.create_task(member.worker.run()))
-    try:
-        yield
-    finally:
-        for member in segments:
-            assert member.worker is not None
-            member.worker.stopping.set()
-        await asyncio.wait(tasks, timeout=10)
 
 
 async def test_scans_of_both_segments_run_on_their_segment_and_the_front_runs_nothing(fleet: FleetLab) -> None:

@@ -8,16 +8,13 @@ none. The fronts hold the spy runner: a front that started a scanner would fail 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fleet import FleetLab, FleetMember
+from support.fleet import FleetLab, FleetMember, running
 from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.runners import RecordingRunner
@@ -33,22 +30,6 @@ pytestmark = pytest.mark.anyio
 NMAP = TOOLS["nmap_scan"]
 APPROVAL = {"approval": {"nmap_scripts": True, "approval_timeout_seconds": 30}}
 LATER = Approver("input_required", "alice")
-
-
-@contextlib.asynccontextmanager
-async def running(*segments: FleetMember) -> AsyncIterator[None]:
-    """The segments' job loops (and their heartbeat sweeps), stopped at the end."""
-    tasks = []
-    for member in segments:
-        assert member.worker is not None
-        tasks.append(asyncio.create_task(member.worker.run()))
-    try:
-        yield
-    finally:
-        for member in segments:
-            assert member.worker is not None
-            member.worker.stopping.set()
-        await asyncio.wait(tasks, timeout=10)
 
 
 def key_file(directory: Path) -> Path:

@@ -13,12 +13,12 @@ import contextlib
 import io
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fleet import FleetLab, FleetMember, jetstream_store_factory
+from support.fleet import FleetLab, FleetMember, jetstream_store_factory, running, until
 from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.runners import SpyRunner
@@ -49,31 +49,6 @@ LISTENING = ("127.0.0.70", "127.0.0.81", "127.0.0.93")  # in the first, third an
 def listeners() -> Iterator[list[int]]:
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(tcp_listener(host=host)) for host in LISTENING]
-
-
-@contextlib.asynccontextmanager
-async def running(*segments: FleetMember) -> AsyncIterator[None]:
-    tasks = []
-    for member in segments:
-        assert member.worker is not None
-        tasks.append(asyncio.create_task(member.worker.run()))
-    try:
-        yield
-    finally:
-        for member in segments:
-            assert member.worker is not None
-            member.worker.stopping.set()
-        await asyncio.wait(tasks, timeout=10)
-
-
-async def until(member: FleetMember, scan_id: str, *states: str, seconds: float = 30.0) -> Job:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        job = member.parts.store.get(scan_id)
-        if job is not None and job.state in states:
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{scan_id} did not reach {states} within {seconds} s: {member.parts.store.get(scan_id)}")
 
 
 def shards_of(member: FleetMember, parent: Job) -> list[Job]:

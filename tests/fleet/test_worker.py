@@ -9,14 +9,12 @@ SIGKILL (the kill of a real process is the compose fleet's long-mode test, READM
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from support.fleet import FleetLab, FleetMember
+from support.fleet import FleetLab, FleetMember, running, until
 from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.runners import SpyRunner
@@ -30,27 +28,6 @@ from appliance.tools.nmap import NmapRequest
 pytestmark = pytest.mark.anyio
 
 NMAP = TOOLS["nmap_scan"]
-
-
-@contextlib.asynccontextmanager
-async def running(member: FleetMember) -> AsyncIterator[None]:
-    assert member.worker is not None
-    task = asyncio.create_task(member.worker.run())
-    try:
-        yield
-    finally:
-        member.worker.stopping.set()
-        await asyncio.wait({task}, timeout=10)
-
-
-async def until(member: FleetMember, scan_id: str, *states: str, seconds: float = 30.0) -> Job:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        job = member.parts.store.get(scan_id)
-        if job is not None and job.state in states:
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{scan_id} did not reach {states} within {seconds} s: {member.parts.store.get(scan_id)}")
 
 
 def forged_job(target: str, port: int, segment: str) -> Job:

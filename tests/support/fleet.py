@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from appliance.fleet.segments import SegmentRegistry
 from appliance.fleet.worker import SegmentWorker
 from appliance.jobs.jetstream import JetStreamJobStore
 from appliance.jobs.manager import JobManager
+from appliance.jobs.model import Job
 from appliance.metrics import Metrics
 from appliance.policy.store import PolicyStore
 from appliance.service import ScanService
@@ -287,3 +290,30 @@ class FleetLab:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+@contextlib.asynccontextmanager
+async def running(*segments: FleetMember) -> AsyncIterator[None]:
+    """The segments' job loops (and their heartbeat sweeps), stopped at the end."""
+    tasks = []
+    for member in segments:
+        assert member.worker is not None
+        tasks.append(asyncio.create_task(member.worker.run()))
+    try:
+        yield
+    finally:
+        for member in segments:
+            assert member.worker is not None
+            member.worker.stopping.set()
+        await asyncio.wait(tasks, timeout=10)
+
+
+async def until(member: FleetMember, scan_id: str, *states: str, seconds: float = 30.0) -> Job:
+    """The job's record once it is in one of `states`, read from `member`'s store."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job = member.parts.store.get(scan_id)
+        if job is not None and job.state in states:
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{scan_id} did not reach {states} within {seconds} s: {member.parts.store.get(scan_id)}")
