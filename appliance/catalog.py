@@ -12,8 +12,12 @@ what a client needs:
 
 from __future__ import annotations
 
+import argparse
 import functools
-from collections.abc import Mapping
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from mcp_types import Tool, ToolAnnotations
@@ -57,10 +61,41 @@ def _nullable_as_type(prop: dict[str, Any]) -> dict[str, Any]:
     return {**reduced, "anyOf": rest}
 
 
-# Both schemas are built once per model (pydantic's schema generation is most of a tool list's
-# cost, and the list is rebuilt at start and on each reload); callers must not change them.
+# Both schemas of every tool's models, as build_input_schema and build_output_schema make them,
+# shipped with the package: pydantic's schema generation was about 40 ms of each start-up, before
+# the first tools/list (issue 10). tests/test_catalog.py fails when the file and the models
+# disagree; `python -m appliance.catalog --write` remakes it.
+SCHEMAS_PATH = Path(__file__).resolve().parent / "data" / "tool_schemas.json"
+
+
+def schema_key(model: type[BaseModel], kind: str) -> str:
+    return f"{model.__module__}.{model.__qualname__}:{kind}"
+
+
+@functools.cache
+def _shipped() -> dict[str, dict[str, Any]]:
+    """The shipped schemas; none when the file is missing (a source tree mid-change): then each
+    schema is built from its model, which gives the same result, only slower."""
+    try:
+        shipped: dict[str, dict[str, Any]] = json.loads(SCHEMAS_PATH.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    return shipped
+
+
+# Both schemas are made once per model (the list is rebuilt at start and on each reload);
+# callers must not change them.
 @functools.cache
 def input_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return _shipped().get(schema_key(model, "input")) or build_input_schema(model)
+
+
+@functools.cache
+def output_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return _shipped().get(schema_key(model, "output")) or build_output_schema(model)
+
+
+def build_input_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema: dict[str, Any] = _without_titles(model.model_json_schema())
     schema["properties"] = {name: _nullable_as_type(prop) for name, prop in schema["properties"].items()}
     schema["additionalProperties"] = False
@@ -109,8 +144,7 @@ OUTPUT_SCHEMA_OMITS = frozenset(
 )
 
 
-@functools.cache
-def output_schema(model: type[BaseModel]) -> dict[str, Any]:
+def build_output_schema(model: type[BaseModel]) -> dict[str, Any]:
     full = model.model_json_schema(mode="serialization")
     properties = {name: _shallow(prop) for name, prop in full["properties"].items() if name not in OUTPUT_SCHEMA_OMITS}
     # A status is one of the job states (README: Scan jobs), a mode one of gobuster's: the lists
@@ -146,3 +180,42 @@ def without_argument(tool: Tool, name: str) -> Tool:
     required = [key for key in schema.get("required", []) if key != name]
     trimmed = {**schema, "properties": properties, **({"required": required} if "required" in schema else {})}
     return tool.model_copy(update={"input_schema": trimmed})
+
+
+def tool_models() -> tuple[list[type[BaseModel]], list[type[BaseModel]]]:
+    """Every tool's request models and result models (scan tools, then job tools)."""
+    from appliance.server import JOB_TOOLS  # the server imports this module
+    from appliance.tools import TOOLS
+
+    requests = [spec.request_model for spec in TOOLS.values()] + [t.request_model for t in JOB_TOOLS.values()]
+    results: list[type[BaseModel]] = [spec.result_model for spec in TOOLS.values()]
+    results += [t.result_model for t in JOB_TOOLS.values() if t.result_model is not None]
+    return requests, results
+
+
+def built_schemas(requests: Iterable[type[BaseModel]], results: Iterable[type[BaseModel]]) -> dict[str, Any]:
+    """What SCHEMAS_PATH must hold for these models."""
+    built = {schema_key(m, "input"): build_input_schema(m) for m in requests}
+    built.update({schema_key(m, "output"): build_output_schema(m) for m in results})
+    return dict(sorted(built.items()))
+
+
+def schemas_text(schemas: Mapping[str, Any]) -> str:
+    """The file's text: keys in the schemas' own order (tools/list shows properties in it)."""
+    return json.dumps(schemas, indent=1) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m appliance.catalog", description="Remake the shipped tool schemas.")
+    parser.add_argument("--write", action="store_true", help=f"write {SCHEMAS_PATH} (default: print)")
+    args = parser.parse_args(argv)
+    text = schemas_text(built_schemas(*tool_models()))
+    if args.write:
+        SCHEMAS_PATH.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

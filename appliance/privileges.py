@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from appliance import yamlload
 from appliance.errors import PolicyError
 
 CAP_NET_RAW = 13
@@ -150,7 +151,7 @@ class CapabilityPolicy(BaseModel):
 
 def load_capability_policy(path: Path) -> CapabilityPolicy:
     try:
-        return CapabilityPolicy.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        return CapabilityPolicy.model_validate(yamlload.safe_load(path.read_text(encoding="utf-8")))
     except (OSError, yaml.YAMLError, PydanticValidationError) as exc:
         raise PolicyError(f"capability policy {path} is unusable: {exc}", rule="capability_policy_invalid") from exc
 

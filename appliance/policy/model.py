@@ -16,6 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from appliance import yamlload
 from appliance.errors import PolicyError
 from appliance.policy.approval_rules import ApprovalRules
 from appliance.policy.engagements import Engagement, engagement_problems
@@ -334,7 +335,7 @@ def parse_document(text: str, *, source: str = "<policy>") -> PolicyDocument:
     A version 1 document is converted to version 2 first and logs one warning naming the new layout.
     """
     try:
-        data = yaml.safe_load(text)
+        data = yamlload.safe_load(text)
     except yaml.YAMLError as exc:
         raise PolicyError(f"{source}: not valid YAML: {exc}", rule="policy_yaml") from exc
     if not isinstance(data, dict):
