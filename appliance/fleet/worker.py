@@ -149,7 +149,9 @@ class SegmentWorker:
                 await self._ack(delivery)
                 return
         try:
-            job = self.store.claim(delivery.scan_id, self.appliance_id, self.clock(), takeover=takeover)
+            job, cancel_waits = self.store.claim_to_run(
+                delivery.scan_id, self.appliance_id, self.clock(), takeover=takeover
+            )
         except ApplianceError as exc:
             # Not acked: JetStream delivers it again after ack_wait, when the store may answer.
             log.warning("job not claimed", extra={"scan_id": delivery.scan_id, "rule": exc.rule})
@@ -158,7 +160,7 @@ class SegmentWorker:
             self.counts.not_ours += 1
             await self._ack(delivery)
             return
-        if self.store.cancel_requested(job.scan_id):
+        if cancel_waits:
             # Cancelled while it waited in the queue (a sharded scan's cancel reaches every
             # shard): it ends here without starting a scanner.
             self.counts.cancelled += 1

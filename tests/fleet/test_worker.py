@@ -219,16 +219,18 @@ async def test_a_job_whose_claim_failed_on_its_last_delivery_is_delivered_again_
         front = lab.front()
         seg_a = lab.segment("seg-a", "seg-a-1")
         store = seg_a.parts.store
-        real_claim = store.claim
+        real_claim = store.claim_to_run
         refused: list[str] = []
 
-        def claim_once_unreachable(scan_id: str, runner: str, now: float, *, takeover: bool = False) -> Job | None:
+        def claim_once_unreachable(
+            scan_id: str, runner: str, now: float, *, takeover: bool = False
+        ) -> tuple[Job | None, bool]:
             if not refused:
                 refused.append(scan_id)
                 raise ExecutionError("NATS is electing a leader", rule="store_unwritable")
             return real_claim(scan_id, runner, now, takeover=takeover)
 
-        monkeypatch.setattr(store, "claim", claim_once_unreachable)
+        monkeypatch.setattr(store, "claim_to_run", claim_once_unreachable)
         with tcp_listener() as port:
             queued = await front.service.call(
                 NMAP, NmapRequest(target="127.0.0.1", ports=str(port), wait_seconds=0), "rid-1"

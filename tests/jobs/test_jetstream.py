@@ -186,6 +186,24 @@ def test_a_finished_or_missing_job_is_never_claimed(nats: NatsServer) -> None:
         assert store.get(done.scan_id) == done  # a refused claim writes nothing
 
 
+def test_a_claim_to_run_says_whether_a_cancel_request_waits_for_the_job(nats: NatsServer) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        store = open_store()
+        plain = stored_job("queued", target="10.20.0.5")
+        asked = stored_job("queued", target="10.20.0.6", at=1_000_001.0)
+        store.put(plain)
+        store.put(asked)
+        store.request_cancel(asked.scan_id, "alice", 1_000_005.0)
+        job, waits = store.claim_to_run(plain.scan_id, "seg-a-1", 1_000_010.0)
+        assert job is not None and (job.runner, waits) == ("seg-a-1", False)
+        job, waits = store.claim_to_run(asked.scan_id, "seg-a-1", 1_000_010.0)
+        assert job is not None and (job.runner, waits) == ("seg-a-1", True)
+        stored = store.get(asked.scan_id)
+        assert stored is not None and stored.runner == "seg-a-1"  # claimed: the worker ends it cancelled
+        # Not claimable (finished, or another appliance's): no job, whatever waits for it.
+        assert store.claim_to_run(asked.scan_id, "seg-a-2", 1_000_011.0) == (None, True)
+
+
 def test_a_state_change_after_its_own_write_reads_nothing_back_and_leaves_exactly_the_new_keys(
     nats: NatsServer,
 ) -> None:
