@@ -13,6 +13,7 @@ announce of their own cluster, which `no_discovery` turns off).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import ssl
@@ -271,6 +272,30 @@ class BusThread:
         return self.call(
             lambda: transient_retry(operation, retry), what, timeout=retry + self.settings.operation_timeout_seconds
         )
+
+    def submit_repeatable(self, operation: Callable[[], Awaitable[T]], what: str) -> concurrent.futures.Future[T]:
+        """`call_repeatable` without the wait: the operation is queued on the bus loop when this
+        returns, so operations submitted or called one after another start in that order (no
+        inner task: its first step runs in the loop's next turn, as `call`'s does); `outcome`
+        awaits its result."""
+        if self._loop.is_closed() or not self._thread.is_alive():
+            raise self._unavailable(what, "the connection is closed")
+        retry = self.settings.transient_retry_seconds
+
+        async def bounded() -> T:
+            async with asyncio.timeout(retry + self.settings.operation_timeout_seconds):
+                return await transient_retry(operation, retry)
+
+        return asyncio.run_coroutine_threadsafe(bounded(), self._loop)
+
+    async def outcome(self, sent: concurrent.futures.Future[T], what: str) -> T:
+        """The result of a submitted operation, awaited on the caller's loop; errors as `call`
+        raises them. Cancelling this wait leaves the operation running (a write still lands)."""
+        with self._lost_is_unavailable(what):
+            try:
+                return await asyncio.shield(asyncio.wrap_future(sent))
+            except TimeoutError:
+                raise self._unavailable(what, "no answer in time") from None
 
     async def run(self, operation: Callable[[], Awaitable[T]], what: str, *, seconds: float | None = None) -> T:
         """`call` for a caller on another event loop: awaits the operation on the bus loop without

@@ -30,9 +30,9 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -109,6 +109,22 @@ def index_keys(job: Job) -> set[str]:
     return keys
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What one write of a job puts, taken from the job when the write is asked for (a write
+    sent ahead, `put_state_soon`, must not read a job the caller goes on changing)."""
+
+    scan_id: str
+    state: str
+    keys: frozenset[str]
+    body: bytes
+
+    @classmethod
+    def of(cls, job: Job) -> Snapshot:
+        body = json.dumps(job.to_record(), separators=(",", ":")).encode()
+        return cls(job.scan_id, job.state, frozenset(index_keys(job)), body)
+
+
 def _store_error(action: str, exc: BaseException) -> ExecutionError:
     code = getattr(exc, "err_code", None)
     full = code in (INSUFFICIENT_RESOURCES, STREAM_STORE_FAILED)
@@ -148,6 +164,9 @@ class JetStreamJobStore:
         # appliance writes a job's record between its claim and its end, bar a takeover; a
         # stale entry leaves at most stale index keys, which every read skips (see above).
         self._written: OrderedDict[str, set[str]] = OrderedDict()
+        # One job's writes, in the order they were asked for (bus loop only): a write sent ahead
+        # (put_state_soon) and the caller's next write of that job must not overtake each other.
+        self._order: dict[str, tuple[asyncio.Lock, int]] = {}
         self._write("open the job buckets", self._open)
 
     async def _open(self) -> None:
@@ -179,8 +198,16 @@ class JetStreamJobStore:
     # --- plumbing --------------------------------------------------------------------------
     def _write(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
         # Every write here may run twice (puts of the same value; compare-and-sets re-read first).
-        try:
+        with self._write_errors(action):
             result = self._bus.call_repeatable(operation, action)
+        self._fault = None
+        return result
+
+    @contextlib.contextmanager
+    def _write_errors(self, action: str) -> Iterator[None]:
+        """A failed write as ExecutionError (`store_unwritable`, `store_full`), kept for /healthz."""
+        try:
+            yield
         except BusUnavailable as exc:
             self._fault = ("store_unwritable", exc.message)
             raise ExecutionError(
@@ -190,8 +217,22 @@ class JetStreamJobStore:
             error = _store_error(action, exc)
             self._fault = (error.rule, error.message)
             raise error from exc
-        self._fault = None
-        return result
+
+    @contextlib.asynccontextmanager
+    async def _in_order(self, scan_id: str) -> AsyncIterator[None]:
+        """Hold the job's turn: its writes run one at a time, first asked first (asyncio.Lock
+        wakes its waiters in order, and each write takes its turn before its first await)."""
+        lock, users = self._order.get(scan_id) or (asyncio.Lock(), 0)
+        self._order[scan_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._order[scan_id]
+            if users == 1:
+                del self._order[scan_id]
+            else:
+                self._order[scan_id] = (lock, users - 1)
 
     def _read(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -226,24 +267,26 @@ class JetStreamJobStore:
         await asyncio.gather(*(remove_key(self._bus.js, self.bucket, key) for key in keys))
 
     # --- writes ----------------------------------------------------------------------------
-    async def _put(self, job: Job, raw: bytes | None) -> None:
+    async def _put(self, snapshot: Snapshot, raw: bytes | None) -> None:
         """Three steps in the crash-safe order, the writes within a step sent at once (each is a
         round trip to the stream's leader): the index keys the record does not have yet and the
         raw output; the record; the old state's keys. A write that changes no index key (findings
         so far) is the read of the old record and the record's write."""
-        old_keys = self._written.get(job.scan_id)
-        if old_keys is None:
-            old = await self._job(job.scan_id)
-            old_keys = set() if old is None else index_keys(old)
+        scan_id = snapshot.scan_id
+        async with self._in_order(scan_id):
+            old_keys = self._written.get(scan_id)
+            if old_keys is None:
+                old = await self._job(scan_id)
+                old_keys = set() if old is None else index_keys(old)
 
-        async def record(body: bytes) -> None:
-            await self.kv.put(f"job.{job.scan_id}", body)
+            async def record(body: bytes) -> None:
+                await self.kv.put(f"job.{scan_id}", body)
 
-        await self._write_in_order(job, old_keys, record, raw)
+            await self._write_in_order(snapshot, old_keys, record, raw)
 
     async def _write_in_order(
         self,
-        job: Job,
+        snapshot: Snapshot,
         old_keys: set[str],
         write_record: Callable[[bytes], Awaitable[object]],
         raw: bytes | None = None,
@@ -251,15 +294,16 @@ class JetStreamJobStore:
         """The crash-safe order of every record write: the index keys the record does not have
         yet (and the raw output), all at once; the record (`write_record` of its body); the old
         state's keys. A record write that raises leaves the old keys in place."""
-        new_keys = index_keys(job)
-        self._written.pop(job.scan_id, None)  # unknown until this write has landed
-        first: list[Awaitable[object]] = [self.kv.put(key, job.state.encode()) for key in sorted(new_keys - old_keys)]
+        new_keys = set(snapshot.keys)
+        self._written.pop(snapshot.scan_id, None)  # unknown until this write has landed
+        state = snapshot.state.encode()
+        first: list[Awaitable[object]] = [self.kv.put(key, state) for key in sorted(new_keys - old_keys)]
         if raw is not None:
-            first.append(self.objects.put(job.scan_id, raw))
+            first.append(self.objects.put(snapshot.scan_id, raw))
         await asyncio.gather(*first)
-        await write_record(json.dumps(job.to_record(), separators=(",", ":")).encode())
+        await write_record(snapshot.body)
         await self._delete_keys(sorted(old_keys - new_keys))
-        self._remember(job.scan_id, new_keys)
+        self._remember(snapshot.scan_id, new_keys)
 
     def _remember(self, scan_id: str, keys: set[str]) -> None:
         self._written[scan_id] = keys
@@ -268,12 +312,31 @@ class JetStreamJobStore:
             self._written.popitem(last=False)
 
     def put(self, job: Job, raw: bytes | None = None) -> None:
-        self._write(f"record scan {job.scan_id}", lambda: self._put(job, raw))
+        snapshot = Snapshot.of(job)
+        self._write(f"record scan {job.scan_id}", lambda: self._put(snapshot, raw))
 
     def put_state(self, job: Job) -> None:
         # A key-value entry is written whole: a state change rewrites the record (the live job
         # holds it all), unlike SQLite's patch in place.
-        self._write(f"record the state of scan {job.scan_id}", lambda: self._put(job, None))
+        snapshot = Snapshot.of(job)
+        self._write(f"record the state of scan {job.scan_id}", lambda: self._put(snapshot, None))
+
+    def put_state_soon(self, job: Job) -> Coroutine[Any, Any, None]:
+        """`put_state`, sent now without waiting for it: the job as it is now is written while the
+        caller goes on (a segment starts the scan meanwhile: three round trips less before it),
+        and the job's next write waits for this one. The coroutine returned, awaited on the
+        caller's loop, ends when the write has landed, or raises put_state's ExecutionError."""
+        snapshot = Snapshot.of(job)
+        action = f"record the state of scan {job.scan_id}"
+        with self._write_errors(action):  # the connection is closed: nothing is sent
+            sent = self._bus.submit_repeatable(lambda: self._put(snapshot, None), action)
+
+        async def landed() -> None:
+            with self._write_errors(action):
+                await self._bus.outcome(sent, action)
+            self._fault = None
+
+        return landed()
 
     def put_raw(self, scan_id: str, output: bytes) -> None:
         async def put() -> None:
@@ -308,24 +371,25 @@ class JetStreamJobStore:
         stale ones after the record). None when the record is gone, left, or was written
         meanwhile `attempts` times (each conflict reads the record again and applies `change` again)."""
         key = f"job.{scan_id}"
-        for _ in range(attempts):
-            value, revision = await read_entry(self._bus.js, self.bucket, key)
-            if not value or revision is None:
-                return None
-            job = Job.from_record(json.loads(value))
-            old_keys = index_keys(job)
-            if not change(job):
-                return None
+        async with self._in_order(scan_id):
+            for _ in range(attempts):
+                value, revision = await read_entry(self._bus.js, self.bucket, key)
+                if not value or revision is None:
+                    return None
+                job = Job.from_record(json.loads(value))
+                old_keys = index_keys(job)
+                if not change(job):
+                    return None
 
-            async def record(body: bytes, revision: int = revision) -> None:
-                await self.kv.update(key, body, last=revision)
+                async def record(body: bytes, revision: int = revision) -> None:
+                    await self.kv.update(key, body, last=revision)
 
-            try:
-                await self._write_in_order(job, old_keys, record)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue  # another appliance's write came first (its index keys are its own)
-            return job
-        return None
+                try:
+                    await self._write_in_order(Snapshot.of(job), old_keys, record)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue  # another appliance's write came first (its index keys are its own)
+                return job
+            return None
 
     def update(self, scan_id: str, change: Callable[[Job], bool], attempts: int = 5) -> Job | None:
         """Change a record by compare-and-set, read again and changed again on a conflict (a

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from appliance.audit import AuditSink
 from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError
 from appliance.jobs.diff import ResultView
 from appliance.jobs.model import Job, JobState, Viewer, new_scan_id, viewer_of
-from appliance.jobs.store import ChangingStore, JobFilter, JobPage, JobStore
+from appliance.jobs.store import ChangingStore, JobFilter, JobPage, JobStore, SendingStore
 from appliance.tracing import spans
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class LiveJob:
     listeners: set[ProgressFn] = field(default_factory=set)
     # Seconds its store writes took so far (the `store` stage of the call timings line).
     store_seconds: float = 0.0
+    # Its `running` write, while it is on its way (a SendingStore: JobManager.running).
+    landing: asyncio.Future[None] | None = None
 
 
 class ResultViews:
@@ -316,7 +318,39 @@ class JobManager:
 
     def running(self, live: LiveJob) -> None:
         # Nothing but the state changed since `create` wrote the whole job.
-        live.store_seconds += self._move(live.job, "running", None, state_only=True)
+        if not isinstance(self.store, SendingStore):
+            live.store_seconds += self._move(live.job, "running", None, state_only=True)
+            return
+        # A fleet segment: the scan starts while `running` is on its way to NATS (three round
+        # trips). A write that fails is handled as a synchronous one would be: the job is kept
+        # in memory and written again, whole, by flush_unsaved; the job's next write (its end)
+        # waits for this one in the store, so a late `running` never overwrites the end.
+        job = live.job
+        job.move("running", self._clock(), None)
+        started = time.perf_counter()
+        try:
+            with spans.stage("store", **{"appliance.scan_id": job.scan_id, "appliance.job.state": job.state}):
+                landing = self.store.put_state_soon(job)
+        except ApplianceError:
+            self._kept(live)
+        else:
+            live.landing = asyncio.ensure_future(self._landed(live, landing))
+        live.store_seconds += time.perf_counter() - started
+        for notify in self.on_change:
+            notify(job)
+
+    async def _landed(self, live: LiveJob, landing: Coroutine[Any, Any, None]) -> None:
+        try:
+            await landing
+        except ApplianceError:
+            self._kept(live)
+
+    def _kept(self, live: LiveJob) -> None:
+        """A `running` that did not land: kept for flush_unsaved (an end kept meanwhile, with its
+        raw output, stays as it is)."""
+        if live.job.scan_id not in self.unsaved:
+            self.unsaved[live.job.scan_id] = (live.job, None)
+        log.error("job store write failed; the job is kept in memory", extra={"scan_id": live.job.scan_id})
 
     def findings(self, live: LiveJob, result: dict[str, Any]) -> None:
         """Findings so far (finished host groups, lines): stored with the progress the job has

@@ -22,9 +22,9 @@ is the last scan id a page showed. Principal and target parts of a key are hex-e
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from appliance.jobs.model import Job
 
@@ -121,6 +121,15 @@ class ChangingStore(Protocol):
     """A store that changes a record by compare-and-set (the fleet's JetStream store)."""
 
     def update(self, scan_id: str, change: Callable[[Job], bool], attempts: int = 5) -> Job | None: ...
+
+
+@runtime_checkable
+class SendingStore(Protocol):
+    """A store whose state write can be sent without waiting for it (the fleet's JetStream store:
+    a write is round trips to NATS; SQLite's is local and short). The job's next write waits
+    for it."""
+
+    def put_state_soon(self, job: Job) -> Coroutine[Any, Any, None]: ...
 
 
 def take_oldest(scan_ids: Iterable[str], over: int, doomed: list[str], gone: set[str]) -> None:

@@ -204,6 +204,65 @@ def test_a_claim_to_run_says_whether_a_cancel_request_waits_for_the_job(nats: Na
         assert store.claim_to_run(asked.scan_id, "seg-a-2", 1_000_011.0) == (None, True)
 
 
+@pytest.mark.anyio
+async def test_a_state_write_sent_ahead_lands_before_the_jobs_next_write_never_after_it(nats: NatsServer) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        store = open_store()
+        jobs = [stored_job("queued", target="10.20.0.5", at=1_000_000.0 + i) for i in range(12)]
+        for job in jobs:
+            store.put(job)
+        landings = []
+        for job in jobs:
+            job.move("running", job.updated_at + 1, None)
+            landings.append(store.put_state_soon(job))
+            # The end at once, while `running` may still be on its way: it must not be overtaken.
+            job.move("completed", job.updated_at + 2, None)
+            store.put(job, b"<nmaprun/>")
+        for landing in landings:
+            await landing
+        for job in jobs:
+            stored = store.get(job.scan_id)
+            assert stored is not None
+            assert [e["state"] for e in stored.events] == ["queued", "running", "completed"]
+            assert stored.state == "completed"
+        assert store.counts() == {"completed": len(jobs)}  # no index key of `running` left behind
+        assert store.unfinished() == []
+
+
+@pytest.mark.anyio
+async def test_a_state_write_sent_ahead_writes_the_job_as_it_was_when_sent(nats: NatsServer) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        store = open_store()
+        job = stored_job("queued", target="10.20.0.5")
+        store.put(job)
+        job.move("running", job.updated_at + 1, None)
+        landing = store.put_state_soon(job)
+        job.result = {"tool": "nmap_scan", "hosts": ["changed after the send"]}  # the caller goes on
+        await landing
+        stored = store.get(job.scan_id)
+        assert stored is not None and stored.state == "running"
+        assert stored.result != job.result
+
+
+@pytest.mark.anyio
+async def test_a_state_write_sent_ahead_to_a_lost_nats_raises_store_unwritable(tmp_path: Path) -> None:
+    with nats_server(tmp_path / "lost") as server:
+        bus = started_bus(server.url, operation_timeout_seconds=1.0, transient_retry_seconds=1.0)
+        try:
+            store = JetStreamJobStore(bus, bucket="jobs_lost", raw_bucket="raw_lost")
+            job = stored_job("queued", target="10.20.0.5")
+            store.put(job)
+            server.stop()
+            job.move("running", job.updated_at + 1, None)
+            with pytest.raises(ExecutionError) as refused:
+                await store.put_state_soon(job)
+            assert refused.value.rule == "store_unwritable"
+            problem = store.writable()
+            assert problem is not None and problem[0] == "store_unwritable"
+        finally:
+            bus.close()
+
+
 def test_a_state_change_after_its_own_write_reads_nothing_back_and_leaves_exactly_the_new_keys(
     nats: NatsServer,
 ) -> None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
 
 from appliance.audit import AuditSink
 from appliance.errors import ExecutionError
@@ -94,3 +99,72 @@ def test_an_end_the_store_refused_is_written_again_with_its_raw_output_once_the_
     assert stored is not None and stored.state == "completed"
     assert store.raw(live.job.scan_id) == b"<nmaprun/>"
     assert jobs.unsaved == {}
+
+
+class Sending(Refusing):
+    """A store that sends its state writes ahead (as the fleet's JetStream store does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    def put_state_soon(self, job: Job) -> Coroutine[Any, Any, None]:
+        down = self.down  # as it was when the write was sent
+        self.sent.append(job.state)
+
+        async def landed() -> None:
+            await asyncio.sleep(0)  # on its way
+            if down:
+                raise ExecutionError("the store is down", rule="store_unwritable")
+            SqliteJobStore.put_state(self, job)
+
+        return landed()
+
+
+@pytest.mark.anyio
+async def test_a_running_write_sent_ahead_that_fails_is_kept_and_written_again_whole() -> None:
+    store = Sending()
+    jobs = JobManager(store, AuditSink(stream=io.StringIO()))
+    live = jobs.create(
+        tool="nmap_scan",
+        target="127.0.0.1",
+        scanned_address="127.0.0.1",
+        owner="alice",
+        request={"target": "127.0.0.1"},
+        argv=["nmap", "127.0.0.1"],
+        request_id="rid-1",
+    )
+    store.down = True
+    jobs.running(live)
+    assert store.sent == ["running"]  # sent, not waited for: the caller goes on at once
+    assert live.landing is not None
+    await live.landing
+    assert jobs.unsaved == {live.job.scan_id: (live.job, None)}
+    stored = store.get(live.job.scan_id)
+    assert stored is not None and stored.state == "queued"
+    store.down = False
+    assert jobs.flush_unsaved() == []
+    stored = store.get(live.job.scan_id)
+    assert stored is not None and stored.state == "running"
+
+
+@pytest.mark.anyio
+async def test_a_running_write_sent_ahead_that_lands_leaves_nothing_unsaved() -> None:
+    store = Sending()
+    jobs = JobManager(store, AuditSink(stream=io.StringIO()))
+    live = jobs.create(
+        tool="nmap_scan",
+        target="127.0.0.1",
+        scanned_address="127.0.0.1",
+        owner="alice",
+        request={"target": "127.0.0.1"},
+        argv=["nmap", "127.0.0.1"],
+        request_id="rid-1",
+    )
+    jobs.running(live)
+    assert live.job.state == "running"
+    assert live.landing is not None
+    await live.landing
+    assert jobs.unsaved == {}
+    stored = store.get(live.job.scan_id)
+    assert stored is not None and stored.state == "running"
