@@ -87,6 +87,7 @@ def extra_figures(requests: Sequence[peers.PeerRequest] = ()) -> list[Provider]:
             lambda lab, sizes, run: mcp1.measure(
                 lab, mcp1.Mcp1Params(sizes.overhead_calls, sizes.overhead_warmup), run
             ),
+            goals=(mcp1.GOAL,),
             row=mcp1.row,
         ),
         Provider(

@@ -1,5 +1,7 @@
 """Figure 8: what one `tools/call` adds with the MCP 1.x Python client (mcp 1.30.0), which
-recompiles a tool's output schema for every result; issue 10 reports it and sets no goal yet.
+recompiles a tool's output schema for every result. Its goal (issue 10, set once the output
+schemas were shallow): at most 10 ms added at the median in the container, twice the 2.x
+client's 5 ms: the 1.x client's own per-result schema work may cost up to as much again.
 
 bench/mcp1_client.py runs in .venv-mcp1 (scripts/setup-bench-mcp1) as a BatchProcess: one line
 "1" makes one timed call. The direct side alternates with it call by call, as in figure 1:
@@ -29,10 +31,12 @@ from bench.host_servers import PORT, appliance
 from bench.lab import REPO, TARGET_PORT, Lab
 from bench.netns import run_in_netns
 from bench.overhead import BatchProcess, Harness
-from bench.report import not_measured, timed_runs
+from bench.report import Goal, goal_met, not_measured, timed_runs
 from bench.stats import percentile, summary_ms
 
 FIGURE = "mcp1_client"
+GOAL_NAME = "added ms per call at the median, MCP 1.x client (container)"
+GOAL = Goal(GOAL_NAME, FIGURE, ("container", "added_ms_median"), 10.0, "ms", ("container", "calls_per_side"), "calls")
 PYTHON = REPO / ".venv-mcp1" / "bin" / "python"
 CLIENT = REPO / "bench" / "mcp1_client.py"
 SKIPPED = "not measured: run scripts/setup-bench-mcp1"
@@ -155,7 +159,7 @@ async def measure(lab: Lab, params: Mcp1Params, run: int) -> dict[str, Any]:
 
 
 def row(results: dict[str, Any]) -> str:
-    """The figures table's row 8 (no goal yet: issue 10 sets it once the output schemas are shallow)."""
+    """The figures table's row 8."""
     f = results["figures"]
     p = results["parameters"]
     timed = timed_runs(p)
@@ -180,4 +184,4 @@ def row(results: dict[str, Any]) -> str:
             f"**{signed(run_values(f, FIGURE, where, 'added_ms_median'))} ms** at the median"
             for where in ("host", "container")
         )
-    return f"| 8 | {figure} | {text} | none yet (reported) | n/a |"
+    return f"| 8 | {figure} | {text} | <= 10 ms added (container, median) | {goal_met(results['goals'], GOAL_NAME)} |"

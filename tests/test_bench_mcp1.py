@@ -22,8 +22,8 @@ def test_without_the_1x_venv_the_figure_says_how_to_make_it_and_is_no_failure(
     data = anyio.run(mcp1.measure, object(), Mcp1Params(5, 1), 0)  # the lab is not touched
     assert data == {"skipped": "not measured: run scripts/setup-bench-mcp1"}
     assert not main._failed({"runs": [data]})
-    row = mcp1.row(bench_results({"mcp1_client": {"runs": [data]}}))
-    assert "| not measured: run scripts/setup-bench-mcp1 | none yet (reported) | n/a |" in row
+    row = mcp1.row(bench_results({"mcp1_client": {"runs": [data]}}, (mcp1.GOAL,)))
+    assert "| not measured: run scripts/setup-bench-mcp1 | <= 10 ms added (container, median) | n/a |" in row
 
 
 class _Client:
@@ -65,10 +65,26 @@ def test_the_row_shows_the_host_and_the_container_figures() -> None:
         }
 
     run = {"host": side(62.0, 35.0), "container": side(70.0, 33.4)}
-    row = mcp1.row(bench_results({"mcp1_client": {"runs": [run]}}))
+    row = mcp1.row(bench_results({"mcp1_client": {"runs": [run]}}, (mcp1.GOAL,)))
     assert row.startswith("| 8 | per-call overhead with the MCP 1.x Python client (mcp 1.30.0)")
     assert "host: MCP 62.0 ms median / 72.0 ms p99, direct 35.0 / 40.0 ms, **+27.0 ms** at the median" in row
     assert "container: MCP 70.0 ms median / 80.0 ms p99, direct 33.4 / 38.4 ms, **+36.6 ms** at the median" in row
+    assert row.endswith("| <= 10 ms added (container, median) | **no** |")
+
+
+def test_the_1x_goal_is_met_only_when_every_runs_container_figure_is_within_10_ms() -> None:
+    def run(added: float) -> dict[str, Any]:
+        return {"host": {"added_ms_median": 1.0}, "container": {"added_ms_median": added, "calls_per_side": 400}}
+
+    def verdict(*added: float) -> dict[str, Any]:
+        results = bench_results({"mcp1_client": {"runs": [run(a) for a in added]}}, (mcp1.GOAL,))
+        [goal] = [g for g in results["goals"] if g["goal"] == mcp1.GOAL_NAME]
+        return goal
+
+    assert verdict(9.0, 9.9, 10.0)["met"] is True
+    met = verdict(9.0, 10.1, 8.0)
+    assert met["met"] is False
+    assert (met["value"], met["samples_per_run"]) == (9.0, [400, 400, 400])
 
 
 def test_a_failed_run_of_the_1x_figure_is_shown_as_not_measured() -> None:
