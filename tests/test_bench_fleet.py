@@ -109,6 +109,17 @@ def test_the_fleet_policy_keeps_every_stored_job_and_opens_only_the_listener(tmp
     assert policy["limits"]["concurrency"]["per_principal"]["stored_jobs"] >= 10_000
 
 
+def test_the_fronts_share_of_the_fleet_holds_the_burst_and_the_segment_keeps_the_shipped_limits(
+    tmp_path: Path,
+) -> None:
+    path = fleet_run.write_policy(tmp_path, 0)
+    front = yaml.safe_load(fleet_run.write_front_policy(path).read_text())
+    share = front["limits"]["concurrency"]["per_principal"]
+    assert share["running"] + share["queued"] >= fleet.FLEET_BURST
+    assert yaml.safe_load(path.read_text())["limits"]["concurrency"]["per_principal"]["queued"] == 6
+    assert front["scope"] == yaml.safe_load(path.read_text())["scope"]
+
+
 def test_a_calls_stages_come_from_its_jobs_events_and_a_job_without_them_is_left_out() -> None:
     job = fleet_run.finished_job(0, 1000.0)  # created 999.8, running at 999.8, completed at 1000.0
     unfinished = fleet_run.finished_job(1, 1000.0)

@@ -14,12 +14,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from appliance.errors import ResourceExhaustedError
 from appliance.fleet.kv import watch_key
 from appliance.fleet.queue import JobQueue
 from appliance.fleet.routing import SegmentScope, route
 from appliance.fleet.segments import SegmentRegistry, SegmentView
 from appliance.jobs.jetstream import JetStreamJobStore
 from appliance.jobs.model import Job
+from appliance.policy.model import PrincipalConcurrency
 
 # A segment's advertisement older than this is not routed to (segments refresh theirs every
 # few seconds, README "Fleet").
@@ -52,6 +54,24 @@ class FrontFleet:
     def route(self, target: str) -> SegmentScope:
         """The segment that runs `target`, or the refusal naming the segments known."""
         return route(target, self.view().segments, now=self.clock(), stale_after_seconds=self.stale_after_seconds)
+
+    def share_refusal(self, owner: str, share: PrincipalConcurrency) -> ResourceExhaustedError | None:
+        """The refusal of one more job for `owner` when its unfinished scans in the whole fleet
+        (every front's, in the shared store) have reached its share: the front's policy's
+        per-principal `running` plus `queued`. A standalone appliance applies both to its own
+        slots; a front has none, and the fleet's queue is one line per segment, so without this
+        one principal's thousand jobs would make every other team's wait behind them. Two fronts
+        admitting at the same instant may both pass (the count is read, not reserved)."""
+        most = share.running + share.queued
+        held = self.store.unfinished_of(owner)
+        if held < most:
+            return None
+        return ResourceExhaustedError(
+            f"principal {owner} already has {held} scans queued or running in the fleet, its limit ({share.running} "
+            f"running + {share.queued} queued, the front's limits.concurrency.per_principal)",
+            rule="principal_queue_full",
+            recovery_suggestion="Wait for your scans to finish (get_scan, list_scans) before sending more.",
+        )
 
     async def dispatch(self, segment: str, scan_id: str, headers: dict[str, str]) -> None:
         await self.queue.publish(segment, scan_id, headers)

@@ -587,6 +587,18 @@ class JetStreamJobStore:
 
         return self._read("count scans", read)
 
+    def unfinished_of(self, principal: str) -> int:
+        """How many of `principal`'s scans are unfinished (queued, running or awaiting approval),
+        from the index keys of those states alone (one listing per state, sent at once: a
+        principal's thousands of finished scans are not read). A sharded scan counts once."""
+
+        async def read() -> int:
+            owner = hex_part(principal)
+            found = await asyncio.gather(*(self._keys(f"s.{owner}.*.*.{state}.*") for state in sorted(UNFINISHED)))
+            return sum(len(keys) for keys in found)
+
+        return self._read(f"count the unfinished scans of {principal}", read)
+
     async def _recorded(self) -> tuple[set[str], list[IndexEntry]]:
         """The scan ids that have a record, and the `s.` entries of those only (an index key a
         crash left without its record is not a job)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
-from support.fleet import FleetLab, running
+from support.fleet import FleetLab, running, until
 from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.runners import SpyRunner
@@ -180,3 +180,39 @@ async def test_a_full_queue_refuses_the_scan_with_queue_full_and_ends_its_job_fa
         assert (stored.state, stored.error and stored.error["rule"]) == ("failed", "queue_full")
         assert lab.queue_messages() == 1  # the first, still queued and never dropped
         assert first.status == "queued"
+
+
+SHARE_OF_TWO = {"limits": {"concurrency": {"per_principal": {"running": 1, "queued": 1}}}}
+
+
+async def test_a_principal_past_its_share_of_the_whole_fleet_is_refused_at_either_front(fleet: FleetLab) -> None:
+    # seg-a is advertised, its loop not started: every job admitted stays queued (unfinished).
+    seg_a = fleet.segment("seg-a", "seg-a-1", runner=SpyRunner())
+    front_1, front_2 = fleet.front(SHARE_OF_TWO), fleet.front(SHARE_OF_TWO)
+    first = await front_1.service.call(NMAP, NmapRequest(target="127.0.0.7", wait_seconds=0), "r1", principal="alice")
+    second = await front_2.service.call(NMAP, NmapRequest(target="127.0.0.8", wait_seconds=0), "r2", principal="alice")
+    assert (first.status, second.status) == ("queued", "queued")
+    with pytest.raises(ResourceExhaustedError) as refused:  # her share counts the other front's job too
+        await front_1.service.call(NMAP, NmapRequest(target="127.0.0.9", wait_seconds=0), "r3", principal="alice")
+    assert refused.value.rule == "principal_queue_full"
+    assert "alice already has 2 scans queued or running in the fleet" in refused.value.message
+    assert "per_principal" in refused.value.message
+    assert "Wait for your scans to finish" in refused.value.recovery_suggestion
+    [line] = [line for line in front_1.lab.audit_lines() if line.get("rule") == "principal_queue_full"]
+    assert (line["verdict"], line["principal"], line["tool"]) == ("refused", "alice", "nmap_scan")
+    assert "scan_id" not in line  # refused before a job exists: nothing recorded, nothing queued
+    assert fleet.queue_messages() == 2
+    # Another team is not held up by hers.
+    bob = await front_2.service.call(NMAP, NmapRequest(target="127.0.0.9", wait_seconds=0), "r4", principal="bob")
+    assert bob.status == "queued"
+    assert fleet.queue_messages() == 3
+    # Her scans' ends free her share: cancelled while queued, they end when seg-a claims them
+    # (the spy runner: nothing starts; bob's is cancelled too, to keep it so).
+    for scan_id, owner in ((first.scan_id, "alice"), (second.scan_id, "alice"), (bob.scan_id, "bob")):
+        assert front_1.service.jobs.cancel(front_1.service.jobs.visible(scan_id, owner))
+    async with running(seg_a):
+        for scan_id in (first.scan_id, second.scan_id, bob.scan_id):
+            await until(seg_a, scan_id, "cancelled")
+    again = await front_2.service.call(NMAP, NmapRequest(target="127.0.0.9", wait_seconds=0), "r5", principal="alice")
+    assert again.status == "queued"
+    assert seg_a.lab.runner.calls == []
