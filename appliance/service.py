@@ -423,7 +423,7 @@ class ScanService:
             refusal = self.limiter.refusal(spec.name, principal)
             if refusal is None and self.fleet is not None:  # a front's share of the whole fleet
                 share = snapshot.policy.limits.concurrency.per_principal
-                refusal = self.fleet.share_refusal(self.owner(principal), share)
+                refusal = await self.fleet.share_refusal(self.owner(principal), share)
             if refusal is not None:
                 raise refusal
             self.jobs.admissible()

@@ -55,7 +55,7 @@ class FrontFleet:
         """The segment that runs `target`, or the refusal naming the segments known."""
         return route(target, self.view().segments, now=self.clock(), stale_after_seconds=self.stale_after_seconds)
 
-    def share_refusal(self, owner: str, share: PrincipalConcurrency) -> ResourceExhaustedError | None:
+    async def share_refusal(self, owner: str, share: PrincipalConcurrency) -> ResourceExhaustedError | None:
         """The refusal of one more job for `owner` when its unfinished scans in the whole fleet
         (every front's, in the shared store) have reached its share: the front's policy's
         per-principal `running` plus `queued`. A standalone appliance applies both to its own
@@ -63,7 +63,7 @@ class FrontFleet:
         one principal's thousand jobs would make every other team's wait behind them. Two fronts
         admitting at the same instant may both pass (the count is read, not reserved)."""
         most = share.running + share.queued
-        held = self.store.unfinished_of(owner)
+        held = await self.store.unfinished_of(owner)
         if held < most:
             return None
         return ResourceExhaustedError(

@@ -41,7 +41,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from appliance.errors import ExecutionError
-from appliance.fleet.bus import BusThread, BusUnavailable
+from appliance.fleet.bus import BusThread, BusUnavailable, transient_retry
 from appliance.fleet.kv import key_value_bucket, live_entries, not_provisioned, read_entry, remove_key
 from appliance.jobs.model import FINISHED, UNFINISHED, Job, target_key
 from appliance.jobs.store import JobFilter, JobPage, take_oldest
@@ -134,6 +134,23 @@ def _store_error(action: str, exc: BaseException) -> ExecutionError:
         recovery_suggestion="Retry later; the operator must check the NATS JetStream servers (their storage "
         "limits and health). Running scans and stored results are kept.",
     )
+
+
+@contextlib.contextmanager
+def _read_errors(action: str) -> Iterator[None]:
+    """A failed read as ExecutionError `store_unreachable`."""
+    try:
+        yield
+    except BusUnavailable as exc:
+        raise ExecutionError(
+            exc.message, rule="store_unreachable", recovery_suggestion=exc.recovery_suggestion
+        ) from exc
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        raise ExecutionError(
+            f"the job store could not {action}: {exc!r}",
+            rule="store_unreachable",
+            recovery_suggestion="Retry shortly; the operator must check the NATS JetStream servers.",
+        ) from exc
 
 
 class JetStreamJobStore:
@@ -235,18 +252,17 @@ class JetStreamJobStore:
                 self._order[scan_id] = (lock, users - 1)
 
     def _read(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
-        try:
+        with _read_errors(action):
             return self._bus.call_repeatable(operation, action)
-        except BusUnavailable as exc:
-            raise ExecutionError(
-                exc.message, rule="store_unreachable", recovery_suggestion=exc.recovery_suggestion
-            ) from exc
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise ExecutionError(
-                f"the job store could not {action}: {exc!r}",
-                rule="store_unreachable",
-                recovery_suggestion="Retry shortly; the operator must check the NATS JetStream servers.",
-            ) from exc
+
+    async def _read_soon(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """`_read` awaited on the caller's loop, which goes on serving others meanwhile."""
+        settings = self._bus.settings
+        retry = settings.transient_retry_seconds
+        with _read_errors(action):
+            return await self._bus.run(
+                lambda: transient_retry(operation, retry), action, seconds=retry + settings.operation_timeout_seconds
+            )
 
     async def _get(self, key: str) -> bytes | None:
         return (await read_entry(self._bus.js, self.bucket, key))[0]
@@ -587,17 +603,18 @@ class JetStreamJobStore:
 
         return self._read("count scans", read)
 
-    def unfinished_of(self, principal: str) -> int:
+    async def unfinished_of(self, principal: str) -> int:
         """How many of `principal`'s scans are unfinished (queued, running or awaiting approval),
         from the index keys of those states alone (one listing per state, sent at once: a
-        principal's thousands of finished scans are not read). A sharded scan counts once."""
+        principal's thousands of finished scans are not read). A sharded scan counts once.
+        Awaited, not blocking: a front's other calls go on while NATS answers."""
 
         async def read() -> int:
             owner = hex_part(principal)
             found = await asyncio.gather(*(self._keys(f"s.{owner}.*.*.{state}.*") for state in sorted(UNFINISHED)))
             return sum(len(keys) for keys in found)
 
-        return self._read(f"count the unfinished scans of {principal}", read)
+        return await self._read_soon(f"count the unfinished scans of {principal}", read)
 
     async def _recorded(self) -> tuple[set[str], list[IndexEntry]]:
         """The scan ids that have a record, and the `s.` entries of those only (an index key a

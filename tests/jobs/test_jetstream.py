@@ -263,7 +263,8 @@ async def test_a_state_write_sent_ahead_to_a_lost_nats_raises_store_unwritable(t
             bus.close()
 
 
-def test_a_principals_unfinished_scans_are_counted_from_their_states_keys(nats: NatsServer) -> None:
+@pytest.mark.anyio
+async def test_a_principals_unfinished_scans_are_counted_from_their_states_keys(nats: NatsServer) -> None:
     with jetstream_store_factory(nats.url) as open_store:
         store = open_store()
         states = ["queued", "running", "awaiting_approval", "completed", "failed", "cancelled", "queued"]
@@ -273,9 +274,9 @@ def test_a_principals_unfinished_scans_are_counted_from_their_states_keys(nats: 
         shard = stored_job("queued", target="10.20.0.10", at=1_000_100.0)
         shard.parent = "scan_000000000000deadbeef"  # listed and counted as its parent, not itself
         store.put(shard)
-        assert store.unfinished_of("alice") == 4
-        assert store.unfinished_of("bob") == 1
-        assert store.unfinished_of("carol") == 0
+        assert await store.unfinished_of("alice") == 4
+        assert await store.unfinished_of("bob") == 1
+        assert await store.unfinished_of("carol") == 0
 
 
 def test_a_state_change_after_its_own_write_reads_nothing_back_and_leaves_exactly_the_new_keys(
