@@ -17,7 +17,7 @@ from mcp_types import CallToolResult, TextContent
 from support.bench_results import bench_results
 
 import bench.__main__ as main
-from bench import fleet, host, host_compare, notes, peers
+from bench import fleet, host, host_compare, mcp1, notes, peers
 from bench.host_servers import APPLIANCE, BARE, PORT, ServerSpec, appliance, bare
 from bench.lab import REPO
 
@@ -64,12 +64,12 @@ def test_a_failed_host_run_leaves_the_host_goal_unmeasured() -> None:
     assert "not measured: run 2: unshare failed" in host.row(results)
 
 
-def test_the_benchmark_adds_the_host_and_fleet_goals_and_every_row() -> None:
+def test_the_benchmark_adds_the_host_1x_client_and_fleet_goals_and_every_row() -> None:
     providers = main.extra_figures()
     assert [p.key for p in providers] == ["host", "mcp1_client", fleet.FIGURE, fleet.STORE_FIGURE]
     assert all(p.row is not None for p in providers)
     assert all(p.timed for p in providers[:3])
-    assert [g.name for p in providers for g in p.goals] == [host.GOAL_NAME, fleet.GOAL_NAME]
+    assert [g.name for p in providers for g in p.goals] == [host.GOAL_NAME, mcp1.GOAL_NAME, fleet.GOAL_NAME]
 
 
 def test_the_host_row_shows_the_difference_every_server_and_the_skipped_peers() -> None:
