@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from support import REPO
 
+from bench.mcp1 import GOAL_NAME as MCP1_GOAL
+
 pytestmark = pytest.mark.integration
 
 # The images scripts/bench measures (it honours the same variables; build-image too).
@@ -155,7 +157,13 @@ def test_quick_bench_measures_every_figure_and_cleans_up(tmp_path: Path) -> None
         for key in keys:
             value = _lookup(data, key)
             assert isinstance(value, int | float) and not isinstance(value, bool), f"{figure}.{key} = {value!r}"
-    assert all(isinstance(goal["value"], int | float) for goal in results["goals"]), results["goals"]
+    # Every goal has its figure, but the 1.x client's where .venv-mcp1 is missing: not measured (n/a).
+    unmeasured = set() if "mcp1_client" in expected else {MCP1_GOAL}
+    for goal in results["goals"]:
+        if goal["goal"] in unmeasured:
+            assert (goal["value"], goal["met"]) == (None, None), goal
+        else:
+            assert isinstance(goal["value"], int | float), goal
     assert results["unexpected_errors"] == 0
     assert figures["concurrency"]["unexpected_by_kind"] == {}
     assert figures["shutdown"]["call_outcomes"] == ["partial:shutdown"] * 4
