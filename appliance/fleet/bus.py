@@ -273,6 +273,14 @@ class BusThread:
             lambda: transient_retry(operation, retry), what, timeout=retry + self.settings.operation_timeout_seconds
         )
 
+    async def run_repeatable(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
+        """`run` for an operation that may run twice, tried again over a leader election, as
+        `call_repeatable` does for a caller that waits."""
+        retry = self.settings.transient_retry_seconds
+        return await self.run(
+            lambda: transient_retry(operation, retry), what, seconds=retry + self.settings.operation_timeout_seconds
+        )
+
     def submit_repeatable(self, operation: Callable[[], Awaitable[T]], what: str) -> concurrent.futures.Future[T]:
         """`call_repeatable` without the wait: the operation is queued on the bus loop when this
         returns, so operations submitted or called one after another start in that order (no

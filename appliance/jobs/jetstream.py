@@ -41,7 +41,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from appliance.errors import ExecutionError
-from appliance.fleet.bus import BusThread, BusUnavailable, transient_retry
+from appliance.fleet.bus import BusThread, BusUnavailable
 from appliance.fleet.kv import key_value_bucket, live_entries, not_provisioned, read_entry, remove_key
 from appliance.jobs.model import FINISHED, UNFINISHED, Job, target_key
 from appliance.jobs.store import JobFilter, JobPage, take_oldest
@@ -257,12 +257,8 @@ class JetStreamJobStore:
 
     async def _read_soon(self, action: str, operation: Callable[[], Awaitable[T]]) -> T:
         """`_read` awaited on the caller's loop, which goes on serving others meanwhile."""
-        settings = self._bus.settings
-        retry = settings.transient_retry_seconds
         with _read_errors(action):
-            return await self._bus.run(
-                lambda: transient_retry(operation, retry), action, seconds=retry + settings.operation_timeout_seconds
-            )
+            return await self._bus.run_repeatable(operation, action)
 
     async def _get(self, key: str) -> bytes | None:
         return (await read_entry(self._bus.js, self.bucket, key))[0]

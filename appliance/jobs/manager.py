@@ -291,14 +291,18 @@ class JobManager:
         except ApplianceError:
             if strict:
                 raise
-            # Kept in memory (get_scan still answers) and written again, whole, by flush_unsaved.
-            kept = self.unsaved.get(job.scan_id)
-            self.unsaved[job.scan_id] = (job, raw if raw is not None else None if kept is None else kept[1])
-            log.error("job store write failed; the job is kept in memory", extra={"scan_id": job.scan_id})
+            self._keep_unsaved(job, raw)
         else:
             if job.scan_id in self.unsaved and (raw is not None or self.unsaved[job.scan_id][1] is None):
                 del self.unsaved[job.scan_id]
         return time.perf_counter() - started
+
+    def _keep_unsaved(self, job: Job, raw: bytes | None) -> None:
+        """A write that did not land: the job kept in memory (get_scan still answers) and written
+        again, whole, by flush_unsaved; raw output kept from an earlier failed write stays."""
+        kept = self.unsaved.get(job.scan_id)
+        self.unsaved[job.scan_id] = (job, raw if raw is not None else None if kept is None else kept[1])
+        log.error("job store write failed; the job is kept in memory", extra={"scan_id": job.scan_id})
 
     def flush_unsaved(self) -> list[str]:
         """Write again every job whose last write failed; the scan ids still unsaved."""
@@ -332,25 +336,18 @@ class JobManager:
             with spans.stage("store", **{"appliance.scan_id": job.scan_id, "appliance.job.state": job.state}):
                 landing = self.store.put_state_soon(job)
         except ApplianceError:
-            self._kept(live)
+            self._keep_unsaved(job, None)
         else:
-            live.landing = asyncio.ensure_future(self._landed(live, landing))
+            live.landing = asyncio.ensure_future(self._landed(job, landing))
         live.store_seconds += time.perf_counter() - started
         for notify in self.on_change:
             notify(job)
 
-    async def _landed(self, live: LiveJob, landing: Coroutine[Any, Any, None]) -> None:
+    async def _landed(self, job: Job, landing: Coroutine[Any, Any, None]) -> None:
         try:
             await landing
         except ApplianceError:
-            self._kept(live)
-
-    def _kept(self, live: LiveJob) -> None:
-        """A `running` that did not land: kept for flush_unsaved (an end kept meanwhile, with its
-        raw output, stays as it is)."""
-        if live.job.scan_id not in self.unsaved:
-            self.unsaved[live.job.scan_id] = (live.job, None)
-        log.error("job store write failed; the job is kept in memory", extra={"scan_id": live.job.scan_id})
+            self._keep_unsaved(job, None)  # an end kept meanwhile keeps its raw output
 
     def findings(self, live: LiveJob, result: dict[str, Any]) -> None:
         """Findings so far (finished host groups, lines): stored with the progress the job has

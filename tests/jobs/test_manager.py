@@ -12,7 +12,7 @@ import pytest
 from appliance.audit import AuditSink
 from appliance.errors import ExecutionError
 from appliance.jobs.diff import result_view
-from appliance.jobs.manager import JobManager, ResultViews
+from appliance.jobs.manager import JobManager, LiveJob, ResultViews
 from appliance.jobs.model import Job
 from appliance.jobs.sqlite import SqliteJobStore
 
@@ -75,10 +75,9 @@ class Refusing(SqliteJobStore):
         super().put_state(job)
 
 
-def test_an_end_the_store_refused_is_written_again_with_its_raw_output_once_the_store_takes_it() -> None:
-    store = Refusing()
-    jobs = JobManager(store, AuditSink(stream=io.StringIO()))
-    live = jobs.create(
+def created(jobs: JobManager) -> LiveJob:
+    """One queued nmap job of alice's."""
+    return jobs.create(
         tool="nmap_scan",
         target="127.0.0.1",
         scanned_address="127.0.0.1",
@@ -87,6 +86,12 @@ def test_an_end_the_store_refused_is_written_again_with_its_raw_output_once_the_
         argv=["nmap", "127.0.0.1"],
         request_id="rid-1",
     )
+
+
+def test_an_end_the_store_refused_is_written_again_with_its_raw_output_once_the_store_takes_it() -> None:
+    store = Refusing()
+    jobs = JobManager(store, AuditSink(stream=io.StringIO()))
+    live = created(jobs)
     jobs.running(live)
     store.down = True
     jobs.finish(live, "completed", result={"tool": "nmap_scan", "hosts": []}, raw=b"<nmaprun/>")
@@ -125,15 +130,7 @@ class Sending(Refusing):
 async def test_a_running_write_sent_ahead_that_fails_is_kept_and_written_again_whole() -> None:
     store = Sending()
     jobs = JobManager(store, AuditSink(stream=io.StringIO()))
-    live = jobs.create(
-        tool="nmap_scan",
-        target="127.0.0.1",
-        scanned_address="127.0.0.1",
-        owner="alice",
-        request={"target": "127.0.0.1"},
-        argv=["nmap", "127.0.0.1"],
-        request_id="rid-1",
-    )
+    live = created(jobs)
     store.down = True
     jobs.running(live)
     assert store.sent == ["running"]  # sent, not waited for: the caller goes on at once
@@ -152,15 +149,7 @@ async def test_a_running_write_sent_ahead_that_fails_is_kept_and_written_again_w
 async def test_a_running_write_sent_ahead_that_lands_leaves_nothing_unsaved() -> None:
     store = Sending()
     jobs = JobManager(store, AuditSink(stream=io.StringIO()))
-    live = jobs.create(
-        tool="nmap_scan",
-        target="127.0.0.1",
-        scanned_address="127.0.0.1",
-        owner="alice",
-        request={"target": "127.0.0.1"},
-        argv=["nmap", "127.0.0.1"],
-        request_id="rid-1",
-    )
+    live = created(jobs)
     jobs.running(live)
     assert live.job.state == "running"
     assert live.landing is not None
