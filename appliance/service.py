@@ -601,7 +601,7 @@ class ScanService:
         try:
             for shard in shards:
                 self.jobs.audit_state(shard, "queued", shard.events[-1].get("note"), strict=True)
-                self.jobs.store.put(shard)
+                self.jobs.store.put(shard, new=True)
                 await self.fleet.dispatch(plan.segment, shard.scan_id, spans.carrier())
                 queued.add(shard.scan_id)
                 line = {**record, "event": "dispatched", "segment": plan.segment, "state": "queued"}

@@ -1,4 +1,4 @@
-"""The fleet's job store: JetStream key-value (records and indexes) and object store (raw output).
+"""The fleet's job store: JetStream key-value (records, indexes, raw output) and object store (large raw output).
 
 Any appliance connected to the same NATS sees the same jobs, so any front answers `get_scan`
 and `list_scans` (fleet issue). The keys are those appliance/jobs/store.py writes down:
@@ -9,6 +9,8 @@ and `list_scans` (fleet issue). The keys are those appliance/jobs/store.py write
   completed scan" from the key alone;
 - `u.<scan_id>` while unfinished, `f.<finished_at ms>.<scan_id>` once finished (retention);
 - `c.<scan_id>`: a pending cancel request (JSON: who asked, when);
+- `r.<scan_id>`: the raw output when it is small (RAW_INLINE_BYTES), else it is an object of the
+  raw bucket: one put beside the index keys instead of the object store's three round trips;
 - `b.<engagement>`: an engagement's budget in use (appliance/fleet/budgets.py).
 
 Principal, engagement and target parts are hex-encoded (keys allow `[-/_=.a-zA-Z0-9]`).
@@ -18,9 +20,10 @@ deletes the index keys the old state no longer has; a delete removes the index k
 the record last. A crash between two steps leaves at most stale index keys, which every read
 checks against the record (stale keys are skipped, never shown).
 
-Listings open an ordered consumer filtered on a key prefix (server-side) and read headers only:
-a page costs one pass over the keys of the principal asked about (all keys for an operator or
-`scan:admin`), plus one read per job shown. README "Store" has the figures and limits.
+Listings read the keys from the stream's subjects, filtered on a key prefix by the server
+(appliance/fleet/kv.py `live_entries`): a page costs one pass over the keys of the principal asked
+about (all keys for an operator or `scan:admin`), plus one read per job shown. README "Fleet" has
+the figures and limits.
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ STREAM_STORE_FAILED = 10077
 WRITTEN_KEYS_KEPT = 4096
 # Writers of one key racing each other (change_value): each lost compare-and-set is read again.
 CAS_TRIES = 16
+# Raw output up to this size is a key of the job bucket (`r.<scan_id>`), written with the new
+# index keys in one step: an object-store put is three round trips one after another (its info,
+# the chunks, the meta), on the path from a scan's end to its answer (issue 13's latency). A
+# one-port nmap scan's XML is 1-3 kB; far below the server's max_payload (1 MB by default).
+RAW_INLINE_BYTES = 64 * 1024
 
 
 def hex_part(text: str) -> str:
@@ -279,14 +287,15 @@ class JetStreamJobStore:
         await asyncio.gather(*(remove_key(self._bus.js, self.bucket, key) for key in keys))
 
     # --- writes ----------------------------------------------------------------------------
-    async def _put(self, snapshot: Snapshot, raw: bytes | None) -> None:
+    async def _put(self, snapshot: Snapshot, raw: bytes | None, *, new: bool = False) -> None:
         """Three steps in the crash-safe order, the writes within a step sent at once (each is a
         round trip to the stream's leader): the index keys the record does not have yet and the
         raw output; the record; the old state's keys. A write that changes no index key (findings
-        so far) is the read of the old record and the record's write."""
+        so far) is the read of the old record and the record's write. `new`: the job was never
+        stored, so there is no old record to read (a retry of this write finds its own keys)."""
         scan_id = snapshot.scan_id
         async with self._in_order(scan_id):
-            old_keys = self._written.get(scan_id)
+            old_keys = set() if new else self._written.get(scan_id)
             if old_keys is None:
                 old = await self._job(scan_id)
                 old_keys = set() if old is None else index_keys(old)
@@ -311,7 +320,7 @@ class JetStreamJobStore:
         state = snapshot.state.encode()
         first: list[Awaitable[object]] = [self.kv.put(key, state) for key in sorted(new_keys - old_keys)]
         if raw is not None:
-            first.append(self.objects.put(snapshot.scan_id, raw))
+            first.append(self._put_raw(snapshot.scan_id, raw))
         await asyncio.gather(*first)
         await write_record(snapshot.body)
         await self._delete_keys(sorted(old_keys - new_keys))
@@ -323,9 +332,9 @@ class JetStreamJobStore:
         while len(self._written) > WRITTEN_KEYS_KEPT:
             self._written.popitem(last=False)
 
-    def put(self, job: Job, raw: bytes | None = None) -> None:
+    def put(self, job: Job, raw: bytes | None = None, *, new: bool = False) -> None:
         snapshot = Snapshot.of(job)
-        self._write(f"record scan {job.scan_id}", lambda: self._put(snapshot, raw))
+        self._write(f"record scan {job.scan_id}", lambda: self._put(snapshot, raw, new=new))
 
     def put_state(self, job: Job) -> None:
         # A key-value entry is written whole: a state change rewrites the record (the live job
@@ -350,11 +359,14 @@ class JetStreamJobStore:
 
         return landed()
 
-    def put_raw(self, scan_id: str, output: bytes) -> None:
-        async def put() -> None:
+    async def _put_raw(self, scan_id: str, output: bytes) -> None:
+        if len(output) <= RAW_INLINE_BYTES:
+            await self.kv.put(f"r.{scan_id}", output)
+        else:
             await self.objects.put(scan_id, output)
 
-        self._write(f"record the raw output of {scan_id}", put)
+    def put_raw(self, scan_id: str, output: bytes) -> None:
+        self._write(f"record the raw output of {scan_id}", lambda: self._put_raw(scan_id, output))
 
     async def _delete(self, scan_ids: list[str]) -> int:
         removed = 0
@@ -364,7 +376,7 @@ class JetStreamJobStore:
                 continue
             if job.shards:  # a sharded scan's shards go with it (they are listed as it)
                 removed += await self._delete([shard for shard in job.shards if shard not in scan_ids])
-            await self._delete_keys(sorted(index_keys(job)))
+            await self._delete_keys([*sorted(index_keys(job)), f"r.{scan_id}"])
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await self.objects.delete(scan_id)
             await remove_key(self._bus.js, self.bucket, f"job.{scan_id}")
@@ -529,7 +541,10 @@ class JetStreamJobStore:
 
     def raw(self, scan_id: str) -> bytes | None:
         async def read() -> bytes | None:
-            try:
+            inline = await self._get(f"r.{scan_id}")
+            if inline is not None:
+                return inline
+            try:  # output larger than RAW_INLINE_BYTES, or stored before raw output went inline
                 result = await self.objects.get(scan_id)
             except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError):
                 return None
@@ -684,7 +699,7 @@ class JetStreamJobStore:
     async def _repair(self) -> None:
         """Delete the index keys a crash between two writes left behind (the sweep's chore)."""
         records = {key[4:] for key, _ in await self._keys("job.*")}
-        for pattern in ("p.>", "e.>", "s.>", "u.*", "f.*.*"):
+        for pattern in ("p.>", "e.>", "s.>", "u.*", "f.*.*", "r.*"):
             keys = [key for key, _ in await self._keys(pattern) if key.rpartition(".")[2] not in records]
             await self._delete_keys(keys)
 

@@ -200,7 +200,7 @@ class JobManager:
         # The trail first, then the store, both fail closed: a job the trail does not show never
         # exists, and a scan the store cannot keep is refused before it starts.
         self.audit_state(job, state, strict=True)
-        live = LiveJob(job, store_seconds=self._save(job, strict=True))
+        live = LiveJob(job, store_seconds=self._save(job, strict=True, new=True))
         self.live[job.scan_id] = live
         for notify in self.on_change:
             notify(job)
@@ -279,15 +279,18 @@ class JobManager:
             # written is the sink's failure (readiness shows it), not a reason to lose the scan.
             log.error("audit line of a job state change could not be written", extra={"scan_id": job.scan_id})
 
-    def _save(self, job: Job, *, strict: bool = False, raw: bytes | None = None, state_only: bool = False) -> float:
-        """Write the whole job (`state_only`: its state change alone); returns the seconds it took."""
+    def _save(
+        self, job: Job, *, strict: bool = False, raw: bytes | None = None, state_only: bool = False, new: bool = False
+    ) -> float:
+        """Write the whole job (`state_only`: its state change alone; `new`: its first write);
+        returns the seconds it took."""
         started = time.perf_counter()
         try:
             with spans.stage("store", **{"appliance.scan_id": job.scan_id, "appliance.job.state": job.state}):
                 if state_only:
                     self.store.put_state(job)
                 else:
-                    self.store.put(job, raw)
+                    self.store.put(job, raw, new=new)
         except ApplianceError:
             if strict:
                 raise

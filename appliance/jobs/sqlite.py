@@ -170,7 +170,8 @@ class SqliteJobStore:
             raise error from exc
         self._fault = self._broken
 
-    def put(self, job: Job, raw: bytes | None = None) -> None:
+    def put(self, job: Job, raw: bytes | None = None, *, new: bool = False) -> None:
+        # `new` changes nothing here: INSERT OR REPLACE reads nothing back either way.
         record = json.dumps(job.to_record(), separators=(",", ":"))
 
         def statements(db: sqlite3.Connection) -> None:

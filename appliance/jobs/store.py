@@ -53,9 +53,10 @@ class JobStore(Protocol):
 
     ephemeral: bool  # True when the store lives on a temporary directory (lost with the container)
 
-    def put(self, job: Job, raw: bytes | None = None) -> None:
+    def put(self, job: Job, raw: bytes | None = None, *, new: bool = False) -> None:
         """Insert or replace the whole job; with `raw`, its raw output too, in the same
-        transaction (a job's end is one commit)."""
+        transaction (a job's end is one commit). `new`: the job was never stored (created now,
+        under a fresh scan id), so a store need not read what the write replaces."""
 
     def put_state(self, job: Job) -> None:
         """A state change of a stored job, written alone: its state and the record's state,

@@ -3,11 +3,13 @@ or restarted NATS server, what /healthz shows. Real nats-server processes on 127
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from nats.js.errors import NotFoundError
 from support.fleet import jetstream_store_factory, started_bus
 from support.jobs import stored_job
 from support.nats import NatsServer, nats_server
@@ -15,7 +17,7 @@ from support.waiting import wait_until
 
 from appliance.errors import ExecutionError
 from appliance.fleet.bus import BusSettings, BusThread, BusUnavailable
-from appliance.jobs.jetstream import JetStreamJobStore, index_keys
+from appliance.jobs.jetstream import RAW_INLINE_BYTES, JetStreamJobStore, index_keys
 from appliance.jobs.model import Job
 from appliance.jobs.store import JobFilter
 
@@ -131,6 +133,7 @@ def test_the_sweep_removes_index_keys_a_crash_left_without_a_record(nats: NatsSe
         async def leave_ghost() -> None:
             for key in index_keys(ghost):
                 await store.kv.put(key, b"running")
+            await store.kv.put(f"r.{ghost.scan_id}", b"<nmaprun/>")  # its raw output, written with the keys
 
         store._bus.call(leave_ghost, "write a ghost")
         assert store.count("alice") == 2  # the principal's index alone counts the ghost until the sweep
@@ -307,7 +310,70 @@ def test_a_state_change_after_its_own_write_reads_nothing_back_and_leaves_exactl
             return {key for key, _ in await other._keys(">")}
 
         stored = other._bus.call(keys, "list keys")
-        assert stored == index_keys(job) | {f"job.{job.scan_id}"}
+        assert stored == index_keys(job) | {f"job.{job.scan_id}", f"r.{job.scan_id}"}  # r.: its raw output
+
+
+def test_a_new_jobs_first_write_reads_nothing_back(nats: NatsServer) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        store, other = open_store(), open_store()
+        job = stored_job("queued", target="10.20.0.9")
+        reads: list[str] = []
+        real_job = store._job
+
+        async def counted(scan_id: str) -> Job | None:
+            reads.append(scan_id)
+            return await real_job(scan_id)
+
+        store._job = counted  # type: ignore[method-assign]
+        store.put(job, new=True)
+        store.put(job, new=True)  # what a retry of the write does: the same keys again, nothing stale
+        assert reads == []
+        seen = other.get(job.scan_id)
+        assert seen is not None and seen.to_record() == job.to_record()
+
+        async def keys() -> set[str]:
+            return {key for key, _ in await other._keys(">")}
+
+        assert other._bus.call(keys, "list keys") == index_keys(job) | {f"job.{job.scan_id}"}
+        store.put(stored_job("queued", target="10.20.0.10", at=1_000_050.0))  # not said new: read back first
+        assert len(reads) == 1
+
+
+def test_small_raw_output_is_a_key_of_the_job_bucket_and_large_output_an_object(nats: NatsServer) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        store, other = open_store(), open_store()
+        small, large, older = (stored_job("completed", target="10.20.0.11", at=1_000_000.0 + n) for n in range(3))
+        small_raw = b"<nmaprun>\x00\xff</nmaprun>"
+        large_raw = b"x" * (RAW_INLINE_BYTES + 1)
+        store.put(small, small_raw)
+        store.put(large, large_raw)
+        store.put(older)
+
+        async def before_inline() -> None:  # raw output as stores before RAW_INLINE_BYTES wrote it
+            await store.objects.put(older.scan_id, small_raw)
+
+        store._bus.call(before_inline, "write raw output the old way")
+
+        async def layout() -> tuple[set[str], set[str]]:
+            keys = {key for key, _ in await other._keys("r.*")}
+            objects = {info.name for info in await other.objects.list()}
+            return keys, objects
+
+        assert other._bus.call(layout, "list raw output") == (
+            {f"r.{small.scan_id}"},
+            {large.scan_id, older.scan_id},
+        )
+        assert [other.raw(job.scan_id) for job in (small, large, older)] == [small_raw, large_raw, small_raw]
+        assert other.delete([small.scan_id, large.scan_id, older.scan_id]) == 3
+        assert [other.raw(job.scan_id) for job in (small, large, older)] == [None, None, None]
+
+        async def left() -> tuple[set[str], list[str]]:
+            keys = {key for key, _ in await other._keys(">")}
+            with contextlib.suppress(NotFoundError):  # nats-py's answer for an empty object store
+                return keys, [info.name for info in await other.objects.list() if not info.deleted]
+            return keys, []
+
+        assert other._bus.call(left, "list what is left") == (set(), [])
 
 
 def test_a_write_on_stale_remembered_keys_after_another_appliances_write_shows_the_record_as_it_is(

@@ -64,10 +64,10 @@ class Refusing(SqliteJobStore):
         super().__init__(None)
         self.down = False
 
-    def put(self, job: Job, raw: bytes | None = None) -> None:
+    def put(self, job: Job, raw: bytes | None = None, *, new: bool = False) -> None:
         if self.down:
             raise ExecutionError("the store is down", rule="store_unwritable")
-        super().put(job, raw)
+        super().put(job, raw, new=new)
 
     def put_state(self, job: Job) -> None:
         if self.down:

@@ -55,9 +55,9 @@ def test_a_running_job_is_stored_by_its_state_alone(tmp_path: Path) -> None:
     written: list[str] = []
 
     class Recording(SqliteJobStore):
-        def put(self, job: Job, raw: bytes | None = None) -> None:
+        def put(self, job: Job, raw: bytes | None = None, *, new: bool = False) -> None:
             written.append(f"put {job.state}")
-            super().put(job, raw)
+            super().put(job, raw, new=new)
 
         def put_state(self, job: Job) -> None:
             written.append(f"put_state {job.state}")
