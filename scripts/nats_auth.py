@@ -62,6 +62,11 @@ class BusNames:
     def consumer(self, segment: str) -> str:
         return f"segment_{segment}"
 
+    @property
+    def live_bucket(self) -> str:
+        """The job bucket's keys of unfinished work (appliance.jobs.jetstream.live_bucket_of)."""
+        return f"{self.jobs_bucket}_live"
+
 
 def _read_stream(stream: str) -> list[str]:
     # Opening a stream or bucket (its info) and reading a stored message by subject.
@@ -114,6 +119,9 @@ def front_permissions(names: BusNames) -> dict[str, object]:
         *_kv_read(names.jobs_bucket),
         *_kv_write(names.jobs_bucket),
         *_create(f"KV_{names.jobs_bucket}"),
+        *_kv_read(names.live_bucket),
+        *_kv_write(names.live_bucket),
+        *_create(f"KV_{names.live_bucket}"),
         *_objects(names.raw_bucket),
         *_create(f"OBJ_{names.raw_bucket}"),
         *_ordered_reads(f"OBJ_{names.raw_bucket}"),
@@ -144,6 +152,8 @@ def segment_permissions(names: BusNames, segment: str) -> dict[str, object]:
         f"$KV.{names.segments_bucket}.seg.{segment}.*",
         *_kv_read(names.jobs_bucket),
         *_kv_write(names.jobs_bucket),
+        *_kv_read(names.live_bucket),
+        *_kv_write(names.live_bucket),
         *_objects(names.raw_bucket),  # writes raw output; reads none (no consumer of its own there)
     ]
     return _permissions(segment_user(segment), publish)

@@ -258,7 +258,12 @@ async def test_a_segment_user_cannot_delete_or_create_streams_and_buckets(lab: F
     bus = probe_bus(secured, "segment-seg-a")
     names = secured.names
     try:
-        for stream in (lab.queue.stream, f"KV_{names.jobs_bucket}", f"KV_{names.segments_bucket}"):
+        for stream in (
+            lab.queue.stream,
+            f"KV_{names.jobs_bucket}",
+            f"KV_{names.live_bucket}",
+            f"KV_{names.segments_bucket}",
+        ):
 
             async def delete(stream: str = stream) -> None:
                 await bus.js.delete_stream(stream)
@@ -393,11 +398,12 @@ def test_a_client_that_does_not_trust_the_deployments_ca_gets_no_connection(secu
 def test_the_generators_default_names_are_the_appliances() -> None:
     from appliance.fleet.queue import STREAM, SUBJECT_PREFIX, QueueSettings
     from appliance.fleet.segments import BUCKET as SEGMENTS_BUCKET
-    from appliance.jobs.jetstream import BUCKET, RAW_BUCKET
+    from appliance.jobs.jetstream import BUCKET, RAW_BUCKET, live_bucket_of
 
     names = nats_auth().BusNames()
     assert (names.stream, names.subject_prefix) == (STREAM, SUBJECT_PREFIX)
     assert (names.jobs_bucket, names.raw_bucket, names.segments_bucket) == (BUCKET, RAW_BUCKET, SEGMENTS_BUCKET)
+    assert names.live_bucket == live_bucket_of(BUCKET)
     assert names.consumer("seg-a") == QueueSettings().consumer_of("seg-a")
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 from nats.js.errors import NotFoundError
-from support.fleet import jetstream_store_factory, started_bus
+from support.fleet import jetstream_store_factory, started_bus, stored_keys
 from support.jobs import stored_job
 from support.nats import NatsServer, nats_server
 from support.waiting import wait_until
 
 from appliance.errors import ExecutionError
 from appliance.fleet.bus import BusSettings, BusThread, BusUnavailable
-from appliance.jobs.jetstream import RAW_INLINE_BYTES, JetStreamJobStore, index_keys
+from appliance.jobs.jetstream import RAW_INLINE_BYTES, JetStreamJobStore, hex_part, index_keys
 from appliance.jobs.model import Job
 from appliance.jobs.store import JobFilter
 
@@ -33,9 +33,9 @@ def test_stale_index_keys_left_by_a_crash_between_writes_are_never_shown(nats: N
         ghost = stored_job("completed", target="10.20.0.5", at=1_000_100.0)
 
         async def leave_stale_keys() -> None:
-            await store.kv.put(stale_running, b"running")
+            await store._kv_of(stale_running).put(stale_running, b"running")
             for key in index_keys(ghost):
-                await store.kv.put(key, b"completed")
+                await store._kv_of(key).put(key, b"completed")
 
         store._bus.call(leave_stale_keys, "write stale keys")
 
@@ -54,7 +54,7 @@ def test_a_ghost_index_key_never_answers_previous_completed(nats: NatsServer) ->
 
         async def leave_ghost() -> None:
             for key in index_keys(ghost):
-                await store.kv.put(key, b"completed")
+                await store._kv_of(key).put(key, b"completed")
 
         store._bus.call(leave_ghost, "write a ghost")
         later = stored_job("running", target="10.20.0.5", at=1_000_200.0)
@@ -132,7 +132,7 @@ def test_the_sweep_removes_index_keys_a_crash_left_without_a_record(nats: NatsSe
 
         async def leave_ghost() -> None:
             for key in index_keys(ghost):
-                await store.kv.put(key, b"running")
+                await store._kv_of(key).put(key, b"running")
             await store.kv.put(f"r.{ghost.scan_id}", b"<nmaprun/>")  # its raw output, written with the keys
 
         store._bus.call(leave_ghost, "write a ghost")
@@ -140,10 +140,7 @@ def test_the_sweep_removes_index_keys_a_crash_left_without_a_record(nats: NatsSe
 
         assert store.sweep(now=1_000_200.0, max_age_seconds=1e9, max_count=100, principal_max=100) == []
 
-        async def all_keys() -> list[str]:
-            return sorted(key for key, _ in await store._keys(">"))
-
-        assert store._bus.call(all_keys, "list keys") == sorted({f"job.{kept.scan_id}", *index_keys(kept)})
+        assert stored_keys(store) == {f"job.{kept.scan_id}", *index_keys(kept)}
         assert store.count("alice") == 1
 
 
@@ -267,7 +264,7 @@ async def test_a_state_write_sent_ahead_to_a_lost_nats_raises_store_unwritable(t
 
 
 @pytest.mark.anyio
-async def test_a_principals_unfinished_scans_are_counted_from_their_states_keys(nats: NatsServer) -> None:
+async def test_a_principals_unfinished_scans_are_counted_from_the_live_bucket(nats: NatsServer) -> None:
     with jetstream_store_factory(nats.url) as open_store:
         store = open_store()
         states = ["queued", "running", "awaiting_approval", "completed", "failed", "cancelled", "queued"]
@@ -280,6 +277,38 @@ async def test_a_principals_unfinished_scans_are_counted_from_their_states_keys(
         assert await store.unfinished_of("alice") == 4
         assert await store.unfinished_of("bob") == 1
         assert await store.unfinished_of("carol") == 0
+        # The live bucket holds the unfinished work alone: finished jobs add nothing to its listings.
+        live = {key for key in stored_keys(store) if key.startswith("u.")}
+        assert len(live) == 6 and f"u.shard.{shard.scan_id}" in live
+
+
+def test_a_front_moves_the_unfinished_and_cancel_keys_older_stores_kept_in_the_job_bucket(nats: NatsServer) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        store = open_store()
+        waiting, done = stored_job("queued", target="10.20.0.12"), stored_job("completed", target="10.20.0.13")
+        store.put(waiting)
+        store.put(done)
+        old_keys = [f"u.{waiting.scan_id}", f"u.{done.scan_id}", "u.scan_00000000000000000000"]  # the last: no record
+
+        async def write_as_before() -> None:
+            await store._delete_keys([f"u.{hex_part('alice')}.{waiting.scan_id}"])
+            for key in old_keys:
+                await store.kv.put(key, b"queued")
+            await store.kv.put(f"c.{waiting.scan_id}", b'{"requested_by": "operator", "requested_at": 1}')
+
+        store._bus.call(write_as_before, "write keys where older stores did")
+        assert store.unfinished() == [] and store.cancel_requests() == {}
+
+        again = open_store()  # a front's start
+        assert [job.scan_id for job in again.unfinished()] == [waiting.scan_id]
+        assert again.cancel_requests() == {waiting.scan_id: "operator"}
+        assert stored_keys(again) == {
+            *index_keys(waiting),
+            *index_keys(done),
+            f"job.{waiting.scan_id}",
+            f"job.{done.scan_id}",
+            f"c.{waiting.scan_id}",
+        }
 
 
 def test_a_state_change_after_its_own_write_reads_nothing_back_and_leaves_exactly_the_new_keys(
@@ -306,10 +335,7 @@ def test_a_state_change_after_its_own_write_reads_nothing_back_and_leaves_exactl
         seen = other.get(job.scan_id)
         assert seen is not None and seen.state == "completed"
 
-        async def keys() -> set[str]:
-            return {key for key, _ in await other._keys(">")}
-
-        stored = other._bus.call(keys, "list keys")
+        stored = stored_keys(other)
         assert stored == index_keys(job) | {f"job.{job.scan_id}", f"r.{job.scan_id}"}  # r.: its raw output
 
 
@@ -331,10 +357,7 @@ def test_a_new_jobs_first_write_reads_nothing_back(nats: NatsServer) -> None:
         seen = other.get(job.scan_id)
         assert seen is not None and seen.to_record() == job.to_record()
 
-        async def keys() -> set[str]:
-            return {key for key, _ in await other._keys(">")}
-
-        assert other._bus.call(keys, "list keys") == index_keys(job) | {f"job.{job.scan_id}"}
+        assert stored_keys(other) == index_keys(job) | {f"job.{job.scan_id}"}
         store.put(stored_job("queued", target="10.20.0.10", at=1_000_050.0))  # not said new: read back first
         assert len(reads) == 1
 
@@ -367,13 +390,12 @@ def test_small_raw_output_is_a_key_of_the_job_bucket_and_large_output_an_object(
         assert other.delete([small.scan_id, large.scan_id, older.scan_id]) == 3
         assert [other.raw(job.scan_id) for job in (small, large, older)] == [None, None, None]
 
-        async def left() -> tuple[set[str], list[str]]:
-            keys = {key for key, _ in await other._keys(">")}
+        async def objects_left() -> list[str]:
             with contextlib.suppress(NotFoundError):  # nats-py's answer for an empty object store
-                return keys, [info.name for info in await other.objects.list() if not info.deleted]
-            return keys, []
+                return [info.name for info in await other.objects.list() if not info.deleted]
+            return []
 
-        assert other._bus.call(left, "list what is left") == (set(), [])
+        assert (stored_keys(other), other._bus.call(objects_left, "list objects")) == (set(), [])
 
 
 def test_a_write_on_stale_remembered_keys_after_another_appliances_write_shows_the_record_as_it_is(

@@ -21,7 +21,7 @@ from appliance.fleet.queue import JobQueue, QueueSettings
 from appliance.fleet.roles import FleetParts
 from appliance.fleet.segments import SegmentRegistry
 from appliance.fleet.worker import SegmentWorker
-from appliance.jobs.jetstream import JetStreamJobStore
+from appliance.jobs.jetstream import JetStreamJobStore, live_bucket_of
 from appliance.jobs.manager import JobManager
 from appliance.jobs.model import Job
 from appliance.metrics import Metrics
@@ -42,7 +42,7 @@ def started_bus(url: str, **settings: Any) -> BusThread:
 
 @contextlib.contextmanager
 def jetstream_store_factory(url: str) -> Iterator[Callable[[], JetStreamJobStore]]:
-    """A factory of stores on the same two fresh buckets, each on its own connection (as two
+    """A factory of stores on the same fresh buckets, each on its own connection (as two
     fronts have); every connection is closed at the end."""
     suffix = uuid.uuid4().hex[:12]
     buses: list[BusThread] = []
@@ -71,6 +71,10 @@ class FleetNames:
     @property
     def jobs_bucket(self) -> str:
         return f"jobs_{self.suffix}"
+
+    @property
+    def live_bucket(self) -> str:
+        return live_bucket_of(self.jobs_bucket)
 
     @property
     def raw_bucket(self) -> str:
@@ -317,3 +321,13 @@ async def until(member: FleetMember, scan_id: str, *states: str, seconds: float 
             return job
         await asyncio.sleep(0.05)
     raise AssertionError(f"{scan_id} did not reach {states} within {seconds} s: {member.parts.store.get(scan_id)}")
+
+
+def stored_keys(store: JetStreamJobStore) -> set[str]:
+    """Every key of a JetStream job store: its job bucket's and its live bucket's."""
+
+    async def read() -> set[str]:
+        keys = {key for key, _ in await store._keys(">")}
+        return keys | {key for key, _ in await store._keys("u.>")} | {key for key, _ in await store._keys("c.>")}
+
+    return store.bus.call(read, "list every key")
