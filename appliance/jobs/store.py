@@ -1,20 +1,21 @@
 """The job store interface. Code above it (manager, server, CLI) does not know which store runs.
 
-Two implementations are planned: `SqliteJobStore` (embedded, the default) and a JetStream KV
-store (fleet issue). The queries are few and written down here so that both can serve them
-without reading every job:
+Two implementations: `SqliteJobStore` (embedded, the default) and `JetStreamJobStore` (the
+fleet's; its module lists its keys). The queries are few and written down here so that both
+serve them without reading every job:
 
 - `get(scan_id)`: SQLite primary key; KV `job.<scan_id>` -> the record.
-- `raw(scan_id)`: SQLite table `raw`; KV `raw.<scan_id>` (object store when large).
+- `raw(scan_id)`: SQLite table `raw`; KV `r.<scan_id>` (object store when large).
 - `page(filter, limit, cursor)`: index `(principal, scan_id)` (engagements: `(engagement, scan_id)`);
-  KV keys `by-principal.<p>.<scan_id>` listed with a subject filter, in descending order
-  (tool/target/state filters use the next index).
+  KV keys `s.<p>.<tool>.<target>.<state>.<scan_id>` listed with a subject filter, in descending
+  order (engagements: `e.<engagement>.<scan_id>`).
 - `previous_completed(_id)(tool, target, principal)`: index `(principal, tool, target_key, state, scan_id)`;
-  KV keys `by-subject.<p>.<tool>.<target>.<state>.<scan_id>`.
-- `sweep(max_age, max_count)`: index `(finished_at)` and a count; KV keys `by-finish.<ms>.<scan_id>`.
-- `unfinished()`: index `(state)`; KV keys `unfinished.<scan_id>`, deleted when the job finishes.
+  the same `s.` keys.
+- `sweep(max_age, max_count)`: index `(finished_at)` and a count; KV keys `f.<ms>.<scan_id>`.
+- `unfinished()`: index `(state)`; KV keys `u.<p>.<scan_id>` in a bucket of their own (small:
+  listed often), deleted when the job finishes.
 - `cancel_requests()`: table `cancel_requests` (primary key scan_id, holds only pending requests);
-  KV keys `cancel.<scan_id>`, deleted once the appliance has acted on them.
+  KV keys `c.<scan_id>` beside the `u.` keys, deleted once the appliance has acted on them.
 
 Scan ids sort by creation time, so "newest first" is a descending key order in both; a cursor
 is the last scan id a page showed. Principal and target parts of a key are hex-encoded.
