@@ -231,7 +231,7 @@ class SegmentWorker:
         """The sweep's safety net: merge every unfinished sharded scan of this segment (a merge
         lost to a crash or a store outage between a shard's end and its parent's write)."""
         ended: list[str] = []
-        for job in self.store.unfinished():
+        for job in self.store.unfinished(self.segment):
             if job.shards and job.segment == self.segment:
                 merged = self.merge(job.scan_id)
                 if merged is not None and merged.finished:
@@ -282,7 +282,7 @@ class SegmentWorker:
             if now - at <= self.queue.given_up_after_seconds
         }
         ended: list[str] = []
-        for job in self.store.unfinished():
+        for job in self.store.unfinished(self.segment):
             if job.segment != self.segment or job.runner is None or job.runner in alive:
                 continue
             if job.runner == self.appliance_id or job.scan_id in self.service.jobs.live:
@@ -305,7 +305,7 @@ class SegmentWorker:
         end it first). The engagement place the front reserved is given back."""
         now = self.clock()
         ended: list[str] = []
-        for job in self.store.unfinished():
+        for job in self.store.unfinished(self.segment):
             if job.segment != self.segment or not approvals.expired(job, now):
                 continue
             assert job.approval is not None  # expired() says it has a question

@@ -17,8 +17,9 @@ nats-server a pass over every key of its bucket (nats-server 2.9 matches the fil
 subject: about 11 ms for the job bucket of 6,000 jobs), and these are listed on every front call
 (a principal's share of the fleet) and every second on every appliance (cancel requests):
 
-- `u.<principal>.<scan_id>` while unfinished (`u.shard.<scan_id>` for a shard of a sharded scan,
-  counted as its parent; `shard` is no hex);
+- `u.<principal>.<segment>.<scan_id>` while unfinished (`u.shard.<segment>.<scan_id>` for a shard
+  of a sharded scan, counted as its parent: `shard` is no hex; `_` for no segment): a principal's
+  count lists `u.<principal>.*.*`, a segment's sweeps `u.*.<segment>.*`;
 - `c.<scan_id>`: a pending cancel request (JSON: who asked, when).
 
 Principal, engagement and target parts are hex-encoded (keys allow `[-/_=.a-zA-Z0-9]`).
@@ -78,6 +79,9 @@ RAW_INLINE_BYTES = 64 * 1024
 # The keys kept in the live bucket (see above), and the owner part of a shard's unfinished key.
 LIVE_PREFIXES = ("u.", "c.")
 SHARD_OWNER = "shard"
+NO_SEGMENT = "_"
+# Records read at once by `unfinished` (a fleet's queue may hold thousands; one connection).
+READS_AT_ONCE = 64
 
 
 def hex_part(text: str) -> str:
@@ -127,7 +131,8 @@ def index_keys(job: Job) -> set[str]:
         if job.engagement is not None:
             keys.add(f"e.{hex_part(job.engagement)}.{job.scan_id}")
     if job.state in UNFINISHED:
-        keys.add(f"u.{principal if job.parent is None else SHARD_OWNER}.{job.scan_id}")
+        owner = principal if job.parent is None else SHARD_OWNER
+        keys.add(f"u.{owner}.{job.segment or NO_SEGMENT}.{job.scan_id}")
     if job.finished_at is not None:
         keys.add(f"f.{int(job.finished_at * 1000):013d}.{job.scan_id}")
     return keys
@@ -672,7 +677,7 @@ class JetStreamJobStore:
         not blocking: a front's other calls go on while NATS answers."""
 
         async def read() -> int:
-            return len(await self._keys(f"u.{hex_part(principal)}.*"))
+            return len(await self._keys(f"u.{hex_part(principal)}.*.*"))
 
         return await self._read_soon(f"count the unfinished scans of {principal}", read)
 
@@ -700,9 +705,19 @@ class JetStreamJobStore:
 
         return self._read("count scans by state", read)
 
-    def unfinished(self) -> list[Job]:
+    def unfinished(self, segment: str | None = None) -> list[Job]:
+        """The unfinished jobs (of one `segment`: its appliances' sweeps read no other's), their
+        records read READS_AT_ONCE at a time."""
+
         async def read() -> list[Job]:
-            jobs = [await self._job(key.rpartition(".")[2]) for key, _ in await self._keys("u.>")]
+            ids = [
+                key.rpartition(".")[2] for key, _ in await self._keys("u.>" if segment is None else f"u.*.{segment}.*")
+            ]
+            jobs: list[Job | None] = []
+            for start in range(0, len(ids), READS_AT_ONCE):
+                jobs.extend(
+                    await asyncio.gather(*(self._job(scan_id) for scan_id in ids[start : start + READS_AT_ONCE]))
+                )
             return sorted(
                 (job for job in jobs if job is not None and job.state in UNFINISHED), key=lambda job: job.scan_id
             )

@@ -12,8 +12,8 @@ serve them without reading every job:
 - `previous_completed(_id)(tool, target, principal)`: index `(principal, tool, target_key, state, scan_id)`;
   the same `s.` keys.
 - `sweep(max_age, max_count)`: index `(finished_at)` and a count; KV keys `f.<ms>.<scan_id>`.
-- `unfinished()`: index `(state)`; KV keys `u.<p>.<scan_id>` in a bucket of their own (small:
-  listed often), deleted when the job finishes.
+- `unfinished()`: index `(state)`; KV keys `u.<p>.<segment>.<scan_id>` in a bucket of their own
+  (small: listed often), deleted when the job finishes.
 - `cancel_requests()`: table `cancel_requests` (primary key scan_id, holds only pending requests);
   KV keys `c.<scan_id>` beside the `u.` keys, deleted once the appliance has acted on them.
 

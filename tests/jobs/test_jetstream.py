@@ -279,7 +279,32 @@ async def test_a_principals_unfinished_scans_are_counted_from_the_live_bucket(na
         assert await store.unfinished_of("carol") == 0
         # The live bucket holds the unfinished work alone: finished jobs add nothing to its listings.
         live = {key for key in stored_keys(store) if key.startswith("u.")}
-        assert len(live) == 6 and f"u.shard.{shard.scan_id}" in live
+        assert len(live) == 6 and f"u.shard._.{shard.scan_id}" in live  # `_`: no segment
+
+
+def test_a_segments_sweeps_read_the_unfinished_jobs_of_that_segment_alone(nats: NatsServer) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        store = open_store()
+        jobs = [stored_job("queued", target=f"10.20.1.{i}", at=1_000_000.0 + i) for i in range(130)]
+        for i, job in enumerate(jobs):  # more than READS_AT_ONCE for one segment
+            job.segment = "seg-a" if i % 13 else "seg-b"
+            store.put(job, new=True)
+        done = stored_job("completed", target="10.20.1.200", at=1_000_200.0)
+        done.segment = "seg-a"
+        store.put(done, new=True)
+        reads: list[str] = []
+        real_job = store._job
+
+        async def counted(scan_id: str) -> Job | None:
+            reads.append(scan_id)
+            return await real_job(scan_id)
+
+        store._job = counted  # type: ignore[method-assign]
+        seg_a = [job.scan_id for job in jobs if job.segment == "seg-a"]
+        assert [job.scan_id for job in store.unfinished("seg-a")] == seg_a
+        assert sorted(reads) == seg_a  # seg-b's records and the finished one are not read
+        assert [job.scan_id for job in store.unfinished("seg-b")] == [job.scan_id for job in jobs[::13]]
+        assert len(store.unfinished()) == 130
 
 
 def test_a_front_moves_the_unfinished_and_cancel_keys_older_stores_kept_in_the_job_bucket(nats: NatsServer) -> None:
@@ -291,7 +316,7 @@ def test_a_front_moves_the_unfinished_and_cancel_keys_older_stores_kept_in_the_j
         old_keys = [f"u.{waiting.scan_id}", f"u.{done.scan_id}", "u.scan_00000000000000000000"]  # the last: no record
 
         async def write_as_before() -> None:
-            await store._delete_keys([f"u.{hex_part('alice')}.{waiting.scan_id}"])
+            await store._delete_keys([f"u.{hex_part('alice')}._.{waiting.scan_id}"])
             for key in old_keys:
                 await store.kv.put(key, b"queued")
             await store.kv.put(f"c.{waiting.scan_id}", b'{"requested_by": "operator", "requested_at": 1}')
