@@ -59,8 +59,6 @@ class LiveJob:
     listeners: set[ProgressFn] = field(default_factory=set)
     # Seconds its store writes took so far (the `store` stage of the call timings line).
     store_seconds: float = 0.0
-    # Its `running` write, while it is on its way (a SendingStore: JobManager.running).
-    landing: asyncio.Future[None] | None = None
 
 
 class ResultViews:
@@ -122,6 +120,8 @@ class JobManager:
         # again, whole, by flush_unsaved until the store takes them. An ended scan's record is
         # never left behind in memory alone.
         self.unsaved: dict[str, tuple[Job, bytes | None]] = {}
+        # State writes sent ahead (a SendingStore, `_save(ahead=True)`) until they land.
+        self.landing: set[asyncio.Future[None]] = set()
         # Called after each state change is stored: metrics, resource update notifications.
         self.on_change: list[ChangeFn] = [on_change] if on_change else []
 
@@ -246,10 +246,11 @@ class JobManager:
         audit: bool = False,
         raw: bytes | None = None,
         state_only: bool = False,
+        ahead: bool = False,
     ) -> float:
         """Returns the seconds the store write took."""
         job.move(state, self._clock(), note)
-        seconds = self._save(job, strict=strict, raw=raw, state_only=state_only)
+        seconds = self._save(job, strict=strict, raw=raw, state_only=state_only, ahead=ahead)
         if audit:
             self.audit_state(job, state, note)
         for notify in self.on_change:
@@ -280,14 +281,25 @@ class JobManager:
             log.error("audit line of a job state change could not be written", extra={"scan_id": job.scan_id})
 
     def _save(
-        self, job: Job, *, strict: bool = False, raw: bytes | None = None, state_only: bool = False, new: bool = False
+        self,
+        job: Job,
+        *,
+        strict: bool = False,
+        raw: bytes | None = None,
+        state_only: bool = False,
+        new: bool = False,
+        ahead: bool = False,
     ) -> float:
-        """Write the whole job (`state_only`: its state change alone; `new`: its first write);
+        """Write the whole job (`state_only`: its state change alone; `new`: its first write;
+        `ahead`: a state change a SendingStore sends without waiting for it, see `running`);
         returns the seconds it took."""
         started = time.perf_counter()
+        landing: Coroutine[Any, Any, None] | None = None
         try:
             with spans.stage("store", **{"appliance.scan_id": job.scan_id, "appliance.job.state": job.state}):
-                if state_only:
+                if ahead and isinstance(self.store, SendingStore):
+                    landing = self.store.put_state_soon(job)
+                elif state_only:
                     self.store.put_state(job)
                 else:
                     self.store.put(job, raw, new=new)
@@ -296,7 +308,11 @@ class JobManager:
                 raise
             self._keep_unsaved(job, raw)
         else:
-            if job.scan_id in self.unsaved and (raw is not None or self.unsaved[job.scan_id][1] is None):
+            if landing is not None:
+                sent = asyncio.ensure_future(self._landed(job, landing))
+                self.landing.add(sent)
+                sent.add_done_callback(self.landing.discard)
+            elif job.scan_id in self.unsaved and (raw is not None or self.unsaved[job.scan_id][1] is None):
                 del self.unsaved[job.scan_id]
         return time.perf_counter() - started
 
@@ -324,27 +340,12 @@ class JobManager:
         live.store_seconds += self._move(live.job, "queued", "approved")
 
     def running(self, live: LiveJob) -> None:
-        # Nothing but the state changed since `create` wrote the whole job.
-        if not isinstance(self.store, SendingStore):
-            live.store_seconds += self._move(live.job, "running", None, state_only=True)
-            return
-        # A fleet segment: the scan starts while `running` is on its way to NATS (three round
+        # Nothing but the state changed since `create` wrote the whole job. In a fleet segment
+        # (a SendingStore) the scan starts while `running` is on its way to NATS (three round
         # trips). A write that fails is handled as a synchronous one would be: the job is kept
         # in memory and written again, whole, by flush_unsaved; the job's next write (its end)
         # waits for this one in the store, so a late `running` never overwrites the end.
-        job = live.job
-        job.move("running", self._clock(), None)
-        started = time.perf_counter()
-        try:
-            with spans.stage("store", **{"appliance.scan_id": job.scan_id, "appliance.job.state": job.state}):
-                landing = self.store.put_state_soon(job)
-        except ApplianceError:
-            self._keep_unsaved(job, None)
-        else:
-            live.landing = asyncio.ensure_future(self._landed(job, landing))
-        live.store_seconds += time.perf_counter() - started
-        for notify in self.on_change:
-            notify(job)
+        live.store_seconds += self._move(live.job, "running", None, state_only=True, ahead=True)
 
     async def _landed(self, job: Job, landing: Coroutine[Any, Any, None]) -> None:
         try:
