@@ -128,10 +128,11 @@ def store_row(results: dict[str, Any]) -> str:
     if why is not None:
         text = f"not measured: {why}"
     else:
-        mcp, page = d["list_scans_mcp_ms"], d["store_page_ms"]
+        mcp, page, scan = d["list_scans_mcp_ms"], d["store_page_ms"], d["scan_mcp_ms"]
         text = (
             f"through the front (MCP) **{mcp['median']:.0f} ms** median / {mcp['p99']:.0f} ms p99, "
-            f"store.page() {page['median']:.0f} / {page['p99']:.0f} ms (n={d['reads']}); front RSS "
+            f"store.page() {page['median']:.0f} / {page['p99']:.0f} ms (n={d['reads']}); a one-port scan "
+            f"through the front meanwhile {scan['median']:.1f} ms median (n={scan['n']}); front RSS "
             f"**{mb(d['front_rss_bytes'])}** ({mb(d['front_idle_rss_bytes'])} before the fill); "
             f"filling: {d['fill']['put_ms_per_job']:.1f} ms per put"
         )

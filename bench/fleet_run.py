@@ -9,7 +9,8 @@ host comparison (127.0.0.1:8080), the only thing any scan can reach.
   time.perf_counter here; then a burst of `burst` concurrent calls through the front.
 - "fleet_store" mode: `jobs` finished jobs put straight into the fleet's JetStream store with
   JetStreamJobStore.put, then `reads` rounds of one `list_scans` through the front over MCP and
-  one store.page() with the same filter (what `appliance jobs list` reads), and the front's RSS.
+  one store.page() with the same filter (what `appliance jobs list` reads), the front's RSS, and
+  one-port scans through the front with the store that full.
 
 nats-server and `appliance serve` are started by the test suite's own helpers
 (tests/support/nats.py, servers.py), the ones tests/fleet/test_roles.py uses.
@@ -52,6 +53,7 @@ SEGMENT = "bench"
 # The bearer token's principal: every call and every stored job belongs to it.
 PRINCIPAL = "default"
 LIST_LIMIT = 20  # list_scans' default page (appliance/jobs/queries.py)
+SCANS_WITH_STORE_MIN = 5  # one-port scans through the front with the store filled (reads / 4, at least this)
 # A segment heartbeats every ack_wait / 3 s; the front routes only to a segment it has heard.
 SEGMENT_SEEN_TIMEOUT_SECONDS = 30
 # 20 one-port scans through a segment that runs a few at a time: seconds; a stuck job must not hang us.
@@ -332,9 +334,12 @@ def fill(nats_url: str, count: int) -> dict[str, Any]:
 
 
 async def store_run(params: dict[str, Any]) -> dict[str, Any]:
-    """`jobs` stored, then `reads` rounds of list_scans through the front and store.page()."""
+    """`jobs` stored, then `reads` rounds of list_scans through the front and store.page(), then
+    one-port scans through the front (a call's cost must not grow with the jobs stored: the
+    principal's share is read on every call)."""
     count, reads = int(params["jobs"]), int(params["reads"])
-    with fleet(Path(params["folder"]), stored_jobs=count, standalone=False) as the_fleet:
+    scans = max(SCANS_WITH_STORE_MIN, reads // 4)
+    with listener(), fleet(Path(params["folder"]), stored_jobs=count, standalone=False) as the_fleet:
         idle_rss = memory_bytes(the_fleet.front.pid)["VmRSS"]
         filled = await anyio.to_thread.run_sync(fill, the_fleet.nats_url, count)
         if filled["jobs"] != count:
@@ -361,6 +366,9 @@ async def store_run(params: dict[str, Any]) -> dict[str, Any]:
                     if index >= READ_WARMUP:
                         mcp_s.append(mcp)
                         page_s.append(direct)
+                scanning = _Side("fleet", client)
+                for index in range(READ_WARMUP + scans):
+                    await scanning.call(timed=index >= READ_WARMUP)
         finally:
             bus.close()
         rss = memory_bytes(the_fleet.front.pid)
@@ -372,8 +380,9 @@ async def store_run(params: dict[str, Any]) -> dict[str, Any]:
         "scans_per_page": sorted(shown),
         "list_scans_mcp_ms": summary_ms(mcp_s),
         "store_page_ms": summary_ms(page_s),
+        "scan_mcp_ms": summary_ms(scanning.seconds),
         "front_idle_rss_bytes": idle_rss,
         "front_rss_bytes": rss["VmRSS"],
         "front_peak_rss_bytes": rss["VmHWM"],
-        "unexpected_errors": 0 if shown == {LIST_LIMIT} else 1,
+        "unexpected_errors": (0 if shown == {LIST_LIMIT} else 1) + scanning.failures,
     }

@@ -85,6 +85,7 @@ def test_the_store_row_shows_both_reads_and_the_fronts_rss() -> None:
         "reads": 200,
         "list_scans_mcp_ms": {"median": 810.0, "p99": 990.0},
         "store_page_ms": {"median": 760.0, "p99": 900.0},
+        "scan_mcp_ms": {"median": 61.25, "p99": 80.0, "n": 50},
         "front_rss_bytes": 120_000_000,
         "front_idle_rss_bytes": 96_000_000,
         "fill": {"put_ms_per_job": 2.6},
@@ -92,6 +93,7 @@ def test_the_store_row_shows_both_reads_and_the_fronts_rss() -> None:
     row = fleet.store_row(bench_results({"fleet_store": data}))
     assert row.startswith(f"| 10 | fleet: `list_scans` (first page, limit 20) with {main.QUICK.stored_jobs:,} finished")
     assert "through the front (MCP) **810 ms** median / 990 ms p99, store.page() 760 / 900 ms (n=200)" in row
+    assert "a one-port scan through the front meanwhile 61.2 ms median (n=50)" in row
     assert "front RSS **120.0 MB** (96.0 MB before the fill)" in row
     assert "not measured: skipped" in fleet.store_row(bench_results({}))
 
@@ -191,5 +193,6 @@ def test_list_scans_through_the_front_reads_the_jobs_put_into_the_store(tmp_path
     assert data["fill"]["jobs"] == 30
     assert data["scans_per_page"] == [fleet_run.LIST_LIMIT]
     assert data["list_scans_mcp_ms"]["n"] == data["store_page_ms"]["n"] == 2
+    assert data["scan_mcp_ms"]["n"] == fleet_run.SCANS_WITH_STORE_MIN  # each one port open (else unexpected)
     assert data["front_rss_bytes"] > 0
     assert data["unexpected_errors"] == 0
