@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from nats.js.errors import NotFoundError
-from support.fleet import jetstream_store_factory, started_bus, stored_keys
+from support.fleet import jetstream_store_factory, record_reads, started_bus, stored_keys
 from support.jobs import stored_job
 from support.nats import NatsServer, nats_server
 from support.waiting import wait_until
@@ -292,14 +292,7 @@ def test_a_segments_sweeps_read_the_unfinished_jobs_of_that_segment_alone(nats: 
         done = stored_job("completed", target="10.20.1.200", at=1_000_200.0)
         done.segment = "seg-a"
         store.put(done, new=True)
-        reads: list[str] = []
-        real_job = store._job
-
-        async def counted(scan_id: str) -> Job | None:
-            reads.append(scan_id)
-            return await real_job(scan_id)
-
-        store._job = counted  # type: ignore[method-assign]
+        reads = record_reads(store)
         seg_a = [job.scan_id for job in jobs if job.segment == "seg-a"]
         assert [job.scan_id for job in store.unfinished("seg-a")] == seg_a
         assert sorted(reads) == seg_a  # seg-b's records and the finished one are not read
@@ -343,14 +336,7 @@ def test_a_state_change_after_its_own_write_reads_nothing_back_and_leaves_exactl
         store, other = open_store(), open_store()
         job = stored_job("queued", target="10.20.0.7")
         store.put(job)  # not known yet: read back (there is nothing), then written
-        reads: list[str] = []
-        real_job = store._job
-
-        async def counted(scan_id: str) -> Job | None:
-            reads.append(scan_id)
-            return await real_job(scan_id)
-
-        store._job = counted  # type: ignore[method-assign]
+        reads = record_reads(store)
         job.move("running", job.updated_at + 1)
         store.put_state(job)
         job.move("completed", job.updated_at + 1)
@@ -368,14 +354,7 @@ def test_a_new_jobs_first_write_reads_nothing_back(nats: NatsServer) -> None:
     with jetstream_store_factory(nats.url) as open_store:
         store, other = open_store(), open_store()
         job = stored_job("queued", target="10.20.0.9")
-        reads: list[str] = []
-        real_job = store._job
-
-        async def counted(scan_id: str) -> Job | None:
-            reads.append(scan_id)
-            return await real_job(scan_id)
-
-        store._job = counted  # type: ignore[method-assign]
+        reads = record_reads(store)
         store.put(job, new=True)
         store.put(job, new=True)  # what a retry of the write does: the same keys again, nothing stale
         assert reads == []

@@ -331,3 +331,16 @@ def stored_keys(store: JetStreamJobStore) -> set[str]:
         return keys | {key for key, _ in await store._keys("u.>")} | {key for key, _ in await store._keys("c.>")}
 
     return store.bus.call(read, "list every key")
+
+
+def record_reads(store: JetStreamJobStore) -> list[str]:
+    """The scan ids whose records `store` reads from now on (a list that grows as it reads)."""
+    reads: list[str] = []
+    real_job = store._job
+
+    async def counted(scan_id: str) -> Job | None:
+        reads.append(scan_id)
+        return await real_job(scan_id)
+
+    store._job = counted  # type: ignore[method-assign]
+    return reads
