@@ -307,6 +307,19 @@ class ScanService:
             plan = replace(plan, shards=shard_blocks(plan, snapshot.policy))
         return plan
 
+    async def _argv_as_fronts_plan(
+        self, spec: ToolSpec, request: BaseModel, snapshot: PolicySnapshot, plan: ScanPlan
+    ) -> tuple[str, ...]:
+        """The argv a front planned for the request a segment re-checked into `plan`: the same,
+        but for a name, which a front leaves unresolved (it has no resolver for the segment's
+        network). So a human at a front approves a scan of the name with these flags; the
+        addresses the segment resolved it to were checked against the segment's scope already,
+        as for any name (and are in the job's argv and audit line)."""
+        if plan.target.kind != "hostname":
+            return plan.argv
+        unresolved = PlanContext(snapshot.policy, snapshot.scope, None, self.settings, snapshot.facts)
+        return (await spec.plan(request, unresolved)).argv
+
     def caller(self, principal: str | None) -> Caller:
         """A caller known only by its principal (stdio, `appliance check`, internal callers)."""
         return Caller(self.owner(principal))
@@ -675,8 +688,11 @@ class ScanService:
                     recovery_suggestion="The operator must give fronts and segments the same engagements.",
                 )
             if approval_reasons(plan, approval_rules(snapshot.policy, plan.engagement)):
-                # Approved at a front, for exactly the argv this segment would run (README "Approval").
-                front_approvals.check_on_segment(job, argv_digest(plan.argv))
+                # Approved at a front, for exactly the argv a front plans from this request under
+                # this segment's policy (README "Approval").
+                front_approvals.check_on_segment(
+                    job, argv_digest(await self._argv_as_fronts_plan(spec, request, snapshot, plan))
+                )
             breaker = self.breakers[spec.name]
             breaker.before_call()
             refusal = self.limiter.refusal(spec.name, job.principal)

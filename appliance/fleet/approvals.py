@@ -107,8 +107,8 @@ def approval_line(job: Job, decision: Decision) -> dict[str, Any]:
 
 def check_on_segment(job: Job, argv_sha256: str) -> None:
     """A segment's start of a job its own policy says needs approval: only with an approval a
-    front recorded for exactly the argv this segment would run. (A name the segment resolves
-    changes the argv, so such a job is refused here: approve scans of addresses on a fleet.)"""
+    front recorded for exactly the argv a front plans from the request under this segment's
+    policy (`argv_sha256`: for a name, the argv with the name, which a front does not resolve)."""
     approval = job.approval or {}
     if approval.get("decision") != "approved":
         raise unavailable(
@@ -119,5 +119,5 @@ def check_on_segment(job: Job, argv_sha256: str) -> None:
     if approval.get("argv_sha256") != argv_sha256:
         raise mismatch(
             f"the command this segment would run for scan {job.scan_id} is not the one approved at the front "
-            "(the segment resolved a name to an address, or its policy differs from the front's)"
+            "(the segment's policy plans other flags than the front's did)"
         )

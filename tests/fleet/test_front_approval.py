@@ -122,6 +122,62 @@ async def test_the_question_is_recorded_not_queued_and_the_other_front_runs_it_o
     assert fleet.queue_messages() == 0
 
 
+NAME = "web.seg-a.lab.internal"
+
+
+async def test_a_scan_of_a_name_is_approved_as_the_name_and_run_on_the_address_its_segment_resolves(
+    fleet: FleetLab,
+) -> None:
+    first, second = fronts(fleet)
+    recorder = RecordingRunner()
+    seg_a = fleet.segment("seg-a", "seg-a-1", runner=recorder, resolves={NAME: ["127.0.0.1"]})
+    with tcp_listener(b"SSH-2.0-lab\r\n") as port:
+        async with running(seg_a):
+            scan_id, question, state = await ask(first, call(port, target=NAME))
+            assert NAME in question.message()  # the front has no resolver: the human approves the name
+            assert seg_a.lab.resolver.calls == [] and recorder.calls == []
+            final = await second.service.call(
+                NMAP,
+                call(port, target=NAME),
+                "rid-name",
+                principal="alice",
+                approver=answer(state, Decision("approved", "alice")),
+            )
+
+    assert final.status == "completed", final
+    assert [(p.port, p.state) for p in final.hosts[0].ports] == [(port, "open")]  # type: ignore[attr-defined]
+    [argv] = recorder.calls
+    assert "banner" in argv and argv[-1] == "127.0.0.1"  # the address seg-a resolved, in its scope
+    assert seg_a.lab.resolver.calls == [NAME]
+    job = stored(second, scan_id)
+    assert (job.argv[-1], job.scanned_address) == ("127.0.0.1", "127.0.0.1")
+    assert first.lab.runner.calls == [] and second.lab.runner.calls == []
+
+
+async def test_an_approved_name_that_resolves_out_of_its_segments_scope_is_refused_unrun(fleet: FleetLab) -> None:
+    first, second = fronts(fleet)
+    recorder = RecordingRunner()
+    # seg-a's policy denies 127.0.1.0/24 (seg-b's block): its DNS now points the name there.
+    seg_a = fleet.segment("seg-a", "seg-a-1", runner=recorder, resolves={NAME: ["127.0.1.9"]})
+    async with running(seg_a):
+        scan_id, _, state = await ask(first, call(9, target=NAME))
+        with pytest.raises(ValidationError) as refused:
+            await second.service.call(
+                NMAP,
+                call(9, target=NAME),
+                "rid-far",
+                principal="alice",
+                approver=answer(state, Decision("approved", "alice")),
+            )
+
+    assert refused.value.rule == "target_hostname_resolves_out_of_scope"
+    assert recorder.calls == []
+    final = stored(seg_a, scan_id)
+    assert final.state == "failed" and final.error is not None
+    assert final.error["rule"] == "target_hostname_resolves_out_of_scope"
+    assert "refused" in events(seg_a, scan_id)
+
+
 async def test_a_decline_through_the_other_front_ends_the_job_unrun(fleet: FleetLab) -> None:
     first, second = fronts(fleet)
     recorder = RecordingRunner()
