@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # imported when used: the stdio start-up needs neither uvicor
 
     from appliance.fleet.observe import FleetObserver
     from appliance.fleet.roles import FleetParts
+    from appliance.fleet.seal import SealCheck, Sealer
     from appliance.fleet.worker import SegmentWorker
     from appliance.http import ActiveRequests, QuietUvicorn
     from appliance.identity.jwt import JwtVerifier
@@ -138,13 +139,20 @@ class Appliance:
         self.store = PolicyStore(settings.policy_path)
         self.audit = AuditSink.from_settings(settings)
         self.fleet: FleetParts | None = None
+        sealer: Sealer | None = None  # a front's (appliance.fleet.seal)
+        seals: SealCheck | None = None  # a segment's
         self.job_store: JobStore
         if settings.role == "standalone":
             self.job_store = open_store(settings.data_dir, EPHEMERAL_DATA_DIR)
         else:
-            from appliance.fleet.roles import connect  # nats-py: fleet roles only
+            from appliance.fleet import roles  # nats-py: fleet roles only
 
-            self.fleet = connect(settings)
+            # The seal files first: a role that could not seal or check jobs must not join the bus.
+            if settings.role == "front":
+                sealer = roles.sealer(settings)
+            else:
+                seals = roles.seal_check(settings)
+            self.fleet = roles.connect(settings)
             self.job_store = self.fleet.store
         # Built at first use (appliance.metrics) unless `registry` is given.
         self.metrics = Metrics(
@@ -156,7 +164,7 @@ class Appliance:
             serving=self._serving_state(),
             audit=self.audit.figures,
         )
-        front = self.fleet.front() if self.fleet is not None and settings.role == "front" else None
+        front = None if self.fleet is None or sealer is None else self.fleet.front(sealer)
         follow = None if front is None else front.follow
         self.jobs = JobManager(self.job_store, self.audit, on_change=self._job_changed, follow=follow)
         self.service = ScanService(
@@ -173,6 +181,7 @@ class Appliance:
             from appliance.fleet.worker import SegmentWorker
 
             assert settings.segment is not None  # the settings refuse a segment role without it
+            assert seals is not None  # read above for every segment
             fleet = self.fleet
             self.worker = SegmentWorker(
                 self.service,
@@ -182,6 +191,7 @@ class Appliance:
                 settings.segment,
                 settings.appliance_id,
                 fleet.queue.settings,
+                seals,
             )
         self.observer: FleetObserver | None = None
         if self.fleet is not None:

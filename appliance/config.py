@@ -215,6 +215,18 @@ class Settings(BaseSettings):
         "secret /run/secrets/appliance_request_state_key). Unset: a key of this process alone, and a front "
         "refuses calls that need approval.",
     )
+    fleet_seal_key_file: Path | None = Field(
+        default=_secret_file("appliance_fleet_seal_key"),
+        description="A front's Ed25519 private key (PEM) that seals the jobs it admits (or the secret "
+        "/run/secrets/appliance_fleet_seal_key); a front refuses to start without it. scripts/create-nats-secrets "
+        "writes secrets/fleet_seal_key.pem.",
+    )
+    fleet_seal_public_keys_file: Path | None = Field(
+        default=_secret_file("appliance_fleet_seal_pub"),
+        description="A segment's file of the fronts' Ed25519 public keys (PEM, one or more: rotation), or the "
+        "secret /run/secrets/appliance_fleet_seal_pub; a segment runs only jobs a front sealed and refuses to "
+        "start without it.",
+    )
     nats_ca_file: Path | None = Field(
         default=_secret_file("appliance_nats_ca"),
         description="Trust anchor (PEM) of the NATS servers' certificates, for tls:// URLs (or the secret "

@@ -459,6 +459,7 @@ class ScanService:
                 scan_id=scan_id,
                 shards=[new_scan_id() for _ in plan.shards] if plan.shards else None,
                 caller=None if self.fleet is None else fleet_caller(caller, scopes, snapshot.policy),
+                seal=None if self.fleet is None else self.fleet.sealer.admit,
             )
         except ApplianceError as exc:
             # Refused before a job exists (queue full, shutting down, the store cannot record it).
@@ -610,6 +611,8 @@ class ScanService:
             shard_job(parent, block, scan_id, index, now)
             for index, (block, scan_id) in enumerate(zip(plan.shards, parent.shards, strict=True))
         ]
+        for shard in shards:
+            self.fleet.sealer.admit(shard)  # each shard is a job of its own to the segment
         queued: set[str] = set()
         try:
             for shard in shards:
@@ -651,11 +654,13 @@ class ScanService:
                 return job
         raise AssertionError("a key watch ends only when its caller leaves it")
 
-    async def adopt(self, job: Job) -> asyncio.Task[ScanReport] | None:
-        """A fleet segment's start of a job a front queued and this appliance claimed: the whole
-        check again, against this segment's own policy and resolver (nothing on the bus is
-        trusted), then the same run as a standalone call. A refusal ends the job `failed`, audited
-        under its rule, and starts nothing; None then. The task is the job's run otherwise."""
+    async def adopt(self, job: Job, sealed: Callable[[Job], None]) -> asyncio.Task[ScanReport] | None:
+        """A fleet segment's start of a job a front queued and this appliance claimed: its front's
+        seal (`sealed` raises when no front of the fleet signed what the record says of its caller,
+        request and approval), then the whole check again, against this segment's own policy and
+        resolver (nothing on the bus is trusted), then the same run as a standalone call. A refusal
+        ends the job `failed`, audited under its rule, and starts nothing; None then. The task is
+        the job's run otherwise."""
         started = self._clock()
         live = self.jobs.adopt(job)
         spec = TOOLS.get(job.tool)
@@ -671,6 +676,7 @@ class ScanService:
         claim: Claim | None = None
         breaker: CircuitBreaker | None = None
         try:
+            sealed(job)  # before anything the record says is read as the caller's
             if spec is None:
                 raise NotFoundError(
                     f"no tool {job.tool!r}", rule="tool_unknown", recovery_suggestion="Queue jobs through a front."
@@ -1218,7 +1224,9 @@ class ScanService:
             raise self._end_unapproved(spec, job, decision, record)
         try:
             queued = self.fleet.store.update(
-                job.scan_id, front_approvals.approve(job, decision, self._now()), attempts=3
+                job.scan_id,
+                front_approvals.approve(job, decision, self._now(), self.fleet.sealer.approve),
+                attempts=3,
             )
         except ApplianceError as exc:  # the store did not answer: the job still awaits (a retry may)
             self.refuse(exc, record, tool=spec.name)

@@ -45,6 +45,7 @@ from bench.stats import summary_ms
 
 # The suite's helpers live beside the tests (pytest puts tests/ on sys.path the same way).
 sys.path.insert(0, str(REPO / "tests"))
+from support.fleet import seal_files
 from support.nats import nats_server
 from support.servers import TOKEN, Served, served
 from support.waiting import wait_until
@@ -112,7 +113,7 @@ def fleet(folder: Path, *, stored_jobs: int = 0, standalone: bool = True) -> Ite
     common = {"APPLIANCE_ALLOWED_HOSTS": hosts, "APPLIANCE_LOG_LEVEL": "WARNING"}
     with contextlib.ExitStack() as stack:
         nats = stack.enter_context(nats_server(folder / "nats"))
-        fleet_env = {**common, "APPLIANCE_NATS_URL": nats.url}
+        fleet_env = {**common, "APPLIANCE_NATS_URL": nats.url, **seal_files(folder)}
         seg = stack.enter_context(
             served(
                 policy,

@@ -291,7 +291,11 @@ def test_fleet_overlay_runs_stateless_fronts_and_a_segments_appliances_on_nats()
     assert secret_files("segment-seg-a") == {
         "appliance_nats_password": "fleet-nats-segment-seg-a",
         "appliance_nats_ca": "fleet-nats-segment-seg-a",
+        "appliance_fleet_seal_pub": "fleet-seal-public",  # the public key only: segments cannot seal
     }
+    # Fronts seal what they admit; the private key is theirs alone.
+    assert secret_files("appliance")["appliance_fleet_seal_key"] == "fleet-seal"
+    assert "appliance_fleet_seal_pub" not in secret_files("appliance")
     assert deployments["appliance"]["spec"]["replicas"] == 2
     # The MCP Service selects the fronts only: a segment has no MCP endpoint.
     [service] = [doc for doc in docs if doc["kind"] == "Service"]

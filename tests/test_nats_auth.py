@@ -18,6 +18,8 @@ from support import REPO
 from support.bus_security import create_nats_secrets, nats_auth
 from support.nats import NATS_SERVER
 
+from appliance.fleet.seal import SealCheck, Sealer
+
 NATS_AUTH = REPO / "scripts" / "nats_auth.py"
 
 
@@ -42,6 +44,8 @@ def test_the_secrets_are_made_once_readable_by_the_containers_and_nobody_else(tm
         "nats_password_segment-seg-b",
         "nats_tls_cert.pem",
         "nats_tls_key.pem",
+        "fleet_seal_key.pem",
+        "fleet_seal_pub.pem",
     ]:
         assert name in written
         assert stat.S_IMODE((folder / name).stat().st_mode) == 0o444
@@ -50,7 +54,12 @@ def test_the_secrets_are_made_once_readable_by_the_containers_and_nobody_else(tm
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{43}", value) for value in passwords.values())
     assert len(set(passwords.values())) == 3
     cert = (folder / "nats_tls_cert.pem").read_bytes()
+    # The fronts' seal key opens as a Sealer, its public key as the segments' check, a pair.
+    sealer = Sealer.from_file(folder / "fleet_seal_key.pem")
+    assert list(SealCheck.from_file(folder / "fleet_seal_pub.pem").keys) == [sealer.key_id]
+    seal = (folder / "fleet_seal_key.pem").read_bytes()
     again = create_nats_secrets(folder, ["seg-a", "seg-b", "seg-c"])  # a third segment later
+    assert (folder / "fleet_seal_key.pem").read_bytes() == seal
     kept = {path.name: path.read_text() for path in folder.glob("nats_password_*")}
     assert passwords.items() <= kept.items() and "nats_password_segment-seg-c" in kept
     assert (folder / "nats_tls_cert.pem").read_bytes() == cert

@@ -56,14 +56,16 @@ def _decided(job: Job, decision: Decision) -> None:
     job.approval = {**job.approval, "decision": decision.outcome, "approver": decision.approver, "note": decision.note}
 
 
-def approve(job: Job, decision: Decision, now: float) -> Callable[[Job], bool]:
+def approve(job: Job, decision: Decision, now: float, seal: Callable[[Job], None]) -> Callable[[Job], bool]:
     """The compare-and-set change that queues an approved job (JobManager.approved semantics:
-    out of awaiting_approval into `queued`, the decision written into its approval)."""
+    out of awaiting_approval into `queued`, the decision written into its approval and sealed by
+    the front: `seal`, appliance.fleet.seal, for the segment to check)."""
 
     def change(current: Job) -> bool:
         if current.state != "awaiting_approval" or current.approval != job.approval:
             return False
         _decided(current, decision)
+        seal(current)
         current.move("queued", now, "approved")
         return True
 

@@ -18,6 +18,7 @@ from appliance.errors import ResourceExhaustedError
 from appliance.fleet.kv import watch_key
 from appliance.fleet.queue import JobQueue
 from appliance.fleet.routing import SegmentScope, route
+from appliance.fleet.seal import Sealer
 from appliance.fleet.segments import SegmentRegistry, SegmentView
 from appliance.jobs.jetstream import JetStreamJobStore
 from appliance.jobs.model import Job
@@ -35,6 +36,8 @@ class FrontFleet:
     registry: SegmentRegistry
     queue: JobQueue
     store: JetStreamJobStore
+    # Signs each job this front admits (segments run only sealed jobs: appliance.fleet.seal).
+    sealer: Sealer
     stale_after_seconds: float = STALE_AFTER_SECONDS
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic

@@ -39,8 +39,10 @@ class FleetObserver:
         if self.worker is not None:
             status["segment"] = self.worker.segment
             status["jobs"] = vars(self.worker.counts)
+            status["seal_keys"] = sorted(self.worker.seals.keys)  # the fronts' keys it accepts (rotation)
         if self.front is not None:
             status["routed"] = dict(self.front.routed)
+            status["seal_key"] = self.front.sealer.key_id  # the key it seals admissions with
         try:
             view = parts.registry.view()
             now = self.clock()

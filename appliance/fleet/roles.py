@@ -17,6 +17,7 @@ from appliance.fleet.budgets import FleetBudgets
 from appliance.fleet.bus import BusSettings, BusThread
 from appliance.fleet.front import STALE_AFTER_SECONDS, FrontFleet
 from appliance.fleet.queue import JobQueue, QueueSettings
+from appliance.fleet.seal import SealCheck, Sealer, missing
 from appliance.fleet.segments import SegmentRegistry
 from appliance.jobs.jetstream import JetStreamJobStore
 
@@ -28,11 +29,11 @@ class FleetParts:
     registry: SegmentRegistry
     queue: JobQueue
 
-    def front(self) -> FrontFleet:
+    def front(self, sealer: Sealer) -> FrontFleet:
         # Stale after three missed advertisements (segments advertise every ack_wait / 3), and
         # never sooner than the default.
         stale = max(STALE_AFTER_SECONDS, 3 * self.queue.settings.heartbeat_seconds)
-        return FrontFleet(self.registry, self.queue, self.store, stale_after_seconds=stale)
+        return FrontFleet(self.registry, self.queue, self.store, sealer, stale_after_seconds=stale)
 
     def budgets(self) -> FleetBudgets:
         """Engagement budgets in the job bucket: reserved by a front, found by the segment."""
@@ -75,6 +76,20 @@ def _read_secret(path: Path, setting: str) -> str:
             recovery_suggestion="Run scripts/up (it writes the NATS passwords) or put the user's password in it.",
         )
     return value
+
+
+def sealer(settings: Settings) -> Sealer:
+    """A front's seal key; a front without one refuses to start (fleet_seal_key_missing)."""
+    if settings.fleet_seal_key_file is None:
+        raise missing("front")
+    return Sealer.from_file(settings.fleet_seal_key_file)
+
+
+def seal_check(settings: Settings) -> SealCheck:
+    """A segment's fronts' public keys; a segment without them refuses to start."""
+    if settings.fleet_seal_public_keys_file is None:
+        raise missing("segment")
+    return SealCheck.from_file(settings.fleet_seal_public_keys_file)
 
 
 def queue_settings(settings: Settings) -> QueueSettings:

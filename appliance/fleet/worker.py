@@ -31,6 +31,7 @@ from appliance.approval.model import Decision
 from appliance.errors import ApplianceError
 from appliance.fleet import approvals
 from appliance.fleet.queue import Delivery, QueueSettings, SegmentConsumer
+from appliance.fleet.seal import SealCheck
 from appliance.fleet.segments import SegmentRegistry, advertisement
 from appliance.fleet.shards import merge_parent
 from appliance.jobs.jetstream import JetStreamJobStore
@@ -74,6 +75,8 @@ class SegmentWorker:
     segment: str
     appliance_id: str
     queue: QueueSettings
+    # The fronts' public keys: a job no front sealed is refused before anything starts.
+    seals: SealCheck
     clock: Callable[[], float] = time.time
     counts: WorkerCounts = field(default_factory=WorkerCounts)
 
@@ -169,7 +172,7 @@ class SegmentWorker:
             self.merge(job.parent)
             return
         with spans.continued(delivery.headers):  # the job's span joins the front's trace
-            task = await self.service.adopt(job)
+            task = await self.service.adopt(job, self.seals.check)
         if task is None:
             self.counts.refused += 1
             await self._stored_then_ack(delivery)  # the refusal's `failed` record first

@@ -172,11 +172,13 @@ class JobManager:
         scan_id: str | None = None,
         shards: list[str] | None = None,
         caller: dict[str, Any] | None = None,
+        seal: Callable[[Job], None] | None = None,
     ) -> LiveJob:
         """A new job, `queued` (or `awaiting_approval` when a human must approve it first:
         `approval` is then what it waits for). `scan_id`: one the caller made already (a fleet
         front reserves the engagement's budget under it before the job exists). `shards`: the
-        scan ids of its shards (a fleet front's sharded scan)."""
+        scan ids of its shards (a fleet front's sharded scan). `seal`: a fleet front's signature
+        of what it admitted (appliance.fleet.seal), put on the job before its first write."""
         now = self._clock()
         job = Job(
             scan_id=scan_id or new_scan_id(now),
@@ -197,6 +199,8 @@ class JobManager:
             caller=caller,
         )
         job.move(state, now)
+        if seal is not None:
+            seal(job)
         # The trail first, then the store, both fail closed: a job the trail does not show never
         # exists, and a scan the store cannot keep is refused before it starts.
         self.audit_state(job, state, strict=True)

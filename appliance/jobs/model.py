@@ -133,6 +133,9 @@ class Job:
     # "Fleet"): the token's subject, the claims the front's engagements name, the token's scopes
     # (None: a caller without a token). Standalone jobs carry none.
     caller: dict[str, Any] | None = None
+    # A fleet front's Ed25519 signatures over what a segment trusts of this record (its caller,
+    # request, engagement, segment, parent) and over an approval it recorded (appliance.fleet.seal).
+    seal: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
@@ -175,6 +178,7 @@ class Job:
             "shards": self.shards,
             "parent": self.parent,
             "caller": self.caller,
+            "seal": self.seal,
         }
 
     @classmethod

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.engagements import engagement, open_window, with_engagements
-from support.fleet import FleetLab
+from support.fleet import SEALS, FleetLab, sealed
 from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.runners import SpyRunner
@@ -100,10 +100,10 @@ async def test_a_job_no_front_admitted_is_refused_by_the_segment_and_starts_noth
         segment="seg-a",
     )
     forged.move("queued", now)
-    store.put(forged)
+    store.put(sealed(forged))  # sealed (a front key's holder): the segment's own budget check
     claimed = store.claim(forged.scan_id, "seg-a-1", now)
     assert claimed is not None
-    assert await seg_a.service.adopt(claimed) is None
+    assert await seg_a.service.adopt(claimed, SEALS.check) is None
     assert spy.calls == []
     final = store.get(forged.scan_id)
     assert final is not None and final.state == "failed"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from support.engagements import engagement, open_window, with_engagements
-from support.fleet import FleetLab
+from support.fleet import SEALS, FleetLab, sealed
 from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.runners import SpyRunner
@@ -74,10 +74,10 @@ async def test_a_segment_checks_the_recorded_token_scopes_and_starts_nothing_wit
         assert job is not None and job.caller is not None
         # Rewritten on the bus: the same job, its token's scopes stripped of scan:run.
         job.caller = {**job.caller, "scopes": ["scan:read"]}
-        store.put(job)
+        store.put(sealed(job))  # sealed again (a front key's holder): the segment's own scope check
         claimed = store.claim(job.scan_id, "seg-a-1", job.updated_at + 1)
         assert claimed is not None
-        assert await seg_a.service.adopt(claimed) is None
+        assert await seg_a.service.adopt(claimed, SEALS.check) is None
         assert spy.calls == []
         ended = store.get(job.scan_id)
         assert ended is not None and ended.state == "failed"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fleet import FleetLab, FleetMember, running
+from support.fleet import SEALS, FleetLab, FleetMember, running, sealed
 from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.runners import RecordingRunner
@@ -398,12 +398,12 @@ async def test_the_segment_runs_a_job_needing_approval_only_with_the_approval_of
     recorder = RecordingRunner()
     seg_a = fleet.segment("seg-a", "seg-a-1", runner=recorder)
     store = seg_a.parts.store
-    job = queued_job("scan_unapproved00000000000001", 9, approval)
+    job = sealed(queued_job("scan_unapproved00000000000001", 9, approval))  # test_seal: unsealed
     store.put(job)
     claimed = store.claim(job.scan_id, "seg-a-1", time.time())
     assert claimed is not None
 
-    assert await seg_a.service.adopt(claimed) is None
+    assert await seg_a.service.adopt(claimed, SEALS.check) is None
 
     assert recorder.calls == []
     final = stored(seg_a, job.scan_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from support.fleet import FleetLab
+from support.fleet import SEALER, FleetLab
 
 from appliance.fleet.observe import FleetCollector, FleetObserver
 from appliance.tools import TOOLS
@@ -29,6 +29,11 @@ async def test_jobs_waiting_for_a_segment_whose_appliances_all_withdrew_are_show
     status = observer.status()
     assert "seg-a" not in status["segments"]
     assert status["unadvertised"] == {"seg-a": 1}
+    # The seal keys in use: the one a front seals with, the ones a segment accepts (rotation).
+    assert FleetObserver(front.parts, "front", "front-1", front=front.parts.front(SEALER)).status()["seal_key"] == (
+        SEALER.key_id
+    )
+    assert FleetObserver(seg_a.parts, "segment", "seg-a-1", seg_a.worker).status()["seal_keys"] == [SEALER.key_id]
     registry = CollectorRegistry()
     registry.register(FleetCollector(observer.status))
     scraped = generate_latest(registry).decode()

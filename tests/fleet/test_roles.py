@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from support.fleet import FRONT_POLICY, served_front, served_segment
+from support.fleet import FRONT_POLICY, SEGMENT_POLICIES, seal_files, served_front, served_segment
 from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.policies import LOOPBACK_POLICY, write_policy
@@ -66,9 +66,27 @@ async def test_a_scan_through_a_front_runs_on_the_segment_and_another_front_answ
 async def test_a_front_without_nats_refuses_to_start_and_says_why(tmp_path: Path) -> None:
     policy = write_policy(tmp_path, LOOPBACK_POLICY, FRONT_POLICY, name="front.yaml")
     dead = "nats://127.0.0.1:1"  # nothing listens on port 1 of loopback
-    with pytest.raises(AssertionError) as exited, served(policy, APPLIANCE_ROLE="front", APPLIANCE_NATS_URL=dead):
+    with (
+        pytest.raises(AssertionError) as exited,
+        served(policy, APPLIANCE_ROLE="front", APPLIANCE_NATS_URL=dead, **seal_files(tmp_path)),
+    ):
         pass
     assert "bus_unavailable" in str(exited.value) or "could not connect to NATS" in str(exited.value)
+
+
+@pytest.mark.parametrize(("role", "setting"), [("front", "KEY"), ("segment", "PUBLIC_KEYS")])
+async def test_a_fleet_role_without_its_seal_file_refuses_to_start_before_it_joins_the_bus(
+    tmp_path: Path, role: str, setting: str
+) -> None:
+    # The NATS URL answers nothing: the seal check must come first, and name its rule and file.
+    rules = FRONT_POLICY if role == "front" else SEGMENT_POLICIES["seg-a"]
+    policy = write_policy(tmp_path, LOOPBACK_POLICY, rules, name=f"{role}.yaml")
+    env = {"APPLIANCE_ROLE": role, "APPLIANCE_NATS_URL": "nats://127.0.0.1:1", "APPLIANCE_SEGMENT": "seg-a"}
+    with pytest.raises(AssertionError) as exited, served(policy, **env):
+        pass
+    assert "fleet_seal_key_missing" in str(exited.value)
+    assert f"APPLIANCE_FLEET_SEAL_{setting}_FILE" in str(exited.value)
+    assert "bus_unavailable" not in str(exited.value)
 
 
 async def test_fronts_keep_no_session_so_a_handshake_era_client_may_go_to_any_front(

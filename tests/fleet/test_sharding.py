@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fleet import FleetLab, FleetMember, jetstream_store_factory, running, until
+from support.fleet import FleetLab, FleetMember, jetstream_store_factory, running, sealed, until
 from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.runners import SpyRunner
@@ -162,7 +162,7 @@ async def test_a_forged_shard_outside_the_segments_scope_is_refused_and_ends_its
     with listeners():
         parent = forged_parent("127.0.1.0/29")  # seg-b's block; seg-a's policy denies it
         assert parent.shards is not None
-        shard = shard_job(parent, "127.0.1.0/29", parent.shards[0], 0, time.time())
+        shard = sealed(shard_job(parent, "127.0.1.0/29", parent.shards[0], 0, time.time()))
         seg_a.parts.store.put(parent)
         seg_a.parts.store.put(shard)  # straight into the store and onto seg-a's subject, no front
 

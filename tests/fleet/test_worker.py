@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from support.fleet import FleetLab, FleetMember, running, until
+from support.fleet import FleetLab, FleetMember, running, sealed, until
 from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.runners import SpyRunner
@@ -58,7 +58,9 @@ async def publish(member: FleetMember, subject: str, body: bytes) -> None:
 async def test_a_forged_job_for_another_segments_target_is_refused_audited_and_never_run(fleet: FleetLab) -> None:
     seg_a = fleet.segment("seg-a", "seg-a-1", runner=SpyRunner())
     with tcp_listener(host="127.0.1.5") as port:  # seg-b's target, one this test created
-        job = forged_job("127.0.1.5", port, "seg-a")
+        # Sealed with the fronts' key (as its holder could: a front's bug or its stolen key), so
+        # that what refuses it is seg-a's own scope check (test_seal: a job without a seal).
+        job = sealed(forged_job("127.0.1.5", port, "seg-a"))
         seg_a.parts.store.put(job)  # straight into the store and onto seg-a's subject, no front
         await publish(seg_a, fleet.queue.subject_of("seg-a"), job_body(job.scan_id))
         async with running(seg_a):

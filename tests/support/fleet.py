@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 
 from appliance.audit import AuditSink
@@ -19,6 +21,7 @@ from appliance.config import Settings
 from appliance.fleet.bus import BusSettings, BusThread
 from appliance.fleet.queue import JobQueue, QueueSettings
 from appliance.fleet.roles import FleetParts
+from appliance.fleet.seal import SealCheck, Sealer
 from appliance.fleet.segments import SegmentRegistry
 from appliance.fleet.worker import SegmentWorker
 from appliance.jobs.jetstream import JetStreamJobStore, live_bucket_of
@@ -32,6 +35,38 @@ from support.lab import FakeResolver, LabService
 from support.policies import LOOPBACK_POLICY, write_policy
 from support.runners import SpyRunner
 from support.servers import Served, served
+
+# The fronts' seal key of every fleet the tests build (appliance.fleet.seal): fronts sign with it,
+# segments check with its public key. A forged job a test wants the segment's own checks to see
+# (not only the seal's) is sealed with it too, as a front's key holder could.
+SEAL_KEY = Ed25519PrivateKey.generate()
+SEALER = Sealer(SEAL_KEY)
+SEALS = SealCheck.of([SEAL_KEY.public_key()])
+
+
+def sealed(job: Job) -> Job:
+    """`job` sealed as a front seals what it admits (and its approval, when it says approved)."""
+    SEALER.admit(job)
+    if (job.approval or {}).get("decision") == "approved":
+        SEALER.approve(job)
+    return job
+
+
+def seal_files(directory: Path) -> dict[str, str]:
+    """The seal key and its public key as files in `directory`, as the settings of both roles."""
+    key, public = directory / "fleet_seal_key.pem", directory / "fleet_seal_pub.pem"
+    if not key.exists():
+        key.write_bytes(
+            SEAL_KEY.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        public.write_bytes(
+            SEAL_KEY.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    return {"APPLIANCE_FLEET_SEAL_KEY_FILE": str(key), "APPLIANCE_FLEET_SEAL_PUBLIC_KEYS_FILE": str(public)}
 
 
 def started_bus(url: str, **settings: Any) -> BusThread:
@@ -136,7 +171,7 @@ def fleet_member(
     audit, registry, resolver = io.StringIO(), CollectorRegistry(), FakeResolver(resolves)
     runner = SpyRunner() if runner is None and segment is None else runner
     sink = AuditSink(stream=audit)
-    front = parts.front() if segment is None else None
+    front = parts.front(SEALER) if segment is None else None
     service = ScanService(
         Settings(privilege_mode="connect", policy_path=policy_path, role="standalone", **(settings or {})),  # type: ignore[arg-type]
         PolicyStore(policy_path),
@@ -151,7 +186,7 @@ def fleet_member(
     member = FleetMember(parts, LabService(service, audit, registry, resolver, runner))
     if segment is not None:
         member.worker = SegmentWorker(
-            service, parts.store, parts.queue.consumer(segment), parts.registry, segment, appliance_id, queue
+            service, parts.store, parts.queue.consumer(segment), parts.registry, segment, appliance_id, queue, SEALS
         )
         member.worker.advertise()
     return member
@@ -191,7 +226,7 @@ def served_front(directory: Path, url: str, policy: dict[str, Any] | None = None
     """`appliance serve --role front` with FRONT_POLICY (and `policy` merged in) on NATS at
     `url`; `env`: more APPLIANCE_* settings (a request-state key file)."""
     path = write_policy(directory, LOOPBACK_POLICY, FRONT_POLICY, policy or {}, name="front.yaml")
-    with served(path, APPLIANCE_ROLE="front", APPLIANCE_NATS_URL=url, **env) as server:
+    with served(path, APPLIANCE_ROLE="front", APPLIANCE_NATS_URL=url, **{**seal_files(directory), **env}) as server:
         yield server
 
 
@@ -209,7 +244,7 @@ def served_segment(
         APPLIANCE_SEGMENT=name,
         APPLIANCE_APPLIANCE_ID=appliance_id,
         APPLIANCE_DATA_DIR=str(directory / appliance_id),
-        **env,
+        **{**seal_files(directory), **env},
     ) as server:
         yield server
 
