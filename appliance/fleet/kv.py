@@ -52,6 +52,20 @@ async def key_value_bucket(
         return await js.create_key_value(config)
 
 
+async def stream_drift(js: JetStreamContext, stream: str, wanted: dict[str, int]) -> dict[str, dict[str, int]]:
+    """The fields of `stream`'s configuration that differ from what this appliance's settings
+    would create (`wanted`: StreamConfig field -> value), each as {"stream": ..., "settings": ...}.
+    JetStream keeps a stream's settings from its creation; a later start with other settings
+    changes nothing, and roles may not edit streams (README "Fleet", bus security)."""
+    config = (await js.stream_info(stream)).config
+    differ: dict[str, dict[str, int]] = {}
+    for field, value in wanted.items():
+        have = getattr(config, field)
+        if have is not None and have != value:
+            differ[field] = {"stream": int(have), "settings": value}
+    return differ
+
+
 async def live_entries(js: JetStreamContext, bucket: str, pattern: str, *, values: bool) -> list[tuple[str, bytes]]:
     """The live keys of `bucket` matching `pattern` (a subject filter the server applies), with
     their values when asked (else empty values), in key order.

@@ -40,6 +40,8 @@ class FleetObserver:
             status["segment"] = self.worker.segment
             status["jobs"] = vars(self.worker.counts)
             status["seal_keys"] = sorted(self.worker.seals.keys)  # the fronts' keys it accepts (rotation)
+        if parts.drift:
+            status["settings_drift"] = parts.drift  # streams that kept other settings (FleetParts.read_drift)
         if self.front is not None:
             status["routed"] = dict(self.front.routed)
             status["seal_key"] = self.front.sealer.key_id  # the key it seals admissions with

@@ -5,8 +5,9 @@ Imported by a front or a segment only: a standalone appliance never imports nats
 
 from __future__ import annotations
 
+import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -16,10 +17,13 @@ from appliance.errors import ConfigError
 from appliance.fleet.budgets import FleetBudgets
 from appliance.fleet.bus import BusSettings, BusThread
 from appliance.fleet.front import STALE_AFTER_SECONDS, FrontFleet
+from appliance.fleet.kv import stream_drift
 from appliance.fleet.queue import JobQueue, QueueSettings
 from appliance.fleet.seal import SealCheck, Sealer, missing
 from appliance.fleet.segments import SegmentRegistry
 from appliance.jobs.jetstream import JetStreamJobStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +32,43 @@ class FleetParts:
     store: JetStreamJobStore
     registry: SegmentRegistry
     queue: JobQueue
+    # Streams whose settings differ from this appliance's (read at a front's start: `read_drift`).
+    drift: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+
+    def read_drift(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Compare the fleet's streams with what these settings would create (a front's start):
+        JetStream keeps the settings of a stream's creation, so a later APPLIANCE_FLEET_REPLICAS
+        (or queue bound) changes nothing there. Each difference is logged, kept in `drift` and
+        shown in /healthz `checks.fleet`; the operator changes the stream (`nats stream edit`)."""
+        replicas = {"num_replicas": self.store.replicas}
+        queue = self.queue.settings
+        wanted = {
+            queue.stream: {"num_replicas": queue.replicas, "max_msgs": queue.max_jobs},
+            f"KV_{self.store.bucket}": replicas,
+            f"KV_{self.store.live_bucket}": replicas,
+            f"OBJ_{self.store.raw_bucket}": replicas,
+            f"KV_{self.registry.bucket}": {"num_replicas": self.registry.replicas},
+        }
+
+        async def read() -> dict[str, dict[str, dict[str, int]]]:
+            found = {stream: await stream_drift(self.bus.js, stream, fields) for stream, fields in wanted.items()}
+            return {stream: differ for stream, differ in found.items() if differ}
+
+        self.drift = self.bus.call_repeatable(read, "read the fleet's stream settings")
+        for stream, differ in self.drift.items():
+            for name, values in differ.items():
+                log.warning(
+                    "a fleet stream keeps the settings it was created with",
+                    extra={
+                        "stream": stream,
+                        "setting": name,
+                        "stream_value": values["stream"],
+                        "settings_value": values["settings"],
+                        "recovery": f"nats stream edit {stream} (as a NATS admin), or remove it while the fleet is "
+                        "idle so that a front creates it anew",
+                    },
+                )
+        return self.drift
 
     def front(self, sealer: Sealer) -> FrontFleet:
         # Stale after three missed advertisements (segments advertise every ack_wait / 3), and
@@ -130,7 +171,10 @@ def connect(settings: Settings) -> FleetParts:
         store = JetStreamJobStore(bus, replicas=settings.fleet_replicas, create=create)
         registry = SegmentRegistry(bus, replicas=settings.fleet_replicas, create=create)
         queue = JobQueue(bus, queue_settings(settings), create=create)
+        parts = FleetParts(bus, store, registry, queue)
+        if create:  # a front: the role that makes the streams reads what they kept
+            parts.read_drift()
     except BaseException:
         bus.close()
         raise
-    return FleetParts(bus, store, registry, queue)
+    return parts

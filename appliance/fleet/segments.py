@@ -63,13 +63,13 @@ class SegmentRegistry:
     def __init__(self, bus: BusThread, *, bucket: str = BUCKET, replicas: int = 1, create: bool = True) -> None:
         self._bus = bus
         self.bucket = bucket
-        self._replicas = replicas
+        self.replicas = replicas
         self._create = create
         self._kv: KeyValue | None = None
         self._call("open the segment bucket", self._open)
 
     async def _open(self) -> None:
-        self._kv = await key_value_bucket(self._bus.js, self.bucket, replicas=self._replicas, create=self._create)
+        self._kv = await key_value_bucket(self._bus.js, self.bucket, replicas=self.replicas, create=self._create)
 
     @property
     def kv(self) -> KeyValue:

@@ -8,13 +8,28 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from support.fleet import FRONT_POLICY, SEGMENT_POLICIES, seal_files, served_front, served_segment
+from support.fleet import (
+    FRONT_POLICY,
+    SEGMENT_POLICIES,
+    FleetNames,
+    fleet_parts,
+    seal_files,
+    served_front,
+    served_segment,
+    started_bus,
+)
 from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.policies import LOOPBACK_POLICY, write_policy
 from support.raw_mcp import HANDSHAKE_VERSION, initialize_request, mcp_headers, rpc_messages
 from support.servers import TOKEN, http_client, served
 from support.waiting import wait_until
+
+from appliance.fleet.observe import FleetObserver
+from appliance.fleet.queue import JobQueue, QueueSettings
+from appliance.fleet.roles import FleetParts
+from appliance.fleet.segments import SegmentRegistry
+from appliance.jobs.jetstream import JetStreamJobStore
 
 pytestmark = pytest.mark.anyio
 
@@ -108,3 +123,34 @@ async def test_fronts_keep_no_session_so_a_handshake_era_client_may_go_to_any_fr
     assert answered.status_code == 200, answered.text
     [message] = rpc_messages(answered.text)
     assert message["result"]["structuredContent"]["scans"] == []
+
+
+def test_a_front_shows_the_streams_that_kept_the_settings_of_their_creation(
+    nats: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    names = FleetNames()
+    first = fleet_parts(nats.url, names, names.queue(max_jobs=100))  # an earlier start made them
+    bus = started_bus(nats.url)
+    try:
+        assert first.read_drift() == {}
+        # A later start with three copies and the default queue bound: the streams keep theirs.
+        later = FleetParts(
+            bus,
+            JetStreamJobStore(bus, bucket=names.jobs_bucket, raw_bucket=names.raw_bucket, replicas=3),
+            SegmentRegistry(bus, bucket=names.segments_bucket),
+            JobQueue(bus, names.queue()),
+        )
+        copies = {"num_replicas": {"stream": 1, "settings": 3}}
+        assert later.read_drift() == {
+            names.queue().stream: {"max_msgs": {"stream": 100, "settings": QueueSettings().max_jobs}},
+            f"KV_{names.jobs_bucket}": copies,
+            f"KV_{names.live_bucket}": copies,
+            f"OBJ_{names.raw_bucket}": copies,
+        }
+        assert FleetObserver(later, "front", "front-1").status()["settings_drift"] == later.drift
+        warned = [record for record in caplog.records if record.getMessage().startswith("a fleet stream keeps")]
+        assert {record.__dict__["stream"] for record in warned} == set(later.drift)
+        assert all("nats stream edit" in record.__dict__["recovery"] for record in warned)
+    finally:
+        bus.close()
+        first.close()
