@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from appliance.approval.desk import declined
@@ -33,7 +33,7 @@ from appliance.fleet import approvals
 from appliance.fleet.queue import Delivery, QueueSettings, SegmentConsumer
 from appliance.fleet.seal import SealCheck
 from appliance.fleet.segments import SegmentRegistry, advertisement
-from appliance.fleet.shards import merge_parent
+from appliance.fleet.shards import fold_shard, merge_parent
 from appliance.jobs.jetstream import JetStreamJobStore
 from appliance.jobs.model import Job
 from appliance.service import ScanService
@@ -169,14 +169,14 @@ class SegmentWorker:
             self.counts.cancelled += 1
             self._cancel_unstarted(job)
             await self._stored_then_ack(delivery)
-            self.merge(job.parent)
+            self.fold(job.scan_id, job.parent)
             return
         with spans.continued(delivery.headers):  # the job's span joins the front's trace
             task = await self.service.adopt(job, self.seals.check)
         if task is None:
             self.counts.refused += 1
             await self._stored_then_ack(delivery)  # the refusal's `failed` record first
-            self.merge(job.parent)
+            self.fold(job.scan_id, job.parent)
             return
         self.counts.started += 1
         watched = asyncio.create_task(self._until_done(task, delivery, job.parent))
@@ -201,7 +201,7 @@ class SegmentWorker:
             await self._stored_then_ack(delivery)
         finally:
             beats.cancel()
-        self.merge(parent)  # after its final record: see appliance.fleet.shards
+        self.fold(delivery.scan_id, parent)  # after its final record: see appliance.fleet.shards
 
     def _cancel_unstarted(self, job: Job) -> None:
         note = "cancelled before it started (a cancel request was waiting for it)"
@@ -213,16 +213,42 @@ class SegmentWorker:
         except ApplianceError as exc:  # dropped by the next sweep of cancel requests (the job is over)
             log.warning("cancel request not dropped", extra={"scan_id": job.scan_id, "rule": exc.rule})
 
-    def merge(self, parent: str | None) -> Job | None:
-        """Bring a sharded scan up to date with its shards (its end, once they all ended);
-        audited when it ends here. A store that does not answer leaves it to the next sweep."""
+    def fold(self, scan_id: str, parent: str | None) -> Job | None:
+        """A shard's end (its final record, read back) folded into its sharded scan: one read of
+        each and a compare-and-set, whatever the number of shards. Audited when it ends the
+        scan here. A store that does not answer leaves it to the next sweep."""
         if parent is None:
             return None
         try:
-            merged = merge_parent(self.store, parent, self.clock(), self.queue.given_up_after_seconds)
+            shard = self.store.get(scan_id)
+        except ApplianceError as exc:
+            log.warning("shard not folded into its scan", extra={"scan_id": parent, "rule": exc.rule})
+            return None
+        return None if shard is None else self._merged(self._fold_ended(shard))
+
+    def merge(self, parent: str | None, unfinished: Mapping[str, Job] | None = None) -> Job | None:
+        """Bring a sharded scan up to date with its shards (progress, the ends no fold brought,
+        its end once they all ended), reading the shards neither folded nor in `unfinished` (the
+        sweep's listing); audited when it ends here. A store that does not answer leaves it to
+        the next sweep."""
+        if parent is None:
+            return None
+        try:
+            merged = merge_parent(self.store, parent, self.clock(), self.queue.given_up_after_seconds, unfinished)
         except ApplianceError as exc:
             log.warning("sharded scan not merged", extra={"scan_id": parent, "rule": exc.rule})
             return None
+        return self._merged(merged)
+
+    def _fold_ended(self, shard: Job) -> Job | None:
+        """A shard's end this appliance holds (read back, or just written) folded into its parent."""
+        try:
+            return fold_shard(self.store, shard, self.clock())
+        except ApplianceError as exc:
+            log.warning("shard not folded into its scan", extra={"scan_id": shard.parent, "rule": exc.rule})
+            return None
+
+    def _merged(self, merged: Job | None) -> Job | None:
         if merged is not None and merged.finished:
             self.counts.merged += 1
             self.service.jobs.audit_state(merged, merged.state, merged.events[-1].get("note"))
@@ -230,13 +256,16 @@ class SegmentWorker:
                 self.service.forget_budget(merged.engagement, merged.scan_id)
         return merged
 
-    def merge_parents(self) -> list[str]:
-        """The sweep's safety net: merge every unfinished sharded scan of this segment (a merge
-        lost to a crash or a store outage between a shard's end and its parent's write)."""
+    def merge_parents(self, unfinished: list[Job] | None = None) -> list[str]:
+        """The sweep's safety net: merge every unfinished sharded scan of this segment (a fold
+        lost to a crash or a store outage between a shard's end and its parent's write), from
+        `unfinished` (the heartbeat's one listing of the segment's unfinished jobs)."""
+        jobs = self.store.unfinished(self.segment) if unfinished is None else unfinished
+        shards = {job.scan_id: job for job in jobs if job.parent is not None}
         ended: list[str] = []
-        for job in self.store.unfinished(self.segment):
+        for job in jobs:
             if job.shards and job.segment == self.segment:
-                merged = self.merge(job.scan_id)
+                merged = self.merge(job.scan_id, shards)
                 if merged is not None and merged.finished:
                     ended.append(job.scan_id)
         return ended
@@ -266,18 +295,22 @@ class SegmentWorker:
             try:
                 self.advertise()
                 advertised = True
-                self.abandon_orphans()
-                self.merge_parents()
-                self.expire_approvals()
+                # One listing of the segment's unfinished jobs for the three sweeps (each write
+                # is a compare-and-set: a record changed since it was listed is read again).
+                unfinished = self.store.unfinished(self.segment)
+                self.abandon_orphans(unfinished)
+                self.merge_parents(unfinished)
+                self.expire_approvals(unfinished)
             except ApplianceError as exc:
                 log.warning("segment heartbeat failed", extra={"rule": exc.rule, "reason": exc.message})
             except Exception:  # a bad record or an unmapped NATS error must not end the heartbeats
                 log.exception("segment heartbeat failed unexpectedly")
             await asyncio.sleep(self.queue.heartbeat_seconds if advertised else ADVERTISE_RETRY_SECONDS)
 
-    def abandon_orphans(self) -> list[str]:
+    def abandon_orphans(self, unfinished: list[Job] | None = None) -> list[str]:
         """Mark `interrupted` the jobs of this segment that an appliance claimed and then went
-        silent on for longer than JetStream redelivers (its advertisement is that old or gone)."""
+        silent on for longer than JetStream redelivers (its advertisement is that old or gone);
+        `unfinished`: the heartbeat's listing (else read here)."""
         now = self.clock()
         alive = {
             appliance: at
@@ -285,7 +318,7 @@ class SegmentWorker:
             if now - at <= self.queue.given_up_after_seconds
         }
         ended: list[str] = []
-        for job in self.store.unfinished(self.segment):
+        for job in self.store.unfinished(self.segment) if unfinished is None else unfinished:
             if job.segment != self.segment or job.runner is None or job.runner in alive:
                 continue
             if job.runner == self.appliance_id or job.scan_id in self.service.jobs.live:
@@ -298,17 +331,17 @@ class SegmentWorker:
                 self.service.jobs.audit_state(abandoned, "interrupted", note)
                 self.counts.abandoned += 1
                 ended.append(job.scan_id)
-                self.merge(abandoned.parent)
+                self._merged(self._fold_ended(abandoned))
         return ended
 
-    def expire_approvals(self) -> list[str]:
+    def expire_approvals(self, unfinished: list[Job] | None = None) -> list[str]:
         """End `failed` (approval_declined, timed out) the jobs of this segment still awaiting the
         approval a front asked for past their deadline; audited by the appliance whose
         compare-and-set wins (another segment appliance, or a front reading the late retry, may
         end it first). The engagement place the front reserved is given back."""
         now = self.clock()
         ended: list[str] = []
-        for job in self.store.unfinished(self.segment):
+        for job in self.store.unfinished(self.segment) if unfinished is None else unfinished:
             if job.segment != self.segment or not approvals.expired(job, now):
                 continue
             assert job.approval is not None  # expired() says it has a question

@@ -129,6 +129,9 @@ class Job:
     # state and result are merged from theirs), or the parent a shard is part of.
     shards: list[str] | None = None
     parent: str | None = None
+    # A parent's shards folded in so far (appliance.fleet.shards.fold): scan_id -> their state,
+    # exit code and (the first failed one's) error.
+    merged: dict[str, dict[str, Any]] | None = None
     # A fleet job's caller as the front's checks saw it, for the segment's re-check (README
     # "Fleet"): the token's subject, the claims the front's engagements name, the token's scopes
     # (None: a caller without a token). Standalone jobs carry none.
@@ -177,6 +180,7 @@ class Job:
             "approval": self.approval,
             "shards": self.shards,
             "parent": self.parent,
+            "merged": self.merged,
             "caller": self.caller,
             "seal": self.seal,
         }

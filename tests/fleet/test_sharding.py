@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fleet import FleetLab, FleetMember, jetstream_store_factory, running, sealed, until
+from support.fleet import FleetLab, FleetMember, jetstream_store_factory, record_reads, running, sealed, until
 from support.listeners import tcp_listener
 from support.nats import NatsServer
 from support.runners import SpyRunner
@@ -311,3 +311,55 @@ async def test_of_two_appliances_merging_the_same_scan_at_once_exactly_one_ends_
             assert stored is not None
             assert stored.to_record() == written[0].to_record()
             assert [event["state"] for event in stored.events] == ["queued", "completed"]
+
+
+def eight_shard_parent() -> Job:
+    parent = forged_parent("127.0.0.0/27")  # eight /30 shards (ended_shards splits it so)
+    parent.shards = [new_scan_id() for _ in range(8)]
+    return parent
+
+
+async def test_each_shards_end_reads_itself_and_folds_into_its_parent_never_reading_its_siblings(
+    fleet: FleetLab,
+) -> None:
+    seg_a = fleet.segment("seg-a", "seg-a-1", runner=SpyRunner())
+    assert seg_a.worker is not None
+    store = seg_a.parts.store
+    parent = eight_shard_parent()
+    store.put(parent)
+    shards = ended_shards(parent)
+    for shard in shards:
+        store.put(shard)
+    reads = record_reads(store)
+    for shard in reversed(shards):  # folded in any order
+        seg_a.worker.fold(shard.scan_id, parent.scan_id)
+    # One read of each shard's own end (the parent's is its compare-and-set): 8, not 8 x 8.
+    assert reads == [shard.scan_id for shard in reversed(shards)]
+    merged = store.get(parent.scan_id)
+    assert merged is not None and merged.state == "completed"
+    assert merged.result is not None
+    assert [host["address"] for host in merged.result["hosts"]] == [f"127.0.0.{4 * n}" for n in range(8)]
+    assert set(merged.merged or {}) == set(parent.shards or ())
+    assert seg_a.worker.counts.merged == 1
+    assert seg_a.worker.fold(shards[0].scan_id, parent.scan_id) is None  # folded already: nothing changes
+
+
+async def test_the_sweep_reads_only_the_shard_whose_fold_was_lost(fleet: FleetLab) -> None:
+    seg_a = fleet.segment("seg-a", "seg-a-1", runner=SpyRunner())
+    assert seg_a.worker is not None
+    store = seg_a.parts.store
+    parent = eight_shard_parent()
+    store.put(parent)
+    shards = ended_shards(parent)
+    for shard in shards[:7]:
+        store.put(shard)
+        seg_a.worker.fold(shard.scan_id, parent.scan_id)
+    store.put(shards[7])  # ended, and its appliance died before the fold
+    listed = store.unfinished("seg-a")
+    assert [job.scan_id for job in listed] == [parent.scan_id]
+    reads = record_reads(store)
+    assert seg_a.worker.merge_parents(listed) == [parent.scan_id]
+    assert reads == [parent.scan_id, shards[7].scan_id]  # the parent, then the one shard no fold brought
+    merged = store.get(parent.scan_id)
+    assert merged is not None and merged.state == "completed"
+    assert merged.result is not None and len(merged.result["hosts"]) == 8

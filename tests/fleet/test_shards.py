@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from appliance.errors import PolicyError
-from appliance.fleet.shards import final_state, merge, merged_hosts, shard_blocks, shard_job, split
+from appliance.fleet.shards import ShardEnd, final_state, fold, merge, merged_hosts, shard_blocks, shard_job, split
 from appliance.jobs.model import Job, JobState
 from appliance.policy.model import Policy, parse_policy
 from appliance.policy.targets import CheckedTarget
@@ -257,3 +257,25 @@ def test_a_shard_job_is_the_parents_request_on_its_block() -> None:
     assert shard.request["ports"] == "80"
     assert (shard.parent, shard.segment, shard.principal, shard.state) == (parent.scan_id, "seg-a", "alice", "queued")
     assert shard.events[-1]["note"] == f"shard 2 of 4 of {parent.scan_id}"
+
+
+def test_folding_the_shards_one_by_one_in_any_order_ends_as_one_merge_does() -> None:
+    now = time.time()
+    parent = parent_job(["a"] * 4, now)
+    shards = shards_of(parent, now)
+    for shard in shards.values():
+        assert shard is not None
+        ended(shard, "completed", [shard.target.split("/")[0]], now)
+    merged = copy.deepcopy(parent)
+    assert merge(merged, shards, now + 1, 60)
+    folded = copy.deepcopy(parent)
+    ends = [ShardEnd.of(shard) for shard in shards.values() if shard is not None]
+    for count, end in enumerate(reversed(ends), start=1):
+        assert fold(folded, [end], now + 1)
+        assert not fold(folded, [end], now + 1)  # the same end again: nothing changes
+        assert len(folded.result["hosts"] if folded.result else []) == count
+        if count < len(ends):
+            assert (folded.state, folded.progress) == ("running", 25.0 * count)
+    assert folded.state == merged.state == "completed"
+    assert folded.result == merged.result
+    assert set(folded.merged or {}) == set(merged.merged or {}) == set(parent.shards or ())
