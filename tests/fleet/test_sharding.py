@@ -313,10 +313,12 @@ async def test_of_two_appliances_merging_the_same_scan_at_once_exactly_one_ends_
             assert [event["state"] for event in stored.events] == ["queued", "completed"]
 
 
-def eight_shard_parent() -> Job:
-    parent = forged_parent("127.0.0.0/27")  # eight /30 shards (ended_shards splits it so)
+def stored_eight_shard_parent(member: FleetMember) -> tuple[Job, list[Job]]:
+    """A sharded scan of eight /30 shards in `member`'s store, and its shards as they end."""
+    parent = forged_parent("127.0.0.0/27")
     parent.shards = [new_scan_id() for _ in range(8)]
-    return parent
+    member.parts.store.put(parent)
+    return parent, ended_shards(parent)
 
 
 async def test_each_shards_end_reads_itself_and_folds_into_its_parent_never_reading_its_siblings(
@@ -325,9 +327,7 @@ async def test_each_shards_end_reads_itself_and_folds_into_its_parent_never_read
     seg_a = fleet.segment("seg-a", "seg-a-1", runner=SpyRunner())
     assert seg_a.worker is not None
     store = seg_a.parts.store
-    parent = eight_shard_parent()
-    store.put(parent)
-    shards = ended_shards(parent)
+    parent, shards = stored_eight_shard_parent(seg_a)
     for shard in shards:
         store.put(shard)
     reads = record_reads(store)
@@ -348,9 +348,7 @@ async def test_the_sweep_reads_only_the_shard_whose_fold_was_lost(fleet: FleetLa
     seg_a = fleet.segment("seg-a", "seg-a-1", runner=SpyRunner())
     assert seg_a.worker is not None
     store = seg_a.parts.store
-    parent = eight_shard_parent()
-    store.put(parent)
-    shards = ended_shards(parent)
+    parent, shards = stored_eight_shard_parent(seg_a)
     for shard in shards[:7]:
         store.put(shard)
         seg_a.worker.fold(shard.scan_id, parent.scan_id)

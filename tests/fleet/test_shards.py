@@ -167,13 +167,19 @@ def test_the_merged_result_is_the_union_of_the_shards_hosts_in_address_order() -
     assert parent.events[-1]["note"] == "merged from its shards: 4 completed"
 
 
-def test_merging_again_changes_nothing_and_two_merges_of_the_same_records_agree() -> None:
-    now = time.time()
+def all_completed(now: float) -> tuple[Job, dict[str, Job | None]]:
+    """A parent of four shards, each completed with one host (its block's first address)."""
     parent = parent_job(["a"] * 4, now)
     shards = shards_of(parent, now)
     for shard in shards.values():
         assert shard is not None
         ended(shard, "completed", [shard.target.split("/")[0]], now)
+    return parent, shards
+
+
+def test_merging_again_changes_nothing_and_two_merges_of_the_same_records_agree() -> None:
+    now = time.time()
+    parent, shards = all_completed(now)
     twin = copy.deepcopy(parent)
     assert merge(parent, shards, now + 1, 60)
     assert merge(twin, shards, now + 1, 60)
@@ -261,11 +267,7 @@ def test_a_shard_job_is_the_parents_request_on_its_block() -> None:
 
 def test_folding_the_shards_one_by_one_in_any_order_ends_as_one_merge_does() -> None:
     now = time.time()
-    parent = parent_job(["a"] * 4, now)
-    shards = shards_of(parent, now)
-    for shard in shards.values():
-        assert shard is not None
-        ended(shard, "completed", [shard.target.split("/")[0]], now)
+    parent, shards = all_completed(now)
     merged = copy.deepcopy(parent)
     assert merge(merged, shards, now + 1, 60)
     folded = copy.deepcopy(parent)
