@@ -295,8 +295,13 @@ def _wait_for(container: DockerContainer, ready: Callable[[], bool], what: str, 
         if state["Status"] in ("exited", "dead"):
             problem = f"{what}: the container {state['Status']} with code {state.get('ExitCode')}"
             break
-        if ready():
-            return
+        try:
+            if ready():
+                return
+        except ContainerNotReadyError:
+            # No address on its network: not yet (starting), or none any more (it stopped since
+            # the state above was read). The next look at its state tells which.
+            pass
         if time.monotonic() > deadline:
             problem = f"{what}: not ready within {timeout:.0f} s"
             break

@@ -221,6 +221,17 @@ def test_wait_on_an_exited_container_fails_at_once_with_its_logs() -> None:
     assert "policy file not found" in str(failed.value)
 
 
+def test_wait_on_a_container_that_stops_while_its_address_is_read_fails_with_its_exit() -> None:
+    # The state said running; by the time the probe read its address the container had exited
+    # (and lost its address): the failure names the exit and shows the logs, not the address.
+    def probe() -> bool:
+        raise ContainerNotReadyError("container relaxed_elion has no address on its network")
+
+    with pytest.raises(ContainerNotReadyError, match="exited with code 2") as failed:
+        _wait_for(FakeContainer(["running", "exited"]), probe, "appliance", timeout=60)  # type: ignore[arg-type]
+    assert "policy file not found" in str(failed.value)
+
+
 def test_wait_that_never_gets_ready_fails_after_the_timeout_with_its_logs() -> None:
     with pytest.raises(ContainerNotReadyError, match="not ready within 0 s") as failed:
         _wait_for(FakeContainer(["running"]), lambda: False, "appliance", timeout=0)  # type: ignore[arg-type]
