@@ -39,6 +39,8 @@ ADMITTED_FIELDS = ("scan_id", "tool", "request", "principal", "caller", "engagem
 ADMISSION = b"mcp-scanner-appliance job admission v1\n"
 APPROVAL = b"mcp-scanner-appliance job approval v1\n"
 PEM_PUBLIC = "-----BEGIN PUBLIC KEY-----"
+# The refusals of a job no front sealed as it stands (the ApplianceFleetUnsealedJob alert).
+SEAL_RULES = frozenset({"job_unsealed", "job_seal_invalid"})
 RECOVERY = (
     "Queue jobs through a front of this fleet. The fronts' seal key (APPLIANCE_FLEET_SEAL_KEY_FILE) and the "
     "segments' public keys (APPLIANCE_FLEET_SEAL_PUBLIC_KEYS_FILE) must be a pair: scripts/create-nats-secrets "

@@ -31,7 +31,7 @@ from appliance.approval.model import Decision
 from appliance.errors import ApplianceError
 from appliance.fleet import approvals
 from appliance.fleet.queue import Delivery, QueueSettings, SegmentConsumer
-from appliance.fleet.seal import SealCheck
+from appliance.fleet.seal import SEAL_RULES, SealCheck
 from appliance.fleet.segments import SegmentRegistry, advertisement
 from appliance.fleet.shards import fold_shard, merge_parent
 from appliance.jobs.jetstream import JetStreamJobStore
@@ -64,6 +64,7 @@ class WorkerCounts:
     cancelled: int = 0  # a cancel request came before they started: ended without running
     merged: int = 0  # sharded scans this appliance ended by merging their shards
     unapproved: int = 0  # awaiting approval past their deadline: ended approval_declined
+    unsealed: int = 0  # refused (and counted in `refused` too): no front sealed them as they stand
 
 
 @dataclass
@@ -175,6 +176,8 @@ class SegmentWorker:
             task = await self.service.adopt(job, self.seals.check)
         if task is None:
             self.counts.refused += 1
+            if (job.error or {}).get("rule") in SEAL_RULES:  # forged or rewritten on the bus: an alert
+                self.counts.unsealed += 1
             await self._stored_then_ack(delivery)  # the refusal's `failed` record first
             self.fold(job.scan_id, job.parent)
             return

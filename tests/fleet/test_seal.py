@@ -163,6 +163,8 @@ async def test_a_job_put_on_the_bus_without_a_front_is_refused_unsealed_and_neve
     [line] = [line for line in seg_a.lab.audit_lines() if line.get("verdict") == "refused"]
     assert (line["scan_id"], line["rule"], line["principal"]) == (forged.scan_id, "job_unsealed", "alice")
     assert fleet.queue_messages() == 0
+    assert seg_a.worker is not None  # counted for the ApplianceFleetUnsealedJob alert
+    assert (seg_a.worker.counts.refused, seg_a.worker.counts.unsealed) == (1, 1)
 
 
 @pytest.mark.anyio
