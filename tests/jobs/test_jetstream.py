@@ -17,7 +17,8 @@ from support.waiting import wait_until
 
 from appliance.errors import ExecutionError
 from appliance.fleet.bus import BusSettings, BusThread, BusUnavailable
-from appliance.jobs.jetstream import RAW_INLINE_BYTES, JetStreamJobStore, hex_part, index_keys
+from appliance.fleet.kv import remove_key
+from appliance.jobs.jetstream import RAW_INLINE_BYTES, JetStreamJobStore, hex_part, index_keys, latest_key
 from appliance.jobs.model import Job
 from appliance.jobs.store import JobFilter
 
@@ -58,8 +59,46 @@ def test_a_ghost_index_key_never_answers_previous_completed(nats: NatsServer) ->
 
         store._bus.call(leave_ghost, "write a ghost")
         later = stored_job("running", target="10.20.0.5", at=1_000_200.0)
-        # The newest completed key names a scan with no record: the record decides, not the key.
+        # The target's latest-scan key names `done` (the ghost never completed through the store):
+        # the real previous scan, its record and its `s.` key both there.
+        found = store.previous_completed("nmap_scan", "10.20.0.5", "alice", later.scan_id)
+        assert found is not None and found.scan_id == done.scan_id
+        # Without that key (a store from before it), the listing: the newest completed key names
+        # a scan with no record, and the record decides, not the key.
+        store._bus.call(
+            lambda: remove_key(store._bus.js, store.bucket, latest_key("alice", "nmap_scan", "10.20.0.5")), "drop"
+        )
         assert store.previous_completed("nmap_scan", "10.20.0.5", "alice", later.scan_id) is None
+
+
+def test_a_rescans_previous_scan_is_two_reads_not_a_listing(nats: NatsServer) -> None:
+    with jetstream_store_factory(nats.url) as open_store:
+        store = open_store()
+        scans = [stored_job("completed", target="10.20.0.5", at=1_000_000.0 + n) for n in range(3)]
+        for scan in scans:
+            store.put(scan)
+        later = stored_job("running", target="10.20.0.5", at=1_000_100.0)
+        listed: list[str] = []
+        real_keys = store._keys
+
+        async def counted(pattern: str, *, values: bool = False) -> list[tuple[str, bytes]]:
+            listed.append(pattern)
+            return await real_keys(pattern, values=values)
+
+        store._keys = counted  # type: ignore[method-assign]
+        assert store.previous_completed_id("nmap_scan", "10.20.0.5", "alice", later.scan_id) == scans[2].scan_id
+        assert listed == []  # the `l.` key and the scan's `s.` key: no listing
+        # Asked about the latest itself (diff_scans of it): the key names no older scan, the listing does.
+        assert store.previous_completed_id("nmap_scan", "10.20.0.5", "alice", scans[2].scan_id) == scans[1].scan_id
+        assert len(listed) == 1
+        # The latest deleted: its key goes with it, and the listing answers.
+        store.delete([scans[2].scan_id])
+        assert store.previous_completed_id("nmap_scan", "10.20.0.5", "alice", later.scan_id) == scans[1].scan_id
+        assert len(listed) == 2
+        # A scan of another principal is not this one's previous scan.
+        other = stored_job("completed", target="10.20.0.5", principal="bob", at=1_000_050.0)
+        store.put(other)
+        assert store.previous_completed_id("nmap_scan", "10.20.0.5", "alice", later.scan_id) == scans[1].scan_id
 
 
 def test_a_store_whose_nats_went_away_refuses_writes_by_rule_and_heals_when_it_returns(tmp_path: Path) -> None:
@@ -134,13 +173,20 @@ def test_the_sweep_removes_index_keys_a_crash_left_without_a_record(nats: NatsSe
             for key in index_keys(ghost):
                 await store._kv_of(key).put(key, b"running")
             await store.kv.put(f"r.{ghost.scan_id}", b"<nmaprun/>")  # its raw output, written with the keys
+            # A latest-scan key whose scan was written and then lost its record.
+            await store.kv.put(latest_key("alice", "nmap_scan", "10.20.0.6"), ghost.scan_id.encode())
 
         store._bus.call(leave_ghost, "write a ghost")
         assert store.count("alice") == 2  # the principal's index alone counts the ghost until the sweep
 
         assert store.sweep(now=1_000_200.0, max_age_seconds=1e9, max_count=100, principal_max=100) == []
 
-        assert stored_keys(store) == {f"job.{kept.scan_id}", *index_keys(kept)}
+        # (and the target's latest-scan key, which names `kept`)
+        assert stored_keys(store) == {
+            f"job.{kept.scan_id}",
+            *index_keys(kept),
+            latest_key("alice", "nmap_scan", "10.20.0.5"),
+        }
         assert store.count("alice") == 1
 
 
@@ -326,6 +372,7 @@ def test_a_front_moves_the_unfinished_and_cancel_keys_older_stores_kept_in_the_j
             f"job.{waiting.scan_id}",
             f"job.{done.scan_id}",
             f"c.{waiting.scan_id}",
+            latest_key("alice", "nmap_scan", "10.20.0.13"),
         }
 
 
@@ -347,7 +394,12 @@ def test_a_state_change_after_its_own_write_reads_nothing_back_and_leaves_exactl
         assert seen is not None and seen.state == "completed"
 
         stored = stored_keys(other)
-        assert stored == index_keys(job) | {f"job.{job.scan_id}", f"r.{job.scan_id}"}  # r.: its raw output
+        # r.: its raw output; l.: its target's latest completed scan is this one
+        assert stored == index_keys(job) | {
+            f"job.{job.scan_id}",
+            f"r.{job.scan_id}",
+            latest_key("alice", "nmap_scan", "10.20.0.7"),
+        }
 
 
 def test_a_new_jobs_first_write_reads_nothing_back(nats: NatsServer) -> None:
