@@ -118,13 +118,21 @@ class IndexEntry:
             return None
 
 
-def completed_key(principal: str, tool: str, target: str, scan_id: str) -> str:
-    return f"s.{hex_part(principal)}.{tool}.{hex_part(target_key(target))}.completed.{scan_id}"
+def state_key(principal: str, tool: str, target: str, state: str, scan_id: str) -> str:
+    """The `s.` key of a scan in `state` (`scan_id` "*": a listing's filter)."""
+    return f"s.{hex_part(principal)}.{tool}.{hex_part(target_key(target))}.{state}.{scan_id}"
 
 
 def latest_key(principal: str, tool: str, target: str) -> str:
     """The key naming the latest completed scan of a principal's tool and target (see above)."""
     return f"l.{hex_part(principal)}.{tool}.{hex_part(target_key(target))}"
+
+
+def latest_key_of(job: Job) -> str | None:
+    """The `l.` key a completed job is (or was) named by; None for others and for shards."""
+    if job.state != "completed" or job.parent is not None:
+        return None
+    return latest_key(job.principal, job.tool, job.target)
 
 
 def live_bucket_of(bucket: str) -> str:
@@ -140,7 +148,7 @@ def index_keys(job: Job) -> set[str]:
     # it keeps only the keys the fleet's sweeps read (unfinished, finished-at).
     if job.parent is None:
         keys.add(f"p.{principal}.{job.scan_id}")
-        keys.add(f"s.{principal}.{job.tool}.{hex_part(target_key(job.target))}.{job.state}.{job.scan_id}")
+        keys.add(state_key(job.principal, job.tool, job.target, job.state, job.scan_id))
         if job.engagement is not None:
             keys.add(f"e.{hex_part(job.engagement)}.{job.scan_id}")
     if job.state in UNFINISHED:
@@ -166,12 +174,10 @@ class Snapshot:
     @classmethod
     def of(cls, job: Job) -> Snapshot:
         body = json.dumps(job.to_record(), separators=(",", ":")).encode()
+        latest = latest_key_of(job)
         completed = None
-        if job.state == "completed" and job.parent is None:
-            completed = (
-                completed_key(job.principal, job.tool, job.target, job.scan_id),
-                latest_key(job.principal, job.tool, job.target),
-            )
+        if latest is not None:
+            completed = (state_key(job.principal, job.tool, job.target, "completed", job.scan_id), latest)
         return cls(job.scan_id, job.state, frozenset(index_keys(job)), body, completed)
 
 
@@ -456,10 +462,9 @@ class JetStreamJobStore:
                 continue
             if job.shards:  # a sharded scan's shards go with it (they are listed as it)
                 removed += await self._delete([shard for shard in job.shards if shard not in scan_ids])
-            if job.state == "completed" and job.parent is None:
-                latest = latest_key(job.principal, job.tool, job.target)
-                if await self._get(latest) == scan_id.encode():  # the next rescan lists the `s.` keys
-                    await remove_key(self._bus.js, self.bucket, latest)
+            latest = latest_key_of(job)
+            if latest is not None and await self._get(latest) == scan_id.encode():
+                await remove_key(self._bus.js, self.bucket, latest)  # the next rescan lists the `s.` keys
             await self._delete_keys([*sorted(index_keys(job)), f"r.{scan_id}"])
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await self.objects.delete(scan_id)
@@ -680,9 +685,10 @@ class JetStreamJobStore:
         # completed (its `s.` key): two direct reads. Else (a newer scan completed since, a
         # delete, a store from before the `l.` keys) the listing.
         latest = (await self._get(latest_key(principal, tool, target)) or b"").decode()
-        if latest and latest < before and await self._get(completed_key(principal, tool, target, latest)) is not None:
+        checked = state_key(principal, tool, target, "completed", latest)
+        if latest and latest < before and await self._get(checked) is not None:
             return latest
-        pattern = f"s.{hex_part(principal)}.{tool}.{hex_part(target_key(target))}.completed.*"
+        pattern = state_key(principal, tool, target, "completed", "*")
         ids = [key.rpartition(".")[2] for key, _ in await self._keys(pattern)]
         older = [scan_id for scan_id in ids if scan_id < before]
         return max(older) if older else None
