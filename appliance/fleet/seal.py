@@ -23,6 +23,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,9 @@ class Sealer:
 
     key: Ed25519PrivateKey
 
-    @property
+    @cached_property
     def key_id(self) -> str:
+        # Once: every admission names it (a front call's path).
         return key_id(self.key.public_key())
 
     def admit(self, job: Job) -> None:

@@ -165,8 +165,8 @@ def fold(parent: Job, ends: list[ShardEnd], now: float) -> bool:
         [*((parent.result or {}).get("hosts") or []), *(host for end in new for host in end.hosts)], key=_address_key
     )
     parent.merged = merged
-    ended = len(merged) == len(parent.shards)
-    state = final_state([merged[scan_id]["state"] for scan_id in parent.shards]) if ended else None
+    states: list[JobState] = [merged[scan_id]["state"] for scan_id in parent.shards if scan_id in merged]
+    state = final_state(states) if len(states) == len(parent.shards) else None
     codes = [kept["exit_code"] for kept in merged.values() if "exit_code" in kept]
     parent.result = _result(parent, hosts, codes, state, now)
     if state is None:
@@ -180,7 +180,6 @@ def fold(parent: Job, ends: list[ShardEnd], now: float) -> bool:
         # The first shard's error says why (every shard failed; a lost one has none).
         errors = [kept["error"] for kept in merged.values() if "error" in kept]
         parent.error = {**errors[0], "scan_id": parent.scan_id} if errors else None
-    states = [merged[scan_id]["state"] for scan_id in parent.shards]
     counts = {name: states.count(name) for name in sorted(set(states))}
     parent.move(state, now, "merged from its shards: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
     return True
