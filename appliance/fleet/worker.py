@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from appliance.approval.desk import declined
 from appliance.approval.model import Decision
@@ -152,14 +153,20 @@ class SegmentWorker:
                 self.counts.not_ours += 1
                 await self._ack(delivery)
                 return
-        try:
-            job, cancel_waits = self.store.claim_to_run(
-                delivery.scan_id, self.appliance_id, self.clock(), takeover=takeover
-            )
-        except ApplianceError as exc:
-            # Not acked: JetStream delivers it again after ack_wait, when the store may answer.
-            log.warning("job not claimed", extra={"scan_id": delivery.scan_id, "rule": exc.rule})
+        claimed = self._claim(delivery, takeover=takeover)
+        if claimed is None:
             return
+        job, cancel_waits = claimed
+        if job is None and self._miscounted_redelivery(delivery):
+            # nats-server 2.9 (Debian 12's) can hand a redelivery out again as a first delivery
+            # when the pull request it was meant for expires at that moment (nats-io/nats-server
+            # #5305, fixed in 2.10): the claim of an appliance that stopped answering is taken
+            # over as a redelivery's would be, not left to the orphan sweep.
+            self.counts.redelivered += 1
+            claimed = self._claim(delivery, takeover=True)
+            if claimed is None:
+                return
+            job, cancel_waits = claimed
         if job is None:
             self.counts.not_ours += 1
             await self._ack(delivery)
@@ -186,16 +193,38 @@ class SegmentWorker:
         self._running.add(watched)
         watched.add_done_callback(self._running.discard)
 
+    def _claim(self, delivery: Delivery, *, takeover: bool) -> tuple[Job | None, bool] | None:
+        """The store's claim (the job, or None when not ours; whether a cancel waits), or None
+        when the store did not answer: not acked, JetStream delivers it again after ack_wait,
+        when the store may answer."""
+        try:
+            return self.store.claim_to_run(delivery.scan_id, self.appliance_id, self.clock(), takeover=takeover)
+        except ApplianceError as exc:
+            log.warning("job not claimed", extra={"scan_id": delivery.scan_id, "rule": exc.rule})
+            return None
+
     def _runner_alive(self, scan_id: str) -> bool:
         """Is the appliance that claimed this job still heard from (this one, running it; or
         another whose advertisement is younger than two heartbeats)?"""
+        return self._claimer(scan_id) == "alive"
+
+    def _miscounted_redelivery(self, delivery: Delivery) -> bool:
+        """A "first" delivery of a job an appliance claimed and went silent on: only a redelivery
+        miscounted by the server leaves that (claims follow deliveries, and a front queues a job
+        once). Counted as the second delivery: taken over only when max_deliver allows one."""
+        return delivery.attempt == 1 and self.queue.max_deliver >= 2 and self._claimer(delivery.scan_id) == "silent"
+
+    def _claimer(self, scan_id: str) -> Literal["none", "alive", "silent"]:
+        """`none` (no record, unclaimed or finished), `alive` (this appliance running it, or
+        another heard from within two heartbeats) or `silent`."""
         current = self.store.get(scan_id)
         if current is None or current.runner is None or current.finished:
-            return False
+            return "none"
         if current.runner == self.appliance_id:
-            return scan_id in self.service.jobs.live
+            return "alive" if scan_id in self.service.jobs.live else "silent"
         heard = self.registry.heartbeats(self.segment).get(current.runner)
-        return heard is not None and self.clock() - heard <= 2 * self.queue.heartbeat_seconds
+        alive = heard is not None and self.clock() - heard <= 2 * self.queue.heartbeat_seconds
+        return "alive" if alive else "silent"
 
     async def _until_done(self, task: asyncio.Task[object], delivery: Delivery, parent: str | None) -> None:
         beats = asyncio.create_task(self.consumer.heartbeats(delivery.msg))

@@ -89,6 +89,7 @@ async def test_a_message_that_is_not_a_job_is_dropped_for_good_and_the_loop_goes
 
 async def test_a_job_already_claimed_by_another_appliance_is_acked_and_not_run(fleet: FleetLab) -> None:
     seg_a = fleet.segment("seg-a", "seg-a-1", runner=SpyRunner())
+    fleet.segment("seg-a", "seg-a-2", runner=SpyRunner())  # advertises: heard from, its claim stands
     job = forged_job("127.0.0.1", 80, "seg-a")
     job.runner = "seg-a-2"
     seg_a.parts.store.put(job)
@@ -128,8 +129,21 @@ async def die_holding_the_next_job(dead: FleetMember) -> Job:
     return job
 
 
-async def test_a_dead_appliances_job_is_redelivered_and_finished_by_another_once(
-    nats: NatsServer, tmp_path: Path
+async def die_holding_an_unfetched_job(dead: FleetMember, scan_id: str) -> Job:
+    """What nats-server 2.9's miscounted redelivery (nats-io/nats-server#5305) leaves the next
+    appliance to see, made without the race: a job claimed and `running` by an appliance that is
+    gone, its message's next delivery counted as the first (here it is the first)."""
+    job = dead.parts.store.claim(scan_id, "seg-a-dead", time.time())
+    assert job is not None
+    job.move("running", time.time())
+    dead.parts.store.put(job)
+    dead.parts.close()
+    return job
+
+
+@pytest.mark.parametrize("delivered", ["again", "as_a_first_delivery"])
+async def test_a_dead_appliances_job_is_taken_over_and_finished_by_another_once(
+    nats: NatsServer, tmp_path: Path, delivered: str
 ) -> None:
     with FleetLab(nats.url, tmp_path, ack_wait_seconds=1.0, max_deliver=2) as lab:
         front = lab.front()
@@ -139,8 +153,12 @@ async def test_a_dead_appliances_job_is_redelivered_and_finished_by_another_once
             queued = await front.service.call(
                 NMAP, NmapRequest(target="127.0.0.1", ports=str(port), wait_seconds=0), "rid-1"
             )
-            held = await die_holding_the_next_job(dead)
+            if delivered == "again":
+                held = await die_holding_the_next_job(dead)
+            else:
+                held = await die_holding_an_unfetched_job(dead, queued.scan_id)
             assert held.scan_id == queued.scan_id
+            await asyncio.sleep(2 * lab.queue.heartbeat_seconds + 0.2)  # its advertisement goes stale
             async with running(survivor):
                 ended = await until(survivor, queued.scan_id, "completed")
         assert ended.runner == "seg-a-2"
@@ -241,7 +259,11 @@ async def test_a_job_whose_claim_failed_on_its_last_delivery_is_delivered_again_
                 ended = await until(seg_a, queued.scan_id, "completed", seconds=20)
         assert refused == [queued.scan_id]
         assert ended.runner == "seg-a-1"
-        assert seg_a.worker is not None and seg_a.worker.counts.redelivered >= 1
+        # Delivered again: counted as received, not by JetStream's delivery count, which
+        # nats-server 2.9 can report as 1 for this redelivery (nats-io/nats-server#5305; seen in
+        # CI once). The job was unclaimed, so it runs either way.
+        assert seg_a.worker is not None and seg_a.worker.counts.received >= 2
+        assert seg_a.worker.counts.started == 1
         assert lab.queue_messages() == 0
 
 

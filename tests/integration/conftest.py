@@ -4,7 +4,8 @@ and a compose deployment.
 The lab is an `internal` Docker network this session creates (no route off its subnet) with
 one lab target container on it; the appliance's policy in these tests allows exactly that
 network's subnet. Ryuk cannot be pulled here (TESTCONTAINERS_RYUK_DISABLED=true), so every
-container, network and compose project is removed in `finally` blocks.
+container, network and compose project is removed in `finally` blocks, and what a killed session
+left is removed by the next (support/leftovers.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from dockerlab import (
 )
 from support.bus_security import create_nats_secrets
 from support.certs import Certs, create_certs
+from support.leftovers import SessionBusy, reap, session_lock
 from support.waiting import wait_until
 from testcontainers.core.network import Network
 
@@ -70,7 +72,7 @@ def record() -> Callable[[str], None]:
 
 
 @pytest.fixture(scope="session")
-def docker_client() -> Iterator[docker.DockerClient]:
+def docker_client(record: Any) -> Iterator[docker.DockerClient]:
     try:
         client = docker.from_env()
         client.ping()
@@ -79,7 +81,14 @@ def docker_client() -> Iterator[docker.DockerClient]:
             f"no Docker engine answers ({exc}): start one (scripts/setup-docker) or deselect -m 'not integration'"
         )
     try:
-        yield client
+        # One session at a time (they share compose.yaml's fixed subnets); what a killed one left
+        # is removed first, else its networks would fail this session's compose fixtures.
+        with session_lock():
+            for line in reap(client):
+                record(f"removed a killed session's {line}")
+            yield client
+    except SessionBusy as exc:
+        pytest.fail(str(exc))
     finally:
         client.close()
 
