@@ -83,4 +83,4 @@ class FrontFleet:
     async def follow(self, scan_id: str) -> AsyncIterator[Job | None]:
         """The job's record now and after each change (None: it was deleted)."""
         async for value in watch_key(self.store.bus, self.store.bucket, f"job.{scan_id}"):
-            yield None if not value else Job.from_record(json.loads(value))
+            yield None if not value else await self.store.whole_soon(Job.from_record(json.loads(value)))

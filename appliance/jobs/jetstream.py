@@ -16,6 +16,11 @@ and `list_scans` (fleet issue). The keys are those appliance/jobs/store.py write
   raw bucket: one put beside the index keys instead of the object store's three round trips;
 - `b.<engagement>`: an engagement's budget in use (appliance/fleet/budgets.py).
 
+A record larger than the server takes in one message (its `max_payload`, 1 MB by default: a
+sharded block's result with thousands of live hosts) keeps its result as the object
+`<scan_id>.result` of the raw bucket, written with the new index keys, and a marker
+(`{"stored_apart": <bytes>}`) in its place; every read of the record puts the result back.
+
 The keys of unfinished work live in a second, small bucket (`<bucket>_live`): a listing costs
 nats-server a pass over every key of its bucket (nats-server 2.9 matches the filter against each
 subject: about 11 ms for the job bucket of 6,000 jobs), and these are listed on every front call
@@ -56,7 +61,7 @@ from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from appliance.errors import ExecutionError
+from appliance.errors import ExecutionError, ValidationError
 from appliance.fleet.bus import BusThread, BusUnavailable
 from appliance.fleet.kv import key_value_bucket, live_entries, not_provisioned, read_entry, remove_key
 from appliance.jobs.model import FINISHED, UNFINISHED, Job, target_key
@@ -80,6 +85,10 @@ CAS_TRIES = 16
 # the chunks, the meta), on the path from a scan's end to its answer (issue 13's latency). A
 # one-port nmap scan's XML is 1-3 kB; far below the server's max_payload (1 MB by default).
 RAW_INLINE_BYTES = 64 * 1024
+# A record's room for the message's subject and headers below the server's max_payload.
+RECORD_HEADROOM_BYTES = 4096
+# A record's result kept apart (see above): the marker's key, the object's name.
+RESULT_APART = "stored_apart"
 # The keys kept in the live bucket (see above), and the owner part of a shard's unfinished key.
 LIVE_PREFIXES = ("u.", "c.")
 SHARD_OWNER = "shard"
@@ -91,6 +100,10 @@ READS_AT_ONCE = 64
 def hex_part(text: str) -> str:
     # An empty part would make an invalid key; no principal, tool or target is empty, but "_" keeps it valid.
     return text.encode().hex() or "_"
+
+
+def result_object(scan_id: str) -> str:
+    return f"{scan_id}.result"
 
 
 def _unhex(part: str) -> str:
@@ -356,7 +369,26 @@ class JetStreamJobStore:
 
     async def _job(self, scan_id: str) -> Job | None:
         value = await self._get(f"job.{scan_id}")
-        return None if not value else Job.from_record(json.loads(value))
+        return None if not value else await self.whole(Job.from_record(json.loads(value)))
+
+    async def whole(self, job: Job) -> Job:
+        """`job` with its result back in place when the record keeps it apart (on the bus loop)."""
+        if not (isinstance(job.result, dict) and RESULT_APART in job.result):
+            return job
+        try:
+            data = (await self.objects.get(result_object(job.scan_id))).data
+        except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError):
+            data = None
+        if data is None:
+            # Only a delete under way removes it (the record goes last): the marker stays.
+            log.warning("a scan's result kept apart is gone", extra={"scan_id": job.scan_id})
+        else:
+            job.result = json.loads(data)
+        return job
+
+    async def whole_soon(self, job: Job) -> Job:
+        """`whole`, awaited on the caller's loop (a front's follow of a record it was sent)."""
+        return await self._read_soon(f"read the result of {job.scan_id}", lambda: self.whole(job))
 
     async def _keys(self, pattern: str, *, values: bool = False) -> list[tuple[str, bytes]]:
         return await live_entries(self._bus.js, self._bucket_of(pattern), pattern, values=values)
@@ -398,19 +430,43 @@ class JetStreamJobStore:
         """The crash-safe order of every record write: the index keys the record does not have
         yet (and the raw output), all at once; the record (`write_record` of its body); the old
         state's keys. A record write that raises leaves the old keys in place."""
+        body, result = snapshot.body, None
+        if len(body) > self._bus.nc.max_payload - RECORD_HEADROOM_BYTES:
+            body, result = self._result_apart(snapshot)  # or its refusal, before anything is sent
         new_keys = set(snapshot.keys)
         self._written.pop(snapshot.scan_id, None)  # unknown until this write has landed
         state = snapshot.state.encode()
         first: list[Awaitable[object]] = [self._kv_of(key).put(key, state) for key in sorted(new_keys - old_keys)]
+        if result is not None:
+            first.append(self.objects.put(result_object(snapshot.scan_id), result))
         if snapshot.completed is not None and snapshot.completed[0] not in old_keys:
             # The job completes with this write: it is its target's latest completed scan.
             first.append(self.kv.put(snapshot.completed[1], snapshot.scan_id.encode()))
         if raw is not None:
             first.append(self._put_raw(snapshot.scan_id, raw))
         await asyncio.gather(*first)
-        await write_record(snapshot.body)
+        await write_record(body)
         await self._delete_keys(sorted(old_keys - new_keys))
         self._remember(snapshot.scan_id, new_keys)
+
+    def _result_apart(self, snapshot: Snapshot) -> tuple[bytes, bytes]:
+        """The record with a marker in its result's place, and the result: or the refusal of a
+        record too large even so (its events or shards: no scan of the policy's limits has as
+        many), named, not left to look like a store that will answer later."""
+        record = json.loads(snapshot.body)
+        result = json.dumps(record["result"], separators=(",", ":")).encode()
+        record["result"] = {RESULT_APART: len(result)}
+        body = json.dumps(record, separators=(",", ":")).encode()
+        limit = self._bus.nc.max_payload - RECORD_HEADROOM_BYTES
+        if len(body) > limit:
+            raise ValidationError(
+                f"the record of scan {snapshot.scan_id} is {len(body)} bytes without its result, over the "
+                f"{limit} bytes one NATS message may carry here",
+                rule="job_record_too_large",
+                recovery_suggestion="Scan a smaller block (fewer shards); the operator may raise the NATS "
+                "servers' max_payload.",
+            )
+        return body, result
 
     def _remember(self, scan_id: str, keys: set[str]) -> None:
         self._written[scan_id] = keys
@@ -466,8 +522,9 @@ class JetStreamJobStore:
             if latest is not None and await self._get(latest) == scan_id.encode():
                 await remove_key(self._bus.js, self.bucket, latest)  # the next rescan lists the `s.` keys
             await self._delete_keys([*sorted(index_keys(job)), f"r.{scan_id}"])
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await self.objects.delete(scan_id)
+            for name in (scan_id, result_object(scan_id)):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await self.objects.delete(name)
             await remove_key(self._bus.js, self.bucket, f"job.{scan_id}")
             self._written.pop(scan_id, None)
             removed += 1
@@ -489,7 +546,7 @@ class JetStreamJobStore:
                 value, revision = await read_entry(self._bus.js, self.bucket, key)
                 if not value or revision is None:
                     return None
-                job = Job.from_record(json.loads(value))
+                job = await self.whole(Job.from_record(json.loads(value)))
                 old_keys = index_keys(job)
                 if not change(job):
                     return None

@@ -14,8 +14,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from support.fleet import FleetLab, running, until
 from support.listeners import tcp_listener
-from support.nats import NatsServer
-from support.runners import SpyRunner
+from support.nats import NatsServer, small_payload_nats_server
+from support.runners import GatedRunner, SpyRunner
 from support.traces import recorded_spans
 
 from appliance.errors import ResourceExhaustedError, ValidationError
@@ -216,3 +216,46 @@ async def test_a_principal_past_its_share_of_the_whole_fleet_is_refused_at_eithe
     again = await front_2.service.call(NMAP, NmapRequest(target="127.0.0.9", wait_seconds=0), "r5", principal="alice")
     assert again.status == "queued"
     assert seg_a.lab.runner.calls == []
+
+
+def nmap_xml_with_open_ports(addresses: Sequence[str], ports: int) -> bytes:
+    """nmap -oX output of `addresses` up, each with ports 1..`ports` open (a fake scanner replays it)."""
+    open_ports = "".join(
+        f'<port protocol="tcp" portid="{n}"><state state="open" reason="syn-ack" reason_ttl="0"/></port>'
+        for n in range(1, ports + 1)
+    )
+    hosts = "".join(
+        f'<host><status state="up" reason="user-set"/><address addr="{address}" addrtype="ipv4"/>'
+        f"<ports>{open_ports}</ports></host>"
+        for address in addresses
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><nmaprun scanner="nmap" args="nmap" start="1" version="7.93">'
+        f'{hosts}<runstats><finished time="2" elapsed="1" exit="success"/>'
+        f'<hosts up="{len(addresses)}" down="0" total="{len(addresses)}"/></runstats></nmaprun>'
+    ).encode()
+
+
+async def test_a_result_over_the_servers_max_payload_reaches_both_fronts_whole(tmp_path: Path) -> None:
+    # A record NATS cannot carry in one message used to be refused as `store_unwritable`, and the
+    # segment wrote it again every second, the job `running` for ever. 256 kB messages here (1 MB
+    # by default); 256 hosts with 30 open ports each make a result of about 400 kB. The scanner
+    # is a fake that replays nmap's XML (it sends nothing).
+    addresses = [f"127.0.0.{n}" for n in range(256)]
+    scanner = GatedRunner(stdout=nmap_xml_with_open_ports(addresses, 30))
+    scanner.gate.set()
+    (tmp_path / "nats").mkdir()
+    with small_payload_nats_server(tmp_path / "nats", 256 * 1024) as server, FleetLab(server.url, tmp_path) as lab:
+        front, other = lab.front(), lab.front()
+        seg_a = lab.segment("seg-a", "seg-a-1", runner=scanner)
+        async with running(seg_a):
+            report = await front.service.call(
+                NMAP, NmapRequest(target="127.0.0.0/24", ports="1-30", wait_seconds=60), "rid-big"
+            )
+        assert report.status == "completed"
+        found = {(h.address, len(h.ports)) for h in report.hosts}  # type: ignore[attr-defined]
+        assert found == {(address, 30) for address in addresses}
+        stored = other.parts.store.get(report.scan_id)
+        assert stored is not None and stored.state == "completed" and stored.result is not None
+        assert len(stored.result["hosts"]) == 256
+        assert len(other.parts.store.read_value(f"job.{report.scan_id}") or b"") < 8192

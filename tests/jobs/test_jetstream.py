@@ -4,6 +4,7 @@ or restarted NATS server, what /healthz shows. Real nats-server processes on 127
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -12,13 +13,21 @@ import pytest
 from nats.js.errors import NotFoundError
 from support.fleet import jetstream_store_factory, record_reads, started_bus, stored_keys
 from support.jobs import stored_job
-from support.nats import NatsServer, nats_server
+from support.nats import NatsServer, nats_server, small_payload_nats_server
 from support.waiting import wait_until
 
-from appliance.errors import ExecutionError
+from appliance.errors import ExecutionError, ValidationError
 from appliance.fleet.bus import BusSettings, BusThread, BusUnavailable
 from appliance.fleet.kv import remove_key
-from appliance.jobs.jetstream import RAW_INLINE_BYTES, JetStreamJobStore, hex_part, index_keys, latest_key
+from appliance.jobs.jetstream import (
+    RAW_INLINE_BYTES,
+    RESULT_APART,
+    JetStreamJobStore,
+    hex_part,
+    index_keys,
+    latest_key,
+    result_object,
+)
 from appliance.jobs.model import Job
 from appliance.jobs.store import JobFilter
 
@@ -452,6 +461,70 @@ def test_small_raw_output_is_a_key_of_the_job_bucket_and_large_output_an_object(
             return []
 
         assert (stored_keys(other), other._bus.call(objects_left, "list objects")) == (set(), [])
+
+
+# 256 kB messages: object store chunks (128 kB) and raw output inline (64 kB) still fit.
+SMALL_PAYLOAD = 256 * 1024
+
+
+def many_hosts(count: int) -> dict[str, object]:
+    """A compact nmap result with `count` hosts, one open port each (about 60 bytes a host)."""
+    return {
+        "hosts": [
+            {"address": f"10.20.{n // 256}.{n % 256}", "ports": [{"port": 80, "state": "open"}]} for n in range(count)
+        ]
+    }
+
+
+def test_a_record_over_the_servers_max_payload_keeps_its_result_apart_and_reads_back_whole(tmp_path: Path) -> None:
+    with (
+        small_payload_nats_server(tmp_path, SMALL_PAYLOAD) as server,
+        jetstream_store_factory(server.url) as open_store,
+    ):
+        store, other = open_store(), open_store()
+        job = stored_job("running", target="10.20.0.0/16", result=many_hosts(6000))
+        job.runner = "seg-a-1"
+        small = stored_job("completed", target="10.20.0.1", result=many_hosts(1), at=1_000_010.0)
+        store.put(job, b"<nmaprun/>")
+        store.put(small)
+        record = json.loads(other.read_value(f"job.{job.scan_id}") or b"")
+        assert len(json.dumps(record)) < 4096 and set(record["result"]) == {RESULT_APART}
+        assert record["result"][RESULT_APART] > SMALL_PAYLOAD
+        assert json.loads(other.read_value(f"job.{small.scan_id}") or b"")["result"] == many_hosts(1)
+        # Every read puts it back: a get, the sweep's listing, a compare-and-set's change.
+        got = other.get(job.scan_id)
+        assert got is not None and got.result == many_hosts(6000)
+        assert [j.result for j in other.unfinished()] == [many_hosts(6000)]
+        abandoned = other.abandon(job.scan_id, "seg-a-1", time.time(), "its appliance stopped answering")
+        assert abandoned is not None and abandoned.result == many_hosts(6000)
+        ended = store.get(job.scan_id)
+        assert ended is not None and (ended.state, ended.result) == ("interrupted", many_hosts(6000))
+        assert other.raw(job.scan_id) == b"<nmaprun/>"
+
+        async def objects() -> set[str]:
+            with contextlib.suppress(NotFoundError):  # nats-py's answer for an empty object store
+                return {info.name for info in await other.objects.list() if not info.deleted}
+            return set()
+
+        assert other._bus.call(objects, "list objects") == {result_object(job.scan_id)}
+        assert other.delete([job.scan_id, small.scan_id]) == 2
+        assert other._bus.call(objects, "list objects") == set()
+        assert stored_keys(other) == set()
+
+
+def test_a_record_too_large_even_without_its_result_is_refused_by_name(tmp_path: Path) -> None:
+    with (
+        small_payload_nats_server(tmp_path, SMALL_PAYLOAD) as server,
+        jetstream_store_factory(server.url) as open_store,
+    ):
+        store = open_store()
+        job = stored_job("running", target="10.20.0.0/16", result=many_hosts(10))
+        job.events.extend({"state": "running", "at": 1.0, "note": "x" * 200} for _ in range(2000))
+        with pytest.raises(ValidationError) as refused:
+            store.put(job)
+        assert refused.value.rule == "job_record_too_large"
+        assert "max_payload" in (refused.value.recovery_suggestion or "")
+        assert store.get(job.scan_id) is None
 
 
 def test_a_write_on_stale_remembered_keys_after_another_appliances_write_shows_the_record_as_it_is(

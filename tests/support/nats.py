@@ -90,3 +90,13 @@ def nats_server(directory: Path, port: int = -1, config: Path | None = None) -> 
     finally:
         server.stop()
         log.close()
+
+
+@contextlib.contextmanager
+def small_payload_nats_server(directory: Path, max_payload: int) -> Iterator[NatsServer]:
+    """A JetStream-enabled server whose messages carry at most `max_payload` bytes (1 MB by
+    default), so a test reaches that limit with a record of a few hundred kB."""
+    config = directory / "nats-small-payload.conf"
+    config.write_text(f'max_payload: {max_payload}\njetstream {{ store_dir: "{directory / "jetstream"}" }}\n')
+    with nats_server(directory, config=config) as server:
+        yield server
