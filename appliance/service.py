@@ -33,7 +33,7 @@ from appliance.fleet.shards import shard_blocks, shard_job
 from appliance.identity.scopes import check_scopes
 from appliance.jobs.manager import JobManager, LiveJob
 from appliance.jobs.model import ANONYMOUS_PRINCIPAL, STDIO_PRINCIPAL, Job, JobState, Viewer, new_scan_id
-from appliance.jobs.queries import changes_since
+from appliance.jobs.queries import Previous, changes_since
 from appliance.jobs.sqlite import SqliteJobStore
 from appliance.jobs.views import job_fields, report_of, result_base
 from appliance.jobs.window import WindowStop
@@ -784,6 +784,7 @@ class ScanService:
         report: ScanReport | None = None
         run_result: RunResult | None = None
         started_run = False
+        previous: asyncio.Future[str | None] | None = None
         queued = time.perf_counter()
         try:
             if approval is not None:
@@ -802,7 +803,10 @@ class ScanService:
                 self.audit.write({**record, "event": "start", "state": "running"})
                 started_run = True
                 self.jobs.running(live)
+                # The scan a rescan's diff compares with, looked up while the scanner runs.
+                previous = asyncio.ensure_future(self.jobs.previous_completed_id(live.job))
                 report, run_result = await self._execute(spec, plan, policy, live, remaining, timings, engagement)
+                looked_up = await _looked_up(previous, live.job.scan_id)
         except BaseException as exc:
             if not started_run and isinstance(exc, ApplianceError):
                 # Refused while queued (the queue wait ran out, shutting down, the audit sink
@@ -819,10 +823,16 @@ class ScanService:
                 self._finish_run(spec, breaker, record, started, live, policy, None, None, exc, timings)
             raise
         else:
-            final = self._finish_run(spec, breaker, record, started, live, policy, report, run_result, None, timings)
+            final = self._finish_run(
+                spec, breaker, record, started, live, policy, report, run_result, None, timings, looked_up
+            )
             assert final is not None  # a report and no failure: the job completed, partial or interrupted
             return final
         finally:
+            if previous is not None:
+                previous.cancel()  # nothing when it answered
+                if previous.done() and not previous.cancelled():
+                    previous.exception()  # a lookup that failed after a failed scan: seen, not logged as lost
             if claim is not None:
                 self.budgets.release(claim)
 
@@ -838,9 +848,11 @@ class ScanService:
         run_result: RunResult | None,
         failure: BaseException | None,
         timings: CallTimings,
+        looked_up: Previous | None = None,
     ) -> ScanReport | None:
         """The one end of every admitted call: breaker, metric, the audit end line and the job's
-        final state.
+        final state (`looked_up`: the previous scan a completed rescan compares with, when its
+        lookup at the start answered).
 
         Covers a result, an appliance error, a cancel and anything unexpected (a bug, a stream
         that broke under us): the breaker never keeps a probe slot, the trail never keeps a
@@ -887,7 +899,7 @@ class ScanService:
             dumped = final.model_dump(mode="json")  # once: the stored result, the diff's input, the answer
             if state == "completed":
                 # A rescan says what changed since the last completed scan of this tool and target.
-                dumped["changes_since_previous"] = changes_since(self.jobs, job, dumped)
+                dumped["changes_since_previous"] = changes_since(self.jobs, job, dumped, looked_up=looked_up)
                 final = final.model_copy(update={"changes_since_previous": dumped["changes_since_previous"]})
             final.keep_json(dumped)
             timings.add("result", time.perf_counter() - marked)
@@ -1328,3 +1340,13 @@ def adopted_caller(job: Job) -> tuple[Caller, list[str] | None]:
         ),
         None if scopes is None else list(scopes),
     )
+
+
+async def _looked_up(previous: asyncio.Future[str | None], scan_id: str) -> Previous | None:
+    """The previous scan found at the job's start, or None when that lookup failed (the store did
+    not answer then: changes_since looks again at the end)."""
+    try:
+        return Previous(await previous)
+    except ApplianceError as exc:
+        log.warning("previous scan not looked up at the start", extra={"scan_id": scan_id, "rule": exc.rule})
+        return None

@@ -755,6 +755,12 @@ class JetStreamJobStore:
             "find the previous scan", lambda: self._previous_completed_id(tool, target, principal, before)
         )
 
+    async def previous_completed_id_soon(self, tool: str, target: str, principal: str, before: str) -> str | None:
+        """`previous_completed_id`, awaited on the caller's loop (a scan looks it up as it starts)."""
+        return await self._read_soon(
+            "find the previous scan", lambda: self._previous_completed_id(tool, target, principal, before)
+        )
+
     def previous_completed(self, tool: str, target: str, principal: str, before: str) -> Job | None:
         scan_id = self.previous_completed_id(tool, target, principal, before)
         return None if scan_id is None else self.get(scan_id)

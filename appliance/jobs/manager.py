@@ -20,7 +20,7 @@ from appliance.audit import AuditSink
 from appliance.errors import ApplianceError, NotFoundError, ResourceExhaustedError
 from appliance.jobs.diff import ResultView
 from appliance.jobs.model import Job, JobState, Viewer, new_scan_id, viewer_of
-from appliance.jobs.store import ChangingStore, JobFilter, JobPage, JobStore, SendingStore
+from appliance.jobs.store import ChangingStore, JobFilter, JobPage, JobStore, LookingAheadStore, SendingStore
 from appliance.tracing import spans
 
 log = logging.getLogger(__name__)
@@ -326,6 +326,14 @@ class JobManager:
         kept = self.unsaved.get(job.scan_id)
         self.unsaved[job.scan_id] = (job, raw if raw is not None else None if kept is None else kept[1])
         log.error("job store write failed; the job is kept in memory", extra={"scan_id": job.scan_id})
+
+    async def previous_completed_id(self, job: Job) -> str | None:
+        """The scan a rescan's `changes_since_previous` compares with: the newest completed scan
+        of its tool, target and principal older than it, as the store has them when it starts
+        (README "Diffs"). A fleet store's lookup is round trips, made while the scanner runs."""
+        if isinstance(self.store, LookingAheadStore):
+            return await self.store.previous_completed_id_soon(job.tool, job.target, job.principal, job.scan_id)
+        return self.store.previous_completed_id(job.tool, job.target, job.principal, job.scan_id)
 
     def flush_unsaved(self) -> list[str]:
         """Write again every job whose last write failed; the scan ids still unsaved."""

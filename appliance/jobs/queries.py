@@ -8,18 +8,22 @@ scan:admin cancels (`cancel_not_owner`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from appliance.errors import NotFoundError, ValidationError
+from appliance.errors import ApplianceError, NotFoundError, ValidationError
 from appliance.jobs.diff import ScanDiff, diff_results, diff_views, result_view
 from appliance.jobs.manager import JobManager, ProgressFn
 from appliance.jobs.model import STATES, Job, Viewer, viewer_of
 from appliance.jobs.store import JobFilter
 from appliance.jobs.views import summary_of
 from appliance.policy.model import Policy
+
+log = logging.getLogger(__name__)
 
 # No pattern in the schema (tools/list budget): an id of any other form is simply not found.
 SCAN_ID = Field(max_length=64)
@@ -173,24 +177,45 @@ class JobQueries:
 CANCEL_WAIT_SECONDS = 5.0
 
 
-def changes_since(jobs: JobManager, job: Job, result: dict[str, Any], shown: int = 20) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class Previous:
+    """A rescan's previous scan as looked up when it started (None: it has none)."""
+
+    scan_id: str | None
+
+
+def changes_since(
+    jobs: JobManager, job: Job, result: dict[str, Any], shown: int = 20, looked_up: Previous | None = None
+) -> dict[str, Any] | None:
     """What a finished rescan changed since the previous completed scan of its tool and target.
 
     `result` is the job's completed result: its view is kept (`jobs.result_views`) for the next
-    rescan of the same target, which then reads only its own result.
+    rescan of the same target, which then reads only its own result. `looked_up`: the previous
+    scan as found when the job started (JobManager.previous_completed_id); else found now.
     """
     after = result_view(job.tool, result)
     jobs.result_views.keep(job.scan_id, after)
-    previous = jobs.store.previous_completed_id(job.tool, job.target, job.principal, job.scan_id)
-    if previous is None:
-        return None
-    # The view this process kept when that scan completed, else its stored result (a restart).
-    before = jobs.result_views.get(previous)
-    if before is None:
-        stored = jobs.store.get(previous)
-        if stored is None or stored.result is None:
+    try:
+        if looked_up is None:
+            previous = jobs.store.previous_completed_id(job.tool, job.target, job.principal, job.scan_id)
+        else:
+            previous = looked_up.scan_id
+        if previous is None:
             return None
-        before = result_view(job.tool, stored.result)
+        # The view this process kept when that scan completed, else its stored result (a restart).
+        before = jobs.result_views.get(previous)
+        if before is None:
+            stored = jobs.store.get(previous)
+            if stored is None or stored.result is None:
+                return None
+            before = result_view(job.tool, stored.result)
+    except ApplianceError as exc:
+        # The store did not answer: the scan ends without its diff (diff_scans makes it later);
+        # it must end all the same, never stay `running` over its diff.
+        log.warning(
+            "no changes_since_previous: the store did not answer", extra={"scan_id": job.scan_id, "rule": exc.rule}
+        )
+        return None
     try:
         diff = diff_views(job.tool, before, after, scan_id=job.scan_id, against_scan_id=previous)
     except ValidationError:

@@ -134,6 +134,15 @@ class SendingStore(Protocol):
     def put_state_soon(self, job: Job) -> Coroutine[Any, Any, None]: ...
 
 
+@runtime_checkable
+class LookingAheadStore(Protocol):
+    """A store whose reads are round trips to NATS (the fleet's): a rescan's previous scan is
+    looked up on the caller's loop while the scanner runs, not after it, on the way to the
+    answer."""
+
+    async def previous_completed_id_soon(self, tool: str, target: str, principal: str, before: str) -> str | None: ...
+
+
 def take_oldest(scan_ids: Iterable[str], over: int, doomed: list[str], gone: set[str]) -> None:
     """Doom the first `over` of `scan_ids` (finished scans, oldest first) not doomed already
     (the retention sweep of both stores)."""

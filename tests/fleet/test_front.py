@@ -6,6 +6,7 @@ fronts hold the spy runner, so a front that started a scanner itself would fail 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -259,3 +260,41 @@ async def test_a_result_over_the_servers_max_payload_reaches_both_fronts_whole(t
         assert stored is not None and stored.state == "completed" and stored.result is not None
         assert len(stored.result["hosts"]) == 256
         assert len(other.parts.store.read_value(f"job.{report.scan_id}") or b"") < 8192
+
+
+async def test_a_segments_rescan_looks_its_previous_scan_up_while_the_scanner_runs(
+    fleet: FleetLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two reads of NATS (README "Store"), made while the scanner runs instead of between its end
+    # and the answer (issue 13's latency); none at the end.
+    scanner = GatedRunner(stdout=nmap_xml_with_open_ports(["127.0.0.1"], 2))
+    scanner.gate.set()
+    front = fleet.front()
+    seg_a = fleet.segment("seg-a", "seg-a-1", runner=scanner)
+    store = seg_a.parts.store
+    looked_up_while_gated: list[bool] = []
+    ahead = store.previous_completed_id_soon
+
+    async def spy(tool: str, target: str, principal: str, before: str) -> str | None:
+        looked_up_while_gated.append(not scanner.gate.is_set())
+        return await ahead(tool, target, principal, before)
+
+    def not_at_the_end(*_: object) -> str | None:
+        raise AssertionError("the previous scan was looked up again at the end")
+
+    monkeypatch.setattr(store, "previous_completed_id_soon", spy)
+    monkeypatch.setattr(store, "previous_completed_id", not_at_the_end)
+    request = NmapRequest(target="127.0.0.1", ports="1-2", wait_seconds=60)
+    async with running(seg_a):
+        first = await front.service.call(NMAP, request, "rid-1")
+        scanner.gate.clear()
+        scanner.started.clear()
+        rescan = await front.service.call(NMAP, request.model_copy(update={"wait_seconds": 0}), "rid-2")
+        await asyncio.wait_for(scanner.started.wait(), 10)
+        await until(seg_a, rescan.scan_id or "", "running")
+        scanner.gate.set()
+        ended = await until(seg_a, rescan.scan_id or "", "completed")
+    assert first.status == "completed"
+    assert looked_up_while_gated == [False, True]  # the first scan's gate was open from the start
+    assert ended.result is not None
+    assert ended.result["changes_since_previous"]["previous_scan_id"] == first.scan_id

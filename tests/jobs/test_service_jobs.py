@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from support import GatedRunner, LabService, eventually
 
-from appliance.errors import ApplianceError, NotFoundError, ValidationError
+from appliance.errors import ApplianceError, ExecutionError, NotFoundError, ValidationError
 from appliance.jobs.manager import JobManager
 from appliance.jobs.queries import CancelScanRequest, DiffScansRequest, GetScanRequest, JobQueries, ListScansRequest
 from appliance.jobs.sqlite import SqliteJobStore
@@ -266,6 +266,56 @@ async def test_a_rescan_names_its_changes_and_diff_scans_defaults_to_the_previou
     diff = queries.diff_scans(DiffScansRequest(scan_id=second.scan_id or ""), "alice")
     assert diff.against_scan_id == first.scan_id
     assert [(e.kind, e.port) for e in diff.entries] == [("port_opened", 18083)]
+
+
+async def test_a_rescans_previous_scan_is_looked_up_while_its_scanner_runs_not_after(
+    gated: tuple[LabService, GatedRunner, JobQueries], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # README "Diffs": the previous scan is the newest completed one when the rescan starts (a
+    # fleet store's lookup is round trips: made while the scanner runs, off the way to the answer).
+    lab, runner, queries = gated
+    runner.gate.set()
+    first = await lab.service.call(NMAP, {**CALL, "wait_seconds": 10}, "r1", principal="alice")
+    runner.gate.clear()
+    runner.started.clear()
+    store = lab.service.jobs.store
+    real = store.previous_completed_id
+    scanner_done_at_lookup: list[bool] = []
+
+    def spy(tool: str, target: str, principal: str, before: str) -> str | None:
+        scanner_done_at_lookup.append(runner.gate.is_set())
+        return real(tool, target, principal, before)
+
+    monkeypatch.setattr(store, "previous_completed_id", spy)
+    second = await started_scan(lab, runner)
+    await eventually(lambda: scanner_done_at_lookup, within=5)
+    assert scanner_done_at_lookup == [False]
+    runner.gate.set()
+    job = await queries.get_scan(GetScanRequest(scan_id=second, wait_seconds=10), "alice")
+    assert job.state == "completed"
+    assert job.result is not None and job.result["changes_since_previous"]["previous_scan_id"] == first.scan_id
+    assert scanner_done_at_lookup == [False]  # not looked up again at the end
+
+
+async def test_a_rescan_whose_store_cannot_say_the_previous_scan_still_completes_without_its_changes(
+    gated: tuple[LabService, GatedRunner, JobQueries], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab, runner, _ = gated
+    runner.gate.set()
+    await lab.service.call(NMAP, {**CALL, "wait_seconds": 10}, "r1", principal="alice")
+    lookups: list[str] = []
+
+    def unreachable(tool: str, target: str, principal: str, before: str) -> str | None:
+        lookups.append(before)
+        raise ExecutionError("NATS is electing a leader", rule="store_unreachable")
+
+    monkeypatch.setattr(lab.service.jobs.store, "previous_completed_id", unreachable)
+    second = await lab.service.call(NMAP, {**CALL, "wait_seconds": 10}, "r2", principal="alice")
+    assert second.status == "completed"
+    assert second.changes_since_previous is None
+    assert lookups == [second.scan_id, second.scan_id]  # at the start, and again at the end
+    stored = lab.service.jobs.store.get(second.scan_id or "")
+    assert stored is not None and stored.state == "completed"
 
 
 async def test_a_rescan_after_a_restart_still_names_its_changes_since_the_scan_before(
