@@ -16,10 +16,12 @@ and `list_scans` (fleet issue). The keys are those appliance/jobs/store.py write
   raw bucket: one put beside the index keys instead of the object store's three round trips;
 - `b.<engagement>`: an engagement's budget in use (appliance/fleet/budgets.py).
 
-A record larger than the server takes in one message (its `max_payload`, 1 MB by default: a
-sharded block's result with thousands of live hosts) keeps its result as the object
-`<scan_id>.result` of the raw bucket, written with the new index keys, and a marker
-(`{"stored_apart": <bytes>}`) in its place; every read of the record puts the result back.
+- `x.<n>.<scan_id>`: part n of a result kept apart. A record larger than the server takes in
+  one message (its `max_payload`, 1 MB by default: a sharded block's result with thousands of
+  live hosts) keeps its result in parts of one message each, written with the new index keys,
+  and a marker (`{"stored_apart": <bytes>, "parts": <count>}`) in its place; every read of the
+  record reads the parts at once and puts the result back. Keys of the job bucket, not objects:
+  every role that reads records may read them (segments have no object-store reads).
 
 The keys of unfinished work live in a second, small bucket (`<bucket>_live`): a listing costs
 nats-server a pass over every key of its bucket (nats-server 2.9 matches the filter against each
@@ -87,7 +89,7 @@ CAS_TRIES = 16
 RAW_INLINE_BYTES = 64 * 1024
 # A record's room for the message's subject and headers below the server's max_payload.
 RECORD_HEADROOM_BYTES = 4096
-# A record's result kept apart (see above): the marker's key, the object's name.
+# A record's result kept apart (see above): the marker's key.
 RESULT_APART = "stored_apart"
 # The keys kept in the live bucket (see above), and the owner part of a shard's unfinished key.
 LIVE_PREFIXES = ("u.", "c.")
@@ -102,8 +104,15 @@ def hex_part(text: str) -> str:
     return text.encode().hex() or "_"
 
 
-def result_object(scan_id: str) -> str:
-    return f"{scan_id}.result"
+def apart_key(scan_id: str, part: int) -> str:
+    return f"x.{part}.{scan_id}"
+
+
+def apart_keys(job: Job) -> list[str]:
+    """The keys of the parts of the job's result kept apart (none: its record holds it)."""
+    if not (isinstance(job.result, dict) and RESULT_APART in job.result):
+        return []
+    return [apart_key(job.scan_id, part) for part in range(int(job.result.get("parts", 0)))]
 
 
 def _unhex(part: str) -> str:
@@ -367,23 +376,27 @@ class JetStreamJobStore:
     async def _get(self, key: str) -> bytes | None:
         return (await read_entry(self._bus.js, self._bucket_of(key), key))[0]
 
-    async def _job(self, scan_id: str) -> Job | None:
+    async def _stored(self, scan_id: str) -> Job | None:
+        """The record as stored (a result kept apart still its marker)."""
         value = await self._get(f"job.{scan_id}")
-        return None if not value else await self.whole(Job.from_record(json.loads(value)))
+        return None if not value else Job.from_record(json.loads(value))
+
+    async def _job(self, scan_id: str) -> Job | None:
+        job = await self._stored(scan_id)
+        return None if job is None else await self.whole(job)
 
     async def whole(self, job: Job) -> Job:
-        """`job` with its result back in place when the record keeps it apart (on the bus loop)."""
-        if not (isinstance(job.result, dict) and RESULT_APART in job.result):
+        """`job` with its result back in place when the record keeps it apart (on the bus loop):
+        its parts read at once."""
+        keys = apart_keys(job)
+        if not keys:
             return job
-        try:
-            data = (await self.objects.get(result_object(job.scan_id))).data
-        except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError):
-            data = None
-        if data is None:
-            # Only a delete under way removes it (the record goes last): the marker stays.
+        parts = await asyncio.gather(*(self._get(key) for key in keys))
+        if any(part is None for part in parts):
+            # Only a delete under way removes them (the record goes last): the marker stays.
             log.warning("a scan's result kept apart is gone", extra={"scan_id": job.scan_id})
-        else:
-            job.result = json.loads(data)
+            return job
+        job.result = json.loads(b"".join(part for part in parts if part is not None))
         return job
 
     async def whole_soon(self, job: Job) -> Job:
@@ -430,15 +443,15 @@ class JetStreamJobStore:
         """The crash-safe order of every record write: the index keys the record does not have
         yet (and the raw output), all at once; the record (`write_record` of its body); the old
         state's keys. A record write that raises leaves the old keys in place."""
-        body, result = snapshot.body, None
+        body = snapshot.body
+        parts: list[bytes] = []
         if len(body) > self._bus.nc.max_payload - RECORD_HEADROOM_BYTES:
-            body, result = self._result_apart(snapshot)  # or its refusal, before anything is sent
+            body, parts = self._result_apart(snapshot)  # or its refusal, before anything is sent
         new_keys = set(snapshot.keys)
         self._written.pop(snapshot.scan_id, None)  # unknown until this write has landed
         state = snapshot.state.encode()
         first: list[Awaitable[object]] = [self._kv_of(key).put(key, state) for key in sorted(new_keys - old_keys)]
-        if result is not None:
-            first.append(self.objects.put(result_object(snapshot.scan_id), result))
+        first.extend(self.kv.put(apart_key(snapshot.scan_id, n), part) for n, part in enumerate(parts))
         if snapshot.completed is not None and snapshot.completed[0] not in old_keys:
             # The job completes with this write: it is its target's latest completed scan.
             first.append(self.kv.put(snapshot.completed[1], snapshot.scan_id.encode()))
@@ -449,15 +462,17 @@ class JetStreamJobStore:
         await self._delete_keys(sorted(old_keys - new_keys))
         self._remember(snapshot.scan_id, new_keys)
 
-    def _result_apart(self, snapshot: Snapshot) -> tuple[bytes, bytes]:
-        """The record with a marker in its result's place, and the result: or the refusal of a
-        record too large even so (its events or shards: no scan of the policy's limits has as
-        many), named, not left to look like a store that will answer later."""
+    def _result_apart(self, snapshot: Snapshot) -> tuple[bytes, list[bytes]]:
+        """The record with a marker in its result's place, and the result in parts of one
+        message each: or the refusal of a record too large even so (its events or shards: no
+        scan of the policy's limits has as many), named, not left to look like a store that
+        will answer later."""
+        limit = self._bus.nc.max_payload - RECORD_HEADROOM_BYTES
         record = json.loads(snapshot.body)
         result = json.dumps(record["result"], separators=(",", ":")).encode()
-        record["result"] = {RESULT_APART: len(result)}
+        parts = [result[start : start + limit] for start in range(0, len(result), limit)]
+        record["result"] = {RESULT_APART: len(result), "parts": len(parts)}
         body = json.dumps(record, separators=(",", ":")).encode()
-        limit = self._bus.nc.max_payload - RECORD_HEADROOM_BYTES
         if len(body) > limit:
             raise ValidationError(
                 f"the record of scan {snapshot.scan_id} is {len(body)} bytes without its result, over the "
@@ -466,7 +481,7 @@ class JetStreamJobStore:
                 recovery_suggestion="Scan a smaller block (fewer shards); the operator may raise the NATS "
                 "servers' max_payload.",
             )
-        return body, result
+        return body, parts
 
     def _remember(self, scan_id: str, keys: set[str]) -> None:
         self._written[scan_id] = keys
@@ -513,7 +528,7 @@ class JetStreamJobStore:
     async def _delete(self, scan_ids: list[str]) -> int:
         removed = 0
         for scan_id in scan_ids:
-            job = await self._job(scan_id)
+            job = await self._stored(scan_id)
             if job is None:
                 continue
             if job.shards:  # a sharded scan's shards go with it (they are listed as it)
@@ -521,10 +536,9 @@ class JetStreamJobStore:
             latest = latest_key_of(job)
             if latest is not None and await self._get(latest) == scan_id.encode():
                 await remove_key(self._bus.js, self.bucket, latest)  # the next rescan lists the `s.` keys
-            await self._delete_keys([*sorted(index_keys(job)), f"r.{scan_id}"])
-            for name in (scan_id, result_object(scan_id)):
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await self.objects.delete(name)
+            await self._delete_keys([*sorted(index_keys(job)), f"r.{scan_id}", *apart_keys(job)])
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.objects.delete(scan_id)
             await remove_key(self._bus.js, self.bucket, f"job.{scan_id}")
             self._written.pop(scan_id, None)
             removed += 1
@@ -779,10 +793,27 @@ class JetStreamJobStore:
         stored jobs. A sharded scan counts once (its shards' keys name no principal). Awaited,
         not blocking: a front's other calls go on while NATS answers."""
 
-        async def read() -> int:
-            return len(await self._keys(f"u.{hex_part(principal)}.*.*"))
+        action = f"count the unfinished scans of {principal}"
+        return await self._read_soon(action, lambda: self._unfinished_of(principal))
 
-        return await self._read_soon(f"count the unfinished scans of {principal}", read)
+    async def _unfinished_of(self, principal: str) -> int:
+        return len(await self._keys(f"u.{hex_part(principal)}.*.*"))
+
+    def unfinished_of_soon(self, principal: str) -> asyncio.Task[int]:
+        """`unfinished_of` sent now (the bus loop starts it in its next turn, while the caller
+        goes on); the task, on the caller's loop, gives the answer or its `store_unreachable`.
+        A caller that never needs it leaves the task to end on its own."""
+        action = f"count the unfinished scans of {principal}"
+        with _read_errors(action):
+            sent = self._bus.submit_repeatable(lambda: self._unfinished_of(principal), action)
+
+        async def answer() -> int:
+            with _read_errors(action):
+                return await self._bus.outcome(sent, action)
+
+        task = asyncio.ensure_future(answer())
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return task
 
     async def _recorded(self) -> tuple[set[str], list[IndexEntry]]:
         """The scan ids that have a record, and the `s.` entries of those only (an index key a
@@ -866,7 +897,7 @@ class JetStreamJobStore:
     async def _repair(self) -> None:
         """Delete the index keys a crash between two writes left behind (the sweep's chore)."""
         records = {key[4:] for key, _ in await self._keys("job.*")}
-        for pattern in ("p.>", "e.>", "s.>", "u.>", "f.*.*", "r.*"):
+        for pattern in ("p.>", "e.>", "s.>", "u.>", "f.*.*", "r.*", "x.*.*"):
             keys = [key for key, _ in await self._keys(pattern) if key.rpartition(".")[2] not in records]
             await self._delete_keys(keys)
         # A target's latest-scan key names its scan in its value (a hint: a stale one is only skipped).

@@ -22,6 +22,7 @@ import pytest
 from support.bus_security import SecuredBus, nats_auth, secured_nats
 from support.fleet import FleetLab, FleetNames, started_bus
 from support.listeners import tcp_listener
+from support.runners import GatedRunner, nmap_xml_with_open_ports
 
 from appliance.config import Settings, load_settings
 from appliance.errors import ApplianceError, ConfigError, ExecutionError
@@ -446,3 +447,32 @@ def test_an_empty_password_file_refuses_the_start_without_connecting(tmp_path: P
     with pytest.raises(ConfigError, match="is empty") as refusal:
         connect(settings)
     assert refusal.value.rule == "settings_invalid"
+
+
+async def test_a_result_larger_than_a_message_is_written_and_read_under_the_roles_own_users(tmp_path: Path) -> None:
+    # Its parts are keys of the job bucket: the segment writes them and reads them back (its
+    # sweeps and folds read records), the fronts read them, each under its own permissions.
+    scanner = GatedRunner(stdout=nmap_xml_with_open_ports([f"127.0.0.{n}" for n in range(256)], 30))
+    scanner.gate.set()
+    with secured_nats(tmp_path / "bus", FleetNames(), max_payload="256KB") as bus:
+        lab = FleetLab(bus.url, tmp_path, names=bus.names, credentials=bus.credentials)
+        try:
+            front = lab.front()
+            seg_a = lab.segment("seg-a", "seg-a-1", runner=scanner)
+            worker = await running(seg_a)
+            try:
+                result = await front.service.call(
+                    NMAP, NmapRequest(target="127.0.0.0/24", ports="1-30", wait_seconds=60), "rid-big"
+                )
+            finally:
+                assert seg_a.worker is not None
+                seg_a.worker.stopping.set()
+                await asyncio.wait({worker}, timeout=10)
+            assert result.status == "completed"
+            assert len(result.hosts) == 256  # type: ignore[attr-defined]
+            for member in (front, seg_a):
+                stored = member.parts.store.get(result.scan_id)
+                assert stored is not None and stored.result is not None and len(stored.result["hosts"]) == 256
+            assert front.parts.bus.recent_refusal() is None and seg_a.parts.bus.recent_refusal() is None
+        finally:
+            lab.close()

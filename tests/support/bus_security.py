@@ -52,8 +52,9 @@ def create_nats_secrets(folder: Path, segments: Sequence[str] = SEGMENTS) -> sub
     )
 
 
-def test_config(root: Path) -> str:
-    """deploy/nats/nats.conf with the test host's secrets folder, name and ports."""
+def test_config(root: Path, max_payload: str) -> str:
+    """deploy/nats/nats.conf with the test host's secrets folder, name and ports (and
+    `max_payload`, the file's own unless a test needs records to outgrow a message sooner)."""
     text = NATS_CONF.read_text()
     # The cluster block is the file's last: a lone node with it would wait for its routes.
     cluster = text.index("\ncluster {")
@@ -64,6 +65,7 @@ def test_config(root: Path) -> str:
         ("server_name: $NATS_SERVER_NAME", "server_name: test-node"),
         ("store_dir: /data", f"store_dir: {root.parent / 'server' / 'jetstream'}"),
         ("http: 127.0.0.1:8222", "http: 127.0.0.1:-1"),
+        ("max_payload: 1MB", f"max_payload: {max_payload}"),
     ]:
         assert shipped in text, f"deploy/nats/nats.conf no longer has {shipped!r}"
         text = text.replace(shipped, here)
@@ -101,7 +103,9 @@ class SecuredBus:
 
 
 @contextlib.contextmanager
-def secured_nats(directory: Path, names: FleetNames, segments: Sequence[str] = SEGMENTS) -> Iterator[SecuredBus]:
+def secured_nats(
+    directory: Path, names: FleetNames, segments: Sequence[str] = SEGMENTS, max_payload: str = "1MB"
+) -> Iterator[SecuredBus]:
     """The secrets as scripts/up makes them (the real script), with the users' subjects those of
     `names` (the test's own stream and buckets), and a server started from them."""
     secrets = directory / "secrets"
@@ -127,7 +131,7 @@ def secured_nats(directory: Path, names: FleetNames, segments: Sequence[str] = S
     ]:
         shutil.copyfile(secrets / source, mounted / target)
     config = directory / "root" / "etc" / "nats" / "nats.conf"
-    config.write_text(test_config(directory / "root"))
+    config.write_text(test_config(directory / "root", max_payload))
     with nats_server(directory / "server", config=config) as server:
         yield SecuredBus(server, secrets, names)
 

@@ -94,3 +94,21 @@ class GatedRunner:
             pid=0,
             stopped=stopped,
         )
+
+
+def nmap_xml_with_open_ports(addresses: Sequence[str], ports: int) -> bytes:
+    """nmap -oX output of `addresses` up, each with ports 1..`ports` open (a fake scanner replays it)."""
+    open_ports = "".join(
+        f'<port protocol="tcp" portid="{n}"><state state="open" reason="syn-ack" reason_ttl="0"/></port>'
+        for n in range(1, ports + 1)
+    )
+    hosts = "".join(
+        f'<host><status state="up" reason="user-set"/><address addr="{address}" addrtype="ipv4"/>'
+        f"<ports>{open_ports}</ports></host>"
+        for address in addresses
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><nmaprun scanner="nmap" args="nmap" start="1" version="7.93">'
+        f'{hosts}<runstats><finished time="2" elapsed="1" exit="success"/>'
+        f'<hosts up="{len(addresses)}" down="0" total="{len(addresses)}"/></runstats></nmaprun>'
+    ).encode()
