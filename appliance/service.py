@@ -139,12 +139,6 @@ class RateBudget:
         self.in_use -= rate
 
 
-def _dry_run(arguments: BaseModel | Mapping[str, Any]) -> bool:
-    """Whether a call asks for a dry run (it is then planned only: no count of the fleet's jobs)."""
-    asked = getattr(arguments, "dry_run", None) if isinstance(arguments, BaseModel) else arguments.get("dry_run")
-    return asked is True
-
-
 def _seen(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -385,8 +379,6 @@ class ScanService:
         marked = time.perf_counter()
         if caller is None:
             caller = self.caller(principal)
-        # A front's count of the caller's scans in the whole fleet, asked for before the checks.
-        held = None if self.fleet is None or _dry_run(arguments) else self.fleet.held_soon(self.owner(principal))
         record: dict[str, Any] = {
             "request_id": request_id,
             "principal": principal,
@@ -444,7 +436,7 @@ class ScanService:
             refusal = self.limiter.refusal(spec.name, principal)
             if refusal is None and self.fleet is not None:  # a front's share of the whole fleet
                 share = snapshot.policy.limits.concurrency.per_principal
-                refusal = await self.fleet.share_refusal(self.owner(principal), share, held)
+                refusal = await self.fleet.share_refusal(self.owner(principal), share)
             if refusal is not None:
                 raise refusal
             self.jobs.admissible()

@@ -9,10 +9,9 @@ key-value watch, so an answer comes the moment the segment writes it, not at a p
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from appliance.errors import ResourceExhaustedError
@@ -59,15 +58,7 @@ class FrontFleet:
         """The segment that runs `target`, or the refusal naming the segments known."""
         return route(target, self.view().segments, now=self.clock(), stale_after_seconds=self.stale_after_seconds)
 
-    def held_soon(self, owner: str) -> asyncio.Task[int]:
-        """`owner`'s unfinished scans in the fleet, asked for now: the call's checks run while
-        NATS answers (one round trip less on the way to the job's record). A call refused
-        before it needs the count leaves the task to end on its own."""
-        return self.store.unfinished_of_soon(owner)
-
-    async def share_refusal(
-        self, owner: str, share: PrincipalConcurrency, held_soon: Awaitable[int] | None = None
-    ) -> ResourceExhaustedError | None:
+    async def share_refusal(self, owner: str, share: PrincipalConcurrency) -> ResourceExhaustedError | None:
         """The refusal of one more job for `owner` when its unfinished scans in the whole fleet
         (every front's, in the shared store) have reached its share: the front's policy's
         per-principal `running` plus `queued`. A standalone appliance applies both to its own
@@ -75,7 +66,7 @@ class FrontFleet:
         one principal's thousand jobs would make every other team's wait behind them. Two fronts
         admitting at the same instant may both pass (the count is read, not reserved)."""
         most = share.running + share.queued
-        held = await (self.store.unfinished_of(owner) if held_soon is None else held_soon)
+        held = await self.store.unfinished_of(owner)
         if held < most:
             return None
         return ResourceExhaustedError(

@@ -799,22 +799,6 @@ class JetStreamJobStore:
     async def _unfinished_of(self, principal: str) -> int:
         return len(await self._keys(f"u.{hex_part(principal)}.*.*"))
 
-    def unfinished_of_soon(self, principal: str) -> asyncio.Task[int]:
-        """`unfinished_of` sent now (the bus loop starts it in its next turn, while the caller
-        goes on); the task, on the caller's loop, gives the answer or its `store_unreachable`.
-        A caller that never needs it leaves the task to end on its own."""
-        action = f"count the unfinished scans of {principal}"
-        with _read_errors(action):
-            sent = self._bus.submit_repeatable(lambda: self._unfinished_of(principal), action)
-
-        async def answer() -> int:
-            with _read_errors(action):
-                return await self._bus.outcome(sent, action)
-
-        task = asyncio.ensure_future(answer())
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())
-        return task
-
     async def _recorded(self) -> tuple[set[str], list[IndexEntry]]:
         """The scan ids that have a record, and the `s.` entries of those only (an index key a
         crash left without its record is not a job)."""

@@ -7,11 +7,8 @@ fronts hold the spy runner, so a front that started a scanner itself would fail 
 from __future__ import annotations
 
 import asyncio
-import gc
-import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -22,7 +19,7 @@ from support.nats import NatsServer, small_payload_nats_server
 from support.runners import GatedRunner, SpyRunner, nmap_xml_with_open_ports
 from support.traces import recorded_spans
 
-from appliance.errors import ApplianceError, ExecutionError, ResourceExhaustedError, ValidationError
+from appliance.errors import ResourceExhaustedError, ValidationError
 from appliance.tools import TOOLS
 from appliance.tools.nmap import NmapRequest
 
@@ -283,40 +280,3 @@ async def test_a_segments_rescan_looks_its_previous_scan_up_while_the_scanner_ru
     assert looked_up_while_gated == [False, True]  # the first scan's gate was open from the start
     assert ended.result is not None
     assert ended.result["changes_since_previous"]["previous_scan_id"] == first.scan_id
-
-
-async def test_a_fronts_share_count_is_asked_for_before_the_checks_and_a_refusal_leaves_nothing_behind(
-    fleet: FleetLab, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The count (a listing of the live bucket, a round trip) is sent before the front checks the
-    # request and runs meanwhile; a call the checks refuse never needs it, and its failure is
-    # seen, not left to asyncio's "exception was never retrieved".
-    fleet.segment("seg-a", "seg-a-1", runner=SpyRunner())
-    front = fleet.front(SHARE_OF_TWO)
-    order: list[str] = []
-    count, check = front.parts.store.unfinished_of_soon, front.service.check
-
-    def counted(owner: str) -> asyncio.Task[int]:
-        order.append("count sent")
-        return count(owner)
-
-    async def checked(*args: Any, **kwargs: Any) -> Any:
-        order.append("check")
-        return await check(*args, **kwargs)
-
-    monkeypatch.setattr(front.parts.store, "unfinished_of_soon", counted)
-    monkeypatch.setattr(front.service, "check", checked)
-    queued = await front.service.call(NMAP, NmapRequest(target="127.0.0.7", wait_seconds=0), "r1", principal="alice")
-    assert queued.status == "queued"
-    assert order == ["count sent", "check"]
-
-    async def unreachable(owner: str) -> int:
-        raise ExecutionError("NATS is electing a leader", rule="store_unreachable")
-
-    monkeypatch.setattr(front.parts.store, "_unfinished_of", unreachable)  # on the bus loop: the count fails
-    with caplog.at_level(logging.ERROR, logger="asyncio"), pytest.raises(ApplianceError) as refused:
-        await front.service.call(NMAP, NmapRequest(target="10.99.0.1", wait_seconds=0), "r2", principal="alice")
-    assert refused.value.rule == "target_out_of_scope"
-    await asyncio.sleep(0.05)
-    gc.collect()
-    assert [r for r in caplog.records if r.name == "asyncio"] == []
