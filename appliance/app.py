@@ -152,7 +152,7 @@ class Appliance:
                 sealer = roles.sealer(settings)
             else:
                 seals = roles.seal_check(settings)
-            self.fleet = roles.connect(settings)
+            self.fleet = roles.connect(settings, roles.record_seals(settings, sealer, seals))
             self.job_store = self.fleet.store
         # Built at first use (appliance.metrics) unless `registry` is given.
         self.metrics = Metrics(

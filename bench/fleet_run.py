@@ -45,7 +45,7 @@ from bench.stats import summary_ms
 
 # The suite's helpers live beside the tests (pytest puts tests/ on sys.path the same way).
 sys.path.insert(0, str(REPO / "tests"))
-from support.fleet import seal_files
+from support.fleet import record_seals, seal_files
 from support.nats import nats_server
 from support.servers import TOKEN, Served, served
 from support.waiting import wait_until
@@ -320,7 +320,8 @@ def fill(nats_url: str, count: int) -> dict[str, Any]:
     bus = BusThread(BusSettings(servers=(nats_url,)))
     bus.start()
     try:
-        store = JetStreamJobStore(bus)
+        # Signed as a front signs (the fronts' key of seal_files): the front believes them.
+        store = JetStreamJobStore(bus, records=record_seals(None))
         now = time.time()
         started = time.perf_counter()
         for number in range(count):
@@ -348,7 +349,7 @@ async def store_run(params: dict[str, Any]) -> dict[str, Any]:
         bus = BusThread(BusSettings(servers=(the_fleet.nats_url,)))
         bus.start()
         try:
-            store = JetStreamJobStore(bus)
+            store = JetStreamJobStore(bus, records=record_seals(None))  # checks what it reads, as a front does
             where = JobFilter(principal=PRINCIPAL)
             mcp_s: list[float] = []
             page_s: list[float] = []

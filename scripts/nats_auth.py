@@ -150,6 +150,8 @@ def segment_permissions(names: BusNames, segment: str) -> dict[str, object]:
         f"$JS.ACK.{names.stream}.{consumer}.>",
         *_kv_read(names.segments_bucket),
         f"$KV.{names.segments_bucket}.seg.{segment}.*",
+        # Its appliances' record keys (appliance.fleet.records): what readers trust as this segment.
+        f"$KV.{names.segments_bucket}.key.{segment}.*",
         *_kv_read(names.jobs_bucket),
         *_kv_write(names.jobs_bucket),
         *_kv_read(names.live_bucket),

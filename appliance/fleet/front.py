@@ -9,7 +9,6 @@ key-value watch, so an answer comes the moment the segment writes it, not at a p
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -83,4 +82,4 @@ class FrontFleet:
     async def follow(self, scan_id: str) -> AsyncIterator[Job | None]:
         """The job's record now and after each change (None: it was deleted)."""
         async for value in watch_key(self.store.bus, self.store.bucket, f"job.{scan_id}"):
-            yield None if not value else await self.store.whole_soon(Job.from_record(json.loads(value)))
+            yield None if not value else await self.store.decode_soon(value)

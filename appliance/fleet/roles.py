@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from appliance.fleet.bus import BusSettings, BusThread
 from appliance.fleet.front import STALE_AFTER_SECONDS, FrontFleet
 from appliance.fleet.kv import stream_drift
 from appliance.fleet.queue import JobQueue, QueueSettings
+from appliance.fleet.records import RecordSeals
 from appliance.fleet.seal import SealCheck, Sealer, missing
 from appliance.fleet.segments import SegmentRegistry
 from appliance.jobs.jetstream import JetStreamJobStore
@@ -133,6 +135,31 @@ def seal_check(settings: Settings) -> SealCheck:
     return SealCheck.from_file(settings.fleet_seal_public_keys_file)
 
 
+def record_seals(settings: Settings, sealer: Sealer | None, seals: SealCheck | None) -> RecordSeals:
+    """How a served role signs the records it writes and whom it trusts (appliance.fleet.records):
+    a front as a front (its own key, and the public keys file's while a key is rotated), a segment
+    appliance with a key of its own made now (connect publishes it)."""
+    if settings.role == "segment":
+        # The settings refuse a segment role without its name; app.py read its seal_check.
+        assert settings.segment is not None
+        assert seals is not None
+        return RecordSeals.of_segment(settings.segment, seals.keys)
+    assert sealer is not None
+    others = {} if settings.fleet_seal_public_keys_file is None else seal_check(settings).keys
+    return RecordSeals.of_front(sealer.key, others)
+
+
+def operator_records(settings: Settings) -> RecordSeals:
+    """`appliance jobs` on a fleet store: with the fronts' key it reads and writes as a front;
+    with the public keys alone (a segment's container) it reads and checks, and writes no record."""
+    if settings.fleet_seal_key_file is not None:
+        others = {} if settings.fleet_seal_public_keys_file is None else seal_check(settings).keys
+        return RecordSeals.of_front(sealer(settings).key, others)
+    if settings.fleet_seal_public_keys_file is None:
+        raise missing("front")
+    return RecordSeals(None, dict(seal_check(settings).keys))
+
+
 def queue_settings(settings: Settings) -> QueueSettings:
     return QueueSettings(
         ack_wait_seconds=settings.fleet_ack_wait_seconds,
@@ -152,24 +179,32 @@ def creates(settings: Settings) -> bool:
 
 def connect_store(settings: Settings) -> tuple[BusThread, JetStreamJobStore]:
     """The bus and the job store alone (the operator CLI's `appliance jobs`); close the bus after."""
+    records = operator_records(settings)  # the key files first: nothing is read unchecked
     bus = BusThread(bus_settings(settings))
     bus.start()
     try:
-        return bus, JetStreamJobStore(bus, replicas=settings.fleet_replicas, create=creates(settings))
+        create = creates(settings)
+        store = JetStreamJobStore(bus, replicas=settings.fleet_replicas, create=create, records=records)
+        records.lookup = SegmentRegistry(bus, replicas=settings.fleet_replicas, create=create).published
+        return bus, store
     except BaseException:
         bus.close()
         raise
 
 
-def connect(settings: Settings) -> FleetParts:
+def connect(settings: Settings, records: RecordSeals) -> FleetParts:
     """Connect and open the buckets and the queue; BusUnavailable (the start is refused) when
-    NATS does not answer: a fleet appliance without its bus has nothing to serve."""
+    NATS does not answer: a fleet appliance without its bus has nothing to serve. A segment
+    appliance publishes its record key before anything else is written (`records`)."""
     bus = BusThread(bus_settings(settings))
     bus.start()
     try:
         create = creates(settings)
-        store = JetStreamJobStore(bus, replicas=settings.fleet_replicas, create=create)
+        store = JetStreamJobStore(bus, replicas=settings.fleet_replicas, create=create, records=records)
         registry = SegmentRegistry(bus, replicas=settings.fleet_replicas, create=create)
+        records.lookup = registry.published
+        if settings.role == "segment" and records.signer is not None and settings.segment is not None:
+            registry.publish_key(records.signer, settings.segment, settings.appliance_id, time.time())
         queue = JobQueue(bus, queue_settings(settings), create=create)
         parts = FleetParts(bus, store, registry, queue)
         if create:  # a front: the role that makes the streams reads what they kept

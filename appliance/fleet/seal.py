@@ -133,14 +133,14 @@ class SealCheck:
                 rule="job_seal_invalid",
                 recovery_suggestion=RECOVERY,
             )
-        if not _verifies(key, seal.get("admission"), _admission(job)):
+        if not verifies(key, seal.get("admission"), _admission(job)):
             raise PermissionDeniedError(
                 f"scan {job.scan_id}'s seal does not match its record: its caller, request, engagement, segment or "
                 "parent was changed after a front admitted it",
                 rule="job_seal_invalid",
                 recovery_suggestion=RECOVERY,
             )
-        if (job.approval or {}).get("decision") == "approved" and not _verifies(
+        if (job.approval or {}).get("decision") == "approved" and not verifies(
             key, seal.get("approval"), _approval(job)
         ):
             raise PermissionDeniedError(
@@ -164,7 +164,7 @@ class SealCheck:
         return cls.of([key for key in keys if isinstance(key, Ed25519PublicKey)])
 
 
-def _verifies(key: Ed25519PublicKey, signature: object, message: bytes) -> bool:
+def verifies(key: Ed25519PublicKey, signature: object, message: bytes) -> bool:
     if not isinstance(signature, str):
         return False
     try:

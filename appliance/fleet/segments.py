@@ -25,7 +25,8 @@ from pydantic import ValidationError as ModelError
 
 from appliance.errors import ExecutionError, ValidationError
 from appliance.fleet.bus import BusThread
-from appliance.fleet.kv import key_value_bucket, live_entries
+from appliance.fleet.kv import key_value_bucket, live_entries, read_entry
+from appliance.fleet.records import RecordSigner, published_key
 from appliance.fleet.routing import SegmentScope
 from appliance.policy.model import Policy
 
@@ -97,6 +98,21 @@ class SegmentRegistry:
             await self.kv.put(key, body)
 
         self._call(f"advertise segment {scope.name}", put)
+
+    def publish_key(self, signer: RecordSigner, segment: str, appliance: str, now: float) -> None:
+        """Put this appliance's record key where only its segment's login may write
+        (appliance.fleet.records): before it writes any record. Never withdrawn: the records it
+        signed must stay readable after it stops."""
+        key, body = published_key(segment, signer.key_id), signer.publication(appliance, now)
+
+        async def put() -> None:
+            await self.kv.put(key, body)
+
+        self._call(f"publish the record key of segment {segment}", put)
+
+    async def published(self, segment: str, kid: str) -> bytes | None:
+        """A published record key's value (on the bus loop), read from the stream's leader."""
+        return (await read_entry(self._bus.js, self.bucket, published_key(segment, kid)))[0]
 
     def withdraw(self, segment: str, appliance: str) -> None:
         """A clean stop: this appliance no longer runs jobs of `segment`. A delete marker, not a

@@ -32,6 +32,7 @@ from appliance.approval.model import Decision
 from appliance.errors import ApplianceError
 from appliance.fleet import approvals
 from appliance.fleet.queue import Delivery, QueueSettings, SegmentConsumer
+from appliance.fleet.records import RecordUnverifiedError
 from appliance.fleet.seal import SEAL_RULES, SealCheck
 from appliance.fleet.segments import SegmentRegistry, advertisement
 from appliance.fleet.shards import fold_shard, merge_parent
@@ -136,8 +137,21 @@ class SegmentWorker:
         acked, comes again after ack_wait)."""
         try:
             await self._handle(delivery)
+        except RecordUnverifiedError as exc:
+            await self._untrusted(delivery, exc)
         except Exception:
             log.exception("job delivery could not be handled", extra={"scan_id": delivery.scan_id})
+
+    async def _untrusted(self, delivery: Delivery, exc: RecordUnverifiedError) -> None:
+        """A job whose record no front and no appliance of this segment wrote as it stands (another
+        segment's login rewrote it): nothing in it is run or written back (what it says cannot be
+        told from what it said), the refusal is audited and counted for the
+        ApplianceFleetUnsealedJob alert, and the message acked (a redelivery would find the same)."""
+        self.counts.refused += 1
+        self.counts.unsealed += 1
+        record = {"scan_id": delivery.scan_id, "segment": self.segment, "runner": self.appliance_id}
+        self.service.refuse(exc, record, tool=None)
+        await self._ack(delivery)
 
     async def _handle(self, delivery: Delivery) -> None:
         self.counts.received += 1
@@ -199,6 +213,8 @@ class SegmentWorker:
         when the store may answer."""
         try:
             return self.store.claim_to_run(delivery.scan_id, self.appliance_id, self.clock(), takeover=takeover)
+        except RecordUnverifiedError:
+            raise  # not the store's trouble: a refusal (handle)
         except ApplianceError as exc:
             log.warning("job not claimed", extra={"scan_id": delivery.scan_id, "rule": exc.rule})
             return None

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections import OrderedDict
@@ -66,6 +67,7 @@ from nats.js.object_store import ObjectStore
 from appliance.errors import ExecutionError, ValidationError
 from appliance.fleet.bus import BusThread, BusUnavailable
 from appliance.fleet.kv import key_value_bucket, live_entries, not_provisioned, read_entry, remove_key
+from appliance.fleet.records import RAW_RULE, RecordSeals, RecordUnverifiedError
 from appliance.jobs.model import FINISHED, UNFINISHED, Job, target_key
 from appliance.jobs.store import JobFilter, JobPage, take_oldest
 
@@ -194,8 +196,11 @@ class Snapshot:
     completed: tuple[str, str] | None = None
 
     @classmethod
-    def of(cls, job: Job) -> Snapshot:
-        body = json.dumps(job.to_record(), separators=(",", ":")).encode()
+    def of(cls, job: Job, records: RecordSeals | None = None) -> Snapshot:
+        record = job.to_record()
+        if records is not None:  # signed whole, its result in place (appliance.fleet.records)
+            record = records.seal(record)
+        body = json.dumps(record, separators=(",", ":")).encode()
         latest = latest_key_of(job)
         completed = None
         if latest is not None:
@@ -242,12 +247,15 @@ class JetStreamJobStore:
         raw_bucket: str = RAW_BUCKET,
         replicas: int = 1,
         create: bool = True,
+        records: RecordSeals | None = None,
     ) -> None:
         """Open the three buckets (`bucket`, `<bucket>_live`, `raw_bucket`) on a started `bus`,
         creating them when missing if `create` (a front; a segment's NATS user may not:
         ExecutionError `bus_not_provisioned`). Raises ExecutionError when NATS does not answer or
-        JetStream refuses the buckets."""
+        JetStream refuses the buckets. `records`: every record written is signed and every record
+        read checked (a fleet role's store: appliance.fleet.records); None for neither."""
         self._bus = bus
+        self.records = records
         self._create = create
         self.bucket = bucket
         self.live_bucket = live_bucket_of(bucket)
@@ -376,14 +384,40 @@ class JetStreamJobStore:
     async def _get(self, key: str) -> bytes | None:
         return (await read_entry(self._bus.js, self._bucket_of(key), key))[0]
 
+    async def _record(self, scan_id: str) -> bytes | None:
+        return await self._get(f"job.{scan_id}")
+
     async def _stored(self, scan_id: str) -> Job | None:
-        """The record as stored (a result kept apart still its marker)."""
-        value = await self._get(f"job.{scan_id}")
+        """The record as stored (a result kept apart still its marker), unchecked: for what only
+        its keys matter to (the index keys a write replaces, a delete)."""
+        value = await self._record(scan_id)
         return None if not value else Job.from_record(json.loads(value))
 
     async def _job(self, scan_id: str) -> Job | None:
-        job = await self._stored(scan_id)
-        return None if job is None else await self.whole(job)
+        """The record, whole and checked (RecordUnverifiedError: no front or appliance of its
+        segment wrote it as it is)."""
+        value = await self._record(scan_id)
+        return None if not value else await self._decode(value)
+
+    async def _decode(self, value: bytes) -> Job:
+        record = json.loads(value)
+        job = await self.whole(Job.from_record(record))
+        if self.records is not None:
+            await self.records.check({**record, "result": job.result})
+        return job
+
+    async def decode_soon(self, value: bytes) -> Job:
+        """A record's value as a job, whole and checked, awaited on the caller's loop (a front's
+        follow of a record it was sent)."""
+        return await self._read_soon("read a scan's record", lambda: self._decode(value))
+
+    async def _listed(self, scan_id: str) -> Job | None:
+        """`_job` for a listing: a record nobody may have written is left out (logged), not shown."""
+        try:
+            return await self._job(scan_id)
+        except RecordUnverifiedError as exc:
+            log.warning("an untrusted job record is left out", extra={"scan_id": scan_id, "reason": exc.message})
+            return None
 
     async def whole(self, job: Job) -> Job:
         """`job` with its result back in place when the record keeps it apart (on the bus loop):
@@ -425,7 +459,7 @@ class JetStreamJobStore:
         async with self._in_order(scan_id):
             old_keys = set() if new else self._written.get(scan_id)
             if old_keys is None:
-                old = await self._job(scan_id)
+                old = await self._stored(scan_id)
                 old_keys = set() if old is None else index_keys(old)
 
             async def record(body: bytes) -> None:
@@ -490,13 +524,16 @@ class JetStreamJobStore:
             self._written.popitem(last=False)
 
     def put(self, job: Job, raw: bytes | None = None, *, new: bool = False) -> None:
-        snapshot = Snapshot.of(job)
+        if raw is not None:
+            # On the job itself, so that its later writes carry it too (the raw output is written once).
+            job.raw_sha256 = hashlib.sha256(raw).hexdigest()
+        snapshot = Snapshot.of(job, self.records)
         self._write(f"record scan {job.scan_id}", lambda: self._put(snapshot, raw, new=new))
 
     def put_state(self, job: Job) -> None:
         # A key-value entry is written whole: a state change rewrites the record (the live job
         # holds it all), unlike SQLite's patch in place.
-        snapshot = Snapshot.of(job)
+        snapshot = Snapshot.of(job, self.records)
         self._write(f"record the state of scan {job.scan_id}", lambda: self._put(snapshot, None))
 
     def put_state_soon(self, job: Job) -> Coroutine[Any, Any, None]:
@@ -504,7 +541,7 @@ class JetStreamJobStore:
         caller goes on (a segment starts the scan meanwhile: three round trips less before it),
         and the job's next write waits for this one. The coroutine returned, awaited on the
         caller's loop, ends when the write has landed, or raises put_state's ExecutionError."""
-        snapshot = Snapshot.of(job)
+        snapshot = Snapshot.of(job, self.records)
         action = f"record the state of scan {job.scan_id}"
         with self._write_errors(action):  # the connection is closed: nothing is sent
             sent = self._bus.submit_repeatable(lambda: self._put(snapshot, None), action)
@@ -560,7 +597,7 @@ class JetStreamJobStore:
                 value, revision = await read_entry(self._bus.js, self.bucket, key)
                 if not value or revision is None:
                     return None
-                job = await self.whole(Job.from_record(json.loads(value)))
+                job = await self._decode(value)
                 old_keys = index_keys(job)
                 if not change(job):
                     return None
@@ -569,7 +606,7 @@ class JetStreamJobStore:
                     await self.kv.update(key, body, last=revision)
 
                 try:
-                    await self._write_in_order(Snapshot.of(job), old_keys, record)
+                    await self._write_in_order(Snapshot.of(job, self.records), old_keys, record)
                 except nats.js.errors.KeyWrongLastSequenceError:
                     continue  # another appliance's write came first (its index keys are its own)
                 return job
@@ -700,7 +737,7 @@ class JetStreamJobStore:
         return self._read(f"read {len(ids)} scans", read)
 
     def raw(self, scan_id: str) -> bytes | None:
-        async def read() -> bytes | None:
+        async def stored() -> bytes | None:
             inline = await self._get(f"r.{scan_id}")
             if inline is not None:
                 return inline
@@ -709,6 +746,19 @@ class JetStreamJobStore:
             except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError):
                 return None
             return result.data
+
+        async def read() -> bytes | None:
+            if self.records is None:
+                return await stored()
+            job, output = await asyncio.gather(self._job(scan_id), stored())
+            if output is None:
+                return None
+            # The output must be the one its checked record names (a key of its own, writable by any segment).
+            if job is None or job.raw_sha256 != hashlib.sha256(output).hexdigest():
+                raise RecordUnverifiedError(
+                    scan_id, "its raw output is not the one its record names (its sha256 differs)", rule=RAW_RULE
+                )
+            return output
 
         return self._read(f"read the raw output of {scan_id}", read)
 
@@ -738,7 +788,7 @@ class JetStreamJobStore:
         jobs: list[Job] = []
         more = False
         for scan_id in candidates:
-            job = await self._job(scan_id)
+            job = await self._listed(scan_id)
             # The record decides: a stale index key (a crash between two writes) is skipped.
             if job is None or not matches(job.principal, job.tool, target_key(job.target), job.state, scan_id):
                 continue
@@ -811,7 +861,7 @@ class JetStreamJobStore:
             states: dict[str, str] = {}
             for entry in entries:
                 if entry.scan_id in states and states[entry.scan_id] != entry.state:
-                    job = await self._job(entry.scan_id)  # two states: a stale key; the record decides
+                    job = await self._listed(entry.scan_id)  # two states: a stale key; the record decides
                     if job is not None:
                         states[entry.scan_id] = job.state
                 else:
@@ -834,7 +884,7 @@ class JetStreamJobStore:
             jobs: list[Job | None] = []
             for start in range(0, len(ids), READS_AT_ONCE):
                 jobs.extend(
-                    await asyncio.gather(*(self._job(scan_id) for scan_id in ids[start : start + READS_AT_ONCE]))
+                    await asyncio.gather(*(self._listed(scan_id) for scan_id in ids[start : start + READS_AT_ONCE]))
                 )
             return sorted(
                 (job for job in jobs if job is not None and job.state in UNFINISHED), key=lambda job: job.scan_id

@@ -117,6 +117,9 @@ class Job:
     error: dict[str, Any] | None = None
     # The scanner's output size before the stored copy was cut to `limits.stored_raw_bytes`.
     raw_bytes: int | None = None
+    # The stored copy's sha256 (a fleet store's: the raw output is a key of its own, bound to the
+    # signed record by this; appliance.fleet.records).
+    raw_sha256: str | None = None
     # The engagement the scan ran in (None: the policy had no engagements); its principals may read it.
     engagement: str | None = None
     # The fleet appliance that claimed the job and runs it (None: a standalone appliance runs its own).
@@ -174,6 +177,7 @@ class Job:
             "result": self.result,
             "error": self.error,
             "raw_bytes": self.raw_bytes,
+            "raw_sha256": self.raw_sha256,
             "engagement": self.engagement,
             "runner": self.runner,
             "segment": self.segment,

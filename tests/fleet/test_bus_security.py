@@ -13,20 +13,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nats.errors
 import pytest
 from support.bus_security import SecuredBus, nats_auth, secured_nats
-from support.fleet import FleetLab, FleetNames, started_bus
+from support.fleet import FleetLab, FleetNames, record_seals, started_bus
 from support.listeners import tcp_listener
 from support.runners import GatedRunner, nmap_xml_with_open_ports
 
 from appliance.config import Settings, load_settings
 from appliance.errors import ApplianceError, ConfigError, ExecutionError
 from appliance.fleet.bus import BusSettings, BusThread, BusUnauthorized, BusUnavailable
+from appliance.fleet.records import published_key
 from appliance.fleet.roles import bus_settings, connect
 from appliance.fleet.routing import SegmentScope
 from appliance.tools import TOOLS
@@ -39,22 +39,6 @@ NMAP = TOOLS["nmap_scan"]
 PROBE_SECONDS = 1.0
 # nats-server's error code for a consumer whose filter is not the one its create subject names.
 FILTER_MISMATCH = 10131
-
-
-@pytest.fixture
-def secured(tmp_path: Path) -> Iterator[SecuredBus]:
-    """A server of the test's own (starts in milliseconds): no test sees another's jobs or keys."""
-    with secured_nats(tmp_path / "bus", FleetNames()) as bus:
-        yield bus
-
-
-@pytest.fixture
-def lab(secured: SecuredBus, tmp_path: Path) -> Iterator[FleetLab]:
-    """A fleet on the secured server (its names are the ones the users were written for); a
-    front first: it creates the stream and buckets, which segments may only open."""
-    fleet = FleetLab(secured.url, tmp_path, names=secured.names, credentials=secured.credentials)
-    yield fleet
-    fleet.close()
 
 
 def probe_bus(secured: SecuredBus, user: str) -> BusThread:
@@ -253,6 +237,32 @@ async def test_a_segment_user_cannot_advertise_another_segment(lab: FleetLab, se
     seg_a.parts.registry.advertise(seg_a.parts.registry.view().segments[0], "seg-a-1")  # its own: still fine
 
 
+async def test_a_segment_user_cannot_publish_a_record_key_for_another_segment(
+    lab: FleetLab, secured: SecuredBus
+) -> None:
+    """What readers trust as seg-b's word (appliance.fleet.records) only seg-b's login can publish."""
+    front = lab.front()
+    seg_a = lab.segment("seg-a", "seg-a-1")  # published its own key at its start: allowed
+    signer = seg_a.parts.store.records.signer if seg_a.parts.store.records is not None else None
+    assert signer is not None and signer.writer == "segment:seg-a"
+    bus = probe_bus(secured, "segment-seg-a")
+    try:
+        key = f"$KV.{secured.names.segments_bucket}.{published_key('seg-b', signer.key_id)}"
+
+        async def put() -> None:
+            await bus.js.publish(key, signer.publication("seg-a-1", 0.0))
+
+        assert f'publish to "{key.lower()}"' in refused(bus, put, "publish a record key as seg-b")
+    finally:
+        bus.close()
+
+    async def read(segment: str) -> bytes | None:
+        return await front.parts.registry.published(segment, signer.key_id)
+
+    assert front.parts.bus.call(lambda: read("seg-b"), "read seg-b's key") is None
+    assert front.parts.bus.call(lambda: read("seg-a"), "read seg-a's key") is not None
+
+
 async def test_a_segment_user_cannot_delete_or_create_streams_and_buckets(lab: FleetLab, secured: SecuredBus) -> None:
     front = lab.front()
     lab.segment("seg-a", "seg-a-1")
@@ -357,7 +367,7 @@ def test_a_wrong_password_refuses_the_start_naming_the_rule_and_logs_no_password
     wrong = "not-the-password-" + "x" * 26
     caplog.set_level(logging.DEBUG)
     with pytest.raises(BusUnauthorized) as refusal:
-        connect(fleet_settings(secured, tmp_path, wrong))
+        connect(fleet_settings(secured, tmp_path, wrong), record_seals(None))
     assert refusal.value.rule == "bus_unauthorized"
     assert "refused user front" in refusal.value.message
     assert "APPLIANCE_NATS_PASSWORD_FILE" in (refusal.value.recovery_suggestion or "")
@@ -445,7 +455,7 @@ def test_an_empty_password_file_refuses_the_start_without_connecting(tmp_path: P
         nats_credentials_file=None,
     )
     with pytest.raises(ConfigError, match="is empty") as refusal:
-        connect(settings)
+        connect(settings, record_seals("seg-a"))
     assert refusal.value.rule == "settings_invalid"
 
 

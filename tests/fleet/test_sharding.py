@@ -274,11 +274,13 @@ async def test_the_sweep_merges_a_sharded_scan_whose_merge_was_lost_and_only_its
     fleet: FleetLab,
 ) -> None:
     seg_a = fleet.segment("seg-a", "seg-a-1", runner=SpyRunner())
+    # Written as a front (a segment's login writes its own segment's jobs only: appliance.fleet.records).
+    front = fleet.front()
     ours, theirs = two_shard_parent("seg-a"), two_shard_parent("seg-b")
     for parent in (ours, theirs):
-        seg_a.parts.store.put(parent)
+        front.parts.store.put(parent)
         for shard in ended_shards(parent):
-            seg_a.parts.store.put(shard)  # ended, and no merge followed (the appliance died there)
+            front.parts.store.put(shard)  # ended, and no merge followed (the appliance died there)
     assert seg_a.worker is not None
     assert seg_a.worker.merge_parents() == [ours.scan_id]
     merged = seg_a.parts.store.get(ours.scan_id)

@@ -20,6 +20,7 @@ from appliance.audit import AuditSink
 from appliance.config import Settings
 from appliance.fleet.bus import BusSettings, BusThread
 from appliance.fleet.queue import JobQueue, QueueSettings
+from appliance.fleet.records import RecordSeals
 from appliance.fleet.roles import FleetParts
 from appliance.fleet.seal import SealCheck, Sealer
 from appliance.fleet.segments import SegmentRegistry
@@ -123,15 +124,34 @@ class FleetNames:
         return QueueSettings(stream=f"JOBS_{self.suffix}", subject_prefix=f"jobs_{self.suffix}", **overrides)
 
 
+def record_seals(segment: str | None) -> RecordSeals:
+    """A front's record signatures (SEAL_KEY), or a new appliance of `segment`'s (a key of its own)."""
+    return RecordSeals.of_front(SEAL_KEY) if segment is None else RecordSeals.of_segment(segment, SEALS.keys)
+
+
 def fleet_parts(
-    url: str, names: FleetNames, queue: QueueSettings, *, create: bool = True, bus: Mapping[str, Any] | None = None
+    url: str,
+    names: FleetNames,
+    queue: QueueSettings,
+    *,
+    create: bool = True,
+    bus: Mapping[str, Any] | None = None,
+    segment: str | None = None,
+    appliance_id: str = "front-1",
 ) -> FleetParts:
-    """One appliance's parts; `create` False opens only (a segment: its NATS user may not create),
-    `bus` more BusSettings (a user, a password, TLS)."""
+    """One appliance's parts, as appliance.fleet.roles.connect makes them: a front's (`segment`
+    None) or an appliance of `segment`'s, its record key published; `create` False opens only
+    (a segment: its NATS user may not create), `bus` more BusSettings (a user, a password, TLS)."""
     connection = started_bus(url, **(bus or {}))
     try:
-        store = JetStreamJobStore(connection, bucket=names.jobs_bucket, raw_bucket=names.raw_bucket, create=create)
+        records = record_seals(segment)
+        store = JetStreamJobStore(
+            connection, bucket=names.jobs_bucket, raw_bucket=names.raw_bucket, create=create, records=records
+        )
         registry = SegmentRegistry(connection, bucket=names.segments_bucket, create=create)
+        records.lookup = registry.published
+        if segment is not None and records.signer is not None:
+            registry.publish_key(records.signer, segment, appliance_id, time.time())
         return FleetParts(connection, store, registry, JobQueue(connection, queue, create=create))
     except BaseException:
         connection.close()
@@ -167,7 +187,7 @@ def fleet_member(
 ) -> FleetMember:
     """A front (segment None: routes and follows; the spy runner proves it starts nothing) or an
     appliance of `segment` (the real runner unless a test gives one, the dict resolver)."""
-    parts = fleet_parts(url, names, queue, create=create, bus=bus)
+    parts = fleet_parts(url, names, queue, create=create, bus=bus, segment=segment, appliance_id=appliance_id)
     audit, registry, resolver = io.StringIO(), CollectorRegistry(), FakeResolver(resolves)
     runner = SpyRunner() if runner is None and segment is None else runner
     sink = AuditSink(stream=audit)
@@ -371,11 +391,11 @@ def stored_keys(store: JetStreamJobStore) -> set[str]:
 def record_reads(store: JetStreamJobStore) -> list[str]:
     """The scan ids whose records `store` reads from now on (a list that grows as it reads)."""
     reads: list[str] = []
-    real_job = store._job
+    real_record = store._record
 
-    async def counted(scan_id: str) -> Job | None:
+    async def counted(scan_id: str) -> bytes | None:
         reads.append(scan_id)
-        return await real_job(scan_id)
+        return await real_record(scan_id)
 
-    store._job = counted  # type: ignore[method-assign]
+    store._record = counted  # type: ignore[method-assign]
     return reads
