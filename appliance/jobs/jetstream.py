@@ -297,7 +297,7 @@ class JetStreamJobStore:
         a front moves them at its start (new keys first, then the old one; a crash in between
         leaves an old key the next start moves again)."""
         for key, _ in await live_entries(self._bus.js, self.bucket, "u.*", values=False):
-            job = await self._job(key[2:])
+            job = await self._stored(key[2:])  # its state and keys alone: nothing shown or run from it
             if job is not None:
                 await asyncio.gather(
                     *(self._kv_of(new).put(new, job.state.encode()) for new in index_keys(job) if new.startswith("u."))
