@@ -35,6 +35,7 @@ class FleetObserver:
             "appliance_id": self.appliance_id,
             "servers": parts.bus.settings.redacted_servers(),
             "connected": parts.bus.connected,
+            "untrusted_records": parts.store.untrusted,
         }
         if self.worker is not None:
             status["segment"] = self.worker.segment
@@ -122,3 +123,9 @@ class FleetCollector(Collector):
         for outcome, count in sorted(status.get("jobs", {}).items()):
             handled.add_metric([outcome], count)
         yield handled
+        yield CounterMetricFamily(
+            "appliance_fleet_untrusted_records",
+            "Job records and raw outputs this appliance refused to believe (no front and no appliance of the "
+            "job's own segment wrote them as they are), whoever read them.",
+            value=float(status.get("untrusted_records", 0)),
+        )

@@ -256,6 +256,9 @@ class JetStreamJobStore:
         read checked (a fleet role's store: appliance.fleet.records); None for neither."""
         self._bus = bus
         self.records = records
+        # Records (and raw outputs) refused by the check since start, whoever read them: the
+        # ApplianceFleetUntrustedRecord alert (appliance.fleet.observe).
+        self.untrusted = 0
         self._create = create
         self.bucket = bucket
         self.live_bucket = live_bucket_of(bucket)
@@ -403,7 +406,11 @@ class JetStreamJobStore:
         record = json.loads(value)
         job = await self.whole(Job.from_record(record))
         if self.records is not None:
-            await self.records.check({**record, "result": job.result})
+            try:
+                await self.records.check({**record, "result": job.result})
+            except RecordUnverifiedError:
+                self.untrusted += 1
+                raise
         return job
 
     async def decode_soon(self, value: bytes) -> Job:
@@ -755,6 +762,7 @@ class JetStreamJobStore:
                 return None
             # The output must be the one its checked record names (a key of its own, writable by any segment).
             if job is None or job.raw_sha256 != hashlib.sha256(output).hexdigest():
+                self.untrusted += 1
                 raise RecordUnverifiedError(
                     scan_id, "its raw output is not the one its record names (its sha256 differs)", rule=RAW_RULE
                 )

@@ -183,6 +183,9 @@ async def test_a_segments_login_rewriting_another_segments_scan_is_not_believed(
     # list_scans leaves it out rather than show it; get_scan refuses it, audited at the front.
     assert front.parts.store.page(JobFilter(), 10).jobs == []
     assert queries.list_scans(ListScansRequest(), stored.principal).scans == []
+    # Counted for ApplianceFleetUntrustedRecord: the raw output, the get, the two listings.
+    assert front.parts.store.untrusted == 4
+    assert seg_b.parts.store.untrusted == 0
     assert all(member.parts.bus.recent_refusal() is None for member in (front, seg_a, seg_b))
 
 
