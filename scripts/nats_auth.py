@@ -9,8 +9,9 @@ Writes into DIR (scripts/up: secrets/, mode 0700), keeping every file that exist
                                  the password files each run: adding a segment adds its user)
 The files are 0444 inside the 0700 folder, like the bearer token (scripts/create-token): compose
 bind-mounts them with the host file's mode, and the NATS servers and the appliances run as UID
-65532. nats-server compares plaintext passwords from this file (bcrypt hashes need a package the
-host may not have), so nats_auth.conf is as secret as the passwords are.
+65532. nats_auth.conf holds bcrypt hashes of the passwords (nats-server compares a `$2...` value
+as bcrypt), made with the standard library's `crypt` (libxcrypt's Blowfish): a host python3
+without it (3.13 removed the module) writes the passwords themselves and says so on stderr.
 
 What each user may do is a whitelist of subjects (README "Fleet", bus security): the JetStream
 API subject of each operation a role performs on its own stream, consumer and buckets, and
@@ -25,6 +26,7 @@ import os
 import re
 import secrets
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,10 @@ from pathlib import Path
 SEGMENT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 FRONT_USER = "front"
 PASSWORD_BYTES = 32  # 43 URL-safe characters
+# bcrypt's least cost: the passwords are 256 random bits, out of reach of any guessing whatever
+# the cost, and the servers pay it at every connection (every appliance reconnects after a node's
+# loss). bcrypt reads 72 bytes at most; the passwords have 43.
+BCRYPT_ROUNDS = 2**4
 AUTH_FILE = "nats_auth.conf"
 
 
@@ -165,12 +171,35 @@ def _permissions(user: str, publish: list[str], subscribe: tuple[str, ...] | lis
     return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{inbox_prefix(user)}.>", *subscribe]}}
 
 
+def hashed(password: str) -> str:
+    """A bcrypt hash of `password` for the servers' configuration, or the password itself (with a
+    warning on stderr) where this python3 cannot make one."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # deprecated in 3.11, removed in 3.13
+            import crypt
+    except ImportError:
+        crypt = None  # type: ignore[assignment]
+    if crypt is not None and crypt.METHOD_BLOWFISH in crypt.methods:
+        value = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=BCRYPT_ROUNDS))
+        if value and value.startswith("$2"):
+            return value
+    print(
+        "nats_auth: this python3 cannot make bcrypt hashes (no crypt module with Blowfish): nats_auth.conf holds "
+        "the NATS passwords themselves, keep it as secret as they are",
+        file=sys.stderr,
+    )
+    return password
+
+
 def authorization(names: BusNames, passwords: dict[str, str], segments: list[str]) -> str:
-    """The `authorization` block (nats-server's configuration syntax accepts JSON)."""
-    users = [{"user": FRONT_USER, "password": passwords[FRONT_USER], "permissions": front_permissions(names)}]
+    """The `authorization` block (nats-server's configuration syntax accepts JSON), with the
+    passwords' bcrypt hashes."""
+    users = [{"user": FRONT_USER, "password": hashed(passwords[FRONT_USER]), "permissions": front_permissions(names)}]
     for segment in segments:
         user = segment_user(segment)
-        users.append({"user": user, "password": passwords[user], "permissions": segment_permissions(names, segment)})
+        permissions = segment_permissions(names, segment)
+        users.append({"user": user, "password": hashed(passwords[user]), "permissions": permissions})
     body = json.dumps({"users": users}, indent=2)
     return (
         "# Written by scripts/nats_auth.py (scripts/up) from the nats_password_* files; do not edit.\n"

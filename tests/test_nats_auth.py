@@ -10,6 +10,7 @@ import re
 import stat
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,14 @@ def users(conf: Path) -> dict[str, dict[str, Any]]:
     text = conf.read_text()
     body = text[text.index("authorization: ") + len("authorization: ") :]
     return {user["user"]: user for user in json.loads(body)["users"]}
+
+
+def crypt_of(password: str, salt: str) -> str:
+    """`crypt(3)` of `password` with `salt` (a whole hash): equal to it when the password is its own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+    return str(crypt.crypt(password, salt))
 
 
 def publish(permissions: dict[str, Any]) -> list[str]:
@@ -66,7 +75,12 @@ def test_the_secrets_are_made_once_readable_by_the_containers_and_nobody_else(tm
     assert "keeping it" in again.stderr
     found = users(folder / "nats_auth.conf")
     assert sorted(found) == ["front", "segment-seg-a", "segment-seg-b", "segment-seg-c"]
-    assert found["segment-seg-a"]["password"] == passwords["nats_password_segment-seg-a"]
+    # A bcrypt hash of the password, never the password (the servers' test below logs in with it).
+    hashed = found["segment-seg-a"]["password"]
+    assert hashed.startswith("$2b$04$")
+    assert crypt_of(passwords["nats_password_segment-seg-a"], hashed) == hashed
+    text = (folder / "nats_auth.conf").read_text()
+    assert not any(password in text for password in kept.values())
 
 
 def test_the_servers_accept_the_written_users(tmp_path: Path) -> None:
@@ -97,6 +111,7 @@ def test_a_segments_user_holds_its_own_consumer_and_keys_and_nothing_of_another_
     assert "$JS.ACK.APPLIANCE_JOBS.segment_seg-a.>" in seg_a
     assert "$JS.API.CONSUMER.CREATE.APPLIANCE_JOBS.segment_seg-a.jobs.seg-a" in seg_a
     assert "$KV.appliance_segments.seg.seg-a.*" in seg_a
+    assert "$KV.appliance_segments.key.seg-a.*" in seg_a  # its appliances' record keys
     # nothing that queues a job, touches seg-b, or creates or deletes a stream, bucket or other consumer
     for subject in seg_a:
         assert not subject.startswith("jobs"), subject
@@ -150,3 +165,13 @@ def test_a_segment_name_that_would_widen_a_subject_is_refused(segment: str) -> N
     auth = nats_auth()
     with pytest.raises(ValueError, match="is not a segment name"):
         auth.segment_permissions(auth.BusNames(), segment)
+
+
+def test_without_bcrypt_the_passwords_are_written_and_it_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    auth = nats_auth()
+    assert auth.hashed("p" * 43).startswith("$2b$04$")
+    monkeypatch.setitem(sys.modules, "crypt", None)  # a python3 without the module (3.13 and later)
+    assert auth.hashed("p" * 43) == "p" * 43
+    assert "nats_auth.conf holds the NATS passwords themselves" in capsys.readouterr().err
