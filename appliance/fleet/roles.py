@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import SecretStr
 
 from appliance.config import Settings
@@ -135,6 +136,11 @@ def seal_check(settings: Settings) -> SealCheck:
     return SealCheck.from_file(settings.fleet_seal_public_keys_file)
 
 
+def _rotated_front_keys(settings: Settings) -> dict[str, Ed25519PublicKey]:
+    """The fronts' public keys besides a front's own (the public keys file, while a key is rotated)."""
+    return {} if settings.fleet_seal_public_keys_file is None else seal_check(settings).keys
+
+
 def record_seals(settings: Settings, sealer: Sealer | None, seals: SealCheck | None) -> RecordSeals:
     """How a served role signs the records it writes and whom it trusts (appliance.fleet.records):
     a front as a front (its own key, and the public keys file's while a key is rotated), a segment
@@ -145,16 +151,14 @@ def record_seals(settings: Settings, sealer: Sealer | None, seals: SealCheck | N
         assert seals is not None
         return RecordSeals.of_segment(settings.segment, seals.keys)
     assert sealer is not None
-    others = {} if settings.fleet_seal_public_keys_file is None else seal_check(settings).keys
-    return RecordSeals.of_front(sealer.key, others)
+    return RecordSeals.of_front(sealer.key, _rotated_front_keys(settings))
 
 
 def operator_records(settings: Settings) -> RecordSeals:
     """`appliance jobs` on a fleet store: with the fronts' key it reads and writes as a front;
     with the public keys alone (a segment's container) it reads and checks, and writes no record."""
     if settings.fleet_seal_key_file is not None:
-        others = {} if settings.fleet_seal_public_keys_file is None else seal_check(settings).keys
-        return RecordSeals.of_front(sealer(settings).key, others)
+        return RecordSeals.of_front(sealer(settings).key, _rotated_front_keys(settings))
     if settings.fleet_seal_public_keys_file is None:
         raise missing("front")
     return RecordSeals(None, dict(seal_check(settings).keys))
